@@ -1,0 +1,22 @@
+"""modrec: multi-modal sequential recommendation.
+
+The public surface is small on purpose; everything else is reachable through the
+subpackages (`modrec.data`, `modrec.models`, `modrec.train`, `modrec.eval`).
+"""
+
+from modrec.data import Dataset, leave_one_out, load_dataset
+from modrec.eval import evaluate
+from modrec.models import build_model
+from modrec.train import RunConfig, load_run, train
+
+__all__ = [
+    "Dataset",
+    "RunConfig",
+    "build_model",
+    "evaluate",
+    "leave_one_out",
+    "load_dataset",
+    "load_run",
+    "train",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""Turning jagged sequences into padded tensors, the one batch type of modrec.
+
+Shapes: B batch, L the longest sequence in *this* batch (at most ``max_len``).
+
+Sequences are **right-padded** with item 0: position 0 holds the oldest kept item and
+padding sits after the newest. With causal attention a real position never attends to
+a later one, so padding needs no attention mask at all and a batch may be padded to
+its own longest sequence: that is what makes length-bucketed batches both cheap and
+exactly equivalent to padding everything to ``max_len``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from modrec.data.dataset import Sequences
+
+
+@dataclass
+class SequenceBatch:
+    """``inputs[b, :lengths[b]]`` are the items the model reads; for training,
+    ``targets[b, t]`` is the item that followed ``inputs[b, t]`` (0 where padded)."""
+
+    inputs: torch.Tensor  # int64 [B, L]
+    lengths: torch.Tensor  # int64 [B]
+    targets: torch.Tensor | None = None  # int64 [B, L]
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(
+            self.inputs.to(device),
+            self.lengths.to(device),
+            None if self.targets is None else self.targets.to(device),
+        )
+
+
+def pad_right(rows: list[np.ndarray], width: int | None = None) -> torch.Tensor:
+    """Stack 1-d int arrays into [B, width] with zeros after each row."""
+    width = width if width is not None else max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
+
+
+def last_items(seqs: Sequences, index: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """The newest ``max_len`` items of each listed sequence."""
+    return [seqs[int(i)][-max_len:] for i in index]
+
+
+def training_examples(train: Sequences, max_len: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Next-item examples: each user's last ``max_len + 1`` training items, shifted by one
+    to give ``max_len`` (input, target) positions. Users with fewer than two training
+    items have nothing to learn from and are skipped. Returns the windows and their
+    input lengths."""
+    windows = [w for w in (train[u][-(max_len + 1) :] for u in range(len(train))) if len(w) >= 2]
+    lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)
+    return windows, lengths
+
+
+def batch_order(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: bool
+) -> list[np.ndarray]:
+    """Which examples go in which batch, for one epoch.
+
+    With ``bucket``, examples are shuffled, grouped into pools of 16 batches, sorted by
+    length inside each pool and cut into batches, whose order is shuffled again: each
+    batch holds similar lengths (little padding) while batch contents still vary from
+    epoch to epoch. Without it, plain shuffled batches.
+    """
+    order = rng.permutation(len(lengths))
+    if bucket:
+        pool = batch_size * 16
+        order = np.concatenate(
+            [chunk[np.argsort(-lengths[chunk], kind="stable")]
+             for chunk in np.split(order, range(pool, len(order), pool))]
+        )
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def next_item_batches(
+    windows: list[np.ndarray],
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    bucket: bool = True,
+    pad_to: int | None = None,
+) -> Iterator[SequenceBatch]:
+    """Training batches for next-item prediction; ``pad_to`` forces a fixed width
+    (the reference that bucketed batches are tested against)."""
+    for index in batch_order(lengths, batch_size, rng, bucket):
+        width = pad_to if pad_to is not None else int(lengths[index].max())
+        inputs = pad_right([windows[i][:-1] for i in index], width)
+        targets = pad_right([windows[i][1:] for i in index], width)
+        yield SequenceBatch(inputs, torch.from_numpy(lengths[index]), targets)

@@ -1,0 +1,224 @@
+"""The canonical dataset: a folder of Parquet tables plus a JSON manifest.
+
+Layout on disk::
+
+    <folder>/
+      manifest.json         name, counts, columns, provenance, format version
+      interactions.parquet  user (int32), item (int32), [timestamp (int64)], [weight (float32)]
+      items.parquet         item (int32, 1..N), item_id (str), any content columns
+      users.parquet         user (int32, 0..U-1), user_id (str)
+
+Item index 0 is reserved for padding, so items are numbered 1..N. Interactions are
+stored sorted by user and, within a user, in chronological order (by timestamp when
+there is one, otherwise in the order of the source file); every sequence model relies
+on that order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+
+
+class DataFormatError(ValueError):
+    """A source file does not have the shape its format promises. The message names
+    the file, the line (when there is one) and what was expected."""
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Every user's items in order, as one jagged array.
+
+    ``items[offsets[u]:offsets[u + 1]]`` are user ``u``'s item indices (1..N), oldest
+    first. Jagged rather than padded so that a million interactions cost four bytes
+    each, whatever the longest history is.
+    """
+
+    offsets: np.ndarray  # int64 [U + 1]
+    items: np.ndarray  # int32 [total]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    @staticmethod
+    def from_lists(lists: list[np.ndarray]) -> Sequences:
+        lengths = np.array([len(x) for x in lists], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        items = np.concatenate(lists).astype(np.int32) if lists else np.zeros(0, np.int32)
+        return Sequences(offsets, items)
+
+
+@dataclass
+class Dataset:
+    """Interactions, item catalog and user table of one dataset, in index space."""
+
+    name: str
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ---- sizes -------------------------------------------------------------------
+    @property
+    def num_items(self) -> int:
+        """Number of real items; valid indices are 1..num_items (0 is padding)."""
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def has_timestamps(self) -> bool:
+        return "timestamp" in self.interactions.columns
+
+    def sequences(self) -> Sequences:
+        """Each user's history in chronological order (see module docstring)."""
+        users = self.interactions["user"].to_numpy()
+        counts = np.bincount(users, minlength=self.num_users)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Sequences(offsets, self.interactions["item"].to_numpy(np.int32))
+
+    # ---- id maps -----------------------------------------------------------------
+    def item_index(self, item_id: str) -> int:
+        matches = np.flatnonzero(self.items["item_id"].to_numpy() == str(item_id))
+        if len(matches) == 0:
+            raise KeyError(f"item id {item_id!r} is not in dataset {self.name!r}")
+        return int(self.items["item"].iloc[matches[0]])
+
+    def user_index(self, user_id: str) -> int:
+        matches = np.flatnonzero(self.users["user_id"].to_numpy() == str(user_id))
+        if len(matches) == 0:
+            sample = ", ".join(self.users["user_id"].head(3))
+            raise KeyError(
+                f"user id {user_id!r} is not in dataset {self.name!r} "
+                f"({self.num_users} users; ids look like {sample})"
+            )
+        return int(matches[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "users": self.num_users,
+            "items": self.num_items,
+            "interactions": len(self.interactions),
+            "timestamps": self.has_timestamps,
+            "item_columns": [c for c in self.items.columns if c not in ("item", "item_id")],
+        }
+
+    # ---- persistence -------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the folder atomically: a half-written dataset is never left behind."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.interactions.to_parquet(tmp / "interactions.parquet", index=False)
+            self.items.to_parquet(tmp / "items.parquet", index=False)
+            self.users.to_parquet(tmp / "users.parquet", index=False)
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                **self.describe(),
+                "provenance": self.provenance,
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @staticmethod
+    def read(folder: str | Path) -> Dataset:
+        folder = Path(folder)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            raise DataFormatError(f"{folder}: not a modrec dataset folder (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        return Dataset(
+            name=manifest["name"],
+            interactions=pd.read_parquet(folder / "interactions.parquet"),
+            items=pd.read_parquet(folder / "items.parquet"),
+            users=pd.read_parquet(folder / "users.parquet"),
+            provenance=manifest.get("provenance", {}),
+        )
+
+
+def build_dataset(
+    name: str,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    timestamps: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    item_table: pd.DataFrame | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Dataset:
+    """Turn raw (user id, item id[, timestamp]) columns into a canonical Dataset.
+
+    Rows must already be in the source's order; within each user that order is kept
+    (a stable sort by timestamp is applied when timestamps are given). ``item_table``
+    may carry content columns keyed by an ``item_id`` column of external ids; catalog
+    items that never occur in interactions are kept too, so a new item is still known.
+    """
+    user_ids = pd.Series(users).astype(str).to_numpy()
+    item_ids = pd.Series(items).astype(str).to_numpy()
+
+    catalog_ids = item_ids
+    if item_table is not None:
+        item_table = item_table.assign(item_id=item_table["item_id"].astype(str))
+        catalog_ids = np.concatenate([item_ids, item_table["item_id"].to_numpy()])
+    item_vocab = _sorted_vocab(catalog_ids)
+    user_vocab = _sorted_vocab(user_ids)
+
+    frame = pd.DataFrame(
+        {
+            "user": pd.Index(user_vocab).get_indexer(user_ids).astype(np.int32),
+            "item": (pd.Index(item_vocab).get_indexer(item_ids) + 1).astype(np.int32),
+        }
+    )
+    sort_keys = ["user"]
+    if timestamps is not None:
+        frame["timestamp"] = np.asarray(timestamps, dtype=np.int64)
+        sort_keys.append("timestamp")
+    if weights is not None:
+        frame["weight"] = np.asarray(weights, dtype=np.float32)
+    frame = frame.sort_values(sort_keys, kind="stable").reset_index(drop=True)
+
+    item_frame = pd.DataFrame(
+        {"item": np.arange(1, len(item_vocab) + 1, dtype=np.int32), "item_id": item_vocab}
+    )
+    if item_table is not None:
+        content = item_table.drop_duplicates("item_id").set_index("item_id")
+        item_frame = item_frame.join(content, on="item_id")
+    user_frame = pd.DataFrame(
+        {"user": np.arange(len(user_vocab), dtype=np.int32), "user_id": user_vocab}
+    )
+    return Dataset(name, frame, item_frame, user_frame, provenance or {})
+
+
+def _sorted_vocab(ids: np.ndarray) -> np.ndarray:
+    """Unique external ids, numerically sorted when they are all integers (so that
+    item 1 of MovieLens stays before item 10), lexicographically otherwise."""
+    unique = pd.unique(ids)
+    numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
+    if not numeric.isna().any():
+        return unique[np.argsort(numeric.to_numpy(), kind="stable")]
+    return np.sort(unique)

@@ -1,0 +1,119 @@
+"""Train / validation / test splits over users' sequences.
+
+A split is what the training loop and the evaluator agree on: the sequences to train
+on, and for validation and test, each evaluated user's history (the model's input and
+the items masked out of its ranking) plus the one target item to find.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modrec.data.dataset import Dataset, Sequences
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation target per listed user.
+
+    ``histories[i]`` is everything user ``users[i]`` did before ``targets[i]``, oldest
+    first: the model reads (the end of) it, and its items are masked out of the
+    ranking, as in the HSTU repository's protocol.
+    """
+
+    users: np.ndarray  # int64 [M]
+    histories: Sequences  # M sequences
+    targets: np.ndarray  # int64 [M], item indices 1..N
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Sequences  # per user (all users, some possibly empty)
+    valid: EvalSet
+    test: EvalSet
+    num_items: int
+    protocol: str  # written next to every number computed on this split
+
+
+def leave_one_out(ds: Dataset) -> Split:
+    """Last item = test, second-to-last = validation, the rest = training.
+
+    Validation sees the training items as history; test sees training + validation.
+    Users with fewer than three interactions keep everything in training.
+    """
+    seqs = ds.sequences()
+    lengths = seqs.lengths()
+    held = lengths >= 3
+    # Training drops the last two items of every evaluated user.
+    cut = lengths - np.where(held, 2, 0)
+    train = _truncate(seqs, cut)
+    users = np.flatnonzero(held)
+    ends = seqs.offsets[1:][held]
+    valid = EvalSet(users, _truncate(seqs, lengths - 2, users), seqs.items[ends - 2].astype(np.int64))
+    test = EvalSet(users, _truncate(seqs, lengths - 1, users), seqs.items[ends - 1].astype(np.int64))
+    return Split(train, valid, test, ds.num_items, "leave-one-out, full ranking, history masked")
+
+
+def temporal_split(ds: Dataset, valid_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:
+    """A global temporal split: interactions before the ``valid_quantile`` time are
+    training; each user's first interaction in [valid, test) is a validation target
+    and the first at or after the test time is a test target, with everything before
+    it as history. Requires timestamps."""
+    if not ds.has_timestamps:
+        raise ValueError(
+            f"dataset {ds.name!r} has no timestamps; a temporal split needs them "
+            "(use the leave-one-out split instead)"
+        )
+    ts = ds.interactions["timestamp"].to_numpy()
+    t_valid, t_test = np.quantile(ts, [valid_quantile, test_quantile])
+    seqs = ds.sequences()
+    user_of = np.repeat(np.arange(len(seqs)), seqs.lengths())
+    before_valid = np.bincount(user_of[ts < t_valid], minlength=len(seqs))
+    before_test = np.bincount(user_of[ts < t_test], minlength=len(seqs))
+    train = _truncate(seqs, before_valid)
+    lengths = seqs.lengths()
+
+    def targets_after(count_before: np.ndarray, limit: float) -> EvalSet:
+        # The user's next interaction after the cut-off, if it is before `limit`.
+        has_next = count_before < lengths
+        position = seqs.offsets[:-1] + count_before
+        in_window = has_next & (ts[np.minimum(position, len(ts) - 1)] < limit)
+        users = np.flatnonzero(in_window & (count_before > 0))
+        return EvalSet(users, _truncate(seqs, count_before, users),
+                       seqs.items[position[users]].astype(np.int64))
+
+    valid = targets_after(before_valid, t_test)
+    test = targets_after(before_test, np.inf)
+    protocol = (
+        f"global temporal split (validation from the {valid_quantile:.0%} time quantile, "
+        f"test from {test_quantile:.0%}; first next item per user), full ranking, "
+        "history masked"
+    )
+    return Split(train, valid, test, ds.num_items, protocol)
+
+
+def _truncate(seqs: Sequences, keep: np.ndarray, users: np.ndarray | None = None) -> Sequences:
+    """The first ``keep[u]`` items of each user's sequence (of ``users`` only, if given)."""
+    starts = seqs.offsets[:-1]
+    if users is not None:
+        starts, keep = starts[users], keep[users]
+    keep = keep.astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
+    # Index of every kept element: start of its user + its position within the user.
+    position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], keep)
+    items = seqs.items[np.repeat(starts, keep) + position]
+    return Sequences(offsets, items)
+
+
+SPLITS = {"loo": leave_one_out, "temporal": temporal_split}
+
+
+def make_split(ds: Dataset, name: str) -> Split:
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+    return SPLITS[name](ds)

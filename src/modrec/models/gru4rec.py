@@ -1,0 +1,33 @@
+"""GRU4Rec: a recurrent network over the item sequence.
+
+Hidasi et al., "Session-based Recommendations with Recurrent Neural Networks"
+(ICLR 2016), as a sequence encoder: item embeddings -> GRU -> projection. A GRU is
+causal by construction and right padding never reaches a real position.
+
+Shapes: B batch, L length, D dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modrec.models.item_tower import ItemTower
+
+
+class GRU4Rec(nn.Module):
+    """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``."""
+
+    def __init__(self, item_tower: ItemTower, num_layers: int, dropout: float) -> None:
+        super().__init__()
+        dim = item_tower.dim
+        self.item_tower = item_tower
+        self.dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, num_layers=num_layers, batch_first=True,
+                          dropout=dropout if num_layers > 1 else 0.0)
+        self.project = nn.Linear(dim, dim)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.item_tower(inputs))  # (B, L, D)
+        h, _ = self.gru(x)  # (B, L, D)
+        return self.project(self.dropout(h))  # (B, L, D)

@@ -1,0 +1,30 @@
+"""The most-popular baseline: every user gets the items most frequent in training.
+
+It speaks the same interface as the learned models (user vectors and item vectors
+whose dot product is the score), with D = 1: the user vector is 1 and an item's vector
+is its training count, so evaluation and serving need no special case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Popularity(nn.Module):
+    def __init__(self, num_items: int) -> None:
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(num_items + 1, 1))
+
+    def fit(self, train_items: np.ndarray) -> Popularity:
+        counts = np.bincount(train_items, minlength=self.counts.shape[0]).astype(np.float32)
+        counts[0] = 0.0
+        self.counts.copy_(torch.from_numpy(counts).unsqueeze(1))
+        return self
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.ones(*inputs.shape, 1, device=inputs.device)  # (B, L, 1)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.counts  # (N + 1, 1)

@@ -1,0 +1,80 @@
+"""Model configs and the builder that turns a config into a module.
+
+Every model exposes the same two calls (the `Scorer` protocol) and nothing else is
+assumed by training, evaluation or serving:
+
+  ``encode(inputs (B, L), lengths (B,)) -> (B, L, D)``  a user vector per position
+  ``item_vectors() -> (N + 1, D)``                       row i is item i (0 = padding)
+
+The score of item i for a user is the dot product of the two (a cosine when the model
+normalises its vectors).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from modrec.models.gru4rec import GRU4Rec
+from modrec.models.item_tower import ItemTower
+from modrec.models.popularity import Popularity
+from modrec.models.sasrec import SASRec
+
+MODELS = ("popularity", "gru4rec", "sasrec")
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class ModelConfig:
+    name: Literal["popularity", "gru4rec", "sasrec"] = "sasrec"
+    dim: int = 50
+    max_len: int = 200  # the newest max_len items of a history are read
+    num_blocks: int = 2  # SASRec
+    num_heads: int = 1  # SASRec
+    num_layers: int = 1  # GRU4Rec
+    dropout: float = 0.2
+    normalize: bool = True  # L2-normalise user and item vectors (cosine scores)
+
+
+class Scorer(Protocol):
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+
+    def item_vectors(self) -> torch.Tensor: ...
+
+
+class RetrievalModel(nn.Module):
+    """A sequence encoder and an item tower, scored by dot product."""
+
+    def __init__(self, encoder: nn.Module, item_tower: ItemTower, normalize: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.item_tower = item_tower
+        self.normalize = normalize
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        users = self.encoder(inputs, lengths)  # (B, L, D)
+        return F.normalize(users, dim=-1) if self.normalize else users
+
+    def item_vectors(self) -> torch.Tensor:
+        items = self.item_tower.all_items()  # (N + 1, D)
+        return F.normalize(items, dim=-1) if self.normalize else items
+
+
+def build_model(config: ModelConfig, num_items: int) -> nn.Module:
+    """A fresh, untrained model for a catalog of ``num_items`` items."""
+    if config.name == "popularity":
+        return Popularity(num_items)
+    tower = ItemTower(num_items, config.dim)
+    encoder: nn.Module
+    if config.name == "sasrec":
+        encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,
+                         config.dropout)
+    elif config.name == "gru4rec":
+        encoder = GRU4Rec(tower, config.num_layers, config.dropout)
+    else:  # pragma: no cover - Literal above guards this
+        raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODELS)}")
+    return RetrievalModel(encoder, tower, config.normalize)

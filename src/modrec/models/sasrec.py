@@ -1,0 +1,84 @@
+"""SASRec: causal self-attention over the item sequence.
+
+Kang & McAuley, "Self-Attentive Sequential Recommendation" (ICDM 2018), in the form
+the HSTU repository reproduces: pre-LayerNorm blocks, learned absolute positions,
+a point-wise feed-forward of width D, a final LayerNorm.
+
+Shapes: B batch, L length, D dim, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modrec.models.item_tower import ItemTower
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, L, D)
+        q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
+                   for t in (q, k, v))  # (B, H, L, D/H)
+        # Right-padded batches need only the causal mask: real positions never see
+        # the padding that follows them.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, D/H)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CausalSelfAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x)))
+        return x + self.dropout(self.feed_forward(self.norm2(x)))
+
+
+class SASRec(nn.Module):
+    """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``."""
+
+    def __init__(
+        self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        dim = item_tower.dim
+        self.item_tower = item_tower
+        self.positions = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, dropout) for _ in range(num_blocks))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, L = inputs.shape
+        # Scaling by sqrt(D) keeps item and position signals on a similar footing.
+        x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)
+        x = x + self.positions(torch.arange(L, device=inputs.device))  # (B, L, D)
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # (B, L, D)

@@ -1,0 +1,21 @@
+"""Where modrec reads data and keeps its caches. Paths are resolved on every call so
+that tests and users can point the environment variables elsewhere at any time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "MODREC_DATA_DIR"
+CACHE_DIR_ENV = "MODREC_CACHE_DIR"
+
+
+def data_dir() -> Path:
+    """Raw datasets, laid out like `shared/data` (e.g. `ml-1m/ratings.dat`)."""
+    return Path(os.environ.get(DATA_DIR_ENV, "~/.cache/modrec/data")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Converted canonical datasets. Separate from the data directory, which may be
+    read-only (CI mounts the shared data without write bits)."""
+    return Path(os.environ.get(CACHE_DIR_ENV, "~/.cache/modrec/datasets")).expanduser()

@@ -1,0 +1,53 @@
+"""Top-k recommendations from a trained run. The HTTP service (a later step) wraps
+this object; it reads the run directory and nothing else from training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from modrec.data.dataset import Sequences
+from modrec.eval.evaluator import mask_seen, user_vectors
+from modrec.train.loop import Run
+
+
+@torch.no_grad()
+def top_k(run: Run, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` unseen items for each history: (item indices (B, k), scores (B, k))."""
+    if any(len(h) == 0 for h in histories):
+        raise ValueError("every history needs at least one item to recommend from")
+    run.model.eval()
+    max_len = run.config.model.max_len
+    users = user_vectors(run.model, [h[-max_len:] for h in histories])  # (B, D)
+    scores = users @ run.model.item_vectors().T  # (B, N + 1)
+    mask_seen(scores, Sequences.from_lists(histories), np.arange(len(histories)))
+    k = min(k, run.dataset.num_items)
+    best = torch.topk(scores, k, dim=1)
+    return best.indices.numpy(), best.values.numpy()
+
+
+def describe_items(run: Run, indices: np.ndarray) -> list[dict[str, Any]]:
+    """Catalog rows (external id and any title/genres) for item indices."""
+    table = run.dataset.items.set_index("item")
+    columns = [c for c in ("title", "genres") if c in table.columns]
+    rows = []
+    for i in indices:
+        row = table.loc[int(i)]
+        rows.append({"item": int(i), "item_id": str(row["item_id"]),
+                     **{c: (None if row[c] is None or row[c] != row[c] else str(row[c]))
+                        for c in columns}})
+    return rows
+
+
+def recommend_for_user(run: Run, user_id: str, k: int = 10) -> dict[str, Any]:
+    """Recommendations for a known user from everything they did in the dataset."""
+    user = run.dataset.user_index(user_id)
+    history = run.dataset.sequences()[user]
+    items, scores = top_k(run, [history], k)
+    recs = describe_items(run, items[0])
+    for rec, score in zip(recs, scores[0], strict=True):
+        rec["score"] = float(score)
+    return {"user_id": user_id, "history_length": int(len(history)),
+            "history_tail": describe_items(run, history[-5:][::-1]), "items": recs}

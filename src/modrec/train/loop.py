@@ -1,0 +1,209 @@
+"""The one training loop: every model, every dataset.
+
+``train(config, out_dir)`` reads the data, builds the model, and repeats: an epoch of
+next-item batches, a validation pass every ``eval_every`` epochs, early stopping on
+validation NDCG@10. The best weights and the latest resumable checkpoint are kept in
+the run directory; at the end the best weights are scored on the test split.
+
+Run directory::
+
+    config.json      the full RunConfig plus the dataset's description
+    model.pt         best weights (state dict)
+    checkpoint.pt    latest epoch: weights, optimiser, counters, RNG state (for --resume)
+    metrics.jsonl    one line per validation pass
+    results.json     test metrics at the best validation epoch, with the protocol
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from modrec.data import Dataset, Split, load_dataset, make_split
+from modrec.data.batches import next_item_batches, training_examples
+from modrec.eval import evaluate
+from modrec.models import build_model
+from modrec.models.popularity import Popularity
+from modrec.train.config import RunConfig, load_config
+from modrec.train.losses import next_item_loss
+
+log = logging.getLogger(__name__)
+
+SELECT_ON = "ndcg@10"
+
+
+@dataclass
+class Run:
+    """A trained run loaded back from its folder."""
+
+    folder: Path
+    config: RunConfig
+    dataset: Dataset
+    split: Split
+    model: nn.Module
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train to early stopping (or ``config.train.epochs``) and write ``out_dir``."""
+    out = Path(out_dir)
+    tc = config.train
+    if out.exists() and (out / "results.json").exists() and not resume:
+        raise FileExistsError(
+            f"{out} already holds a finished run; choose another --out or pass --resume"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    generator = torch.Generator(device=tc.device).manual_seed(tc.seed)
+
+    dataset = load_dataset(config.data.dataset, config.data.format)
+    split = make_split(dataset, config.data.split)
+    model = build_model(config.model, dataset.num_items).to(tc.device)
+    write_atomic(out / "config.json", json.dumps(
+        {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol},
+        indent=2))
+
+    if isinstance(model, Popularity):  # nothing to learn by gradient
+        model.fit(split.train.items)
+        valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)
+        _append_metrics(out, {"epoch": 0, "valid": valid})
+        save_atomic(model.state_dict(), out / "model.pt")
+        return _finish(out, model, split, config, best_epoch=0, epochs=0, train_seconds=0.0)
+
+    windows, lengths = training_examples(split.train, config.model.max_len)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
+                                  weight_decay=tc.weight_decay)
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_evals": 0,
+             "train_seconds": 0.0}
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        rng.bit_generator.state = saved["numpy_rng"]
+        generator.set_state(saved["torch_rng"])
+        torch.set_rng_state(saved["cpu_rng"])
+        log.info("resumed %s at epoch %d", out, state["epoch"])
+
+    while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
+        epoch = state["epoch"] + 1
+        model.train()
+        started = time.perf_counter()
+        losses, seen = [], 0
+        batches = next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket)
+        total = math.ceil(len(windows) / tc.batch_size)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", disable=not progress,
+                   leave=False, unit="batch")
+        for batch in bar:
+            batch = batch.to(tc.device)
+            loss = batch_loss(model, batch, config, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seen += len(batch.lengths)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                            seq_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+        seconds = time.perf_counter() - started
+        state["train_seconds"] += seconds
+        state["epoch"] = epoch
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
+                                  "epoch_seconds": seconds,
+                                  "sequences_per_second": len(windows) / seconds}
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            started = time.perf_counter()
+            valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size,
+                             tc.device)
+            record |= {"valid": valid, "eval_seconds": time.perf_counter() - started,
+                       "train_seconds": state["train_seconds"]}
+            if valid[SELECT_ON] > state["best"]:
+                state |= {"best": valid[SELECT_ON], "best_epoch": epoch, "bad_evals": 0}
+                save_atomic(model.state_dict(), out / "model.pt")
+            else:
+                state["bad_evals"] += 1
+            log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.1fs", epoch,
+                     record["loss"], SELECT_ON, valid[SELECT_ON], state["best"],
+                     state["best_epoch"], seconds)
+            _append_metrics(out, record)
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "state": state, "numpy_rng": rng.bit_generator.state,
+                     "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
+                    checkpoint)
+
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    return _finish(out, model, split, config, state["best_epoch"], state["epoch"],
+                   state["train_seconds"])
+
+
+def batch_loss(model: nn.Module, batch: Any, config: RunConfig,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next-item loss of one batch, over its real (non-padded) positions."""
+    hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
+    return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator)
+
+
+def _append_metrics(out: Path, record: dict[str, Any]) -> None:
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _finish(out: Path, model: nn.Module, split: Split, config: RunConfig, best_epoch: int,
+            epochs: int, train_seconds: float) -> Path:
+    tc = config.train
+    valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)
+    test = evaluate(model, split.test, config.model.max_len, tc.eval_batch_size, tc.device)
+    results = {
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "protocol": split.protocol,
+        "selected_on": f"valid {SELECT_ON}",
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "valid": valid,
+        **test,
+    }
+    write_atomic(out / "results.json", json.dumps(results, indent=2))
+    return out
+
+
+def load_run(folder: str | Path, device: str = "cpu") -> Run:
+    """Read a run directory back: config, data, split and the best weights."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a run directory (no config.json)")
+    if not (folder / "model.pt").exists():
+        raise FileNotFoundError(f"{folder} has no model.pt yet; train it first")
+    config = load_config(folder / "config.json")
+    dataset = load_dataset(config.data.dataset, config.data.format)
+    split = make_split(dataset, config.data.split)
+    model = build_model(config.model, dataset.num_items)
+    model.load_state_dict(torch.load(folder / "model.pt", map_location=device,
+                                     weights_only=True))
+    model.to(device).eval()
+    return Run(folder, config, dataset, split, model)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modrec.cli import main
+
+
+def _last_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_datasets_lists_named_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["datasets", "--json"]) == 0
+    rows = {r["name"]: r for r in _last_json(capsys)["datasets"]}
+    for name in ("ml-1m", "ml-1m-sasrec", "ml-100k", "amazon-beauty", "amazon-sports",
+                 "amazon-toys", "yelp", "amazon-scientific"):
+        assert rows[name]["present"], name
+
+
+def test_train_evaluate_recommend_round_trip(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "-d", "ml-100k", "-m", "sasrec", "--epochs", "1", "--out", str(run),
+                 "--set", "model.max_len=50", "--no-progress", "--json"]) == 0
+    trained = _last_json(capsys)
+    assert trained["run_dir"] == str(run) and 0 <= trained["ndcg@10"] <= 1
+
+    assert main(["evaluate", str(run), "--json"]) == 0
+    evaluated = _last_json(capsys)
+    assert evaluated["test"]["ndcg@10"] == pytest.approx(trained["ndcg@10"])
+
+    assert main(["recommend", str(run), "--user", "196", "-k", "5", "--json"]) == 0
+    recs = _last_json(capsys)
+    assert len(recs["items"]) == 5 and all(r["title"] for r in recs["items"])
+    assert main(["recommend", str(run), "--user", "196", "-k", "3"]) == 0
+    assert "top 3 recommendations" in capsys.readouterr().out
+
+
+def test_train_by_path_with_format(tmp_path: Path, data_dir: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "-d", str(data_dir / "ml-100k" / "u.data"), "--format", "csv",
+                 "-m", "popularity", "--out", str(tmp_path / "p"), "--json"]) == 2
+    assert "no user column" in capsys.readouterr().err  # u.data has no header row
+    assert main(["train", "-d", str(data_dir / "ml-100k"), "-m", "popularity",
+                 "--out", str(tmp_path / "p"), "--json"]) == 0
+    assert _last_json(capsys)["ndcg@10"] > 0.02
+
+
+def test_bad_requests_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "-d", "no-such-set", "-m", "sasrec", "--out", str(tmp_path)]) == 2
+    assert "neither a named dataset" in capsys.readouterr().err
+    assert main(["train", "-d", "ml-100k", "-m", "sasrec", "--set", "train.lr=fast",
+                 "--out", str(tmp_path)]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

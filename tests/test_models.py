@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modrec.models import ModelConfig, build_model
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_causal_changing_a_later_item_never_changes_earlier_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()
+    inputs = torch.randint(1, 51, (3, 12))
+    lengths = torch.full((3,), 12)
+    changed = inputs.clone()
+    changed[:, 7] = (changed[:, 7] % 50) + 1
+    before, after = model.encode(inputs, lengths), model.encode(changed, lengths)
+    torch.testing.assert_close(before[:, :7], after[:, :7])
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_right_padding_does_not_change_real_positions(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()
+    inputs = torch.randint(1, 51, (2, 6))
+    padded = torch.cat([inputs, torch.zeros(2, 9, dtype=torch.long)], dim=1)
+    short = model.encode(inputs, torch.full((2,), 6))
+    long = model.encode(padded, torch.full((2,), 6))
+    torch.testing.assert_close(short, long[:, :6])
+
+
+def test_shapes_and_normalisation() -> None:
+    model = build_model(ModelConfig(name="sasrec", dim=8, max_len=10), num_items=30)
+    out = model.encode(torch.randint(1, 31, (4, 10)), torch.full((4,), 10))
+    assert out.shape == (4, 10, 8)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(4, 10))
+    assert model.item_vectors().shape == (31, 8)
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    from modrec.train.config import build_config
+
+    with pytest.raises(ValueError, match="model.name"):
+        build_config("ml-100k", "transformerxl")

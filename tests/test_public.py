@@ -1,0 +1,67 @@
+"""Named datasets when the files are missing: the download path, offline and online."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modrec.data import DatasetUnavailable, load_dataset
+from modrec.data import public
+
+
+def test_offline_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODREC_DATA_DIR", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(public.urllib.request, "urlopen", offline)
+    with pytest.raises(DatasetUnavailable, match="MODREC_DATA_DIR") as err:
+        load_dataset("ml-1m")
+    assert "files.grouplens.org" in str(err.value)
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> None:
+    monkeypatch.setattr(public.urllib.request, "urlopen",
+                        lambda *a, **k: io.BytesIO(payload))
+
+
+def test_download_is_verified_and_unpacked(tmp_path: Path, data_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GroupLens-style archive built from the real ml-100k files goes through the
+    real download code: checksum, unzip, import."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("u.data", "u.item"):
+            archive.write(data_dir / "ml-100k" / name, f"ml-100k/{name}")
+    payload = buffer.getvalue()
+    spec = public.NAMED["ml-100k"]
+    digest = "md5:" + hashlib.md5(payload).hexdigest()
+    monkeypatch.setitem(public.NAMED, "ml-100k", public.NamedDataset(
+        spec.name, spec.description, spec.files, spec.reader,
+        public.Download(spec.download.url, spec.download.filename, digest, unzip=True),
+        spec.alternatives))
+    monkeypatch.setenv("MODREC_DATA_DIR", str(tmp_path))
+    _serve(monkeypatch, payload)
+    ds = load_dataset("ml-100k")
+    assert len(ds.interactions) == 100_000 and (tmp_path / "ml-100k" / "u.data").exists()
+
+
+def test_checksum_mismatch_discards_the_file(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODREC_DATA_DIR", str(tmp_path))
+    _serve(monkeypatch, b"not the archive")
+    with pytest.raises(DatasetUnavailable, match="expected c4d9eecfca2ab87c1945afe126590906"):
+        load_dataset("ml-1m")
+    assert not any(tmp_path.rglob("*.zip*"))
+
+
+def test_no_download_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODREC_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetUnavailable, match="no automatic download"):
+        load_dataset("amazon-scientific")

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+
+from modrec.data import leave_one_out, temporal_split
+
+
+def test_leave_one_out_partitions_each_sequence(ml100k) -> None:
+    seqs = ml100k.sequences()
+    split = leave_one_out(ml100k)
+    assert len(split.valid) == len(split.test) == ml100k.num_users  # all have >= 20 ratings
+    for row, user in enumerate(split.test.users[:200]):
+        full = seqs[user]
+        assert np.array_equal(split.train[user], full[:-2])
+        assert split.valid.targets[row] == full[-2]
+        assert split.test.targets[row] == full[-1]
+        # validation sees train; test sees train + validation
+        assert np.array_equal(split.valid.histories[row], full[:-2])
+        assert np.array_equal(split.test.histories[row], full[:-1])
+    assert split.train.items.size == len(ml100k.interactions) - 2 * len(split.test)
+
+
+def test_short_users_stay_in_training() -> None:
+    from modrec.data.dataset import build_dataset
+
+    ds = build_dataset("tiny", np.array([1, 1, 2, 2, 2]), np.array([5, 6, 5, 6, 7]))
+    split = leave_one_out(ds)
+    assert split.test.users.tolist() == [1]  # user "2" (index 1) has three items
+    assert split.train[0].tolist() == [1, 2]  # user "1" keeps both items for training
+
+
+def test_temporal_split_respects_time(ml100k) -> None:
+    split = temporal_split(ml100k)
+    ts = ml100k.interactions["timestamp"].to_numpy()
+    cut = np.quantile(ts, 0.8)
+    seqs = ml100k.sequences()
+    user_ts = [ts[seqs.offsets[u]:seqs.offsets[u + 1]] for u in range(len(seqs))]
+    for u in range(len(seqs)):
+        assert (user_ts[u][: len(split.train[u])] < cut).all()
+    assert len(split.test) > 0 and len(split.valid) > 0
+    for row, u in enumerate(split.test.users):
+        n = len(split.test.histories[row])
+        assert user_ts[u][n] >= np.quantile(ts, 0.9)
+    assert "temporal" in split.protocol

@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/modrec train -d ml-1m -m sasrec --epochs $(DEMO_EPOCHS) --out $(DEMO_RUN) --resume
 	$(BIN)/modrec recommend $(DEMO_RUN) --user 1 -k 10
 
-test: install
+test: lint
 	$(BIN)/python -m pytest tests
 
 lint: install

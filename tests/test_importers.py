@@ -111,7 +111,7 @@ def test_non_integer_ids(tmp_path: Path) -> None:
 
 
 def test_ratings_dat_bad_line(tmp_path: Path) -> None:
-    path = _write(tmp_path, "ratings.dat", "1::2::5::978300760\n1::3::5\n")
+    _write(tmp_path, "ratings.dat", "1::2::5::978300760\n1::3::5\n")
     with pytest.raises(DataFormatError, match=r"ratings.dat:2: expected 4 fields"):
         read_movielens(tmp_path)
 

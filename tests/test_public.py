@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modrec.data import DatasetUnavailable, load_dataset
-from modrec.data import public
+from modrec.data import DatasetUnavailable, load_dataset, public
 
 
 def test_offline_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

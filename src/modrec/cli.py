@@ -72,16 +72,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     run = load_run(args.run_dir)
     max_len, batch = run.config.model.max_len, run.config.train.eval_batch_size
-    out = {
-        "run_dir": str(args.run_dir),
-        "protocol": run.split.protocol,
-        "valid": evaluate(run.model, run.split.valid, max_len, batch),
-        "test": evaluate(run.model, run.split.test, max_len, batch),
-    }
+    valid = evaluate(run.model, run.split.valid, max_len, batch)
+    test = evaluate(run.model, run.split.test, max_len, batch)
     if not args.json:
-        _print_metrics(f"valid ({out['protocol']}):", out["valid"])
-        _print_metrics("test:", out["test"])
-    return out
+        _print_metrics(f"valid ({run.split.protocol}):", valid)
+        _print_metrics("test:", test)
+    return {"run_dir": str(args.run_dir), "protocol": run.split.protocol, "valid": valid,
+            "test": test}
 
 
 def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:

@@ -54,8 +54,10 @@ def leave_one_out(ds: Dataset) -> Split:
     train = _truncate(seqs, cut)
     users = np.flatnonzero(held)
     ends = seqs.offsets[1:][held]
-    valid = EvalSet(users, _truncate(seqs, lengths - 2, users), seqs.items[ends - 2].astype(np.int64))
-    test = EvalSet(users, _truncate(seqs, lengths - 1, users), seqs.items[ends - 1].astype(np.int64))
+    valid_targets = seqs.items[ends - 2].astype(np.int64)
+    test_targets = seqs.items[ends - 1].astype(np.int64)
+    valid = EvalSet(users, _truncate(seqs, lengths - 2, users), valid_targets)
+    test = EvalSet(users, _truncate(seqs, lengths - 1, users), test_targets)
     return Split(train, valid, test, ds.num_items, "leave-one-out, full ranking, history masked")
 
 

@@ -51,9 +51,11 @@ def rank_targets(
     if isinstance(model, torch.nn.Module):
         model.eval()  # dropout off; the caller switches back to train()
     items = model.item_vectors().to(device)  # (N + 1, D)
-    ranks = []
+    # Blocks of similar history lengths: each is padded only to its own longest.
+    by_length = np.argsort(np.minimum(evalset.histories.lengths(), max_len), kind="stable")
+    ranks = np.empty(len(evalset), dtype=np.int64)
     for start in range(0, len(evalset), batch_size):
-        index = np.arange(start, min(start + batch_size, len(evalset)))
+        index = by_length[start : start + batch_size]
         rows = torch.arange(len(index), device=device)
         targets = torch.from_numpy(evalset.targets[index]).to(device)  # (B,)
         users = user_vectors(model, last_items(evalset.histories, index, max_len), device)
@@ -61,8 +63,8 @@ def rank_targets(
         target_scores = scores[rows, targets].unsqueeze(1)  # (B, 1)
         mask_seen(scores, evalset.histories, index)
         scores[rows, targets] = -torch.inf  # the target is not its own rival
-        ranks.append((scores >= target_scores).sum(-1).cpu().numpy())
-    return np.concatenate(ranks)
+        ranks[index] = (scores >= target_scores).sum(-1).cpu().numpy()
+    return ranks
 
 
 def evaluate(

@@ -13,6 +13,8 @@ from torch import nn
 
 
 class Popularity(nn.Module):
+    counts: torch.Tensor  # (N + 1, 1) training frequency per item
+
     def __init__(self, num_items: int) -> None:
         super().__init__()
         self.register_buffer("counts", torch.zeros(num_items + 1, 1))

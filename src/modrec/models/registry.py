@@ -64,7 +64,10 @@ class RetrievalModel(nn.Module):
         return F.normalize(items, dim=-1) if self.normalize else items
 
 
-def build_model(config: ModelConfig, num_items: int) -> nn.Module:
+Model = RetrievalModel | Popularity
+
+
+def build_model(config: ModelConfig, num_items: int) -> Model:
     """A fresh, untrained model for a catalog of ``num_items`` items."""
     if config.name == "popularity":
         return Popularity(num_items)

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import next_item_batches, training_examples
 from modrec.eval import evaluate
-from modrec.models import build_model
+from modrec.models import Model, build_model
 from modrec.models.popularity import Popularity
 from modrec.train.config import RunConfig, load_config
 from modrec.train.losses import next_item_loss
@@ -51,7 +50,7 @@ class Run:
     config: RunConfig
     dataset: Dataset
     split: Split
-    model: nn.Module
+    model: Model
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -156,11 +155,11 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                     checkpoint)
 
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-    return _finish(out, model, split, config, state["best_epoch"], state["epoch"],
+    return _finish(out, model, split, config, int(state["best_epoch"]), int(state["epoch"]),
                    state["train_seconds"])
 
 
-def batch_loss(model: nn.Module, batch: Any, config: RunConfig,
+def batch_loss(model: Model, batch: Any, config: RunConfig,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """The next-item loss of one batch, over its real (non-padded) positions."""
     hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
@@ -172,7 +171,7 @@ def _append_metrics(out: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _finish(out: Path, model: nn.Module, split: Split, config: RunConfig, best_epoch: int,
+def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch: int,
             epochs: int, train_seconds: float) -> Path:
     tc = config.train
     valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_RUN ?= runs/demo-ml-1m-sasrec
-DEMO_EPOCHS ?= 40
+DEMO_EPOCHS ?= 20
 
 .PHONY: install demo test lint bench clean
 

@@ -6,7 +6,7 @@ import torch
 from modrec.models import ModelConfig, build_model
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])
 def test_causal_changing_a_later_item_never_changes_earlier_outputs(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()
@@ -19,7 +19,7 @@ def test_causal_changing_a_later_item_never_changes_earlier_outputs(name: str) -
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])
 def test_right_padding_does_not_change_real_positions(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()

@@ -44,9 +44,11 @@ def test_run_directory_contents(sasrec_run: Path) -> None:
     assert run.config.model.name == "sasrec"
 
 
-def test_gru4rec_learns(tmp_path: Path) -> None:
-    overrides = ["train.epochs=8", "train.batch_size=64", "train.eval_every=4"]
-    run = train(build_config("ml-100k", "gru4rec", overrides=overrides), tmp_path,
+@pytest.mark.parametrize("model", ["gru4rec", "hstu", "bert4rec"])
+def test_model_learns(model: str, tmp_path: Path) -> None:
+    overrides = ["train.epochs=8", "train.batch_size=64", "train.eval_every=4",
+                 "model.max_len=50"]
+    run = train(build_config("ml-100k", model, overrides=overrides), tmp_path,
                 progress=False)
     passes = [json.loads(line)["valid"]["ndcg@10"]
               for line in (run / "metrics.jsonl").read_text().splitlines()]

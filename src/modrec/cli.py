@@ -88,7 +88,7 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     run = load_run(args.run_dir)
     recs = recommend_for_user(run, str(args.user), args.k)
     if not args.json:
-        print(f"user {args.user}: last watched")
+        print(f"user {args.user}: most recent items")
         for item in recs["history_tail"]:
             print(f"    {item.get('title') or item['item_id']}")
         print(f"top {args.k} recommendations (history excluded):")

@@ -97,3 +97,32 @@ def next_item_batches(
         inputs = pad_right([windows[i][:-1] for i in index], width)
         targets = pad_right([windows[i][1:] for i in index], width)
         yield SequenceBatch(inputs, torch.from_numpy(lengths[index]), targets)
+
+
+def cloze_batches(
+    windows: list[np.ndarray],
+    max_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    mask_rate: float,
+    mask_token: int,
+    bucket: bool = True,
+) -> Iterator[SequenceBatch]:
+    """Training batches for masked-item prediction (BERT4Rec).
+
+    Each sequence is a window's newest ``max_len`` items; every item is hidden behind
+    ``mask_token`` with probability ``mask_rate`` (at least one per sequence), and the
+    targets are the hidden items (0 elsewhere).
+    """
+    sequences = [w[-max_len:] for w in windows]
+    lengths = np.array([len(x) for x in sequences], dtype=np.int64)
+    for index in batch_order(lengths, batch_size, rng, bucket):
+        items = pad_right([sequences[i] for i in index])  # (B, L)
+        real = torch.arange(items.shape[1]) < torch.from_numpy(lengths[index]).unsqueeze(1)
+        hidden = torch.from_numpy(rng.random(items.shape) < mask_rate) & real
+        # A sequence with nothing hidden teaches nothing: hide one random real item.
+        empty = np.flatnonzero(~hidden.any(1).numpy())
+        hidden[empty, rng.integers(0, lengths[index][empty])] = True
+        inputs = items.masked_fill(hidden, mask_token)
+        targets = items.masked_fill(~hidden, 0)
+        yield SequenceBatch(inputs, torch.from_numpy(lengths[index]), targets)

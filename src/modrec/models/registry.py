@@ -20,22 +20,26 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 from torch import nn
 
+from modrec.models.bert4rec import BERT4Rec
 from modrec.models.gru4rec import GRU4Rec
+from modrec.models.hstu import HSTU
 from modrec.models.item_tower import ItemTower
 from modrec.models.popularity import Popularity
 from modrec.models.sasrec import SASRec
 
-MODELS = ("popularity", "gru4rec", "sasrec")
+MODELS = ("popularity", "gru4rec", "sasrec", "bert4rec", "hstu")
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class ModelConfig:
-    name: Literal["popularity", "gru4rec", "sasrec"] = "sasrec"
+    name: Literal["popularity", "gru4rec", "sasrec", "bert4rec", "hstu"] = "sasrec"
     dim: int = 50
     max_len: int = 200  # the newest max_len items of a history are read
-    num_blocks: int = 2  # SASRec
-    num_heads: int = 1  # SASRec
+    num_blocks: int = 2  # SASRec, BERT4Rec, HSTU
+    num_heads: int = 1  # SASRec, BERT4Rec, HSTU
+    head_dim: int | None = None  # HSTU query/key and value dims per head (dim / heads)
     num_layers: int = 1  # GRU4Rec
+    mask_rate: float = 0.2  # BERT4Rec: share of items hidden in training
     dropout: float = 0.2
     normalize: bool = True  # L2-normalise user and item vectors (cosine scores)
 
@@ -59,6 +63,18 @@ class RetrievalModel(nn.Module):
         users = self.encoder(inputs, lengths)  # (B, L, D)
         return F.normalize(users, dim=-1) if self.normalize else users
 
+    @property
+    def objective(self) -> str:
+        """"next_item" (causal models) or "cloze" (BERT4Rec): how the loop trains it."""
+        return getattr(self.encoder, "objective", "next_item")
+
+    def encode_masked(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Cloze training: vectors at every position of inputs holding mask tokens."""
+        if not isinstance(self.encoder, BERT4Rec):
+            raise TypeError(f"{type(self.encoder).__name__} is not trained by cloze")
+        users = self.encoder.bidirectional(inputs, lengths)  # (B, L, D)
+        return F.normalize(users, dim=-1) if self.normalize else users
+
     def item_vectors(self) -> torch.Tensor:
         items = self.item_tower.all_items()  # (N + 1, D)
         return F.normalize(items, dim=-1) if self.normalize else items
@@ -76,6 +92,12 @@ def build_model(config: ModelConfig, num_items: int) -> Model:
     if config.name == "sasrec":
         encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,
                          config.dropout)
+    elif config.name == "bert4rec":
+        encoder = BERT4Rec(tower, config.max_len, config.num_blocks, config.num_heads,
+                           config.dropout)
+    elif config.name == "hstu":
+        encoder = HSTU(tower, config.max_len, config.num_blocks, config.num_heads,
+                       config.dropout, config.head_dim)
     elif config.name == "gru4rec":
         encoder = GRU4Rec(tower, config.num_layers, config.dropout)
     else:  # pragma: no cover - Literal above guards this

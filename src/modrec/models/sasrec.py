@@ -18,7 +18,10 @@ from torch import nn
 from modrec.models.item_tower import ItemTower
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
+    """Multi-head self-attention. With ``key_mask`` None it is causal; otherwise it is
+    bidirectional over the keys where ``key_mask`` (B, L) is True (BERT4Rec)."""
+
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
@@ -28,7 +31,7 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, L, D)
         q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
@@ -36,24 +39,29 @@ class CausalSelfAttention(nn.Module):
         # Right-padded batches need only the causal mask: real positions never see
         # the padding that follows them.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v,
+            attn_mask=None if key_mask is None else key_mask[:, None, None, :],  # (B,1,1,L)
+            is_causal=key_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, L, D/H)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block: attention, then a point-wise feed-forward."""
+
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attention = CausalSelfAttention(dim, num_heads, dropout)
+        self.attention = SelfAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim)
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm1(x)))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), key_mask))
         return x + self.dropout(self.feed_forward(self.norm2(x)))
 
 

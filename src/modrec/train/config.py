@@ -112,7 +112,9 @@ def build_config(
         sources.append(str(config_file))
     if dataset is not None:
         raw = _merge(raw, {"data": {"dataset": dataset}})
-    if model is not None:
+    if model is not None and "name" not in raw.get("model", {}):
+        # -m names a preset (configs/<dataset>/hstu-large.yaml); a preset that sets
+        # model.name decides the architecture, otherwise -m is the architecture.
         raw = _merge(raw, {"model": {"name": model}})
     for text in overrides or []:
         keys, value = parse_override(text)

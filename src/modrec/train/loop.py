@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 from modrec.data import Dataset, Split, load_dataset, make_split
-from modrec.data.batches import next_item_batches, training_examples
+from modrec.data.batches import cloze_batches, next_item_batches, training_examples
 from modrec.eval import evaluate
-from modrec.models import Model, build_model
+from modrec.models import Model, RetrievalModel, build_model
 from modrec.models.popularity import Popularity
 from modrec.train.config import RunConfig, load_config
 from modrec.train.losses import next_item_loss
@@ -114,7 +114,12 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         model.train()
         started = time.perf_counter()
         losses, seen = [], 0
-        batches = next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket)
+        batches = (
+            cloze_batches(windows, config.model.max_len, tc.batch_size, rng,
+                          config.model.mask_rate, dataset.num_items + 1, tc.bucket)
+            if model.objective == "cloze"
+            else next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket)
+        )
         total = math.ceil(len(windows) / tc.batch_size)
         bar = tqdm(batches, total=total, desc=f"epoch {epoch}", disable=not progress,
                    leave=False, unit="batch")
@@ -159,10 +164,13 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    state["train_seconds"])
 
 
-def batch_loss(model: Model, batch: Any, config: RunConfig,
+def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """The next-item loss of one batch, over its real (non-padded) positions."""
-    hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
+    if model.objective == "cloze":
+        hidden = model.encode_masked(batch.inputs, batch.lengths)  # (B, L, D)
+    else:
+        hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
     return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator)
 
 

@@ -1,0 +1,97 @@
+"""HSTU: Hierarchical Sequential Transduction Units.
+
+Zhai et al., "Actions Speak Louder than Words: Trillion-Parameter Sequential
+Transducers for Generative Recommendations" (ICML 2024). Each block is one pointwise
+aggregated attention layer and no separate feed-forward:
+
+    U, V, Q, K = split(SiLU(W_uvqk · LayerNorm(x)))
+    A          = SiLU(Q Kᵀ + relative position bias) / max_len,  causal
+    x          = x + W_o · Dropout(LayerNorm(A V) ⊙ U)
+
+Scores are normalised by the fixed ``max_len`` rather than by a softmax or by the
+batch's padded width, so a length-bucketed batch computes exactly what a batch padded
+to ``max_len`` computes.
+
+Shapes: B batch, L length, D dim, H heads, Dq / Dv per-head query-key / value dims.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modrec.models.item_tower import ItemTower
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per relative distance ``j - i`` in ``(-max_len, max_len)``."""
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.weights = nn.Parameter(torch.empty(2 * max_len - 1).normal_(std=0.02))
+
+    def forward(self, length: int) -> torch.Tensor:
+        positions = torch.arange(length, device=self.weights.device)
+        distance = positions.unsqueeze(0) - positions.unsqueeze(1)  # (L, L): j - i
+        return self.weights[distance + self.max_len - 1]  # (L, L)
+
+
+class HSTUBlock(nn.Module):
+    def __init__(
+        self, dim: int, num_heads: int, qk_dim: int, v_dim: int, max_len: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.qk_dim, self.v_dim, self.max_len = num_heads, qk_dim, v_dim, max_len
+        self.norm_in = nn.LayerNorm(dim)
+        self.uvqk = nn.Linear(dim, num_heads * (2 * v_dim + 2 * qk_dim))
+        self.bias = RelativePositionBias(max_len)
+        self.norm_attn = nn.LayerNorm(num_heads * v_dim)
+        self.out = nn.Linear(num_heads * v_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        H, Dq, Dv = self.num_heads, self.qk_dim, self.v_dim
+        projected = F.silu(self.uvqk(self.norm_in(x)))  # (B, L, H * (2 Dv + 2 Dq))
+        u, v, q, k = projected.split([H * Dv, H * Dv, H * Dq, H * Dq], dim=-1)
+        q = q.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
+        k = k.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
+        v = v.view(B, L, H, Dv).transpose(1, 2)  # (B, H, L, Dv)
+        scores = q @ k.transpose(2, 3) + self.bias(L)  # (B, H, L, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        weights = F.silu(scores).masked_fill(~causal, 0.0) / self.max_len  # (B, H, L, L)
+        attended = (weights @ v).transpose(1, 2).reshape(B, L, H * Dv)  # (B, L, H Dv)
+        return x + self.out(self.dropout(self.norm_attn(attended) * u))
+
+
+class HSTU(nn.Module):
+    """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``."""
+
+    def __init__(
+        self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
+        dropout: float, head_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        dim = item_tower.dim
+        head_dim = head_dim or dim // num_heads
+        self.item_tower = item_tower
+        self.positions = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            HSTUBlock(dim, num_heads, head_dim, head_dim, max_len, dropout)
+            for _ in range(num_blocks)
+        )
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B, L = inputs.shape
+        x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)
+        x = self.dropout(x + self.positions(torch.arange(L, device=inputs.device)))
+        for block in self.blocks:
+            x = block(x)
+        return x  # (B, L, D); the model's L2 normalisation follows

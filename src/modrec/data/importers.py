@@ -318,12 +318,7 @@ def read_movielens(folder: str | Path, name: str | None = None) -> Dataset:
     if (folder / "ratings.dat").exists():
         ratings = _read_separated(folder / "ratings.dat", "::", ["user", "item", "rating", "ts"])
         movies = folder / "movies.dat"
-        items = None
-        if movies.exists():
-            items = pd.read_csv(
-                movies, sep="::", engine="python", header=None, encoding="latin-1",
-                names=["item_id", "title", "genres"],
-            )
+        items = read_movielens_movies(movies) if movies.exists() else None
         default_name = "ml-1m"
     elif (folder / "u.data").exists():
         ratings = _read_separated(folder / "u.data", "\t", ["user", "item", "rating", "ts"])
@@ -346,6 +341,14 @@ def read_movielens(folder: str | Path, name: str | None = None) -> Dataset:
         weights=ratings[:, 2],
         item_table=items,
         provenance={"format": "movielens", "source": str(folder)},
+    )
+
+
+def read_movielens_movies(path: Path) -> pd.DataFrame:
+    """GroupLens ``movies.dat``: item_id, title, genres (pipe-separated)."""
+    return pd.read_csv(
+        path, sep="::", engine="python", header=None, encoding="latin-1",
+        names=["item_id", "title", "genres"], dtype={"item_id": str},
     )
 
 

@@ -24,6 +24,7 @@ from modrec.data.dataset import DataFormatError, Dataset
 from modrec.data.importers import (
     import_path,
     read_movielens,
+    read_movielens_movies,
     read_pairs,
     read_recbole,
     read_sequences,
@@ -60,14 +61,6 @@ class NamedDataset:
 
 
 # ---- readers for the named layouts ----------------------------------------------------
-def _movie_table(movies: Path) -> pd.DataFrame:
-    """GroupLens movies.dat: id, title, genres (pipe-separated)."""
-    return pd.read_csv(
-        movies, sep="::", engine="python", header=None, encoding="latin-1",
-        names=["item_id", "title", "genres"], dtype={"item_id": str},
-    )
-
-
 def _read_ml1m(root: Path) -> Dataset:
     folder = root / "ml-1m"
     if (folder / "ml1m_user_sequences_origids.txt").exists():
@@ -75,7 +68,7 @@ def _read_ml1m(root: Path) -> Dataset:
     else:  # the GroupLens original, as the download leaves it
         ds = read_movielens(folder, name="ml-1m")
     if (folder / "movies.dat").exists():
-        movies = _movie_table(folder / "movies.dat")
+        movies = read_movielens_movies(folder / "movies.dat")
         ds.items = ds.items[["item", "item_id"]].merge(movies, on="item_id", how="left")
     return ds
 
@@ -88,7 +81,7 @@ def _read_ml1m_sasrec(root: Path) -> Dataset:
         mapping = pd.read_csv(item_map, sep="\t", dtype=str)
         ds.items = (
             ds.items.merge(mapping, left_on="item_id", right_on="new_item_id", how="left")
-            .merge(_movie_table(movies).rename(columns={"item_id": "orig_movie_id"}),
+            .merge(read_movielens_movies(movies).rename(columns={"item_id": "orig_movie_id"}),
                    on="orig_movie_id", how="left")
             .drop(columns=["new_item_id"])
         )

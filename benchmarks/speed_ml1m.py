@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from report import machine, markdown_table, write_section
 
+from modrec.bench import machine, markdown_table, write_section
 from modrec.data import leave_one_out, load_dataset
 from modrec.data.batches import next_item_batches, training_examples
 from modrec.eval import rank_targets
@@ -78,7 +79,8 @@ def main() -> None:
     table = markdown_table(
         ["model", "s / epoch (bucketed)", "sequences / s", "s / epoch (padded to 200)",
          "bucketing speed-up", "evaluate 6,040 users (s)"], rows)
-    write_section("ml1m-speed", f"""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    write_section(doc, "ml1m-speed", f"""
 ## MovieLens-1M: training and evaluation speed
 
 Command: `python benchmarks/speed_ml1m.py --epochs {args.epochs} --models {args.models}

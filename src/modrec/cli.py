@@ -97,6 +97,19 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     return recs
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.bench import bench
+
+    result = bench(args.dataset, args.models.split(","), Path(args.runs), Path(args.doc),
+                   progress=not args.no_progress)
+    if not args.json:
+        for row in result["rows"]:
+            print(f"  {row['preset']:<12} HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
+                  f"  epochs {row['epochs']}  {row['train_seconds'] / 60:.1f} min")
+        print(f"report: {result['doc']}  chart: {result['chart']}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modrec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the user's id as in the source data")
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("bench", help="train presets to early stopping and write the report")
+    p.add_argument("dataset")
+    p.add_argument("--models", default="sasrec,gru4rec,bert4rec,hstu,hstu-large",
+                   help="comma-separated presets (configs/<dataset>/<preset>.yaml)")
+    p.add_argument("--runs", default="runs/bench", help="where the run directories go")
+    p.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
 
     for verb in sub.choices.values():
         verb.add_argument("--json", action="store_true",

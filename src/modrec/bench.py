@@ -1,0 +1,150 @@
+"""``modrec bench DATASET``: train model presets to early stopping and write the table
+(test metrics at the best validation epoch, epochs, wall time) and a chart of
+validation NDCG@10 against training time into a Markdown report.
+
+Each preset runs exactly as ``modrec train -d DATASET -m PRESET`` would, into
+``RUNS/DATASET-PRESET``; a finished run directory is reused (delete it to retrain) and
+an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modrec.train import build_config, train
+
+log = logging.getLogger(__name__)
+
+# The HSTU repository's README (ML-1M, leave-one-out, full ranking):
+# HR@10, NDCG@10, HR@50, NDCG@50, HR@200, NDCG@200 (None where not published).
+PUBLISHED: dict[str, dict[str, tuple[float | None, ...]]] = {
+    "ml-1m": {
+        "sasrec": (0.2853, 0.1603, 0.5474, 0.2185, 0.7528, 0.2498),
+        "hstu": (0.3097, 0.1720, 0.5754, 0.2307, 0.7716, 0.2606),
+        "hstu-large": (0.3294, 0.1893, 0.5935, 0.2481, 0.7839, 0.2771),
+        "bert4rec": (0.2843, 0.1537, None, None, None, None),
+        "gru4rec": (0.2811, 0.1648, None, None, None, None),
+    }
+}
+METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def run_presets(dataset: str, presets: list[str], runs: Path,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Train (or reuse) each preset; one row of results per preset."""
+    rows = []
+    for preset in presets:
+        out = runs / f"{dataset}-{preset}"
+        if not (out / "results.json").exists():
+            log.info("bench: training %s on %s -> %s", preset, dataset, out)
+            train(build_config(dataset, preset), out, resume=True, progress=progress)
+        results = json.loads((out / "results.json").read_text())
+        curve = [(r["train_seconds"], r["valid"]["ndcg@10"])
+                 for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                 if "valid" in r and "train_seconds" in r]
+        rows.append({"preset": preset, "run_dir": str(out), "curve": curve,
+                     **{k: results[k] for k in (*METRICS, "best_epoch", "epochs",
+                                                "train_seconds", "protocol")}})
+    return rows
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for row in rows:
+        if len(row["curve"]) > 1:
+            seconds, ndcg = zip(*row["curve"], strict=True)
+            ax.plot([s / 60 for s in seconds], ndcg, label=row["preset"])
+    ax.set_xlabel("training time (minutes, excluding evaluation)")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend()
+    else:  # e.g. only the popularity baseline, which has no training curve
+        ax.text(0.5, 0.5, "no training curves", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    def cell(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(dataset: str, rows: list[dict[str, Any]]) -> str:
+    published = PUBLISHED.get(dataset, {})
+    table = []
+    for row in rows:
+        table.append([row["preset"], *(row[k] for k in METRICS), row["best_epoch"],
+                      row["epochs"], f"{row['train_seconds'] / 60:.1f}"])
+        pub = published.get(row["preset"])
+        if pub is not None:
+            table.append([f"{row['preset']} (published)",
+                          *("–" if v is None else f"{v:.4f}" for v in pub), "–", "–", "–",
+                          "–"])
+    return markdown_table(["model", "HR@10", "NDCG@10", "HR@50", "NDCG@50", "HR@200",
+                           "NDCG@200", "MRR", "best epoch", "epochs", "train min"], table)
+
+
+def write_section(doc: Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` (or
+    append it), so that each benchmark can be rerun without touching the others."""
+    header = ("# Benchmarks\n\nEvery number below was measured by the command written "
+              "beside it, on the machine\ndescribed in its section. Speeds on a shared "
+              "machine are noisy: compare them as\nratios measured in the same run.\n")
+    text = doc.read_text() if doc.exists() else header
+    block = f"<!-- begin {name} -->\n{body.strip()}\n<!-- end {name} -->"
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->",
+                         re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
+          doc: Path = Path("docs/benchmarks.md"), progress: bool = True) -> dict[str, Any]:
+    """Train the presets, write the report section and chart, return the rows."""
+    rows = run_presets(dataset, presets, runs, progress)
+    name = f"bench-{dataset}-{'-'.join(presets)}"
+    chart = doc.parent / f"{name}.png"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(rows, chart, f"{dataset}: validation NDCG@10 while training")
+    write_section(doc, name, f"""
+## {dataset}: {', '.join(presets)} trained to early stopping
+
+Command: `modrec bench {dataset} --models {','.join(presets)}` (each row is
+`modrec train -d {dataset} -m PRESET`, settings in `configs/{dataset}/PRESET.yaml`).
+Protocol: {rows[0]['protocol']}; test metrics at the epoch with the best validation
+NDCG@10 (selected on validation, never on test). Machine: {machine()}.
+
+{results_table(dataset, rows)}
+
+Published rows: the HSTU repository's README (same protocol, but no validation split:
+its numbers are not selected on held-out data).
+
+![validation NDCG@10 against training time]({chart.name})
+""")
+    return {"dataset": dataset, "doc": str(doc), "chart": str(chart),
+            "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}

@@ -27,9 +27,9 @@ def full_softmax(
 ) -> torch.Tensor:
     """Cross-entropy over every item, at the positions whose target is not padding."""
     supervised = targets > 0  # (B, L)
-    logits = users[supervised] @ items.T / temperature  # (P, N + 1)
-    logits[:, 0] = -torch.inf
-    return F.cross_entropy(logits, targets[supervised])
+    # Leave the padding row out rather than masking it: no (P, N + 1) in-place write.
+    logits = users[supervised] @ items[1:].T / temperature  # (P, N)
+    return F.cross_entropy(logits, targets[supervised] - 1)
 
 
 def sampled_softmax(

@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and evaluate it with full ranking")
     p.add_argument("-d", "--dataset", help="named dataset or path to a file/folder")
-    p.add_argument("-m", "--model", help="popularity, gru4rec or sasrec")
+    p.add_argument("-m", "--model", help="popularity, gru4rec, sasrec, bert4rec, hstu, or a "
+                   "preset from configs/<dataset>/ (e.g. hstu-large)")
     p.add_argument("--config", help="YAML file layered over configs/<dataset>/<model>.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.lr=3e-4 (repeatable)")

@@ -98,8 +98,8 @@ def build_config(
     """Assemble a RunConfig from the layers described in the module docstring."""
     raw: dict[str, Any] = {}
     sources: list[str] = []
-    if config_file is not None:
-        file_raw = _read_yaml(Path(config_file))
+    file_raw = _read_yaml(Path(config_file)) if config_file is not None else None
+    if file_raw is not None:
         dataset = dataset or file_raw.get("data", {}).get("dataset")
         model = model or file_raw.get("model", {}).get("name")
     if model is not None:
@@ -107,15 +107,15 @@ def build_config(
             if path.exists():
                 raw = _merge(raw, _read_yaml(path))
                 sources.append(str(path))
-    if config_file is not None:
-        raw = _merge(raw, _read_yaml(Path(config_file)))
+        if "name" not in raw.get("model", {}):
+            # -m names a preset (configs/<dataset>/hstu-large.yaml); a preset that sets
+            # model.name decides the architecture, otherwise -m is the architecture.
+            raw = _merge(raw, {"model": {"name": model}})
+    if file_raw is not None:
+        raw = _merge(raw, file_raw)
         sources.append(str(config_file))
     if dataset is not None:
         raw = _merge(raw, {"data": {"dataset": dataset}})
-    if model is not None and "name" not in raw.get("model", {}):
-        # -m names a preset (configs/<dataset>/hstu-large.yaml); a preset that sets
-        # model.name decides the architecture, otherwise -m is the architecture.
-        raw = _merge(raw, {"model": {"name": model}})
     for text in overrides or []:
         keys, value = parse_override(text)
         update: dict[str, Any] = value

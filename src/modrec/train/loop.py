@@ -166,7 +166,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
 def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """The next-item loss of one batch, over its real (non-padded) positions."""
+    """The loss of one batch over its supervised positions: every real position for
+    next-item models, the masked positions for cloze (BERT4Rec)."""
     if model.objective == "cloze":
         hidden = model.encode_masked(batch.inputs, batch.lengths)  # (B, L, D)
     else:

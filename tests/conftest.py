@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MODREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("modrec-cache"))
+    os.environ["MODREC_EMBEDDINGS_DIR"] = str(tmp_path_factory.mktemp("modrec-embeddings"))
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"train.epochs={args.epochs}")
     if args.format is not None:
         overrides.append(f"data.format={args.format}")
+    if args.split is not None:
+        overrides.append(f"data.split={args.split}")
+    if args.item_tower is not None:
+        overrides.append(f"model.item_tower={args.item_tower}")
+    if args.encoder is not None:
+        overrides.append(f"model.encoders={json.dumps(args.encoder.split(','))}")
     config = build_config(args.dataset, args.model, args.config, overrides)
     out = Path(args.out or f"runs/{Path(config.data.dataset).name}-{config.model.name}")
     log.info("training %s on %s -> %s", config.model.name, config.data.dataset, out)
@@ -62,6 +68,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         _print_metrics(f"test ({results['protocol']}), best epoch {results['best_epoch']}:",
                        {k: v for k, v in results.items() if isinstance(v, float)})
+        for part in ("warm", "cold"):
+            if part in results:
+                _print_metrics(f"test, {part} targets ({results[part]['users']} users):",
+                               results[part])
         print(f"run directory: {out}")
     return results
 
@@ -110,6 +120,64 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.content import EmbeddingStore, embed
+    from modrec.data import load_dataset
+
+    dataset = load_dataset(args.dataset, args.format)
+    store = EmbeddingStore.for_dataset(dataset, args.store)
+    reports = embed(dataset, args.encoder.split(","), store, batch_size=args.batch_size,
+                    device=args.device, progress=not args.no_progress, dtype=args.dtype)
+    if not args.json:
+        for r in reports:
+            print(f"  {r.encoder:<10} dim {r.dim:<5} encoded {r.encoded:>6} of {r.items} "
+                  f"({r.already} already stored)  {r.items_per_second:8.1f} items/s  "
+                  f"failures {r.failures}")
+        print(f"store: {store.folder}")
+    return {"dataset": dataset.name, "store": str(store.folder),
+            "encoders": [r.to_dict() for r in reports]}
+
+
+def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.content import EmbeddingStore
+    from modrec.content.classify import classify
+    from modrec.data import load_dataset
+
+    dataset = load_dataset(args.dataset)
+    result = classify(dataset, args.labels, args.encoder.split(","), args.mode,
+                      EmbeddingStore.for_dataset(dataset, args.store), head=args.head, k=args.k,
+                      template=args.template, seed=args.seed, max_labels=args.max_labels,
+                      min_count=args.min_count)
+    if not args.json:
+        print(f"{result['mode']} on {result['labels']} labels of {args.labels!r}, "
+              f"{result['items']['test']} held-out items:")
+        print(f"  micro-F1 {result['micro_f1']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+              f"mAP {result['map']:.4f}")
+    return result
+
+
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.content import EmbeddingStore
+    from modrec.content.search import TextSearch, search_map
+    from modrec.data import load_dataset
+
+    dataset = load_dataset(args.dataset)
+    store = EmbeddingStore.for_dataset(dataset, args.store)
+    if args.labels:  # evaluate: every label is a query
+        result = search_map(dataset, args.labels, args.template, store, args.encoder)
+        if not args.json:
+            print(f"{result['queries']} label queries on {args.labels!r}: "
+                  f"mAP {result['map']:.4f}")
+        return result
+    if not args.query:
+        raise ValueError("give a query, or --labels FIELD to measure search quality")
+    hits = TextSearch(dataset, store, args.encoder).search(args.query, args.k)
+    if not args.json:
+        for rank, hit in enumerate(hits, start=1):
+            print(f"  {rank:>2}. {hit.get('title') or hit['item_id']}  ({hit['score']:.3f})")
+    return {"dataset": dataset.name, "query": args.query, "items": hits}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modrec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, parquet, movielens")
+    p.add_argument("--split", choices=["loo", "temporal", "cold-items"],
+                   help="evaluation split (default: the config's, leave-one-out)")
+    p.add_argument("--item-tower", choices=["id", "content", "id+content"],
+                   help="item representation; content needs `modrec embed` first")
+    p.add_argument("--encoder", help="comma-separated stored embeddings for the item tower")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -151,6 +224,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("embed", help="encode item content into the dataset's embedding store")
+    p.add_argument("-d", "--dataset", required=True, help="named dataset or path")
+    p.add_argument("--format", help="importer format of a path")
+    p.add_argument("--encoder", required=True, help="comma-separated: text, image, video, "
+                   "audio, tags[:COLUMN], a dataset's precomputed vectors (vggish), or "
+                   "MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")
+    p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("classify", help="multi-label item classification from embeddings")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("--labels", required=True, help="item column of |-separated labels")
+    p.add_argument("--encoder", required=True, help="comma-separated stored embeddings")
+    p.add_argument("--mode", choices=["trained", "zero-shot", "knn"], default="trained")
+    p.add_argument("--head", choices=["linear", "mlp"], default="mlp", help="trained mode")
+    p.add_argument("-k", type=int, default=20, help="neighbours in knn mode")
+    p.add_argument("--template", default="{label}", help="zero-shot label phrasing, "
+                   "e.g. 'a {label} movie'")
+    p.add_argument("--max-labels", type=int, default=50, help="most frequent labels kept")
+    p.add_argument("--min-count", type=int, default=10, help="items a label needs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("search", help="rank items by text relevance to a query")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("query", nargs="?")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--encoder", default="text", help="the stored text embeddings to search")
+    p.add_argument("--labels", help="measure instead: each label of this column is a query")
+    p.add_argument("--template", default="{label}", help="how a label becomes a query")
+    p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    p.set_defaults(func=cmd_search)
 
     for verb in sub.choices.values():
         verb.add_argument("--json", action="store_true",

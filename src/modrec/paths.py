@@ -19,3 +19,11 @@ def cache_dir() -> Path:
     """Converted canonical datasets. Separate from the data directory, which may be
     read-only (CI mounts the shared data without write bits)."""
     return Path(os.environ.get(CACHE_DIR_ENV, "~/.cache/modrec/datasets")).expanduser()
+
+
+EMBEDDINGS_DIR_ENV = "MODREC_EMBEDDINGS_DIR"
+
+
+def embeddings_dir() -> Path:
+    """Embedding stores, one folder per dataset (``<dir>/<dataset>/``)."""
+    return Path(os.environ.get(EMBEDDINGS_DIR_ENV, "~/.cache/modrec/embeddings")).expanduser()

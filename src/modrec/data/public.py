@@ -14,13 +14,14 @@ import logging
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from modrec import paths
-from modrec.data.dataset import DataFormatError, Dataset
+from modrec.data.dataset import DataFormatError, Dataset, build_dataset
 from modrec.data.importers import (
     import_path,
     read_movielens,
@@ -53,6 +54,10 @@ class NamedDataset:
     reader: Callable[[Path], Dataset]  # receives the data directory
     download: Download | None = None
     alternatives: tuple[str, ...] = ()  # other main files that the reader also accepts
+    # Vectors the dataset ships, usable as encoders: name -> (matrix .npy, TSV naming
+    # each row's item, its id column), paths relative to the data directory.
+    precomputed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    extras: tuple[str, ...] = ()  # optional content files (they key the cache too)
 
     def present(self, root: Path) -> bool:
         return all((root / f).exists() for f in self.files) or any(
@@ -70,7 +75,29 @@ def _read_ml1m(root: Path) -> Dataset:
     if (folder / "movies.dat").exists():
         movies = read_movielens_movies(folder / "movies.dat")
         ds.items = ds.items[["item", "item_id"]].merge(movies, on="item_id", how="left")
+    if (folder / "ml1m_extended_movie_tmdb.csv").exists():
+        tmdb = _tmdb_text(folder / "ml1m_extended_movie_tmdb.csv")
+        ds.items = ds.items.merge(tmdb, on="item_id", how="left")
     return ds
+
+
+def _tmdb_text(path: Path) -> pd.DataFrame:
+    """Per movie: ``text`` (title, year, TMDB overview, director, leading actors; no
+    genres, which are MovieLens's labels) and ``tmdb_genres`` (TMDB's own taxonomy)."""
+    tmdb = pd.read_csv(path, dtype={"MovieID": str})
+
+    def text(row: pd.Series) -> str:
+        parts = [f"{row['Title']}."]
+        for label, column in (("", "overview"), ("Directed by ", "director"),
+                              ("Starring ", "actors")):
+            value = row[column]
+            if isinstance(value, str) and value.strip():
+                value = ", ".join(value.split("|")[:4]) if column == "actors" else value
+                parts.append(f"{label}{value.strip().rstrip('.')}.")
+        return " ".join(parts)
+
+    return pd.DataFrame({"item_id": tmdb["MovieID"], "text": tmdb.apply(text, axis=1),
+                         "tmdb_genres": tmdb["genres"]})
 
 
 def _read_ml1m_sasrec(root: Path) -> Dataset:
@@ -91,7 +118,10 @@ def _read_ml1m_sasrec(root: Path) -> Dataset:
 def _read_ml100k(root: Path) -> Dataset:
     folder = root / "ml-100k"
     if (folder / "ml-100k.inter").exists():
-        return read_recbole(folder / "ml-100k.inter", name="ml-100k")
+        ds = read_recbole(folder / "ml-100k.inter", name="ml-100k")
+        if "class" in ds.items.columns:  # RecBole's space-separated genres, as labels
+            ds.items["genres"] = ds.items["class"].str.split().str.join("|")
+        return ds
     return read_movielens(folder, name="ml-100k")  # the unpacked GroupLens archive
 
 
@@ -103,8 +133,41 @@ def _amazon_reader(filename: str, name: str) -> Callable[[Path], Dataset]:
 
 
 def _read_scientific(root: Path) -> Dataset:
+    # The importer joins Scientific.item2index and Scientific.text (asin, text) itself.
     return read_recbole(root / "amazon-scientific" / "Scientific.train.inter",
                         name="amazon-scientific")
+
+
+def _read_lastfm(root: Path) -> Dataset:
+    """Last.fm HetRec-2011 artists: user-artist pairs, names, tags (``|``-separated)."""
+    folder = root / "lastfm-2k"
+    pairs = pd.read_csv(folder / "lfm2k_og_ids.inter", sep="\t", dtype=str)
+    artists = pd.read_csv(folder / "lfm2k_orig_artists.dat", sep="\t", dtype=str,
+                          usecols=["id", "name"]).rename(columns={"id": "item_id",
+                                                                  "name": "title"})
+    tags = pd.read_csv(folder / "lfm2k_text.tsv", sep="\t", dtype=str)
+    tags = pd.DataFrame({"item_id": tags["artistID"],
+                         "tags": tags["text"].fillna("").str.replace(",", "|")})
+    ds = build_dataset("lastfm-2k", pairs["userID"].to_numpy(), pairs["itemID"].to_numpy(),
+                       provenance={"source": str(folder / "lfm2k_og_ids.inter")})
+    ds.items = ds.items.merge(artists, on="item_id", how="left").merge(tags, on="item_id",
+                                                                       how="left")
+    return ds
+
+
+def _read_microlens_sample(root: Path) -> Dataset:
+    """The MicroLens videos present as files, with their titles; no interactions."""
+    folder = root / "microlens-sample"
+    titles = pd.read_csv(folder / "MicroLens-50k_titles.csv", dtype=str)
+    videos = sorted(folder.glob("*.mp4"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
+    items = pd.DataFrame({"item_id": [p.stem for p in videos],
+                          "video": [str(p.resolve()) for p in videos]})
+    items = items.merge(titles.rename(columns={"item": "item_id"}), on="item_id", how="left")
+    items.insert(0, "item", np.arange(1, len(items) + 1, dtype=np.int32))
+    items["text"] = items["title"]
+    empty = pd.DataFrame({"user": np.zeros(0, np.int32), "item": np.zeros(0, np.int32)})
+    users = pd.DataFrame({"user": np.zeros(0, np.int32), "user_id": np.zeros(0, str)})
+    return Dataset("microlens-sample", empty, items, users, {"source": str(folder)})
 
 
 _S3REC = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data/"
@@ -123,6 +186,7 @@ NAMED: dict[str, NamedDataset] = {
             Download(_GROUPLENS + "ml-1m.zip", "ml-1m.zip",
                      "md5:c4d9eecfca2ab87c1945afe126590906", unzip=True),
             alternatives=("ml-1m/ratings.dat",),
+            extras=("ml-1m/movies.dat", "ml-1m/ml1m_extended_movie_tmdb.csv"),
         ),
         NamedDataset(
             "ml-1m-sasrec",
@@ -173,6 +237,29 @@ NAMED: dict[str, NamedDataset] = {
             tuple(f"amazon-scientific/Scientific.{p}.inter" for p in ("train", "valid", "test")),
             _read_scientific,
             None,  # UniSRec ships it through a file host with no stable direct link
+            extras=("amazon-scientific/Scientific.text", "amazon-scientific/Scientific.item2index"),
+        ),
+        NamedDataset(
+            "lastfm-2k",
+            "Last.fm HetRec-2011 user-artist pairs, artist tags, precomputed audio/text vectors",
+            ("lastfm-2k/lfm2k_og_ids.inter", "lastfm-2k/lfm2k_orig_artists.dat",
+             "lastfm-2k/lfm2k_text.tsv"),
+            _read_lastfm,
+            None,  # the multimodal features come from a research resource, not GroupLens
+            precomputed={
+                name: (f"lastfm-2k/lfm2k_{file}.npy", "lastfm-2k/lfm2k_npy_row_to_artistID.tsv",
+                       "artistID")
+                for name, file in (("vggish", "vggish"), ("whisper", "whisper"),
+                                   ("minilm", "all-MiniLM-L6-v2"))
+            },
+        ),
+        NamedDataset(
+            "microlens-sample",
+            "MicroLens: three real short videos with titles (a catalog, no interactions)",
+            ("microlens-sample/MicroLens-50k_titles.csv",),
+            _read_microlens_sample,
+            None,  # MicroLens is distributed on request by its authors
+            extras=("microlens-sample",),
         ),
     ]
 }
@@ -199,7 +286,8 @@ def _load_named(spec: NamedDataset) -> Dataset:
     root = paths.data_dir()
     if not spec.present(root):
         _download(spec, root)
-    sources = [root / f for f in spec.files + spec.alternatives if (root / f).exists()]
+    sources = [root / f for f in spec.files + spec.alternatives + spec.extras
+               if (root / f).exists()]
     return _cached(spec.name, sources, lambda: spec.reader(root))
 
 

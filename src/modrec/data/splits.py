@@ -30,6 +30,13 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.users)
 
+    def subset(self, keep: np.ndarray) -> EvalSet:
+        """The evaluation rows where the boolean ``keep`` is True."""
+        rows = np.flatnonzero(keep)
+        return EvalSet(self.users[rows], _truncate(self.histories,
+                                                   self.histories.lengths(), rows),
+                       self.targets[rows])
+
 
 @dataclass(frozen=True)
 class Split:
@@ -38,6 +45,8 @@ class Split:
     test: EvalSet
     num_items: int
     protocol: str  # written next to every number computed on this split
+    # Items withheld from training entirely (cold-start evaluation), (N + 1,) bool.
+    cold_items: np.ndarray | None = None
 
 
 def leave_one_out(ds: Dataset) -> Split:
@@ -112,7 +121,27 @@ def _truncate(seqs: Sequences, keep: np.ndarray, users: np.ndarray | None = None
     return Sequences(offsets, items)
 
 
-SPLITS = {"loo": leave_one_out, "temporal": temporal_split}
+def cold_items_split(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Split:
+    """Leave-one-out, with a random ``fraction`` of the items removed from training
+    entirely: they never occur in a training sequence (neither as input nor target),
+    so a model meets them first at evaluation. Histories are left as they happened.
+    Test targets split into warm and cold by `Split.cold_items`."""
+    loo = leave_one_out(ds)
+    rng = np.random.default_rng(seed)
+    cold = np.zeros(ds.num_items + 1, dtype=bool)
+    cold[rng.choice(np.arange(1, ds.num_items + 1), int(round(fraction * ds.num_items)),
+                    replace=False)] = True
+    keep = ~cold[loo.train.items]
+    users_of = np.repeat(np.arange(len(loo.train)), loo.train.lengths())
+    lengths = np.bincount(users_of[keep], minlength=len(loo.train))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    train = Sequences(offsets, loo.train.items[keep])
+    protocol = (f"leave-one-out with {fraction:.0%} of items (seed {seed}) withheld from "
+                "training; full ranking over all items, history masked")
+    return Split(train, loo.valid, loo.test, ds.num_items, protocol, cold)
+
+
+SPLITS = {"loo": leave_one_out, "temporal": temporal_split, "cold-items": cold_items_split}
 
 
 def make_split(ds: Dataset, name: str) -> Split:

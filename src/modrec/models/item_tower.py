@@ -1,31 +1,84 @@
-"""How items become vectors. Shapes: N items (index 0 = padding), D dim.
+"""How items become vectors. Shapes: N items (index 0 = padding), D model dim,
+C content dim (the concatenated stored embeddings of the chosen encoders).
 
-Today the tower is an ID embedding; content features (text, image, audio vectors from
-the embedding store) join here later, so every sequence model gets them for free.
+Three modes, the same interface for every sequence model:
+
+* ``id``          a learned embedding per item (the classic setting);
+* ``content``     frozen content vectors through a trainable projection (linear, or a
+                  small MLP): an item nobody has interacted with still gets a vector;
+* ``id+content``  both, summed or mixed by a learned per-dimension gate.
+
+With content, an item that never occurs in training (``known`` is False) uses its
+content vector alone: its ID embedding was never trained, so adding it would only
+add noise. The content matrix is a buffer: it is saved with the weights, so a run
+folder is self-contained.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+Mode = Literal["id", "content", "id+content"]
 
 
 class ItemTower(nn.Module):
     """Item index -> vector. Row 0 is the padding item and stays zero."""
 
-    def __init__(self, num_items: int, dim: int) -> None:
+    content: torch.Tensor  # (N + 1, C) buffer, content modes only
+    known: torch.Tensor  # (N + 1,) bool buffer, content modes only
+
+    def __init__(self, num_items: int, dim: int, mode: Mode = "id",
+                 content: torch.Tensor | None = None, content_mlp: bool = False,
+                 combine: Literal["sum", "gate"] = "sum") -> None:
         super().__init__()
-        self.num_items = num_items
-        self.dim = dim
-        self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
-        # Small init as in SASRec/HSTU: large item norms slow early training.
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        with torch.no_grad():
-            self.embedding.weight[0].zero_()
+        self.num_items, self.dim, self.mode, self.combine = num_items, dim, mode, combine
+        if mode != "content":
+            self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
+            # Small init as in SASRec/HSTU: large item norms slow early training.
+            nn.init.normal_(self.embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.embedding.weight[0].zero_()
+        if mode != "id":
+            if content is None or content.shape[0] != num_items + 1:
+                raise ValueError(f"item tower {mode!r} needs a content matrix of "
+                                 f"{num_items + 1} rows (row 0 = padding)")
+            self.register_buffer("content", content.float())  # (N + 1, C)
+            c = content.shape[1]
+            self.project: nn.Module = (
+                nn.Sequential(nn.Linear(c, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+                if content_mlp else nn.Linear(c, dim))
+            self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool))
+            if mode == "id+content" and combine == "gate":
+                self.gate = nn.Linear(2 * dim, dim)
+
+    def set_known(self, known: torch.Tensor) -> None:
+        """Which items have training interactions (``(N + 1,)`` bool)."""
+        if self.mode != "id":
+            self.known.copy_(known)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.embedding(items)  # (..., D)
+        return self._vectors(items)  # (..., D)
 
     def all_items(self) -> torch.Tensor:
         """Every item's vector, padding included, so row i is item i."""
-        return self.embedding.weight  # (N + 1, D)
+        if self.mode == "id":
+            return self.embedding.weight  # (N + 1, D)
+        return self._vectors(torch.arange(self.num_items + 1, device=self.content.device))
+
+    def _vectors(self, items: torch.Tensor) -> torch.Tensor:
+        if self.mode == "id":
+            return self.embedding(items)
+        real = (items > 0).unsqueeze(-1)  # padding stays zero after the projection's bias
+        content = self.project(self.content[items]) * real  # (..., D)
+        if self.mode == "content":
+            return content
+        ids = self.embedding(items) * self.known[items].unsqueeze(-1)  # (..., D)
+        if self.combine == "gate":
+            gate = torch.sigmoid(self.gate(torch.cat([ids, content], dim=-1)))
+            mixed = gate * ids + (1 - gate) * content
+            # An unknown item has no ID part to mix in: content alone.
+            return torch.where(self.known[items].unsqueeze(-1), mixed, content)
+        return ids + content

@@ -12,6 +12,7 @@ normalises its vectors).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Protocol
 
 import torch
@@ -42,6 +43,12 @@ class ModelConfig:
     mask_rate: float = 0.2  # BERT4Rec: share of items hidden in training
     dropout: float = 0.2
     normalize: bool = True  # L2-normalise user and item vectors (cosine scores)
+    # Item representation (see models/item_tower.py): "id", "content", "id+content".
+    item_tower: Literal["id", "content", "id+content"] = "id"
+    encoders: list[str] = dataclasses.field(default_factory=list)  # stored embeddings used
+    content_mlp: bool = False  # a small MLP instead of a linear projection of content
+    combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
+    content_dim: int | None = None  # filled in from the store when the model is built
 
 
 class Scorer(Protocol):
@@ -83,11 +90,19 @@ class RetrievalModel(nn.Module):
 Model = RetrievalModel | Popularity
 
 
-def build_model(config: ModelConfig, num_items: int) -> Model:
-    """A fresh, untrained model for a catalog of ``num_items`` items."""
+def build_model(config: ModelConfig, num_items: int,
+                content: torch.Tensor | None = None) -> Model:
+    """A fresh, untrained model for a catalog of ``num_items`` items; ``content``
+    ``(N + 1, C)`` feeds a content item tower (zeros stand in when weights that hold
+    the real matrix are about to be loaded)."""
     if config.name == "popularity":
         return Popularity(num_items)
-    tower = ItemTower(num_items, config.dim)
+    if config.item_tower != "id" and content is None:
+        if config.content_dim is None:
+            raise ValueError(f"item_tower {config.item_tower!r} needs content embeddings")
+        content = torch.zeros(num_items + 1, config.content_dim)
+    tower = ItemTower(num_items, config.dim, config.item_tower, content, config.content_mlp,
+                      config.combine)
     encoder: nn.Module
     if config.name == "sasrec":
         encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,

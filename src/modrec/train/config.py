@@ -28,7 +28,8 @@ _STRICT = ConfigDict(extra="forbid")
 class DataConfig:
     dataset: str = "ml-100k"  # a named dataset or a path
     format: str | None = None  # importer format for paths; detected when None
-    split: Literal["loo", "temporal"] = "loo"
+    # "cold-items": leave-one-out with 10% of the items withheld from training
+    split: Literal["loo", "temporal", "cold-items"] = "loo"
 
 
 @dataclass(config=_STRICT)

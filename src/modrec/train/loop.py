@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import cloze_batches, next_item_batches, training_examples
 from modrec.eval import evaluate
@@ -81,7 +82,19 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
     dataset = load_dataset(config.data.dataset, config.data.format)
     split = make_split(dataset, config.data.split)
-    model = build_model(config.model, dataset.num_items).to(tc.device)
+    content = None
+    if config.model.item_tower != "id":
+        content = torch.from_numpy(content_matrix(EmbeddingStore.for_dataset(dataset),
+                                                  config.model.encoders))
+        config.model.content_dim = content.shape[1]
+    model = build_model(config.model, dataset.num_items, content).to(tc.device)
+    pool = None  # the items training may use as negatives (None: all)
+    if isinstance(model, RetrievalModel):
+        known = torch.zeros(dataset.num_items + 1, dtype=torch.bool)
+        known[torch.from_numpy(split.train.items.astype(np.int64))] = True
+        model.item_tower.set_known(known.to(tc.device))
+        if split.cold_items is not None:  # withheld items stay unseen, even as negatives
+            pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
     write_atomic(out / "config.json", json.dumps(
         {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol},
         indent=2))
@@ -125,7 +138,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    leave=False, unit="batch")
         for batch in bar:
             batch = batch.to(tc.device)
-            loss = batch_loss(model, batch, config, generator)
+            loss = batch_loss(model, batch, config, generator, pool)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,14 +178,16 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
 
 def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None,
+               pool: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of one batch over its supervised positions: every real position for
     next-item models, the masked positions for cloze (BERT4Rec)."""
     if model.objective == "cloze":
         hidden = model.encode_masked(batch.inputs, batch.lengths)  # (B, L, D)
     else:
         hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
-    return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator)
+    return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator,
+                          pool)
 
 
 def _append_metrics(out: Path, record: dict[str, Any]) -> None:
@@ -185,6 +200,13 @@ def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch
     tc = config.train
     valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)
     test = evaluate(model, split.test, config.model.max_len, tc.eval_batch_size, tc.device)
+    slices = {}
+    if split.cold_items is not None:  # cold-start: targets never seen in training
+        cold = split.cold_items[split.test.targets]
+        for name, keep in (("warm", ~cold), ("cold", cold)):
+            part = split.test.subset(keep)
+            slices[name] = {"users": len(part), **evaluate(
+                model, part, config.model.max_len, tc.eval_batch_size, tc.device)}
     results = {
         "dataset": config.data.dataset,
         "model": config.model.name,
@@ -195,6 +217,7 @@ def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch
         "train_seconds": train_seconds,
         "valid": valid,
         **test,
+        **slices,
     }
     write_atomic(out / "results.json", json.dumps(results, indent=2))
     return out

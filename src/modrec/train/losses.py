@@ -23,18 +23,25 @@ class LossConfig:
 
 
 def full_softmax(
-    users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float
+    users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float,
+    pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy over every item, at the positions whose target is not padding."""
+    """Cross-entropy over every item (or every item in ``pool``), at the positions whose
+    target is not padding."""
     supervised = targets > 0  # (B, L)
     # Leave the padding row out rather than masking it: no (P, N + 1) in-place write.
     logits = users[supervised] @ items[1:].T / temperature  # (P, N)
+    if pool is not None:
+        outside = torch.ones(items.shape[0] - 1, dtype=torch.bool, device=items.device)
+        outside[pool - 1] = False
+        logits = logits.masked_fill(outside, -torch.inf)
     return F.cross_entropy(logits, targets[supervised] - 1)
 
 
 def sampled_softmax(
     users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float,
     num_negatives: int, generator: torch.Generator | None = None,
+    pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each target against ``num_negatives`` uniformly drawn items.
 
@@ -43,11 +50,18 @@ def sampled_softmax(
     sampling but without gathering B x L x K item vectors (on a CPU that gather costs
     about 15x more), while the batch still sees B x K distinct draws. A negative that
     equals the position's target is masked out.
+
+    ``pool`` (item indices) restricts the negatives, e.g. to the items that occur in
+    training when some are withheld for cold-start evaluation: a model must not learn
+    that withheld items are never the answer.
     """
     B = users.shape[0]
+    high = items.shape[0] if pool is None else len(pool) + 1
     negatives = torch.randint(
-        1, items.shape[0], (B, num_negatives), device=items.device, generator=generator
+        1, high, (B, num_negatives), device=items.device, generator=generator
     )  # (B, K)
+    if pool is not None:
+        negatives = pool[negatives - 1]
     positive = (users * items[targets]).sum(-1, keepdim=True)  # (B, L, 1)
     negative = torch.bmm(users, items[negatives].transpose(1, 2))  # (B, L, K)
     negative = negative.masked_fill(negatives.unsqueeze(1) == targets.unsqueeze(2), -torch.inf)
@@ -60,10 +74,11 @@ def sampled_softmax(
 
 def next_item_loss(
     config: LossConfig, users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, pool: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``users (B, L, D)``, ``targets (B, L)`` with 0 at padded positions."""
+    """``users (B, L, D)``, ``targets (B, L)`` with 0 at padded positions; ``pool``
+    the candidate items (all when None)."""
     if config.name == "softmax":
-        return full_softmax(users, targets, items, config.temperature)
+        return full_softmax(users, targets, items, config.temperature, pool)
     return sampled_softmax(users, targets, items, config.temperature, config.num_negatives,
-                           generator)
+                           generator, pool)

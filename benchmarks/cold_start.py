@@ -1,0 +1,104 @@
+"""Cold-start items: ID-only vs content vs ID+content item towers, written into
+docs/benchmarks.md.
+
+    python benchmarks/cold_start.py [--datasets ml-1m,amazon-scientific] [--epochs 40]
+
+For each dataset: the text encoder fills the embedding store (incremental, so a second
+run re-uses it), then SASRec trains with each item tower on the ``cold-items`` split
+(a seeded 10% of the items withheld from training entirely, as inputs, targets and
+negatives), selecting the epoch on validation NDCG@10. Test metrics are reported for
+warm targets and for cold targets (ranked against all items). Each row is one
+`modrec train` command, printed beside the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from modrec.bench import machine, markdown_table, write_section
+from modrec.content import EmbeddingStore, embed
+from modrec.data import load_dataset
+from modrec.train import build_config, train
+
+TOWERS = ("id", "content", "id+content")
+# Per dataset: the encoders used and the settings layered over configs/<d>/sasrec.yaml.
+SETTINGS = {
+    "ml-1m": (["text"], ["loss.num_negatives=128"]),
+    "amazon-scientific": (["text"], ["model.max_len=50", "train.patience=10"]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="ml-1m,amazon-scientific")
+    parser.add_argument("--epochs", type=int, default=40, help="cap per run")
+    parser.add_argument("--runs", default="runs/cold-start")
+    parser.add_argument("--doc", default="docs/benchmarks.md")
+    args = parser.parse_args()
+
+    rows, commands = [], []
+    for name in args.datasets.split(","):
+        encoders, extra = SETTINGS[name]
+        dataset = load_dataset(name)
+        embed(dataset, encoders, EmbeddingStore.for_dataset(dataset))
+        for tower in TOWERS:
+            overrides = ["data.split=cold-items", f"model.item_tower={tower}",
+                         f"model.encoders={json.dumps(encoders)}",
+                         f"train.epochs={args.epochs}", *extra]
+            out = Path(args.runs) / f"{name}-sasrec-{tower}"
+            if not (out / "results.json").exists():
+                started = time.perf_counter()
+                train(build_config(name, "sasrec", None, overrides), out, resume=True)
+                print(f"{name} {tower}: {time.perf_counter() - started:.0f} s")
+            result = json.loads((out / "results.json").read_text())
+            rows.append([name, tower, result["warm"]["users"], result["warm"]["hr@10"],
+                         result["warm"]["ndcg@10"], result["cold"]["users"],
+                         result["cold"]["hr@10"], result["cold"]["ndcg@10"],
+                         result["cold"]["hr@50"], result["best_epoch"]])
+            sets = " ".join(f"--set {o}" for o in extra + [f"train.epochs={args.epochs}"])
+            commands.append(f"modrec train -d {name} -m sasrec --split cold-items "
+                            f"--item-tower {tower} --encoder {','.join(encoders)} {sets} "
+                            f"--out {out}")
+
+    by_key = {(r[0], r[1]): r for r in rows}
+    ratios = []
+    for name in args.datasets.split(","):
+        id_row, content_row = by_key[(name, "id")], by_key[(name, "content")]
+        both = by_key[(name, "id+content")]
+        ratio = content_row[6] / id_row[6] if id_row[6] else float("inf")
+        warm = (both[4] - id_row[4]) / id_row[4]
+        ratios.append(f"- {name}: cold HR@10 content / ID-only = {ratio:.1f}x; warm NDCG@10 "
+                      f"ID+content vs ID-only {warm:+.1%}")
+    body = "\n".join([
+        "### Cold-start items: ID-only vs content vs ID+content (SASRec)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with "
+        "`python benchmarks/cold_start.py`. Split `cold-items`: leave-one-out with a "
+        "seeded 10% of items withheld from training entirely (never an input, target or "
+        "negative); test targets are split into warm and cold, each ranked against all "
+        "items with history masked; epoch selected on validation NDCG@10. Content = "
+        "all-MiniLM-L6-v2 vectors of the item text (ML-1M: title, TMDB overview, "
+        "director, actors; Scientific: title, categories, brand), frozen, linearly "
+        "projected.",
+        "",
+        markdown_table(["dataset", "item tower", "warm users", "warm HR@10", "warm NDCG@10",
+                        "cold users", "cold HR@10", "cold NDCG@10", "cold HR@50",
+                        "best epoch"], rows),
+        "",
+        *ratios,
+        "",
+        "Commands (one per row):",
+        "",
+        "```",
+        *commands,
+        "```",
+    ])
+    write_section(Path(args.doc), "cold-start", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

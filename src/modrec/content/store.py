@@ -1,0 +1,205 @@
+"""EmbeddingStore: one matrix per encoder, rows aligned with a dataset's item index.
+
+A store is a folder::
+
+    manifest.json              per encoder: dim, dtype, version, input column, and
+                               the digest of the item ids its rows are aligned with
+    ids-<digest>.json          the external item id of each row (row 0 = padding, "")
+    <encoder>.<digest>.npy     (N + 1, dim) float16/float32, memory-mapped on read
+    <encoder>.<digest>.done.npy    (N + 1,) bool: the row holds an encoded item
+    <encoder>.<digest>.failed.npy  (N + 1,) bool: its input could not be encoded (zero row)
+
+Writes are crash-safe without copying the matrix: rows are written in place into the
+memory-mapped file and flushed *before* the small ``done`` mask is replaced atomically
+(write, then rename). A crash between the two only loses the rows not yet marked done,
+which the next run encodes again; a row marked done is always on disk.
+
+When the dataset's item ids change (new items appended, the catalog re-indexed), each
+matrix is re-aligned by id into files of the new digest, and the manifest (rewritten
+atomically) switches to them last: rows of known items are kept, new items are missing,
+and an interrupted re-alignment leaves the old files in charge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modrec import paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    name: str
+    dim: int
+    dtype: str
+    version: str
+    reads: str
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+    _write_atomic(path, write)
+
+
+def _digest(item_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(item_ids).encode()).hexdigest()[:12]
+
+
+class EmbeddingStore:
+    """Open (or create) the store of one dataset's catalog."""
+
+    def __init__(self, folder: str | Path, item_ids: list[str]) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.item_ids = [""] + [str(i) for i in item_ids]  # row 0 = padding
+        self.digest = _digest(self.item_ids)
+        ids_file = self.folder / f"ids-{self.digest}.json"
+        if not ids_file.exists():
+            _write_atomic(ids_file, lambda tmp: tmp.write_text(json.dumps(self.item_ids)))
+        manifest = self.folder / "manifest.json"
+        self._manifest: dict[str, dict[str, Any]] = (
+            json.loads(manifest.read_text())["encoders"] if manifest.exists() else {})
+        for name, info in list(self._manifest.items()):
+            if info["ids"] != self.digest:
+                self._realign(name, info)
+
+    @classmethod
+    def for_dataset(cls, dataset: Any, folder: str | Path | None = None) -> EmbeddingStore:
+        """The store of a `Dataset`: ``folder`` or ``$MODREC_EMBEDDINGS_DIR/<name>``."""
+        folder = folder or paths.embeddings_dir() / dataset.name.replace("/", "_")
+        return cls(folder, dataset.items["item_id"].astype(str).tolist())
+
+    # ---- reading ---------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return len(self.item_ids)
+
+    def names(self) -> list[str]:
+        return sorted(self._manifest)
+
+    def info(self, name: str) -> MatrixInfo:
+        if name not in self._manifest:
+            have = ", ".join(self.names()) or "none"
+            raise KeyError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
+                           f"run `modrec embed --encoder {name}` first")
+        info = self._manifest[name]
+        return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"])
+
+    def _file(self, name: str, part: str = "", digest: str | None = None) -> Path:
+        return self.folder / f"{name}.{digest or self.digest}{part}.npy"
+
+    def matrix(self, name: str) -> np.ndarray:
+        """``(N + 1, dim)``, memory-mapped read-only; rows not yet encoded are zero."""
+        self.info(name)
+        return np.load(self._file(name), mmap_mode="r")
+
+    def done(self, name: str) -> np.ndarray:
+        return np.load(self._file(name, ".done"))
+
+    def failed(self, name: str) -> np.ndarray:
+        return np.load(self._file(name, ".failed"))
+
+    def missing(self, name: str) -> np.ndarray:
+        """Item indices (1..N) with no row yet."""
+        if name not in self._manifest:
+            return np.arange(1, self.num_rows)
+        return np.flatnonzero(~self.done(name)[1:]) + 1
+
+    # ---- writing ---------------------------------------------------------------------
+    def prepare(self, name: str, dim: int, version: str, reads: str,
+                dtype: str = "float32") -> None:
+        """Make sure ``name`` has a matrix for this encoder version; a different version
+        or dim starts it afresh (old vectors would not be comparable with new ones)."""
+        wanted = {"dim": dim, "dtype": dtype, "version": version, "reads": reads,
+                  "ids": self.digest}
+        if self._manifest.get(name) == wanted:
+            return
+        self._create(name, np.zeros((self.num_rows, dim), dtype), np.zeros(self.num_rows, bool),
+                     np.zeros(self.num_rows, bool))
+        self._manifest[name] = wanted
+        self._save_manifest()
+
+    def write(self, name: str, rows: np.ndarray, vectors: np.ndarray,
+              failed: np.ndarray | None = None) -> None:
+        """Store ``vectors`` at item indices ``rows`` and mark them done (and failed)."""
+        array = np.load(self._file(name), mmap_mode="r+")
+        array[rows] = vectors.astype(array.dtype)
+        array.flush()  # rows on disk before they are marked done
+        del array
+        done, flags = self.done(name), self.failed(name)
+        done[rows] = True
+        flags[rows] = False if failed is None else failed
+        _save_npy(self._file(name, ".failed"), flags)
+        _save_npy(self._file(name, ".done"), done)
+
+    def _create(self, name: str, matrix: np.ndarray, done: np.ndarray,
+                failed: np.ndarray) -> None:
+        _save_npy(self._file(name), matrix)
+        _save_npy(self._file(name, ".failed"), failed)
+        _save_npy(self._file(name, ".done"), done)
+
+    def _save_manifest(self) -> None:
+        text = json.dumps({"encoders": self._manifest}, indent=2)
+        _write_atomic(self.folder / "manifest.json", lambda tmp: tmp.write_text(text))
+
+    def _realign(self, name: str, info: dict[str, Any]) -> None:
+        """Re-index one matrix from the ids it was built for to the current ones."""
+        old_digest = info["ids"]
+        stored = json.loads((self.folder / f"ids-{old_digest}.json").read_text())
+        position = {item_id: row for row, item_id in enumerate(stored) if row > 0}
+        source = np.array([position.get(i, -1) for i in self.item_ids])
+        source[0] = -1
+        known = source >= 0
+        old = np.load(self._file(name, digest=old_digest))
+        matrix = np.zeros((self.num_rows, info["dim"]), dtype=old.dtype)
+        matrix[known] = old[source[known]]
+        done = np.zeros(self.num_rows, bool)
+        failed = np.zeros(self.num_rows, bool)
+        done[known] = np.load(self._file(name, ".done", old_digest))[source[known]]
+        failed[known] = np.load(self._file(name, ".failed", old_digest))[source[known]]
+        self._create(name, matrix, done, failed)
+        self._manifest[name] = {**info, "ids": self.digest}
+        self._save_manifest()  # the commit point: the new files are in charge now
+        for part in ("", ".done", ".failed"):
+            self._file(name, part, old_digest).unlink(missing_ok=True)
+
+
+def content_matrix(store: EmbeddingStore, encoders: list[str]) -> np.ndarray:
+    """``(N + 1, C)`` float32: the chosen encoders' rows side by side, each block
+    L2-normalised so that no modality dominates by scale; items never encoded or
+    flagged as failed are zero. Row 0 (padding) is zero."""
+    if not encoders:
+        raise ValueError("no encoders given: name the stored embeddings to use "
+                         "(e.g. --encoder text)")
+    blocks = []
+    for name in encoders:
+        block = np.asarray(store.matrix(name), dtype=np.float32).copy()
+        usable = store.done(name) & ~store.failed(name)
+        missing = int((~usable[1:]).sum())
+        if missing:
+            log.warning("%s: %d of %d items have no %s vector; they get zeros", store.folder,
+                        missing, store.num_rows - 1, name)
+        block[~usable] = 0.0
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        blocks.append(block / np.maximum(norms, 1e-8))
+    return np.concatenate(blocks, axis=1)

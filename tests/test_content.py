@@ -220,3 +220,19 @@ def test_content_tower_recommends_cold_items(ml100k_store, tmp_path, monkeypatch
     run = load_run(tmp_path / "id+content")
     assert run.model.item_tower.mode == "id+content"
     assert run.model.item_tower.content.abs().sum() > 0
+
+
+def test_a_runs_learned_item_vectors_become_an_encoder(ml100k, tmp_path):
+    import torch
+
+    from modrec.train import build_config, train
+
+    run = train(build_config("ml-100k", "sasrec", None, ["train.epochs=1", "model.max_len=20"]),
+                tmp_path / "run", progress=False)
+    store = EmbeddingStore.for_dataset(ml100k, tmp_path / "store")
+    [report] = embed(ml100k, [f"run:{run}"], store, progress=False)
+    assert report.dim == 50 and report.failures == 0
+    weights = torch.load(run / "model.pt", weights_only=True)["item_tower.embedding.weight"]
+    assert np.allclose(store.matrix(report.encoder), weights.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="trained on 'ml-100k', not 'lastfm-2k'"):
+        embed(load_dataset("lastfm-2k"), [f"run:{run}"], EmbeddingStore(tmp_path / "x", ["1"]))

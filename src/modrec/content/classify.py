@@ -95,10 +95,10 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
         if store.info(name).reads == field:
             raise ValueError(f"encoder {name!r} reads the label column {field!r} itself; "
                              "classifying from it would only copy the answer")
-    data = labelled = label_matrix(dataset, field, max_labels, min_count)
+    data = label_matrix(dataset, field, max_labels, min_count)
     x = features(store, encoders, data.items)
     train, valid, test = split_items(len(data.items), seed)
-    y = labelled.targets
+    y = data.targets
     if mode == "trained":
         scores = _trained_scores(x, y, train, valid, head, seed)
     elif mode == "knn":

@@ -8,8 +8,9 @@ and a failure flag, and the job goes on.
 
 Encoder specs (``--encoder``): ``text``, ``image``, ``video``, ``audio``, ``tags``, a
 model after a colon (``text:sentence-transformers/all-mpnet-base-v2``,
-``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``), or a
-precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k).
+``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``), a
+precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k), or the item
+vectors a trained run learned from interactions (``run:runs/ml-1m-sasrec``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
         matrix, rows, id_column = precomputed[spec]
         root = paths.data_dir()
         return PrecomputedEncoder.from_files(name, root / matrix, root / rows, id_column)
+    if modality == "run" and option:
+        from pathlib import Path
+
+        from modrec.content.precomputed import PrecomputedEncoder
+
+        return PrecomputedEncoder.from_run(name, Path(option), dataset.name,
+                                           dataset.items["item_id"].astype(str).tolist())
     if modality == "text":
         from modrec.content.text import TextEncoder
 

@@ -3,6 +3,7 @@ offline) used as an encoder's output: a matrix plus the item id of each row."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,25 @@ class PrecomputedEncoder:
         if "npy_row" in ids.columns:
             ids = ids.sort_values("npy_row", key=lambda s: s.astype(int))
         return cls(name, vectors, ids[id_column].tolist(), matrix.name)
+
+    @classmethod
+    def from_run(cls, name: str, run_dir: Path, dataset_name: str,
+                 item_ids: list[str]) -> PrecomputedEncoder:
+        """The item ID embeddings a trained run learned from interactions: behaviour as
+        a feature. The run must be on the same dataset (its rows follow item index)."""
+        import torch
+
+        config_file = run_dir / "config.json"
+        if not config_file.exists() or not (run_dir / "model.pt").exists():
+            raise ValueError(f"{run_dir} is not a finished run (needs config.json, model.pt)")
+        trained_on = json.loads(config_file.read_text())["data"]["dataset"]
+        if trained_on != dataset_name:
+            raise ValueError(f"run {run_dir} was trained on {trained_on!r}, not {dataset_name!r}")
+        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+        if "item_tower.embedding.weight" not in state:
+            raise ValueError(f"run {run_dir} has no item ID embeddings (a content-only tower?)")
+        vectors = state["item_tower.embedding.weight"][1:].float().numpy()
+        return cls(name, vectors, item_ids, f"run:{run_dir}")
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         rows = []

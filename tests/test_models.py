@@ -43,3 +43,19 @@ def test_unknown_model_is_a_clear_error() -> None:
 
     with pytest.raises(ValueError, match="model.name"):
         build_config("ml-100k", "transformerxl")
+
+
+def test_items_never_trained_have_no_id_vector() -> None:
+    """An ID row that training never touched is random init: it must not compete."""
+    from modrec.models.item_tower import ItemTower
+
+    tower = ItemTower(5, 4)
+    known = torch.tensor([False, True, True, False, True, True])
+    tower.set_known(known)
+    assert tower.all_items()[3].abs().sum() == 0 and tower.all_items()[1].abs().sum() > 0
+    assert tower(torch.tensor([[3, 1]]))[0, 0].abs().sum() == 0
+    content = torch.randn(6, 3)
+    both = ItemTower(5, 4, "id+content", content)
+    both.set_known(known)
+    only_content = both.project(content[3])
+    assert torch.allclose(both.all_items()[3], only_content)

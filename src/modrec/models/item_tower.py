@@ -8,10 +8,13 @@ Three modes, the same interface for every sequence model:
                   small MLP): an item nobody has interacted with still gets a vector;
 * ``id+content``  both, summed or mixed by a learned per-dimension gate.
 
-With content, an item that never occurs in training (``known`` is False) uses its
-content vector alone: its ID embedding was never trained, so adding it would only
-add noise. The content matrix is a buffer: it is saved with the weights, so a run
-folder is self-contained.
+An item that never occurs in training (``known`` is False) has no ID vector: its
+embedding row was never trained, and a random one would land at random places in
+every ranking (on ml-100k with 10% of items withheld, such rows cut warm HR@10 by a
+quarter). In ``id`` mode it scores zero; with content it uses its content vector alone.
+``known`` is recomputed from the training split whenever a model is built for training
+or loaded, so it is not saved. The content matrix is a buffer that *is* saved with the
+weights, so a run folder is self-contained.
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ class ItemTower(nn.Module):
     """Item index -> vector. Row 0 is the padding item and stays zero."""
 
     content: torch.Tensor  # (N + 1, C) buffer, content modes only
-    known: torch.Tensor  # (N + 1,) bool buffer, content modes only
+    known: torch.Tensor  # (N + 1,) bool buffer: the item occurs in training
 
     def __init__(self, num_items: int, dim: int, mode: Mode = "id",
                  content: torch.Tensor | None = None, content_mlp: bool = False,
                  combine: Literal["sum", "gate"] = "sum") -> None:
         super().__init__()
         self.num_items, self.dim, self.mode, self.combine = num_items, dim, mode, combine
+        self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool),
+                             persistent=False)
         if mode != "content":
             self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
             # Small init as in SASRec/HSTU: large item norms slow early training.
@@ -50,14 +55,12 @@ class ItemTower(nn.Module):
             self.project: nn.Module = (
                 nn.Sequential(nn.Linear(c, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
                 if content_mlp else nn.Linear(c, dim))
-            self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool))
             if mode == "id+content" and combine == "gate":
                 self.gate = nn.Linear(2 * dim, dim)
 
     def set_known(self, known: torch.Tensor) -> None:
         """Which items have training interactions (``(N + 1,)`` bool)."""
-        if self.mode != "id":
-            self.known.copy_(known)
+        self.known.copy_(known)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self._vectors(items)  # (..., D)
@@ -65,12 +68,12 @@ class ItemTower(nn.Module):
     def all_items(self) -> torch.Tensor:
         """Every item's vector, padding included, so row i is item i."""
         if self.mode == "id":
-            return self.embedding.weight  # (N + 1, D)
+            return self.embedding.weight * self.known.unsqueeze(-1)  # (N + 1, D)
         return self._vectors(torch.arange(self.num_items + 1, device=self.content.device))
 
     def _vectors(self, items: torch.Tensor) -> torch.Tensor:
         if self.mode == "id":
-            return self.embedding(items)
+            return self.embedding(items) * self.known[items].unsqueeze(-1)
         real = (items > 0).unsqueeze(-1)  # padding stays zero after the projection's bias
         content = self.project(self.content[items]) * real  # (..., D)
         if self.mode == "content":

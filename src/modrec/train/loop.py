@@ -90,9 +90,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     model = build_model(config.model, dataset.num_items, content).to(tc.device)
     pool = None  # the items training may use as negatives (None: all)
     if isinstance(model, RetrievalModel):
-        known = torch.zeros(dataset.num_items + 1, dtype=torch.bool)
-        known[torch.from_numpy(split.train.items.astype(np.int64))] = True
-        model.item_tower.set_known(known.to(tc.device))
+        model.item_tower.set_known(known_items(split).to(tc.device))
         if split.cold_items is not None:  # withheld items stay unseen, even as negatives
             pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
     write_atomic(out / "config.json", json.dumps(
@@ -177,6 +175,13 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    state["train_seconds"])
 
 
+def known_items(split: Split) -> torch.Tensor:
+    """``(N + 1,)`` bool: the items that occur in the training sequences."""
+    known = torch.zeros(split.num_items + 1, dtype=torch.bool)
+    known[torch.from_numpy(split.train.items.astype(np.int64))] = True
+    return known
+
+
 def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
                generator: torch.Generator | None = None,
                pool: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +239,10 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
     dataset = load_dataset(config.data.dataset, config.data.format)
     split = make_split(dataset, config.data.split)
     model = build_model(config.model, dataset.num_items)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device,
-                                     weights_only=True))
+    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    # `known` is derived from the split, not saved (some early content runs saved it).
+    model.load_state_dict({k: v for k, v in state.items() if not k.endswith("tower.known")})
+    if isinstance(model, RetrievalModel):
+        model.item_tower.set_known(known_items(split))
     model.to(device).eval()
     return Run(folder, config, dataset, split, model)

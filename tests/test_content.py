@@ -236,3 +236,28 @@ def test_a_runs_learned_item_vectors_become_an_encoder(ml100k, tmp_path):
     assert np.allclose(store.matrix(report.encoder), weights.numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="trained on 'ml-100k', not 'lastfm-2k'"):
         embed(load_dataset("lastfm-2k"), [f"run:{run}"], EmbeddingStore(tmp_path / "x", ["1"]))
+
+
+def test_image_and_audio_encoders_read_real_files(tmp_path, data_dir):
+    """A real frame saved as PNG and the real soundtrack saved as WAV, through the
+    image and audio encoders; unreadable files are clear errors."""
+    import soundfile
+
+    from modrec.content.audio import AudioEncoder
+    from modrec.content.image import ImageEncoder
+    from modrec.content.video import decode_audio, sample_frames
+
+    video = data_dir / "microlens-sample" / "1002.mp4"
+    frame = sample_frames(video, 1)[0]
+    frame.save(tmp_path / "frame.png")
+    image = ImageEncoder()
+    from_file = image.encode([str(tmp_path / "frame.png")])
+    assert from_file.shape == (1, 1280)
+    assert np.allclose(from_file, image.encode([frame]), atol=1e-4)  # PNG is lossless
+    waveform, rate = decode_audio(video)
+    soundfile.write(tmp_path / "sound.wav", waveform, rate, subtype="FLOAT")
+    sound = AudioEncoder().encode([str(tmp_path / "sound.wav"), str(video)])
+    assert sound.shape == (2, 128) and np.allclose(sound[0], sound[1], atol=1e-3)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(EncodeError, match="bad.png"):
+        image.encode([str(tmp_path / "bad.png")])

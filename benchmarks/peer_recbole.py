@@ -2,6 +2,7 @@
 into docs/benchmarks.md.
 
     python -m venv .venv-peer && .venv-peer/bin/pip install torch==2.13.0 recbole==1.2.1 -e .
+    .venv-peer/bin/pip install 'numpy<2' 'pandas<3' 'scipy<1.15' 'scikit-learn<1.6' 'pyarrow<20'
     .venv-peer/bin/python benchmarks/peer_recbole.py [--budget-minutes 10]
 
 RecBole is a benchmark-only peer: it is installed in its own environment, never as a

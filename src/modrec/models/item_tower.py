@@ -35,9 +35,10 @@ class ItemTower(nn.Module):
 
     def __init__(self, num_items: int, dim: int, mode: Mode = "id",
                  content: torch.Tensor | None = None, content_mlp: bool = False,
-                 combine: Literal["sum", "gate"] = "sum") -> None:
+                 combine: Literal["sum", "gate"] = "sum", id_dropout: float = 0.0) -> None:
         super().__init__()
         self.num_items, self.dim, self.mode, self.combine = num_items, dim, mode, combine
+        self.id_dropout = id_dropout
         self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool),
                              persistent=False)
         if mode != "content":
@@ -78,10 +79,16 @@ class ItemTower(nn.Module):
         content = self.project(self.content[items]) * real  # (..., D)
         if self.mode == "content":
             return content
-        ids = self.embedding(items) * self.known[items].unsqueeze(-1)  # (..., D)
+        has_id = self.known
+        if self.training and self.id_dropout > 0:
+            # Drop whole items' ID vectors so the content path learns to stand alone, as
+            # it must for new items (and the IDs of sparse items cannot overfit).
+            has_id = has_id & (torch.rand(has_id.shape, device=has_id.device)
+                               >= self.id_dropout)
+        ids = self.embedding(items) * has_id[items].unsqueeze(-1)  # (..., D)
         if self.combine == "gate":
             gate = torch.sigmoid(self.gate(torch.cat([ids, content], dim=-1)))
             mixed = gate * ids + (1 - gate) * content
             # An unknown item has no ID part to mix in: content alone.
-            return torch.where(self.known[items].unsqueeze(-1), mixed, content)
+            return torch.where(has_id[items].unsqueeze(-1), mixed, content)
         return ids + content

@@ -48,6 +48,7 @@ class ModelConfig:
     encoders: list[str] = dataclasses.field(default_factory=list)  # stored embeddings used
     content_mlp: bool = False  # a small MLP instead of a linear projection of content
     combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
+    id_dropout: float = 0.0  # id+content: share of items whose ID vector a step drops
     content_dim: int | None = None  # filled in from the store when the model is built
 
 
@@ -102,7 +103,7 @@ def build_model(config: ModelConfig, num_items: int,
             raise ValueError(f"item_tower {config.item_tower!r} needs content embeddings")
         content = torch.zeros(num_items + 1, config.content_dim)
     tower = ItemTower(num_items, config.dim, config.item_tower, content, config.content_mlp,
-                      config.combine)
+                      config.combine, config.id_dropout)
     encoder: nn.Module
     if config.name == "sasrec":
         encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,

@@ -38,7 +38,7 @@ def mask_seen(scores: torch.Tensor, histories: Sequences, index: np.ndarray) -> 
 
 @torch.no_grad()
 def rank_targets(
-    model: Scorer, evalset: EvalSet, max_len: int, batch_size: int = 1024,
+    model: Scorer, evalset: EvalSet, max_len: int, batch_size: int = 128,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """0-based rank of each target among all items not in the user's history.
@@ -68,7 +68,7 @@ def rank_targets(
 
 
 def evaluate(
-    model: Scorer, evalset: EvalSet, max_len: int, batch_size: int = 1024,
+    model: Scorer, evalset: EvalSet, max_len: int, batch_size: int = 128,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Full-ranking HR@{1,10,50,200}, NDCG@{10,50,200} and MRR on ``evalset``."""

@@ -43,7 +43,9 @@ class TrainConfig:
     patience: int = 10  # validation passes without a better NDCG@10 before stopping
     seed: int = 42
     bucket: bool = True  # length-bucketed batches (same loss as padding, less work)
-    eval_batch_size: int = 1024
+    # Users per evaluation block. Small blocks keep the (B, L, L) attention intermediates
+    # in cache: on ML-1M, HSTU evaluates all users in 1.8 s with 128 and 3.2 s with 1024.
+    eval_batch_size: int = 128
     device: str = "cpu"
 
 

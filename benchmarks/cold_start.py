@@ -29,7 +29,7 @@ from modrec.train import build_config, train
 TOWERS = ("id", "content", "id+content")
 # Per dataset: the encoders used and the settings layered over configs/<d>/sasrec.yaml.
 SETTINGS = {
-    "ml-1m": (["text"], ["loss.num_negatives=128", "train.epochs=40", "train.patience=5"]),
+    "ml-1m": (["text"], ["loss.num_negatives=128", "train.epochs=100", "train.patience=5"]),
     "amazon-scientific": (["text"], ["model.max_len=50", "train.epochs=300",
                                      "train.patience=10"]),
 }

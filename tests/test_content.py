@@ -183,7 +183,7 @@ def test_classify_genres_from_titles_beats_the_majority_label(ml100k, ml100k_sto
     assert trained["micro_f1"] > 0.4 and trained["map"] > 2 * chance
     assert knn["map"] > 1.5 * chance and zero["map"] > 1.2 * chance
     with pytest.raises(ValueError, match="reads the label column"):
-        classify(ml100k, "genres", ["tags-genres"], "trained", ml100k_store)
+        classify(ml100k, "genres", ["tags:genres"], "trained", ml100k_store)  # spec form
 
 
 def test_search_ranks_relevant_items_first(ml100k, ml100k_store):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,19 +27,13 @@ from tqdm import tqdm
 
 from modrec import paths
 from modrec.content.encoder import EncodeError, Encoder
-from modrec.content.store import EmbeddingStore
+from modrec.content.store import EmbeddingStore, store_name
 from modrec.data import Dataset
 from modrec.data.public import NAMED
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "image", "video", "audio", "tags")
-
-
-def store_name(spec: str) -> str:
-    """The store key of an encoder spec: ``text`` -> ``text``,
-    ``text:org/model`` -> ``text-org-model``."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", spec).strip("-")
 
 
 def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:

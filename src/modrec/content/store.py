@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             f.flush()
             os.fsync(f.fileno())
     _write_atomic(path, write)
+
+
+def store_name(spec: str) -> str:
+    """The store key of an encoder spec: ``text`` -> ``text``, ``tags:tmdb_genres`` ->
+    ``tags-tmdb_genres``, ``text:org/model`` -> ``text-org-model``. A key maps to
+    itself, so users may name a matrix either way."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", spec).strip("-")
 
 
 def _digest(item_ids: list[str]) -> str:
@@ -98,6 +106,7 @@ class EmbeddingStore:
         return sorted(self._manifest)
 
     def info(self, name: str) -> MatrixInfo:
+        name = store_name(name)
         if name not in self._manifest:
             have = ", ".join(self.names()) or "none"
             raise KeyError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
@@ -106,11 +115,11 @@ class EmbeddingStore:
         return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"])
 
     def _file(self, name: str, part: str = "", digest: str | None = None) -> Path:
-        return self.folder / f"{name}.{digest or self.digest}{part}.npy"
+        return self.folder / f"{store_name(name)}.{digest or self.digest}{part}.npy"
 
     def matrix(self, name: str) -> np.ndarray:
         """``(N + 1, dim)``, memory-mapped read-only; rows not yet encoded are zero."""
-        self.info(name)
+        name = self.info(name).name
         return np.load(self._file(name), mmap_mode="r")
 
     def done(self, name: str) -> np.ndarray:
@@ -192,7 +201,7 @@ def content_matrix(store: EmbeddingStore, encoders: list[str]) -> np.ndarray:
         raise ValueError("no encoders given: name the stored embeddings to use "
                          "(e.g. --encoder text)")
     blocks = []
-    for name in encoders:
+    for name in map(store_name, encoders):
         block = np.asarray(store.matrix(name), dtype=np.float32).copy()
         usable = store.done(name) & ~store.failed(name)
         missing = int((~usable[1:]).sum())

@@ -112,7 +112,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]
@@ -170,9 +170,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
                     checkpoint)
 
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    load_weights(model, torch.load(out / "model.pt", weights_only=True))
     return _finish(out, model, split, config, int(state["best_epoch"]), int(state["epoch"]),
                    state["train_seconds"])
+
+
+def load_weights(model: Model, state: dict[str, Any]) -> None:
+    """Load a state dict. ``known`` is derived from the split, never loaded (runs from
+    before 2026-11-30 saved it with content towers)."""
+    model.load_state_dict({k: v for k, v in state.items() if not k.endswith("tower.known")})
 
 
 def known_items(split: Split) -> torch.Tensor:
@@ -239,9 +245,7 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
     dataset = load_dataset(config.data.dataset, config.data.format)
     split = make_split(dataset, config.data.split)
     model = build_model(config.model, dataset.num_items)
-    state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
-    # `known` is derived from the split, not saved (some early content runs saved it).
-    model.load_state_dict({k: v for k, v in state.items() if not k.endswith("tower.known")})
+    load_weights(model, torch.load(folder / "model.pt", map_location=device, weights_only=True))
     if isinstance(model, RetrievalModel):
         model.item_tower.set_known(known_items(split))
     model.to(device).eval()

@@ -261,3 +261,26 @@ def test_image_and_audio_encoders_read_real_files(tmp_path, data_dir):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(EncodeError, match="bad.png"):
         image.encode([str(tmp_path / "bad.png")])
+
+
+def test_own_catalog_with_media_paths_embeds(tmp_path, data_dir):
+    """Bring your own data: a RecBole .inter/.item pair whose catalog names image files by
+    path imports and embeds as is; the missing file is flagged, the rest encoded."""
+    from modrec.content.video import sample_frames
+
+    frames = sample_frames(data_dir / "microlens-sample" / "10034.mp4", 2)
+    for i, frame in enumerate(frames, start=1):
+        frame.save(tmp_path / f"poster{i}.png")
+    (tmp_path / "shop.inter").write_text(
+        "user_id:token\titem_id:token\n" + "".join(f"u{u}\ti{i}\n" for u in range(3)
+                                                   for i in (1, 2, 3)))
+    (tmp_path / "shop.item").write_text(
+        "item_id:token\ttitle:token_seq\timage:token\n"
+        f"i1\tred shoes\t{tmp_path / 'poster1.png'}\n"
+        f"i2\tblue hat\t{tmp_path / 'poster2.png'}\n"
+        f"i3\tgreen scarf\t{tmp_path / 'missing.png'}\n")
+    ds = load_dataset(tmp_path / "shop.inter")
+    store = EmbeddingStore.for_dataset(ds, tmp_path / "store")
+    text, image = embed(ds, ["text", "image"], store, progress=False)
+    assert (text.encoded, text.failures) == (3, 0)  # titles stand in for text
+    assert (image.encoded, image.failures, image.failed_items) == (2, 1, ["i3"])

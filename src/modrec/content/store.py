@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from modrec import paths
+from modrec.atomic import replace_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,13 @@ class MatrixInfo:
     reads: str
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
             np.save(f, array)
             f.flush()
             os.fsync(f.fileno())
-    _write_atomic(path, write)
+    replace_atomic(path, write)
 
 
 def store_name(spec: str) -> str:
@@ -83,7 +78,7 @@ class EmbeddingStore:
         self.digest = _digest(self.item_ids)
         ids_file = self.folder / f"ids-{self.digest}.json"
         if not ids_file.exists():
-            _write_atomic(ids_file, lambda tmp: tmp.write_text(json.dumps(self.item_ids)))
+            write_text_atomic(ids_file, json.dumps(self.item_ids))
         manifest = self.folder / "manifest.json"
         self._manifest: dict[str, dict[str, Any]] = (
             json.loads(manifest.read_text())["encoders"] if manifest.exists() else {})
@@ -169,7 +164,7 @@ class EmbeddingStore:
 
     def _save_manifest(self) -> None:
         text = json.dumps({"encoders": self._manifest}, indent=2)
-        _write_atomic(self.folder / "manifest.json", lambda tmp: tmp.write_text(text))
+        write_text_atomic(self.folder / "manifest.json", text)
 
     def _realign(self, name: str, info: dict[str, Any]) -> None:
         """Re-index one matrix from the ids it was built for to the current ones."""

@@ -21,16 +21,20 @@ from modrec.content.encoder import EncodeError
 from modrec.content.image import ImageEncoder
 
 
-def sample_frames(path: Path, count: int) -> list[Image.Image]:
-    """``count`` frames at the centres of equal time slices, found by seeking to the
-    keyframe before each instant and decoding forward to it."""
+def open_media(path: Path) -> Any:
+    """A PyAV container, or an `EncodeError` naming the file."""
     import av
 
     try:
-        container = av.open(str(path))
+        return av.open(str(path))
     except (av.FFmpegError, OSError) as err:
-        raise EncodeError(f"unreadable video {path}: {err}") from err
-    with container:
+        raise EncodeError(f"unreadable media {path}: {err}") from err
+
+
+def sample_frames(path: Path, count: int) -> list[Image.Image]:
+    """``count`` frames at the centres of equal time slices, found by seeking to the
+    keyframe before each instant and decoding forward to it."""
+    with open_media(path) as container:
         if not container.streams.video:
             raise EncodeError(f"{path} has no video stream")
         stream = container.streams.video[0]
@@ -73,11 +77,7 @@ def decode_audio(path: Path) -> tuple[np.ndarray, int] | None:
     """The first audio stream as mono float32 at 16 kHz, or None if there is none."""
     import av
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as err:
-        raise EncodeError(f"unreadable media {path}: {err}") from err
-    with container:
+    with open_media(path) as container:
         if not container.streams.audio:
             return None
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modrec.atomic import replace_atomic, write_text_atomic
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import cloze_batches, next_item_batches, training_examples
@@ -54,16 +54,8 @@ class Run:
     model: Model
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
@@ -93,7 +85,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         model.item_tower.set_known(known_items(split).to(tc.device))
         if split.cold_items is not None:  # withheld items stay unseen, even as negatives
             pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
-    write_atomic(out / "config.json", json.dumps(
+    write_text_atomic(out / "config.json", json.dumps(
         {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol},
         indent=2))
 
@@ -230,7 +222,7 @@ def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch
         **test,
         **slices,
     }
-    write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     return out
 
 

@@ -195,9 +195,7 @@ def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: Labelled
     texts = [n for n in encoders if store.info(n).reads == "text"]
     if not texts:
         raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text)")
-    version = store.info(texts[0]).version
-    model = version.split(":")[1] if version.startswith("sentence-transformers:") else None
-    encoder = TextEncoder(None if model == "sentence-transformers/all-MiniLM-L6-v2" else model)
+    encoder = TextEncoder.matching(store.info(texts[0]).version)
     label_vectors = encoder.encode([template.format(label=label) for label in data.labels])
     items = np.asarray(store.matrix(texts[0])[data.items], dtype=np.float32)
     items /= np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)

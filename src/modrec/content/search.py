@@ -31,8 +31,7 @@ class TextSearch:
         if info.reads != "text":
             raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
                              "text encoder's vectors (modrec embed --encoder text)")
-        model = info.version.split(":")[1]
-        self.encoder = TextEncoder(None if model.endswith("all-MiniLM-L6-v2") else model)
+        self.encoder = TextEncoder.matching(info.version)
         items = np.asarray(store.matrix(encoder)[1:], dtype=np.float32)  # (N, D)
         self.items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)
         self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]

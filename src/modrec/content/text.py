@@ -42,6 +42,16 @@ class TextEncoder:
         self.version = f"sentence-transformers:{self.model_name}:normalized"
         self.batch_size = batch_size
 
+    @classmethod
+    def matching(cls, version: str) -> TextEncoder:
+        """The encoder whose stored vectors carry ``version``, so that queries and label
+        names are embedded in the same space as the items."""
+        prefix = "sentence-transformers:"
+        if not version.startswith(prefix):
+            raise ValueError(f"vectors of version {version!r} were not made by a text encoder")
+        model = version[len(prefix):].rsplit(":", 1)[0]
+        return cls(None if model == DEFAULT_MODEL else model)
+
     def encode(self, batch: list[Any]) -> np.ndarray:
         texts = []
         for text in batch:

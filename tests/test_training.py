@@ -63,7 +63,14 @@ def test_model_learns(model: str, tmp_path: Path) -> None:
 
 
 def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
-    """Two epochs, stop, resume to four == four epochs straight through."""
+    """Two epochs, stop, resume to four == four epochs straight through.
+
+    Not bit for bit: CI once saw the last float bits differ (test NDCG@10 .046092 against
+    .046116; never reproduced here), and training amplifies such noise chaotically: a 1e-7
+    nudge to the resumed weights moves them by 0.25% after two epochs. A resume that lost
+    its state moves far more, measured: a wrong shuffle RNG moved the weights 8.5% and
+    validation NDCG@10 by 5e-3; zeroed Adam moments 22% and 9e-3. The bounds sit between.
+    """
     overrides = ["train.batch_size=128", "model.max_len=50", "model.num_blocks=1"]
     straight = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=4"]),
                      tmp_path / "straight", progress=False)
@@ -74,7 +81,17 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     a = json.loads((straight / "results.json").read_text())
     b = json.loads((resumed / "results.json").read_text())
     assert a["epochs"] == b["epochs"] == 4
-    assert a["ndcg@10"] == pytest.approx(b["ndcg@10"], abs=1e-6)
+    assert a["ndcg@10"] == pytest.approx(b["ndcg@10"], abs=3e-4)
+    valid_a, valid_b = (
+        [json.loads(line)["valid"]["ndcg@10"] for line in (run / "metrics.jsonl").open()]
+        for run in (straight, resumed))
+    assert valid_a == pytest.approx(valid_b, abs=3e-4)
+    weights_a, weights_b = (torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+                            for run in (straight, resumed))
+    for name, weight in weights_a.items():
+        if weight.is_floating_point():
+            drift = (weight - weights_b[name]).abs().max() / weight.abs().max()
+            assert drift < 0.02, (name, drift.item())
 
 
 def test_finished_run_is_not_overwritten(popularity_run: Path) -> None:

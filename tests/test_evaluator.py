@@ -17,7 +17,8 @@ class FixedScores(torch.nn.Module):
         super().__init__()
         self.table = table  # (N + 1, N + 1): row = last item, column = score per item
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
+               times: torch.Tensor | None = None) -> torch.Tensor:
         return torch.nn.functional.one_hot(inputs, self.table.shape[0]).float()
 
     def item_vectors(self) -> torch.Tensor:

@@ -87,3 +87,22 @@ def test_every_model_takes_every_item_tower(name: str, tower: str) -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_hstu_time_bias_is_causal_and_reads_elapsed_time() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="hstu", dim=16, max_len=20), num_items=50,
+                        timestamps=True).eval()
+    inputs = torch.randint(1, 51, (3, 12))
+    lengths = torch.full((3,), 12)
+    times = torch.cumsum(torch.randint(1, 10**5, (3, 12)), dim=1)  # seconds
+    paused = times.clone()
+    paused[:, 7:] += 30 * 86400  # a month's pause before the eighth item
+    before, after = model.encode(inputs, lengths, times), model.encode(inputs, lengths, paused)
+    torch.testing.assert_close(before[:, :7], after[:, :7])
+    assert not torch.allclose(before[:, 7:], after[:, 7:])
+    with pytest.raises(ValueError, match="timestamps"):
+        model.encode(inputs, lengths)
+    # Without timestamps in the data there is no time bias to feed.
+    plain = build_model(ModelConfig(name="hstu", dim=16, max_len=20), num_items=50)
+    assert not any("time" in name for name, _ in plain.named_parameters())

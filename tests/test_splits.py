@@ -42,3 +42,14 @@ def test_temporal_split_respects_time(ml100k) -> None:
         n = len(split.test.histories[row])
         assert user_ts[u][n] >= np.quantile(ts, 0.9)
     assert "temporal" in split.protocol
+
+
+def test_splits_carry_each_items_timestamp(ml100k) -> None:
+    """Histories keep when each item happened, aligned item for item."""
+    seqs = ml100k.sequences()
+    split = leave_one_out(ml100k)
+    for row in (0, 5, len(split.test) - 1):
+        user = int(split.test.users[row])
+        np.testing.assert_array_equal(split.test.histories.times_of(row), seqs.times_of(user)[:-1])
+        np.testing.assert_array_equal(split.train.times_of(user), seqs.times_of(user)[:-2])
+    assert (np.diff(split.train.times_of(0)) >= 0).all()

@@ -23,17 +23,20 @@ from modrec.data.dataset import Sequences
 @dataclass
 class SequenceBatch:
     """``inputs[b, :lengths[b]]`` are the items the model reads; for training,
-    ``targets[b, t]`` is the item that followed ``inputs[b, t]`` (0 where padded)."""
+    ``targets[b, t]`` is the item that followed ``inputs[b, t]`` (0 where padded);
+    ``times[b, t]`` is when ``inputs[b, t]`` happened, if the dataset has timestamps."""
 
     inputs: torch.Tensor  # int64 [B, L]
     lengths: torch.Tensor  # int64 [B]
     targets: torch.Tensor | None = None  # int64 [B, L]
+    times: torch.Tensor | None = None  # int64 [B, L]
 
     def to(self, device: torch.device | str) -> SequenceBatch:
         return SequenceBatch(
             self.inputs.to(device),
             self.lengths.to(device),
             None if self.targets is None else self.targets.to(device),
+            None if self.times is None else self.times.to(device),
         )
 
 
@@ -51,14 +54,34 @@ def last_items(seqs: Sequences, index: np.ndarray, max_len: int) -> list[np.ndar
     return [seqs[int(i)][-max_len:] for i in index]
 
 
+def last_times(seqs: Sequences, index: np.ndarray, max_len: int) -> list[np.ndarray] | None:
+    """When each of ``last_items(seqs, index, max_len)`` happened (None without
+    timestamps)."""
+    if seqs.times is None:
+        return None
+    return [seqs.times_of(int(i))[-max_len:] for i in index]
+
+
 def training_examples(train: Sequences, max_len: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Next-item examples: each user's last ``max_len + 1`` training items, shifted by one
     to give ``max_len`` (input, target) positions. Users with fewer than two training
     items have nothing to learn from and are skipped. Returns the windows and their
     input lengths."""
-    windows = [w for w in (train[u][-(max_len + 1) :] for u in range(len(train))) if len(w) >= 2]
+    windows = [train[u][-(max_len + 1):] for u in _learnable_users(train)]
     lengths = np.array([len(w) - 1 for w in windows], dtype=np.int64)
     return windows, lengths
+
+
+def training_times(train: Sequences, max_len: int) -> list[np.ndarray] | None:
+    """The timestamps of ``training_examples(train, max_len)``'s windows, one array per
+    window (None when the sequences carry no timestamps)."""
+    if train.times is None:
+        return None
+    return [train.times_of(u)[-(max_len + 1):] for u in _learnable_users(train)]
+
+
+def _learnable_users(train: Sequences) -> np.ndarray:
+    return np.flatnonzero(train.lengths() >= 2)
 
 
 def batch_order(
@@ -89,14 +112,17 @@ def next_item_batches(
     rng: np.random.Generator,
     bucket: bool = True,
     pad_to: int | None = None,
+    times: list[np.ndarray] | None = None,
 ) -> Iterator[SequenceBatch]:
     """Training batches for next-item prediction; ``pad_to`` forces a fixed width
-    (the reference that bucketed batches are tested against)."""
+    (the reference that bucketed batches are tested against); ``times`` (from
+    `training_times`) adds when each input happened."""
     for index in batch_order(lengths, batch_size, rng, bucket):
         width = pad_to if pad_to is not None else int(lengths[index].max())
         inputs = pad_right([windows[i][:-1] for i in index], width)
         targets = pad_right([windows[i][1:] for i in index], width)
-        yield SequenceBatch(inputs, torch.from_numpy(lengths[index]), targets)
+        input_times = None if times is None else pad_right([times[i][:-1] for i in index], width)
+        yield SequenceBatch(inputs, torch.from_numpy(lengths[index]), targets, input_times)
 
 
 def cloze_batches(

@@ -45,6 +45,7 @@ class Sequences:
 
     offsets: np.ndarray  # int64 [U + 1]
     items: np.ndarray  # int32 [total]
+    times: np.ndarray | None = None  # int64 [total], when the dataset has timestamps
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -54,6 +55,12 @@ class Sequences:
 
     def __getitem__(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def times_of(self, user: int) -> np.ndarray:
+        """When each of ``self[user]`` happened; only for sequences with timestamps."""
+        if self.times is None:
+            raise ValueError("these sequences carry no timestamps")
+        return self.times[self.offsets[user] : self.offsets[user + 1]]
 
     @staticmethod
     def from_lists(lists: list[np.ndarray]) -> Sequences:
@@ -92,7 +99,9 @@ class Dataset:
         users = self.interactions["user"].to_numpy()
         counts = np.bincount(users, minlength=self.num_users)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return Sequences(offsets, self.interactions["item"].to_numpy(np.int32))
+        times = (self.interactions["timestamp"].to_numpy(np.int64) if self.has_timestamps
+                 else None)
+        return Sequences(offsets, self.interactions["item"].to_numpy(np.int32), times)
 
     # ---- id maps -----------------------------------------------------------------
     def item_index(self, item_id: str) -> int:

@@ -117,8 +117,8 @@ def _truncate(seqs: Sequences, keep: np.ndarray, users: np.ndarray | None = None
     offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int64)
     # Index of every kept element: start of its user + its position within the user.
     position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], keep)
-    items = seqs.items[np.repeat(starts, keep) + position]
-    return Sequences(offsets, items)
+    kept = np.repeat(starts, keep) + position
+    return Sequences(offsets, seqs.items[kept], None if seqs.times is None else seqs.times[kept])
 
 
 def cold_items_split(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Split:
@@ -135,7 +135,8 @@ def cold_items_split(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Split
     users_of = np.repeat(np.arange(len(loo.train)), loo.train.lengths())
     lengths = np.bincount(users_of[keep], minlength=len(loo.train))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    train = Sequences(offsets, loo.train.items[keep])
+    train = Sequences(offsets, loo.train.items[keep],
+                      None if loo.train.times is None else loo.train.times[keep])
     protocol = (f"leave-one-out with {fraction:.0%} of items (seed {seed}) withheld from "
                 "training; full ranking over all items, history masked")
     return Split(train, loo.valid, loo.test, ds.num_items, protocol, cold)

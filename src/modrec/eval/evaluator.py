@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modrec.data.batches import last_items, pad_right
+from modrec.data.batches import last_items, last_times, pad_right
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
 from modrec.eval.metrics import ranking_metrics
@@ -18,12 +18,15 @@ from modrec.models.registry import Scorer
 
 @torch.no_grad()
 def user_vectors(
-    model: Scorer, histories: list[np.ndarray], device: torch.device | str = "cpu"
+    model: Scorer, histories: list[np.ndarray], device: torch.device | str = "cpu",
+    times: list[np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """The model's vector after the newest item of each history: ``(B, D)``."""
+    """The model's vector after the newest item of each history: ``(B, D)``; ``times``
+    (when each history item happened) for datasets with timestamps."""
     inputs = pad_right(histories).to(device)  # (B, L)
     lengths = torch.tensor([len(h) for h in histories], device=device)
-    hidden = model.encode(inputs, lengths)  # (B, L, D)
+    input_times = None if times is None else pad_right(times).to(device)  # (B, L)
+    hidden = model.encode(inputs, lengths, input_times)  # (B, L, D)
     return hidden[torch.arange(len(histories), device=device), lengths - 1]  # (B, D)
 
 
@@ -58,7 +61,8 @@ def rank_targets(
         index = by_length[start : start + batch_size]
         rows = torch.arange(len(index), device=device)
         targets = torch.from_numpy(evalset.targets[index]).to(device)  # (B,)
-        users = user_vectors(model, last_items(evalset.histories, index, max_len), device)
+        users = user_vectors(model, last_items(evalset.histories, index, max_len), device,
+                             last_times(evalset.histories, index, max_len))
         scores = users @ items.T  # (B, N + 1)
         target_scores = scores[rows, targets].unsqueeze(1)  # (B, 1)
         mask_seen(scores, evalset.histories, index)

@@ -55,7 +55,8 @@ class BERT4Rec(nn.Module):
             x = block(x, key_mask)
         return self.norm(x)  # (B, L, D)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                times: torch.Tensor | None = None) -> torch.Tensor:
         """The next-item vector after each history, at every position ``(B, L, D)``.
 
         Only the vector after the newest item is defined for a bidirectional model: it

@@ -27,7 +27,8 @@ class GRU4Rec(nn.Module):
                           dropout=dropout if num_layers > 1 else 0.0)
         self.project = nn.Linear(dim, dim)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                times: torch.Tensor | None = None) -> torch.Tensor:
         x = self.dropout(self.item_tower(inputs))  # (B, L, D)
         h, _ = self.gru(x)  # (B, L, D)
         return self.project(self.dropout(h))  # (B, L, D)

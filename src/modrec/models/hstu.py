@@ -5,12 +5,14 @@ Transducers for Generative Recommendations" (ICML 2024). Each block is one point
 aggregated attention layer and no separate feed-forward:
 
     U, V, Q, K = split(SiLU(W_uvqk · LayerNorm(x)))
-    A          = SiLU(Q Kᵀ + relative position bias) / max_len,  causal
+    A          = SiLU(Q Kᵀ + relative bias) / max_len,  causal
     x          = x + W_o · Dropout(LayerNorm(A V) ⊙ U)
 
-Scores are normalised by the fixed ``max_len`` rather than by a softmax or by the
-batch's padded width, so a length-bucketed batch computes exactly what a batch padded
-to ``max_len`` computes.
+The relative bias is a learned scalar per distance in positions plus, when the
+sequence comes with timestamps, a learned scalar per bucket of elapsed time. Scores
+are normalised by the fixed ``max_len`` rather than by a softmax or by the batch's
+padded width, so a length-bucketed batch computes exactly what a batch padded to
+``max_len`` computes.
 
 Shapes: B batch, L length, D dim, H heads, Dq / Dv per-head query-key / value dims.
 """
@@ -25,36 +27,59 @@ from torch import nn
 
 from modrec.models.item_tower import ItemTower
 
+TIME_BUCKETS = 128  # as in the HSTU repository
 
-class RelativePositionBias(nn.Module):
-    """A learned scalar per relative distance ``j - i`` in ``(-max_len, max_len)``."""
 
-    def __init__(self, max_len: int) -> None:
+def time_buckets(times: torch.Tensor, num_buckets: int = TIME_BUCKETS) -> torch.Tensor:
+    """``(B, L)`` timestamps in seconds -> ``(B, L, L)`` log-bucket of ``t_i - t_j``.
+    Pairs with ``j > i`` (masked by causality anyway) land in bucket 0."""
+    elapsed = (times.unsqueeze(2) - times.unsqueeze(1)).clamp(min=1).float()  # (B, L, L)
+    return (elapsed.log() / 0.301).long().clamp(max=num_buckets)
+
+
+class RelativeBias(nn.Module):
+    """A learned scalar per relative distance ``j - i`` in ``(-max_len, max_len)`` and,
+    given timestamps, one per bucket of the time from event ``j`` to event ``i``.
+
+    Time buckets are logarithmic (each ~1.35x wider than the last, as in the HSTU
+    repository: seconds to years in ~60 buckets). The paper measures the gap from the
+    *next* event's time, which in training is the target's; we measure it from event
+    ``i`` itself, which is known equally in training, evaluation and serving.
+    """
+
+    def __init__(self, max_len: int, num_time_buckets: int = 0) -> None:
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.num_time_buckets = max_len, num_time_buckets
         self.weights = nn.Parameter(torch.empty(2 * max_len - 1).normal_(std=0.02))
+        self.time_weights = (nn.Parameter(torch.empty(num_time_buckets + 1).normal_(std=0.02))
+                             if num_time_buckets else None)
 
-    def forward(self, length: int) -> torch.Tensor:
+    def forward(self, length: int, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        """``(L, L)``, or ``(B, 1, L, L)`` (broadcast over heads) with time buckets."""
         positions = torch.arange(length, device=self.weights.device)
         distance = positions.unsqueeze(0) - positions.unsqueeze(1)  # (L, L): j - i
-        return self.weights[distance + self.max_len - 1]  # (L, L)
+        bias = self.weights[distance + self.max_len - 1]  # (L, L)
+        if buckets is None or self.time_weights is None:
+            return bias
+        return (bias + self.time_weights[buckets]).unsqueeze(1)  # (B, 1, L, L)
 
 
 class HSTUBlock(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, qk_dim: int, v_dim: int, max_len: int,
-        dropout: float,
+        dropout: float, num_time_buckets: int = 0,
     ) -> None:
         super().__init__()
         self.num_heads, self.qk_dim, self.v_dim, self.max_len = num_heads, qk_dim, v_dim, max_len
         self.norm_in = nn.LayerNorm(dim)
         self.uvqk = nn.Linear(dim, num_heads * (2 * v_dim + 2 * qk_dim))
-        self.bias = RelativePositionBias(max_len)
+        self.bias = RelativeBias(max_len, num_time_buckets)
         self.norm_attn = nn.LayerNorm(num_heads * v_dim)
         self.out = nn.Linear(num_heads * v_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        """``buckets``: ``(B, L, L)`` from `time_buckets`, or None."""
         B, L, _ = x.shape
         H, Dq, Dv = self.num_heads, self.qk_dim, self.v_dim
         projected = F.silu(self.uvqk(self.norm_in(x)))  # (B, L, H * (2 Dv + 2 Dq))
@@ -62,7 +87,7 @@ class HSTUBlock(nn.Module):
         q = q.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
         k = k.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
         v = v.view(B, L, H, Dv).transpose(1, 2)  # (B, H, L, Dv)
-        scores = q @ k.transpose(2, 3) + self.bias(L)  # (B, H, L, L)
+        scores = q @ k.transpose(2, 3) + self.bias(L, buckets)  # (B, H, L, L)
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         weights = F.silu(scores).masked_fill(~causal, 0.0) / self.max_len  # (B, H, L, L)
         attended = (weights @ v).transpose(1, 2).reshape(B, L, H * Dv)  # (B, L, H Dv)
@@ -70,28 +95,39 @@ class HSTUBlock(nn.Module):
 
 
 class HSTU(nn.Module):
-    """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``."""
+    """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``. With
+    ``time_bias`` (for datasets with timestamps), attention also learns from elapsed
+    time and ``forward`` needs ``times``."""
 
     def __init__(
         self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
-        dropout: float, head_dim: int | None = None,
+        dropout: float, head_dim: int | None = None, time_bias: bool = False,
     ) -> None:
         super().__init__()
         dim = item_tower.dim
         head_dim = head_dim or dim // num_heads
         self.item_tower = item_tower
+        self.time_bias = time_bias
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            HSTUBlock(dim, num_heads, head_dim, head_dim, max_len, dropout)
+            HSTUBlock(dim, num_heads, head_dim, head_dim, max_len, dropout,
+                      TIME_BUCKETS if time_bias else 0)
             for _ in range(num_blocks)
         )
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                times: torch.Tensor | None = None) -> torch.Tensor:
         B, L = inputs.shape
         x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)
         x = self.dropout(x + self.positions(torch.arange(L, device=inputs.device)))
+        buckets = None
+        if self.time_bias:
+            if times is None:
+                raise ValueError("this HSTU was built with a time bias: pass the timestamps "
+                                 "of the input items")
+            buckets = time_buckets(times)  # (B, L, L), shared by the blocks
         for block in self.blocks:
-            x = block(x)
+            x = block(x, buckets)
         return x  # (B, L, D); the model's L2 normalisation follows

@@ -25,7 +25,8 @@ class Popularity(nn.Module):
         self.counts.copy_(torch.from_numpy(counts).unsqueeze(1))
         return self
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
+               times: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ones(*inputs.shape, 1, device=inputs.device)  # (B, L, 1)
 
     def item_vectors(self) -> torch.Tensor:

@@ -50,10 +50,12 @@ class ModelConfig:
     combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
     id_dropout: float = 0.0  # id+content: share of items whose ID vector a step drops
     content_dim: int | None = None  # filled in from the store when the model is built
+    time_bias: bool = True  # HSTU: learn from elapsed time when the dataset has timestamps
 
 
 class Scorer(Protocol):
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
+               times: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def item_vectors(self) -> torch.Tensor: ...
 
@@ -67,8 +69,11 @@ class RetrievalModel(nn.Module):
         self.item_tower = item_tower
         self.normalize = normalize
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        users = self.encoder(inputs, lengths)  # (B, L, D)
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
+               times: torch.Tensor | None = None) -> torch.Tensor:
+        """User vectors ``(B, L, D)``; ``times`` ``(B, L)``, when the data has timestamps,
+        reach the models that use them (HSTU)."""
+        users = self.encoder(inputs, lengths, times)  # (B, L, D)
         return F.normalize(users, dim=-1) if self.normalize else users
 
     @property
@@ -92,10 +97,11 @@ Model = RetrievalModel | Popularity
 
 
 def build_model(config: ModelConfig, num_items: int,
-                content: torch.Tensor | None = None) -> Model:
+                content: torch.Tensor | None = None, timestamps: bool = False) -> Model:
     """A fresh, untrained model for a catalog of ``num_items`` items; ``content``
     ``(N + 1, C)`` feeds a content item tower (zeros stand in when weights that hold
-    the real matrix are about to be loaded)."""
+    the real matrix are about to be loaded); ``timestamps``: whether the dataset has
+    them (HSTU then adds its time bias, unless ``config.time_bias`` is off)."""
     if config.name == "popularity":
         return Popularity(num_items)
     if config.item_tower != "id" and content is None:
@@ -113,7 +119,7 @@ def build_model(config: ModelConfig, num_items: int,
                            config.dropout)
     elif config.name == "hstu":
         encoder = HSTU(tower, config.max_len, config.num_blocks, config.num_heads,
-                       config.dropout, config.head_dim)
+                       config.dropout, config.head_dim, config.time_bias and timestamps)
     elif config.name == "gru4rec":
         encoder = GRU4Rec(tower, config.num_layers, config.dropout)
     else:  # pragma: no cover - Literal above guards this

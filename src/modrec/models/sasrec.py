@@ -81,7 +81,8 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, dropout) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                times: torch.Tensor | None = None) -> torch.Tensor:
         B, L = inputs.shape
         # Scaling by sqrt(D) keeps item and position signals on a similar footing.
         x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)

@@ -14,13 +14,17 @@ from modrec.train.loop import Run
 
 
 @torch.no_grad()
-def top_k(run: Run, histories: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` unseen items for each history: (item indices (B, k), scores (B, k))."""
+def top_k(run: Run, histories: list[np.ndarray], k: int,
+          times: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` unseen items for each history: (item indices (B, k), scores (B, k)).
+    ``times``, when each history item happened, is needed by models trained with a
+    time bias (HSTU on a dataset with timestamps)."""
     if any(len(h) == 0 for h in histories):
         raise ValueError("every history needs at least one item to recommend from")
     run.model.eval()
     max_len = run.config.model.max_len
-    users = user_vectors(run.model, [h[-max_len:] for h in histories])  # (B, D)
+    users = user_vectors(run.model, [h[-max_len:] for h in histories], "cpu",
+                         None if times is None else [t[-max_len:] for t in times])  # (B, D)
     scores = users @ run.model.item_vectors().T  # (B, N + 1)
     mask_seen(scores, Sequences.from_lists(histories), np.arange(len(histories)))
     k = min(k, run.dataset.num_items)
@@ -44,8 +48,10 @@ def describe_items(run: Run, indices: np.ndarray) -> list[dict[str, Any]]:
 def recommend_for_user(run: Run, user_id: str, k: int = 10) -> dict[str, Any]:
     """Recommendations for a known user from everything they did in the dataset."""
     user = run.dataset.user_index(user_id)
-    history = run.dataset.sequences()[user]
-    items, scores = top_k(run, [history], k)
+    sequences = run.dataset.sequences()
+    history = sequences[user]
+    times = None if sequences.times is None else [sequences.times_of(user)]
+    items, scores = top_k(run, [history], k, times)
     recs = describe_items(run, items[0])
     for rec, score in zip(recs, scores[0], strict=True):
         rec["score"] = float(score)

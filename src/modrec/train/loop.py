@@ -31,7 +31,12 @@ from tqdm import tqdm
 from modrec.atomic import replace_atomic, write_text_atomic
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
-from modrec.data.batches import cloze_batches, next_item_batches, training_examples
+from modrec.data.batches import (
+    cloze_batches,
+    next_item_batches,
+    training_examples,
+    training_times,
+)
 from modrec.eval import evaluate
 from modrec.models import Model, RetrievalModel, build_model
 from modrec.models.popularity import Popularity
@@ -79,7 +84,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         content = torch.from_numpy(content_matrix(EmbeddingStore.for_dataset(dataset),
                                                   config.model.encoders))
         config.model.content_dim = content.shape[1]
-    model = build_model(config.model, dataset.num_items, content).to(tc.device)
+    model = build_model(config.model, dataset.num_items, content,
+                        dataset.has_timestamps).to(tc.device)
     pool = None  # the items training may use as negatives (None: all)
     if isinstance(model, RetrievalModel):
         model.item_tower.set_known(known_items(split).to(tc.device))
@@ -97,6 +103,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         return _finish(out, model, split, config, best_epoch=0, epochs=0, train_seconds=0.0)
 
     windows, lengths = training_examples(split.train, config.model.max_len)
+    times = training_times(split.train, config.model.max_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
                                   weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_evals": 0,
@@ -121,7 +128,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
             cloze_batches(windows, config.model.max_len, tc.batch_size, rng,
                           config.model.mask_rate, dataset.num_items + 1, tc.bucket)
             if model.objective == "cloze"
-            else next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket)
+            else next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket,
+                                   times=times)
         )
         total = math.ceil(len(windows) / tc.batch_size)
         bar = tqdm(batches, total=total, desc=f"epoch {epoch}", disable=not progress,
@@ -188,7 +196,7 @@ def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
     if model.objective == "cloze":
         hidden = model.encode_masked(batch.inputs, batch.lengths)  # (B, L, D)
     else:
-        hidden = model.encode(batch.inputs, batch.lengths)  # (B, L, D)
+        hidden = model.encode(batch.inputs, batch.lengths, batch.times)  # (B, L, D)
     return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator,
                           pool)
 
@@ -236,7 +244,7 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
     config = load_config(folder / "config.json")
     dataset = load_dataset(config.data.dataset, config.data.format)
     split = make_split(dataset, config.data.split)
-    model = build_model(config.model, dataset.num_items)
+    model = build_model(config.model, dataset.num_items, timestamps=dataset.has_timestamps)
     load_weights(model, torch.load(folder / "model.pt", map_location=device, weights_only=True))
     if isinstance(model, RetrievalModel):
         model.item_tower.set_known(known_items(split))

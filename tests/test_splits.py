@@ -53,3 +53,15 @@ def test_splits_carry_each_items_timestamp(ml100k) -> None:
         np.testing.assert_array_equal(split.test.histories.times_of(row), seqs.times_of(user)[:-1])
         np.testing.assert_array_equal(split.train.times_of(user), seqs.times_of(user)[:-2])
     assert (np.diff(split.train.times_of(0)) >= 0).all()
+
+
+def test_leave_one_out_without_validation_trains_on_the_validation_item(ml100k) -> None:
+    from modrec.data.splits import leave_one_out_without_validation
+
+    loo, paper = leave_one_out(ml100k), leave_one_out_without_validation(ml100k)
+    assert paper.valid is None
+    np.testing.assert_array_equal(paper.test.targets, loo.test.targets)
+    assert (paper.train.lengths() == loo.train.lengths() + 1).all()
+    # the added training item is exactly the validation target
+    np.testing.assert_array_equal(paper.train.items[paper.train.offsets[1:] - 1][loo.valid.users],
+                                  loo.valid.targets)

@@ -94,6 +94,15 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
             assert drift < 0.02, (name, drift.item())
 
 
+def test_without_validation_trains_fixed_epochs_and_reports_the_last(tmp_path: Path) -> None:
+    config = build_config("ml-100k", "sasrec", overrides=[
+        "data.split=loo-no-valid", "train.epochs=2", "train.patience=1", "model.max_len=50"])
+    results = json.loads((train(config, tmp_path, progress=False) / "results.json").read_text())
+    assert results["epochs"] == results["best_epoch"] == 2
+    assert results["valid"] is None and results["selected_on"].startswith("none")
+    assert results["ndcg@10"] > 0
+
+
 def test_finished_run_is_not_overwritten(popularity_run: Path) -> None:
     with pytest.raises(FileExistsError, match="--resume"):
         train(build_config("ml-100k", "popularity"), popularity_run, progress=False)

@@ -82,10 +82,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     run = load_run(args.run_dir)
     max_len, batch = run.config.model.max_len, run.config.train.eval_batch_size
-    valid = evaluate(run.model, run.split.valid, max_len, batch)
+    valid = None if run.split.valid is None else evaluate(run.model, run.split.valid, max_len,
+                                                           batch)
     test = evaluate(run.model, run.split.test, max_len, batch)
     if not args.json:
-        _print_metrics(f"valid ({run.split.protocol}):", valid)
+        print(f"protocol: {run.split.protocol}")
+        if valid is not None:
+            _print_metrics("valid:", valid)
         _print_metrics("test:", test)
     return {"run_dir": str(args.run_dir), "protocol": run.split.protocol, "valid": valid,
             "test": test}
@@ -196,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, parquet, movielens")
-    p.add_argument("--split", choices=["loo", "temporal", "cold-items"],
+    p.add_argument("--split", choices=["loo", "temporal", "cold-items", "loo-no-valid"],
                    help="evaluation split (default: the config's, leave-one-out)")
     p.add_argument("--item-tower", choices=["id", "content", "id+content"],
                    help="item representation; content needs `modrec embed` first")

@@ -41,7 +41,7 @@ class EvalSet:
 @dataclass(frozen=True)
 class Split:
     train: Sequences  # per user (all users, some possibly empty)
-    valid: EvalSet
+    valid: EvalSet | None  # None: no validation hold-out, train a fixed number of epochs
     test: EvalSet
     num_items: int
     protocol: str  # written next to every number computed on this split
@@ -142,7 +142,21 @@ def cold_items_split(ds: Dataset, fraction: float = 0.1, seed: int = 0) -> Split
     return Split(train, loo.valid, loo.test, ds.num_items, protocol, cold)
 
 
-SPLITS = {"loo": leave_one_out, "temporal": temporal_split, "cold-items": cold_items_split}
+def leave_one_out_without_validation(ds: Dataset) -> Split:
+    """Last item = test, everything before it = training, no validation set: the HSTU
+    repository's protocol, which trains a fixed number of epochs and reports the last.
+    For reproducing published numbers; choose settings with ``loo``, whose validation
+    target is held out of training."""
+    loo = leave_one_out(ds)
+    lengths = ds.sequences().lengths()
+    train = _truncate(ds.sequences(), lengths - np.where(lengths >= 3, 1, 0))
+    return Split(train, None, loo.test, ds.num_items,
+                 "leave-one-out without validation (training keeps the second-to-last "
+                 "item; fixed epochs, last one reported), full ranking, history masked")
+
+
+SPLITS = {"loo": leave_one_out, "temporal": temporal_split, "cold-items": cold_items_split,
+          "loo-no-valid": leave_one_out_without_validation}
 
 
 def make_split(ds: Dataset, name: str) -> Split:

@@ -28,8 +28,9 @@ _STRICT = ConfigDict(extra="forbid")
 class DataConfig:
     dataset: str = "ml-100k"  # a named dataset or a path
     format: str | None = None  # importer format for paths; detected when None
-    # "cold-items": leave-one-out with 10% of the items withheld from training
-    split: Literal["loo", "temporal", "cold-items"] = "loo"
+    # "cold-items": leave-one-out with 10% of the items withheld from training;
+    # "loo-no-valid": the HSTU repository's protocol (no validation, fixed epochs)
+    split: Literal["loo", "temporal", "cold-items", "loo-no-valid"] = "loo"
 
 
 @dataclass(config=_STRICT)

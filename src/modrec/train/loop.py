@@ -97,8 +97,10 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
 
     if isinstance(model, Popularity):  # nothing to learn by gradient
         model.fit(split.train.items)
-        valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)
-        _append_metrics(out, {"epoch": 0, "valid": valid})
+        if split.valid is not None:
+            valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size,
+                             tc.device)
+            _append_metrics(out, {"epoch": 0, "valid": valid})
         save_atomic(model.state_dict(), out / "model.pt")
         return _finish(out, model, split, config, best_epoch=0, epochs=0, train_seconds=0.0)
 
@@ -119,6 +121,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         torch.set_rng_state(saved["cpu_rng"])
         log.info("resumed %s at epoch %d", out, state["epoch"])
 
+    # Without a validation set nothing is selected: train tc.epochs, keep the last.
+    selecting = split.valid is not None
     while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
         epoch = state["epoch"] + 1
         model.train()
@@ -150,7 +154,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
                                   "epoch_seconds": seconds,
                                   "sequences_per_second": len(windows) / seconds}
-        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+        if not selecting:
+            state["best_epoch"] = epoch
+            log.info("epoch %d loss %.4f %.1fs", epoch, record["loss"], seconds)
+            _append_metrics(out, record)
+            if epoch == tc.epochs:
+                save_atomic(model.state_dict(), out / "model.pt")
+        elif epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            assert split.valid is not None
             started = time.perf_counter()
             valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size,
                              tc.device)
@@ -209,7 +220,8 @@ def _append_metrics(out: Path, record: dict[str, Any]) -> None:
 def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch: int,
             epochs: int, train_seconds: float) -> Path:
     tc = config.train
-    valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device)
+    valid = (None if split.valid is None else
+             evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size, tc.device))
     test = evaluate(model, split.test, config.model.max_len, tc.eval_batch_size, tc.device)
     slices = {}
     if split.cold_items is not None:  # cold-start: targets never seen in training
@@ -222,7 +234,7 @@ def _finish(out: Path, model: Model, split: Split, config: RunConfig, best_epoch
         "dataset": config.data.dataset,
         "model": config.model.name,
         "protocol": split.protocol,
-        "selected_on": f"valid {SELECT_ON}",
+        "selected_on": f"valid {SELECT_ON}" if valid is not None else "none: last epoch",
         "best_epoch": best_epoch,
         "epochs": epochs,
         "train_seconds": train_seconds,

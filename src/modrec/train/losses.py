@@ -62,14 +62,20 @@ def sampled_softmax(
     )  # (B, K)
     if pool is not None:
         negatives = pool[negatives - 1]
-    positive = (users * items[targets]).sum(-1, keepdim=True)  # (B, L, 1)
+    # Cross-entropy with the positive in class 0, written as
+    # logaddexp(positive, logsumexp(negatives)) - positive: no (B, L, 1 + K) logits are
+    # concatenated, scaled or gathered (each such pass over B x L x K floats cost as
+    # much as the product itself on a CPU), and the temperature scales the small
+    # (B, L, D) user tensor instead.
+    users = users / temperature
+    positive = (users * items[targets]).sum(-1)  # (B, L)
     negative = torch.bmm(users, items[negatives].transpose(1, 2))  # (B, L, K)
-    negative = negative.masked_fill(negatives.unsqueeze(1) == targets.unsqueeze(2), -torch.inf)
-    logits = torch.cat([positive, negative], dim=2) / temperature  # (B, L, 1 + K)
-    supervised = targets > 0  # (B, L)
-    logits = logits[supervised]  # (P, 1 + K)
-    zeros = torch.zeros(len(logits), dtype=torch.long, device=users.device)
-    return F.cross_entropy(logits, zeros)
+    # A negative that is the target is ruled out with the lowest finite value, not -inf:
+    # if every draw hit the target, -inf would make the gradient NaN.
+    hit = negatives.unsqueeze(1) == targets.unsqueeze(2)  # (B, L, K)
+    negative = negative.masked_fill(hit, torch.finfo(negative.dtype).min)
+    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=-1)) - positive  # (B, L)
+    return loss[targets > 0].mean()
 
 
 def next_item_loss(

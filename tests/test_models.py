@@ -5,11 +5,16 @@ import torch
 
 from modrec.models import ModelConfig, build_model
 
+CAUSAL = [ModelConfig(name="sasrec", dim=16, max_len=20),
+          ModelConfig(name="sasrec", dim=16, max_len=20, sasrec_block="original"),
+          ModelConfig(name="gru4rec", dim=16, max_len=20),
+          ModelConfig(name="hstu", dim=16, max_len=20)]
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])
-def test_causal_changing_a_later_item_never_changes_earlier_outputs(name: str) -> None:
+
+@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.sasrec_block}")
+def test_causal_changing_a_later_item_never_changes_earlier_outputs(config: ModelConfig) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()
+    model = build_model(config, num_items=50).eval()
     inputs = torch.randint(1, 51, (3, 12))
     lengths = torch.full((3,), 12)
     changed = inputs.clone()
@@ -19,10 +24,10 @@ def test_causal_changing_a_later_item_never_changes_earlier_outputs(name: str) -
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "hstu"])
-def test_right_padding_does_not_change_real_positions(name: str) -> None:
+@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.sasrec_block}")
+def test_right_padding_does_not_change_real_positions(config: ModelConfig) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, dim=16, max_len=20), num_items=50).eval()
+    model = build_model(config, num_items=50).eval()
     inputs = torch.randint(1, 51, (2, 6))
     padded = torch.cat([inputs, torch.zeros(2, 9, dtype=torch.long)], dim=1)
     short = model.encode(inputs, torch.full((2,), 6))

@@ -50,6 +50,9 @@ class ModelConfig:
     combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
     id_dropout: float = 0.0  # id+content: share of items whose ID vector a step drops
     content_dim: int | None = None  # filled in from the store when the model is built
+    # SASRec: "pre-ln" (pre-LayerNorm blocks, a final LayerNorm) or "original" (the
+    # authors' block, as the HSTU repository reproduces it; see models/sasrec.py)
+    sasrec_block: Literal["pre-ln", "original"] = "pre-ln"
     time_bias: bool = True  # HSTU: learn from elapsed time when the dataset has timestamps
 
 
@@ -113,7 +116,7 @@ def build_model(config: ModelConfig, num_items: int,
     encoder: nn.Module
     if config.name == "sasrec":
         encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,
-                         config.dropout)
+                         config.dropout, config.sasrec_block)
     elif config.name == "bert4rec":
         encoder = BERT4Rec(tower, config.max_len, config.num_blocks, config.num_heads,
                            config.dropout)

@@ -10,6 +10,7 @@ Shapes: B batch, L length, D dim, H heads.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +66,52 @@ class Block(nn.Module):
         return x + self.dropout(self.feed_forward(self.norm2(x)))
 
 
+class OriginalBlock(nn.Module):
+    """The block as SASRec's authors wrote it (and the HSTU repository reproduces it):
+    queries are layer-normalised but keys and values are not; the attention output is
+    added to the normalised queries, normalised again and passed through a residual
+    point-wise feed-forward. Weights start Xavier-normal, as there."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.attention_dropout = num_heads, dropout
+        self.norm_query = nn.LayerNorm(dim, eps=1e-8)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ff = nn.LayerNorm(dim, eps=1e-8)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim),
+            nn.Dropout(dropout),
+        )
+        for layer in (self.query, self.key_value, self.out, *self.feed_forward):
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+        for layer in (self.query, self.key_value, self.out):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        queries = self.norm_query(x)  # (B, L, D)
+        k, v = self.key_value(x).split(D, dim=-1)  # 2 x (B, L, D)
+        q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
+                   for t in (self.query(queries), k, v))  # (B, H, L, D/H)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # (B, H, L, D/H)
+        h = self.norm_ff(queries + self.out(y.transpose(1, 2).reshape(B, L, D)))
+        return h + self.feed_forward(h)  # (B, L, D)
+
+
 class SASRec(nn.Module):
     """Sequence in, one user vector per position out: ``(B, L) -> (B, L, D)``."""
 
     def __init__(
         self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
-        dropout: float,
+        dropout: float, block_form: Literal["pre-ln", "original"] = "pre-ln",
     ) -> None:
         super().__init__()
         dim = item_tower.dim
@@ -78,8 +119,13 @@ class SASRec(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, num_heads, dropout) for _ in range(num_blocks))
-        self.norm = nn.LayerNorm(dim)
+        self.block_form = block_form
+        self.blocks = nn.ModuleList(
+            (OriginalBlock if block_form == "original" else Block)(dim, num_heads, dropout)
+            for _ in range(num_blocks))
+        # The pre-LayerNorm form ends with a LayerNorm; the original form's blocks
+        # already end normalised-plus-residual and it has none.
+        self.norm = nn.LayerNorm(dim) if block_form == "pre-ln" else nn.Identity()
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
                 times: torch.Tensor | None = None) -> torch.Tensor:

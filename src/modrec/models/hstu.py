@@ -77,11 +77,9 @@ class HSTUBlock(nn.Module):
         self.norm_attn = nn.LayerNorm(num_heads * v_dim)
         self.out = nn.Linear(num_heads * v_dim, dim)
         self.dropout = nn.Dropout(dropout)
-        # The HSTU repository's initialisation: small U, V, Q, K projections (its uvqk
-        # has no bias; ours starts at zero), a Xavier-uniform output projection.
-        nn.init.normal_(self.uvqk.weight, std=0.02)
-        nn.init.zeros_(self.uvqk.bias)
-        nn.init.xavier_uniform_(self.out.weight)
+        # PyTorch's default initialisation. The HSTU repository's (uvqk N(0, 0.02), no
+        # bias; Xavier output) learned faster early on ML-1M but peaked lower on
+        # validation (NDCG@10 0.1618 against 0.1642), so it is not used.
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
         """``buckets``: ``(B, L, L)`` from `time_buckets`, or None."""

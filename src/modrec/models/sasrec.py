@@ -1,8 +1,10 @@
 """SASRec: causal self-attention over the item sequence.
 
-Kang & McAuley, "Self-Attentive Sequential Recommendation" (ICDM 2018), in the form
-the HSTU repository reproduces: pre-LayerNorm blocks, learned absolute positions,
-a point-wise feed-forward of width D, a final LayerNorm.
+Kang & McAuley, "Self-Attentive Sequential Recommendation" (ICDM 2018): learned
+absolute positions, causal attention, a point-wise feed-forward of width D. Two block
+forms: ``pre-ln`` (pre-LayerNorm residual blocks and a final LayerNorm, as most
+libraries write it) and ``original`` (the authors' block, which the HSTU repository
+reproduces; see `OriginalBlock`). On ML-1M the original form validated better.
 
 Shapes: B batch, L length, D dim, H heads.
 """

@@ -147,10 +147,11 @@ def leave_one_out_without_validation(ds: Dataset) -> Split:
     repository's protocol, which trains a fixed number of epochs and reports the last.
     For reproducing published numbers; choose settings with ``loo``, whose validation
     target is held out of training."""
-    loo = leave_one_out(ds)
-    lengths = ds.sequences().lengths()
-    train = _truncate(ds.sequences(), lengths - np.where(lengths >= 3, 1, 0))
-    return Split(train, None, loo.test, ds.num_items,
+    seqs = ds.sequences()
+    lengths = seqs.lengths()
+    # Users with fewer than three items are not evaluated and keep everything (as in loo).
+    train = _truncate(seqs, lengths - np.where(lengths >= 3, 1, 0))
+    return Split(train, None, leave_one_out(ds).test, ds.num_items,
                  "leave-one-out without validation (training keeps the second-to-last "
                  "item; fixed epochs, last one reported), full ranking, history masked")
 

@@ -49,7 +49,7 @@ class RelativeBias(nn.Module):
 
     def __init__(self, max_len: int, num_time_buckets: int = 0) -> None:
         super().__init__()
-        self.max_len, self.num_time_buckets = max_len, num_time_buckets
+        self.max_len = max_len
         self.weights = nn.Parameter(torch.empty(2 * max_len - 1).normal_(std=0.02))
         self.time_weights = (nn.Parameter(torch.empty(num_time_buckets + 1).normal_(std=0.02))
                              if num_time_buckets else None)

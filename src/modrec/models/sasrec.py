@@ -121,7 +121,6 @@ class SASRec(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
-        self.block_form = block_form
         self.blocks = nn.ModuleList(
             (OriginalBlock if block_form == "original" else Block)(dim, num_heads, dropout)
             for _ in range(num_blocks))

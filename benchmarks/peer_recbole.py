@@ -19,12 +19,15 @@ before it validation):
 
 Reported for each: seconds per training epoch, validation NDCG@10 when the budget ends
 (full ranking over all items, history masked on our side; RecBole's full-sort
-evaluation masks the history too), and seconds to evaluate all 6,040 users on test.
+evaluation masks the history too), for modrec the training time until validation
+NDCG@10 first reaches 0.15 (validated after every epoch, evaluation not counted), and
+seconds to evaluate all 6,040 users on test. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import tempfile
 import time
@@ -40,6 +43,8 @@ from modrec.eval import evaluate, rank_targets
 from modrec.models import build_model
 from modrec.train.config import build_config
 from modrec.train.loop import batch_loss
+
+TARGET = 0.15  # issue 3: validation NDCG@10 within the training budget
 
 
 def write_atomic_inter(folder: Path) -> None:
@@ -80,7 +85,10 @@ def run_recbole(budget: float) -> dict[str, object]:
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = SASRec(config, train_data.dataset).to("cpu")
-    trainer = Trainer(config, model)
+    # RecBole's Trainer opens TensorBoard logs under the working directory: keep them
+    # in the temporary folder, not in the checkout.
+    with contextlib.chdir(folder):
+        trainer = Trainer(config, model)
     model.train()
     batches, started = 0, time.perf_counter()
     for interaction in train_data:
@@ -113,7 +121,7 @@ def run_modrec(budget: float) -> dict[str, object]:
                                   betas=config.train.betas)
     windows, lengths = training_examples(split.train, config.model.max_len)
     rng = np.random.default_rng(config.train.seed)
-    spent, epochs, valid = 0.0, 0, math.nan
+    spent, epochs, valid, reached = 0.0, 0, math.nan, None
     while spent < budget:
         model.train()
         started = time.perf_counter()
@@ -125,12 +133,14 @@ def run_modrec(budget: float) -> dict[str, object]:
         spent += time.perf_counter() - started
         epochs += 1
         valid = evaluate(model, split.valid, config.model.max_len)["ndcg@10"]  # not timed
+        if reached is None and valid >= TARGET:
+            reached = f"{spent / 60:.1f} min (epoch {epochs})"
     started = time.perf_counter()
     rank_targets(model, split.test, config.model.max_len)
     return {"name": "modrec SASRec (configs/ml-1m/sasrec.yaml)",
             "epoch_seconds": spent / epochs, "epoch_note": f"mean of {epochs} whole epochs",
             "valid_ndcg@10": valid, "eval_seconds": time.perf_counter() - started,
-            "trained": f"{epochs} epochs"}
+            "trained": f"{epochs} epochs", "reached": reached or "not reached"}
 
 
 def main() -> None:
@@ -145,7 +155,7 @@ def main() -> None:
         print(result, flush=True)
         rows.append([result["name"], f"{result['epoch_seconds']:.1f}", result["epoch_note"],
                      result["trained"], f"{result['valid_ndcg@10']:.4f}",
-                     f"{result['eval_seconds']:.1f}"])
+                     result.get("reached", "not reached"), f"{result['eval_seconds']:.1f}"])
     ratio = float(rows[0][1]) / float(rows[1][1])
     body = "\n".join([
         "### Peer: RecBole 1.2.1 SASRec vs modrec SASRec on ML-1M",
@@ -155,7 +165,8 @@ def main() -> None:
         f"the same {args.budget_minutes:g}-minute training budget each.",
         "",
         markdown_table(["system", "s / epoch", "how", f"trained in {args.budget_minutes:g} min",
-                        "valid NDCG@10 at budget", "evaluate 6,040 users (s)"], rows),
+                        "valid NDCG@10 at budget", f"training to valid NDCG@10 ≥ {TARGET}",
+                        "evaluate 6,040 users (s)"], rows),
         "",
         f"modrec's epoch is {ratio:.0f}x shorter: RecBole trains on every prefix of every "
         "history (7,673 batches of 128 prefixes) with a full softmax, where one causal pass "

@@ -45,3 +45,21 @@ def test_full_softmax_is_cross_entropy_over_every_item() -> None:
     supervised = targets > 0
     reference = F.cross_entropy(users[supervised] @ items[1:].T / 0.05, targets[supervised] - 1)
     torch.testing.assert_close(loss, reference)
+
+
+def test_per_position_sampling_draws_fresh_negatives_for_each_supervised_position() -> None:
+    users, items, targets = _inputs()
+    loss = sampled_softmax(users, targets, items, 0.05, 12, torch.Generator().manual_seed(1),
+                           per_position=True)
+    supervised = targets > 0
+    negatives = torch.randint(1, 31, (int(supervised.sum()), 12),
+                              generator=torch.Generator().manual_seed(1))  # (P, K)
+    u, t = users[supervised], targets[supervised]
+    negative = torch.einsum("pd,pkd->pk", u, items[negatives])
+    negative = negative.masked_fill(negatives == t.unsqueeze(1), -torch.inf)
+    logits = torch.cat([(u * items[t]).sum(-1, keepdim=True), negative], dim=1) / 0.05
+    reference = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+    torch.testing.assert_close(loss, reference)
+    for a, b in zip(torch.autograd.grad(loss, (users, items)),
+                    torch.autograd.grad(reference, (users, items)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

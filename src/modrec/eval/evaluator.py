@@ -36,7 +36,8 @@ def mask_seen(scores: torch.Tensor, histories: Sequences, index: np.ndarray) -> 
     lengths = histories.lengths()[index]
     rows = np.repeat(np.arange(len(index)), lengths)
     cols = np.concatenate([histories[int(i)] for i in index]).astype(np.int64)
-    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+    index_pair = (torch.from_numpy(rows), torch.from_numpy(cols))
+    scores[tuple(i.to(scores.device) for i in index_pair)] = -torch.inf
 
 
 @torch.no_grad()

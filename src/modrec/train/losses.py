@@ -19,6 +19,10 @@ from pydantic.dataclasses import dataclass
 class LossConfig:
     name: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
     num_negatives: int = 128  # sampled_softmax only
+    # sampled_softmax: draw the negatives once per sequence (shared by its positions; one
+    # batched product, cheap on a CPU) or afresh for every position (the HSTU
+    # repository's sampler; a B x L x K gather of item vectors, cheap on a GPU)
+    negatives_per: Literal["sequence", "position"] = "sequence"
     temperature: float = 0.05  # logits are divided by this (matters with cosine scores)
 
 
@@ -41,11 +45,11 @@ def full_softmax(
 def sampled_softmax(
     users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float,
     num_negatives: int, generator: torch.Generator | None = None,
-    pool: torch.Tensor | None = None,
+    pool: torch.Tensor | None = None, per_position: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy of each target against ``num_negatives`` uniformly drawn items.
 
-    Negatives are drawn per sequence and shared by its positions: the logits are one
+    By default negatives are drawn per sequence and shared by its positions: the logits are one
     batched matrix product ``(B, L, D) x (B, D, K)`` with the FLOPs of per-position
     sampling but without gathering B x L x K item vectors (on a CPU that gather costs
     about 15x more), while the batch still sees B x K distinct draws. A negative that
@@ -55,6 +59,9 @@ def sampled_softmax(
     training when some are withheld for cold-start evaluation: a model must not learn
     that withheld items are never the answer.
     """
+    if per_position:
+        return _per_position_sampled_softmax(users, targets, items, temperature,
+                                             num_negatives, generator, pool)
     B = users.shape[0]
     high = items.shape[0] if pool is None else len(pool) + 1
     negatives = torch.randint(
@@ -78,6 +85,27 @@ def sampled_softmax(
     return loss[targets > 0].mean()
 
 
+def _per_position_sampled_softmax(
+    users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float,
+    num_negatives: int, generator: torch.Generator | None, pool: torch.Tensor | None,
+) -> torch.Tensor:
+    """``sampled_softmax`` with fresh negatives for each supervised position."""
+    supervised = targets > 0
+    users = users[supervised] / temperature  # (P, D)
+    targets = targets[supervised]  # (P,)
+    high = items.shape[0] if pool is None else len(pool) + 1
+    negatives = torch.randint(
+        1, high, (len(targets), num_negatives), device=items.device, generator=generator
+    )  # (P, K)
+    if pool is not None:
+        negatives = pool[negatives - 1]
+    positive = (users * items[targets]).sum(-1)  # (P,)
+    negative = torch.bmm(items[negatives], users.unsqueeze(-1)).squeeze(-1)  # (P, K)
+    negative = negative.masked_fill(negatives == targets.unsqueeze(1),
+                                    torch.finfo(negative.dtype).min)
+    return (torch.logaddexp(positive, torch.logsumexp(negative, dim=-1)) - positive).mean()
+
+
 def next_item_loss(
     config: LossConfig, users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
     generator: torch.Generator | None = None, pool: torch.Tensor | None = None,
@@ -87,4 +115,4 @@ def next_item_loss(
     if config.name == "softmax":
         return full_softmax(users, targets, items, config.temperature, pool)
     return sampled_softmax(users, targets, items, config.temperature, config.num_negatives,
-                           generator, pool)
+                           generator, pool, per_position=config.negatives_per == "position")

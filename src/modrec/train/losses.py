@@ -53,7 +53,7 @@ def sampled_softmax(
     batched matrix product ``(B, L, D) x (B, D, K)`` with the FLOPs of per-position
     sampling but without gathering B x L x K item vectors (on a CPU that gather costs
     about 15x more), while the batch still sees B x K distinct draws. A negative that
-    equals the position's target is masked out.
+    equals the position's target is left out.
 
     ``pool`` (item indices) restricts the negatives, e.g. to the items that occur in
     training when some are withheld for cold-start evaluation: a model must not learn
@@ -69,20 +69,41 @@ def sampled_softmax(
     )  # (B, K)
     if pool is not None:
         negatives = pool[negatives - 1]
-    # Cross-entropy with the positive in class 0, written as
-    # logaddexp(positive, logsumexp(negatives)) - positive: no (B, L, 1 + K) logits are
-    # concatenated, scaled or gathered (each such pass over B x L x K floats cost as
-    # much as the product itself on a CPU), and the temperature scales the small
-    # (B, L, D) user tensor instead.
+    # The temperature scales the small (B, L, D) user tensor, not the (B, L, K) logits:
+    # on a CPU every pass over B x L x K floats costs about as much as the product.
     users = users / temperature
     positive = (users * items[targets]).sum(-1)  # (B, L)
-    negative = torch.bmm(users, items[negatives].transpose(1, 2))  # (B, L, K)
-    # A negative that is the target is ruled out with the lowest finite value, not -inf:
-    # if every draw hit the target, -inf would make the gradient NaN.
-    hit = negatives.unsqueeze(1) == targets.unsqueeze(2)  # (B, L, K)
-    negative = negative.masked_fill(hit, torch.finfo(negative.dtype).min)
-    loss = torch.logaddexp(positive, torch.logsumexp(negative, dim=-1)) - positive  # (B, L)
+    everything = _logsumexp_of_products(users, items[negatives])  # (B, L), hits included
+    # Cross-entropy with the positive in class 0 and the draws that equal the target
+    # left out: log(exp(positive) + sum of the other draws) - positive. A draw that hits
+    # the target has exactly the positive's logit, so subtracting `hits` copies of it
+    # from `everything` is exact, and needs no (B, L, K) mask. Shifted by the larger of
+    # the two terms; the argument of the log stays >= 1 / max(hits, 1).
+    hits = _occurrences(negatives, targets).to(users.dtype)  # (B, L)
+    shift = torch.maximum(positive, everything).detach()
+    loss = shift - positive + torch.log(
+        torch.exp(everything - shift) + (1 - hits) * torch.exp(positive - shift))
     return loss[targets > 0].mean()
+
+
+def _logsumexp_of_products(users: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(users (B, L, D) @ vectors (B, K, D)^T, -1)`` in the fewest passes
+    over the (B, L, K) logits: one product that subtracts a bound on every logit (the
+    product of the largest norms, so no per-row maximum pass), one exp, one sum; the
+    backward is one multiply and the product's two. Falls back to ``torch.logsumexp``
+    when the bound is so loose that small logits could underflow."""
+    bound = users.detach().norm(dim=-1).amax() * vectors.detach().norm(dim=-1).amax()
+    if bound > 40:  # exp(-2 * 40) is still a normal float32; beyond that, be careful
+        return torch.logsumexp(torch.bmm(users, vectors.transpose(1, 2)), dim=-1)
+    shifted = torch.baddbmm(-bound.view(1, 1, 1), users, vectors.transpose(1, 2))
+    return bound + shifted.exp().sum(-1).log()
+
+
+def _occurrences(negatives: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(B, L)``: how often each target occurs among its sequence's draws (B, K)."""
+    ordered = negatives.sort(dim=1).values
+    return (torch.searchsorted(ordered, targets, right=True)
+            - torch.searchsorted(ordered, targets))
 
 
 def _per_position_sampled_softmax(

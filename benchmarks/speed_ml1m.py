@@ -2,7 +2,7 @@
 dim 50, 2 blocks, 1 head, batch 128, 128 sampled negatives), written into
 docs/benchmarks.md.
 
-    python benchmarks/speed_ml1m.py [--epochs 2] [--models sasrec,gru4rec]
+    python benchmarks/speed_ml1m.py [--epochs 2] [--models sasrec,gru4rec] [--device cuda]
 
 For each model it times full training epochs over all 6,040 users twice: with
 length-bucketed batches (the default) and with every batch padded to 200 (the naive
@@ -29,15 +29,22 @@ from modrec.train.config import build_config
 from modrec.train.loop import batch_loss
 
 
-def epoch_seconds(model, optimizer, config, windows, lengths, rng, pad_to) -> float:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):  # GPU work is asynchronous: wait before reading a clock
+        torch.cuda.synchronize()
+
+
+def epoch_seconds(model, optimizer, config, windows, lengths, rng, pad_to, device) -> float:
     model.train()
+    synchronize(device)
     started = time.perf_counter()
     for batch in next_item_batches(windows, lengths, config.train.batch_size, rng,
                                    bucket=pad_to is None, pad_to=pad_to):
-        loss = batch_loss(model, batch, config)
+        loss = batch_loss(model, batch.to(device), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return time.perf_counter() - started
 
 
@@ -64,7 +71,7 @@ def _count_cpu_attention() -> None:
 _count_cpu_attention()
 
 
-def epoch_flops(model, config, windows, lengths) -> float:
+def epoch_flops(model, config, windows, lengths, device) -> float:
     """Matrix FLOPs (forward + backward) of one bucketed epoch, counted by torch's
     FlopCounterMode on the real batches (elementwise work is not counted, as usual)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -73,7 +80,7 @@ def epoch_flops(model, config, windows, lengths) -> float:
     with FlopCounterMode(display=False) as counter:
         for batch in next_item_batches(windows, lengths, config.train.batch_size,
                                        np.random.default_rng(1)):
-            batch_loss(model, batch, config).backward()
+            batch_loss(model, batch.to(device), config).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -84,6 +91,7 @@ def main() -> None:
     parser.add_argument("--models", default="sasrec,gru4rec,hstu,hstu-large")
     parser.add_argument("--negatives", type=int, default=128,
                         help="sampled negatives per sequence (the paper's count: 128)")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda")
     args = parser.parse_args()
 
     ds = load_dataset("ml-1m")
@@ -93,23 +101,25 @@ def main() -> None:
         config = build_config("ml-1m", name,
                               overrides=[f"loss.num_negatives={args.negatives}"])
         torch.manual_seed(0)
-        model = build_model(config.model, ds.num_items)
+        model = build_model(config.model, ds.num_items).to(args.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
         windows, lengths = training_examples(split.train, config.model.max_len)
         rng = np.random.default_rng(0)
         bucketed, padded = [], []
         for _ in range(args.epochs):
-            bucketed.append(epoch_seconds(model, optimizer, config, windows, lengths, rng, None))
+            bucketed.append(epoch_seconds(model, optimizer, config, windows, lengths, rng, None,
+                                          args.device))
             padded.append(epoch_seconds(model, optimizer, config, windows, lengths, rng,
-                                        config.model.max_len))
+                                        config.model.max_len, args.device))
             print(f"{name}: bucketed {bucketed[-1]:.1f}s padded {padded[-1]:.1f}s", flush=True)
         evals = []
         for _ in range(3):
+            synchronize(args.device)
             started = time.perf_counter()
-            rank_targets(model, split.test, config.model.max_len)
+            rank_targets(model, split.test, config.model.max_len, device=args.device)
             evals.append(time.perf_counter() - started)
         b, p = float(np.median(bucketed)), float(np.median(padded))
-        flops = epoch_flops(model, config, windows, lengths)
+        flops = epoch_flops(model, config, windows, lengths, args.device)
         rows.append([name, f"{b:.1f}", f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
                      f"{flops / b / 1e9:.1f}", f"{p:.1f}", f"{p / b:.2f}x",
                      f"{min(evals):.2f}"])
@@ -120,19 +130,24 @@ def main() -> None:
          "achieved GFLOP/s", "s / epoch (padded to 200)", "bucketing speed-up",
          "evaluate 6,040 users (s)"], rows)
     doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-    write_section(doc, "ml1m-speed", f"""
-## MovieLens-1M: training and evaluation speed
+    on_cpu = args.device == "cpu"
+    section, where = ("ml1m-speed", "") if on_cpu else (f"ml1m-speed-{args.device}",
+                                                        f" on {args.device}")
+    device_flag = "" if on_cpu else f" --device {args.device}"
+    write_section(doc, section, f"""
+## MovieLens-1M: training and evaluation speed{where}
 
 Command: `python benchmarks/speed_ml1m.py --epochs {args.epochs} --models {args.models}
---negatives {args.negatives}`. One epoch = every one of the 6,040 users' training windows
-(last 200 items) once, batch 128, sampled softmax with {args.negatives} negatives per
-sequence; medians over
-{args.epochs} epochs per variant, the two variants alternating. Evaluation = full
+--negatives {args.negatives}{device_flag}`. One epoch = every one of the 6,040 users'
+training windows (last 200 items) once, batch 128, sampled softmax with
+{args.negatives} negatives per sequence; medians over {args.epochs} epochs per variant,
+the two variants alternating. Evaluation = full
 ranking of all 3,706 items for all 6,040 test users, history masked (best of 3).
 GFLOP per epoch: matrix multiplications and attention, forward and backward, counted by
-`torch.utils.flop_counter.FlopCounterMode` over one bucketed epoch (causal attention
-credited at half the full count); achieved GFLOP/s =
-that count / the median bucketed epoch time. Machine: {machine()}.
+`torch.utils.flop_counter.FlopCounterMode` over one bucketed epoch (on a CPU, causal
+attention credited at half the full count; on a GPU, the counter's own attention
+formulas); achieved GFLOP/s =
+that count / the median bucketed epoch time. Machine: {machine(args.device)}.
 
 {table}
 """)

@@ -58,6 +58,8 @@ def command(name: str, device: str, runs: Path, extra: list[str]) -> list[str]:
 def run(names: list[str], device: str, runs: Path, parallel: int, deadline: float,
         extra: list[str]) -> None:
     runs.mkdir(parents=True, exist_ok=True)
+    (runs / "sweep.json").write_text(json.dumps(
+        {"command": "python benchmarks/sweep.py " + " ".join(sys.argv[1:])}))
     # Convert (and cache) the dataset once, before the processes race to do it.
     from modrec.data import load_dataset
     load_dataset("ml-1m")
@@ -107,6 +109,36 @@ def summarise(folder: Path) -> dict:
     return row
 
 
+def plot_validation(runs: Path, rows: list[dict], path: Path) -> None:
+    """Validation NDCG@10 against epoch, one panel per architecture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({VARIANTS[r["name"]][0] for r in rows if r["name"] in VARIANTS})
+    fig, axes = plt.subplots(1, len(families), figsize=(3.2 * len(families), 3.2),
+                             sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        for row in rows:
+            if VARIANTS.get(row["name"], ("",))[0] != family:
+                continue
+            lines = (runs / row["name"] / "metrics.jsonl").read_text().splitlines()
+            passes = [r for r in map(json.loads, lines) if "valid" in r]
+            ax.plot([r["epoch"] for r in passes], [r["valid"]["ndcg@10"] for r in passes],
+                    label=row["name"].removeprefix(family).lstrip("-") or "preset",
+                    linewidth=1)
+        ax.set_title(family)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation NDCG@10")
+    axes[0][0].set_ylim(0.08, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(runs: Path, doc: Path) -> list[dict]:
     rows = [summarise(f) for f in sorted(runs.iterdir()) if (f / "config.json").exists()]
     order = list(VARIANTS)
@@ -121,16 +153,19 @@ def report(runs: Path, doc: Path) -> list[dict]:
           fmt(r.get("ndcg@50")),
           f"{r['epoch_seconds']:.1f}" if r["epoch_seconds"] else "–"] for r in rows])
     devices = sorted({r["device"] for r in rows})
+    made = json.loads((runs / "sweep.json").read_text())["command"] \
+        if (runs / "sweep.json").exists() else "python benchmarks/sweep.py run"
+    chart = doc.parent / "sweep-ml-1m.png"
+    plot_validation(runs, rows, chart)
     body = (
-        f"`python benchmarks/sweep.py run --device {devices[0] if devices else 'cuda'}` "
-        f"then `python benchmarks/sweep.py report`. ML-1M, leave-one-out, full ranking, "
+        f"`{made}` then `python benchmarks/sweep.py report`. ML-1M, leave-one-out, full ranking, "
         f"history masked; test metrics at the best validation epoch (finished runs only). "
         f"Devices: {', '.join(devices)}; the {len(rows)} runs shared the device at once, "
         f"so seconds per epoch are not solo timings. Variant overrides, on top of the "
         f"named preset in configs/ml-1m/:\n\n"
         + "\n".join(f"- `{n}`: `-m {p}` " + " ".join(f"`--set {o}`" for o in ov)
                     for n, (p, ov) in VARIANTS.items() if any(r['name'] == n for r in rows))
-        + "\n\n" + table)
+        + "\n\n" + table + f"\n\n![validation NDCG@10 by epoch]({chart.name})\n")
     write_section(doc, "sweep-ml-1m", "## ML-1M training-recipe sweep\n\n" + body)
     return rows
 

@@ -36,9 +36,12 @@ PUBLISHED: dict[str, dict[str, tuple[float | None, ...]]] = {
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
 
 
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+def machine(device: str = "cpu") -> str:
+    cpu = (f"{platform.processor() or platform.machine()}, "
+           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} ({cpu})"
+    return cpu
 
 
 def run_presets(dataset: str, presets: list[str], runs: Path,

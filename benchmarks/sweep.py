@@ -102,14 +102,15 @@ def summarise(folder: Path) -> dict:
            "epoch_seconds": (sum(r["epoch_seconds"] for r in passes) / len(passes)
                              if passes else None),
            "device": config["train"]["device"], "loss": config["loss"],
-           "finished": (folder / "results.json").exists()}
+           "finished": (folder / "results.json").exists(),
+           "curve": [(r["epoch"], r["valid"]["ndcg@10"]) for r in passes]}
     if row["finished"]:
         results = json.loads((folder / "results.json").read_text())
         row |= {k: results[k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")}
     return row
 
 
-def plot_validation(runs: Path, rows: list[dict], path: Path) -> None:
+def plot_validation(rows: list[dict], path: Path) -> None:
     """Validation NDCG@10 against epoch, one panel per architecture."""
     import matplotlib
 
@@ -123,10 +124,8 @@ def plot_validation(runs: Path, rows: list[dict], path: Path) -> None:
         for row in rows:
             if VARIANTS.get(row["name"], ("",))[0] != family:
                 continue
-            lines = (runs / row["name"] / "metrics.jsonl").read_text().splitlines()
-            passes = [r for r in map(json.loads, lines) if "valid" in r]
-            ax.plot([r["epoch"] for r in passes], [r["valid"]["ndcg@10"] for r in passes],
-                    label=row["name"].removeprefix(family).lstrip("-") or "preset",
+            epochs, ndcg = zip(*row["curve"], strict=True) if row["curve"] else ((), ())
+            ax.plot(epochs, ndcg, label=row["name"].removeprefix(family).lstrip("-") or "preset",
                     linewidth=1)
         ax.set_title(family)
         ax.set_xlabel("epoch")
@@ -156,7 +155,7 @@ def report(runs: Path, doc: Path) -> list[dict]:
     made = json.loads((runs / "sweep.json").read_text())["command"] \
         if (runs / "sweep.json").exists() else "python benchmarks/sweep.py run"
     chart = doc.parent / "sweep-ml-1m.png"
-    plot_validation(runs, rows, chart)
+    plot_validation(rows, chart)
     body = (
         f"`{made}` then `python benchmarks/sweep.py report`. ML-1M, leave-one-out, full ranking, "
         f"history masked; test metrics at the best validation epoch (finished runs only). "

@@ -36,8 +36,8 @@ def mask_seen(scores: torch.Tensor, histories: Sequences, index: np.ndarray) -> 
     lengths = histories.lengths()[index]
     rows = np.repeat(np.arange(len(index)), lengths)
     cols = np.concatenate([histories[int(i)] for i in index]).astype(np.int64)
-    index_pair = (torch.from_numpy(rows), torch.from_numpy(cols))
-    scores[tuple(i.to(scores.device) for i in index_pair)] = -torch.inf
+    device = scores.device
+    scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
 
 
 @torch.no_grad()

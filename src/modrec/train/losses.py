@@ -62,13 +62,7 @@ def sampled_softmax(
     if per_position:
         return _per_position_sampled_softmax(users, targets, items, temperature,
                                              num_negatives, generator, pool)
-    B = users.shape[0]
-    high = items.shape[0] if pool is None else len(pool) + 1
-    negatives = torch.randint(
-        1, high, (B, num_negatives), device=items.device, generator=generator
-    )  # (B, K)
-    if pool is not None:
-        negatives = pool[negatives - 1]
+    negatives = _draw((users.shape[0], num_negatives), items, generator, pool)  # (B, K)
     # The temperature scales the small (B, L, D) user tensor, not the (B, L, K) logits:
     # on a CPU every pass over B x L x K floats costs about as much as the product.
     users = users / temperature
@@ -84,6 +78,14 @@ def sampled_softmax(
     loss = shift - positive + torch.log(
         torch.exp(everything - shift) + (1 - hits) * torch.exp(positive - shift))
     return loss[targets > 0].mean()
+
+
+def _draw(shape: tuple[int, int], items: torch.Tensor, generator: torch.Generator | None,
+          pool: torch.Tensor | None) -> torch.Tensor:
+    """Uniform item indices (never 0, the padding row), from ``pool`` when given."""
+    high = items.shape[0] if pool is None else len(pool) + 1
+    negatives = torch.randint(1, high, shape, device=items.device, generator=generator)
+    return negatives if pool is None else pool[negatives - 1]
 
 
 def _logsumexp_of_products(users: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -114,12 +116,7 @@ def _per_position_sampled_softmax(
     supervised = targets > 0
     users = users[supervised] / temperature  # (P, D)
     targets = targets[supervised]  # (P,)
-    high = items.shape[0] if pool is None else len(pool) + 1
-    negatives = torch.randint(
-        1, high, (len(targets), num_negatives), device=items.device, generator=generator
-    )  # (P, K)
-    if pool is not None:
-        negatives = pool[negatives - 1]
+    negatives = _draw((len(targets), num_negatives), items, generator, pool)  # (P, K)
     positive = (users * items[targets]).sum(-1)  # (P,)
     negative = torch.bmm(items[negatives], users.unsqueeze(-1)).squeeze(-1)  # (P, K)
     negative = negative.masked_fill(negatives == targets.unsqueeze(1),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from modrec.data import leave_one_out
@@ -27,9 +28,11 @@ def test_cloze_masking(ml100k) -> None:
     assert set(first.targets[first.targets > 0].tolist()) <= set(np.concatenate(windows).tolist())
 
 
-def test_inference_appends_a_mask() -> None:
+@pytest.mark.parametrize("block", ["pre-ln", "bert"])
+def test_inference_appends_a_mask(block: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="bert4rec", dim=16, max_len=8), num_items=30).eval()
+    model = build_model(ModelConfig(name="bert4rec", dim=16, max_len=8, num_heads=2,
+                                    bert4rec_block=block), num_items=30).eval()
     encoder = model.encoder
     history = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])
     lengths = torch.tensor([3, 8])
@@ -44,3 +47,14 @@ def test_inference_appends_a_mask() -> None:
     a = encoder.bidirectional(torch.tensor([[5, 6, 7, 31]]), torch.tensor([4]))
     b = encoder.bidirectional(torch.tensor([[5, 6, 9, 31]]), torch.tensor([4]))
     assert not torch.allclose(a[0, 0], b[0, 0])
+
+
+@pytest.mark.parametrize("block", ["pre-ln", "bert"])
+def test_padding_never_changes_real_positions(block: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="bert4rec", dim=16, max_len=8,
+                                    bert4rec_block=block), num_items=30).eval()
+    short = model.encoder.bidirectional(torch.tensor([[5, 6, 7, 31]]), torch.tensor([4]))
+    padded = model.encoder.bidirectional(torch.tensor([[5, 6, 7, 31, 0, 0]]),
+                                         torch.tensor([4]))
+    torch.testing.assert_close(padded[:, :4], short)

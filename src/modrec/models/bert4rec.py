@@ -8,18 +8,48 @@ recommend, a mask is appended after the newest item and its output is the user v
 The mask token is item index ``num_items + 1``: it has its own learned vector here and
 is never a candidate item.
 
+Two encoder forms: ``pre-ln`` (the pre-LayerNorm block SASRec uses here, feed-forward of
+width D) and ``bert`` (BERT's own block, which the BERT4Rec authors and Klenitskiy &
+Vasilev's reproduction both use: the embedding sum is layer-normalised, every residual
+is followed by a LayerNorm, the feed-forward is 4D wide with GELU; weights start at
+N(0, 0.02) as BERT's do).
+
 Shapes: B batch, L length, D dim.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
-from modrec.models.sasrec import Block
+from modrec.models.sasrec import Block, SelfAttention
+
+
+class BertBlock(nn.Module):
+    """BERT's block: post-LayerNorm residuals around attention and a 4D-wide GELU
+    feed-forward."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = SelfAttention(dim, num_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-12)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.dropout(self.attention(x, key_mask)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))
 
 
 class BERT4Rec(nn.Module):
@@ -27,10 +57,13 @@ class BERT4Rec(nn.Module):
 
     def __init__(
         self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
-        dropout: float,
+        dropout: float, block: Literal["pre-ln", "bert"] = "pre-ln",
     ) -> None:
         super().__init__()
+        if block not in ("pre-ln", "bert"):
+            raise ValueError(f"unknown BERT4Rec block {block!r}; choose 'pre-ln' or 'bert'")
         dim = item_tower.dim
+        self.bert = block == "bert"
         self.item_tower = item_tower
         self.max_len = max_len
         self.mask_token = item_tower.num_items + 1
@@ -38,8 +71,14 @@ class BERT4Rec(nn.Module):
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, num_heads, dropout) for _ in range(num_blocks))
-        self.norm = nn.LayerNorm(dim)
+        block_type = BertBlock if self.bert else Block
+        self.blocks = nn.ModuleList(
+            block_type(dim, num_heads, dropout) for _ in range(num_blocks)
+        )
+        # BERT normalises the embedding sum and ends on a block's LayerNorm; the
+        # pre-LN stack needs a final LayerNorm instead.
+        self.embedding_norm = nn.LayerNorm(dim, eps=1e-12) if self.bert else nn.Identity()
+        self.norm = nn.Identity() if self.bert else nn.LayerNorm(dim)
 
     def bidirectional(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Every position sees every real position: ``(B, L) -> (B, L, D)``; inputs may
@@ -48,8 +87,10 @@ class BERT4Rec(nn.Module):
         is_mask = inputs == self.mask_token  # (B, L)
         x = self.item_tower(inputs.masked_fill(is_mask, 0))  # (B, L, D)
         x = torch.where(is_mask.unsqueeze(-1), self.mask_vector, x)
-        x = x * math.sqrt(self.item_tower.dim)
-        x = self.dropout(x + self.positions(torch.arange(L, device=inputs.device)))
+        if not self.bert:  # the embedding LayerNorm sets the scale in the BERT form
+            x = x * math.sqrt(self.item_tower.dim)
+        x = x + self.positions(torch.arange(L, device=inputs.device))
+        x = self.dropout(self.embedding_norm(x))
         key_mask = torch.arange(L, device=inputs.device) < lengths.unsqueeze(1)  # (B, L)
         for block in self.blocks:
             x = block(x, key_mask)

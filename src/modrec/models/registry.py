@@ -53,6 +53,9 @@ class ModelConfig:
     # SASRec: "pre-ln" (pre-LayerNorm blocks, a final LayerNorm) or "original" (the
     # authors' block, as the HSTU repository reproduces it; see models/sasrec.py)
     sasrec_block: Literal["pre-ln", "original"] = "pre-ln"
+    # BERT4Rec: "pre-ln" (SASRec's pre-LayerNorm block) or "bert" (BERT's post-LayerNorm
+    # block with a 4D GELU feed-forward, as the BERT4Rec authors; see models/bert4rec.py)
+    bert4rec_block: Literal["pre-ln", "bert"] = "pre-ln"
     time_bias: bool = True  # HSTU: learn from elapsed time when the dataset has timestamps
 
 
@@ -119,7 +122,7 @@ def build_model(config: ModelConfig, num_items: int,
                          config.dropout, config.sasrec_block)
     elif config.name == "bert4rec":
         encoder = BERT4Rec(tower, config.max_len, config.num_blocks, config.num_heads,
-                           config.dropout)
+                           config.dropout, config.bert4rec_block)
     elif config.name == "hstu":
         encoder = HSTU(tower, config.max_len, config.num_blocks, config.num_heads,
                        config.dropout, config.head_dim, config.time_bias and timestamps)

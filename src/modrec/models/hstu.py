@@ -87,13 +87,17 @@ class HSTUBlock(nn.Module):
         H, Dq, Dv = self.num_heads, self.qk_dim, self.v_dim
         projected = F.silu(self.uvqk(self.norm_in(x)))  # (B, L, H * (2 Dv + 2 Dq))
         u, v, q, k = projected.split([H * Dv, H * Dv, H * Dq, H * Dq], dim=-1)
-        q = q.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
-        k = k.view(B, L, H, Dq).transpose(1, 2)  # (B, H, L, Dq)
-        v = v.view(B, L, H, Dv).transpose(1, 2)  # (B, H, L, Dv)
-        scores = q @ k.transpose(2, 3) + self.bias(L, buckets)  # (B, H, L, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-        weights = F.silu(scores).masked_fill(~causal, 0.0) / self.max_len  # (B, H, L, L)
-        attended = (weights @ v).transpose(1, 2).reshape(B, L, H * Dv)  # (B, L, H Dv)
+        q = q.view(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
+        k = k.view(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
+        v = v.view(B, L, H, Dv).transpose(1, 2).reshape(B * H, L, Dv)
+        # Passes over the (B H, L, L) scores dominate a CPU step, so each is saved where
+        # it can be: the bias enters as the product's initial value rather than as an
+        # added pass, and one multiply both masks the future and normalises.
+        bias = self.bias(L, buckets).expand(B, H, L, L).reshape(B * H, L, L)
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2))  # (B H, L, L)
+        causal = torch.ones(L, L, device=x.device).tril_() / self.max_len  # (L, L)
+        weights = F.silu(scores) * causal  # (B H, L, L)
+        attended = (weights @ v).view(B, H, L, Dv).transpose(1, 2).reshape(B, L, H * Dv)
         return x + self.out(self.dropout(self.norm_attn(attended) * u))
 
 

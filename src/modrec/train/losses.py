@@ -33,8 +33,9 @@ def full_softmax(
     """Cross-entropy over every item (or every item in ``pool``), at the positions whose
     target is not padding."""
     supervised = targets > 0  # (B, L)
-    # Leave the padding row out rather than masking it: no (P, N + 1) in-place write.
-    logits = users[supervised] @ items[1:].T / temperature  # (P, N)
+    # Leave the padding row out rather than masking it: no (P, N + 1) in-place write;
+    # and scale the (P, D) users rather than the (P, N) logits (as `sampled_softmax`).
+    logits = (users[supervised] / temperature) @ items[1:].T  # (P, N)
     if pool is not None:
         outside = torch.ones(items.shape[0] - 1, dtype=torch.bool, device=items.device)
         outside[pool - 1] = False

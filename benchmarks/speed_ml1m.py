@@ -4,8 +4,9 @@ docs/benchmarks.md.
 
     python benchmarks/speed_ml1m.py [--epochs 2] [--models sasrec,gru4rec] [--device cuda]
 
-For each model it times full training epochs over all 6,040 users twice: with
-length-bucketed batches (the default) and with every batch padded to 200 (the naive
+For each model it times full training epochs over all 6,040 users twice: as the
+training loop runs them (shuffled batches, each run as ``train.length_slices``
+length-sorted slices) and with every batch padded to 200 in one piece (the naive
 reference), alternating so both see the same machine load; then the full-ranking
 evaluation of all 6,040 users (best of three). The model is the ml-1m preset with the
 paper's 128 negatives unless --negatives says otherwise.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,11 @@ import torch
 
 from modrec.bench import machine, markdown_table, write_section
 from modrec.data import leave_one_out, load_dataset
-from modrec.data.batches import next_item_batches, training_examples
+from modrec.data.batches import next_item_batches, split_by_length, training_examples
 from modrec.eval import rank_targets
 from modrec.models import build_model
 from modrec.train.config import build_config
-from modrec.train.loop import batch_loss
+from modrec.train.loop import batch_loss, train_step
 
 
 def synchronize(device: str) -> None:
@@ -38,12 +40,11 @@ def epoch_seconds(model, optimizer, config, windows, lengths, rng, pad_to, devic
     model.train()
     synchronize(device)
     started = time.perf_counter()
+    if pad_to is not None:  # one slice, as wide as pad_to
+        config = replace(config, train=replace(config.train, length_slices=1))
     for batch in next_item_batches(windows, lengths, config.train.batch_size, rng,
-                                   bucket=pad_to is None, pad_to=pad_to):
-        loss = batch_loss(model, batch.to(device), config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+                                   pad_to=pad_to):
+        train_step(model, optimizer, batch.to(device), config)
     synchronize(device)
     return time.perf_counter() - started
 
@@ -72,15 +73,17 @@ _count_cpu_attention()
 
 
 def epoch_flops(model, config, windows, lengths, device) -> float:
-    """Matrix FLOPs (forward + backward) of one bucketed epoch, counted by torch's
-    FlopCounterMode on the real batches (elementwise work is not counted, as usual)."""
+    """Matrix FLOPs (forward + backward) of one epoch as the training loop runs it, in
+    length slices, counted by torch's FlopCounterMode on the real batches (elementwise
+    work is not counted, as usual)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model.train()
     with FlopCounterMode(display=False) as counter:
         for batch in next_item_batches(windows, lengths, config.train.batch_size,
                                        np.random.default_rng(1)):
-            batch_loss(model, batch.to(device), config).backward()
+            for part in split_by_length(batch, config.train.length_slices):
+                batch_loss(model, part.to(device), config).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -105,20 +108,20 @@ def main() -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
         windows, lengths = training_examples(split.train, config.model.max_len)
         rng = np.random.default_rng(0)
-        bucketed, padded = [], []
+        sliced, padded = [], []
         for _ in range(args.epochs):
-            bucketed.append(epoch_seconds(model, optimizer, config, windows, lengths, rng, None,
-                                          args.device))
+            sliced.append(epoch_seconds(model, optimizer, config, windows, lengths, rng, None,
+                                        args.device))
             padded.append(epoch_seconds(model, optimizer, config, windows, lengths, rng,
                                         config.model.max_len, args.device))
-            print(f"{name}: bucketed {bucketed[-1]:.1f}s padded {padded[-1]:.1f}s", flush=True)
+            print(f"{name}: length slices {sliced[-1]:.1f}s padded {padded[-1]:.1f}s", flush=True)
         evals = []
         for _ in range(3):
             synchronize(args.device)
             started = time.perf_counter()
             rank_targets(model, split.test, config.model.max_len, device=args.device)
             evals.append(time.perf_counter() - started)
-        b, p = float(np.median(bucketed)), float(np.median(padded))
+        b, p = float(np.median(sliced)), float(np.median(padded))
         flops = epoch_flops(model, config, windows, lengths, args.device)
         rows.append([name, f"{b:.1f}", f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
                      f"{flops / b / 1e9:.1f}", f"{p:.1f}", f"{p / b:.2f}x",
@@ -126,8 +129,8 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     table = markdown_table(
-        ["model", "s / epoch (bucketed)", "sequences / s", "GFLOP / epoch",
-         "achieved GFLOP/s", "s / epoch (padded to 200)", "bucketing speed-up",
+        ["model", "s / epoch (length slices)", "sequences / s", "GFLOP / epoch",
+         "achieved GFLOP/s", "s / epoch (padded to 200)", "slicing speed-up",
          "evaluate 6,040 users (s)"], rows)
     doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
     on_cpu = args.device == "cpu"
@@ -139,15 +142,16 @@ def main() -> None:
 
 Command: `python benchmarks/speed_ml1m.py --epochs {args.epochs} --models {args.models}
 --negatives {args.negatives}{device_flag}`. One epoch = every one of the 6,040 users'
-training windows (last 200 items) once, batch 128, sampled softmax with
-{args.negatives} negatives per sequence; medians over {args.epochs} epochs per variant,
-the two variants alternating. Evaluation = full
+training windows (last 200 items) once, shuffled batches of 128, each run as
+{config.train.length_slices} length-sorted slices (or padded to 200 in one piece),
+sampled softmax with {args.negatives} negatives per sequence; medians over
+{args.epochs} epochs per variant, the two variants alternating. Evaluation = full
 ranking of all 3,706 items for all 6,040 test users, history masked (best of 3).
 GFLOP per epoch: matrix multiplications and attention, forward and backward, counted by
-`torch.utils.flop_counter.FlopCounterMode` over one bucketed epoch (on a CPU, causal
+`torch.utils.flop_counter.FlopCounterMode` over one epoch in length slices (on a CPU, causal
 attention credited at half the full count; on a GPU, the counter's own attention
 formulas); achieved GFLOP/s =
-that count / the median bucketed epoch time. Machine: {machine(args.device)}.
+that count / the median epoch time in length slices. Machine: {machine(args.device)}.
 
 {table}
 """)

@@ -6,25 +6,69 @@ import torch
 from modrec.data import leave_one_out
 from modrec.data.batches import (
     batch_order,
+    cloze_batches,
     next_item_batches,
+    split_by_length,
     training_examples,
     training_times,
 )
 from modrec.train.config import build_config
-from modrec.train.loop import batch_loss
+from modrec.train.loop import batch_loss, train_step
 
 
 def test_every_example_once_per_epoch(ml100k) -> None:
     windows, lengths = training_examples(leave_one_out(ml100k).train, 200)
-    order = batch_order(lengths, 128, np.random.default_rng(0), bucket=True)
+    order = batch_order(lengths, 128, np.random.default_rng(0))
     assert sorted(np.concatenate(order).tolist()) == list(range(len(windows)))
-    # bucketing keeps lengths inside a batch close together
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in order])
-    plain = batch_order(lengths, 128, np.random.default_rng(0), bucket=False)
-    assert spread < 0.5 * np.mean([lengths[b].max() - lengths[b].min() for b in plain])
+    assert max(len(b) for b in order) == 128
 
 
-def test_bucketed_batches_give_the_padded_loss(ml100k) -> None:
+def test_length_slices_keep_every_position_with_less_padding(ml100k) -> None:
+    windows, lengths = training_examples(leave_one_out(ml100k).train, 200)
+    batch = next(next_item_batches(windows, lengths, 128, np.random.default_rng(0)))
+    slices = split_by_length(batch, 4)
+    assert len(slices) == 4 and sum(len(s.lengths) for s in slices) == 128
+    # every row's real positions survive, each slice is as wide as its longest row
+    assert sum(int((s.targets > 0).sum()) for s in slices) == int((batch.targets > 0).sum())
+    assert all(s.inputs.shape[1] == int(s.lengths.max()) for s in slices)
+    assert sum(s.inputs.numel() for s in slices) < 0.8 * batch.inputs.numel()
+
+    def real_rows(b):
+        return [tuple(r[: int(n)].tolist()) for r, n in zip(b.inputs, b.lengths, strict=True)]
+
+    assert sorted(r for s in slices for r in real_rows(s)) == sorted(real_rows(batch))
+
+
+def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
+    """A step run as length slices updates the weights exactly as the whole batch."""
+    import copy
+
+    from modrec.models import build_model
+
+    for name in ("sasrec", "bert4rec"):
+        config = build_config("ml-100k", name, overrides=[
+            "loss.name=softmax", "model.dropout=0.0", "model.max_len=50"])
+        torch.manual_seed(0)
+        model = build_model(config.model, ml100k.num_items)
+        windows, lengths = training_examples(leave_one_out(ml100k).train, 50)
+        if model.objective == "cloze":
+            batch = next(cloze_batches(windows, 50, 64, np.random.default_rng(1), 0.2,
+                                       ml100k.num_items + 1))
+        else:
+            batch = next(next_item_batches(windows, lengths, 64, np.random.default_rng(1)))
+        grads = []
+        for slices in (1, 4):
+            copy_ = copy.deepcopy(model)
+            optimizer = torch.optim.SGD(copy_.parameters(), lr=1.0)
+            sliced = build_config("ml-100k", name, overrides=[
+                "loss.name=softmax", "model.dropout=0.0", "model.max_len=50",
+                f"train.length_slices={slices}"])
+            train_step(copy_, optimizer, batch, sliced)
+            grads.append(torch.cat([p.flatten() for p in copy_.parameters()]))
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_batches_padded_to_their_longest_give_the_padded_loss(ml100k) -> None:
     """Padding a batch to its own longest sequence or to max_len is the same loss."""
     config = build_config("ml-100k", "sasrec",
                           overrides=["loss.name=softmax", "model.dropout=0.0"])
@@ -33,9 +77,8 @@ def test_bucketed_batches_give_the_padded_loss(ml100k) -> None:
     torch.manual_seed(0)
     model = build_model(config.model, ml100k.num_items).eval()
     windows, lengths = training_examples(leave_one_out(ml100k).train, 200)
-    tight = next_item_batches(windows, lengths, 64, np.random.default_rng(1), bucket=True)
-    padded = next_item_batches(windows, lengths, 64, np.random.default_rng(1), bucket=True,
-                               pad_to=200)
+    tight = next_item_batches(windows, lengths, 64, np.random.default_rng(1))
+    padded = next_item_batches(windows, lengths, 64, np.random.default_rng(1), pad_to=200)
     for a, b in list(zip(tight, padded, strict=True))[:4]:
         assert a.inputs.shape[1] <= 200 == b.inputs.shape[1]
         torch.testing.assert_close(batch_loss(model, a, config), batch_loss(model, b, config))
@@ -47,7 +90,7 @@ def test_bucketed_batches_give_the_padded_loss(ml100k) -> None:
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def test_bucketed_batches_with_timestamps_give_the_padded_loss(ml100k) -> None:
+def test_batches_with_timestamps_padded_to_their_longest_give_the_padded_loss(ml100k) -> None:
     """The same for HSTU with its time bias (ml-100k has timestamps)."""
     from modrec.models import build_model
 
@@ -62,3 +105,4 @@ def test_bucketed_batches_with_timestamps_give_the_padded_loss(ml100k) -> None:
                                       pad_to=width, times=times)) for width in (None, 200)]
     assert batches[0].times is not None and batches[0].times.shape == batches[0].inputs.shape
     torch.testing.assert_close(*(batch_loss(model, b, config) for b in batches))
+

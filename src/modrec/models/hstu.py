@@ -11,8 +11,8 @@ aggregated attention layer and no separate feed-forward:
 The relative bias is a learned scalar per distance in positions plus, when the
 sequence comes with timestamps, a learned scalar per bucket of elapsed time. Scores
 are normalised by the fixed ``max_len`` rather than by a softmax or by the batch's
-padded width, so a length-bucketed batch computes exactly what a batch padded to
-``max_len`` computes.
+padded width, so a batch (or a length slice of one) padded to its own longest
+sequence computes exactly what a batch padded to ``max_len`` computes.
 
 Shapes: B batch, L length, D dim, H heads, Dq / Dv per-head query-key / value dims.
 """

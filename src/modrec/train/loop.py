@@ -32,8 +32,10 @@ from modrec.atomic import replace_atomic, write_text_atomic
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import (
+    SequenceBatch,
     cloze_batches,
     next_item_batches,
+    split_by_length,
     training_examples,
     training_times,
 )
@@ -130,21 +132,16 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         losses, seen = [], 0
         batches = (
             cloze_batches(windows, config.model.max_len, tc.batch_size, rng,
-                          config.model.mask_rate, dataset.num_items + 1, tc.bucket)
+                          config.model.mask_rate, dataset.num_items + 1)
             if model.objective == "cloze"
-            else next_item_batches(windows, lengths, tc.batch_size, rng, tc.bucket,
-                                   times=times)
+            else next_item_batches(windows, lengths, tc.batch_size, rng, times=times)
         )
         total = math.ceil(len(windows) / tc.batch_size)
         bar = tqdm(batches, total=total, desc=f"epoch {epoch}", disable=not progress,
                    leave=False, unit="batch")
         for batch in bar:
-            batch = batch.to(tc.device)
-            loss = batch_loss(model, batch, config, generator, pool)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(model, optimizer, batch.to(tc.device), config,
+                                     generator, pool))
             seen += len(batch.lengths)
             bar.set_postfix(loss=f"{losses[-1]:.3f}",
                             seq_per_s=f"{seen / (time.perf_counter() - started):.0f}")
@@ -199,11 +196,38 @@ def known_items(split: Split) -> torch.Tensor:
     return known
 
 
+def train_step(model: RetrievalModel, optimizer: torch.optim.Optimizer, batch: SequenceBatch,
+               config: RunConfig, generator: torch.Generator | None = None,
+               pool: torch.Tensor | None = None) -> float:
+    """One optimiser step on ``batch``; returns its loss. The batch runs as
+    ``train.length_slices`` length-sorted slices (`split_by_length`), each slice's mean
+    loss weighted by its share of the supervised positions: the summed gradients are
+    the whole padded batch's."""
+    optimizer.zero_grad(set_to_none=True)
+    total = supervised_positions(batch)
+    loss_sum = 0.0
+    for part in split_by_length(batch, config.train.length_slices):
+        share = supervised_positions(part) / total
+        if share == 0:
+            continue
+        loss = batch_loss(model, part, config, generator, pool) * share
+        loss.backward()
+        loss_sum += loss.item()
+    optimizer.step()
+    return loss_sum
+
+
+def supervised_positions(batch: SequenceBatch) -> int:
+    if batch.targets is None:
+        raise ValueError("a training batch needs targets")
+    return int((batch.targets > 0).sum())
+
+
 def batch_loss(model: RetrievalModel, batch: Any, config: RunConfig,
                generator: torch.Generator | None = None,
                pool: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss of one batch over its supervised positions: every real position for
-    next-item models, the masked positions for cloze (BERT4Rec)."""
+    """The mean loss of one batch over its supervised positions: every real position
+    for next-item models, the masked positions for cloze (BERT4Rec)."""
     if model.objective == "cloze":
         hidden = model.encode_masked(batch.inputs, batch.lengths)  # (B, L, D)
     else:

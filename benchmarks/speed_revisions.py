@@ -5,13 +5,14 @@
 
 For a change that should make training faster (or must not make it slower): each
 revision's ``src/`` and ``configs/`` are exported with ``git archive`` and timed in
-its own process on the same batches of the preset's real ML-1M training data, the two
-revisions alternating round after round so that both see the same machine load.
-Reported: the mean seconds per training step (forward, backward, optimiser) over the
-same batches, the median of the rounds, and base / head. (A mean, not a median step:
-batches of long histories cost far more, and they set the epoch time.) The revisions
-must share the training API used below (a few weeks apart at most). Written into
-docs/benchmarks.md.
+its own process on the preset's real ML-1M training data, batched and stepped as that
+revision's training loop does it (from 11c47ef on: shuffled batches run as length
+slices; before it: length-bucketed batches), the two revisions alternating round after
+round so that both see the same machine load. Reported: the mean seconds per training
+step (forward, backward, optimiser), the median of the rounds, and base / head. (A
+mean, not a median step: batches of long histories cost far more, and they set the
+epoch time.) The revisions must share the training API used below (a few weeks apart
+at most). Written into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from modrec.data.batches import cloze_batches, next_item_batches, training_examp
 from modrec.models import build_model
 from modrec.train.config import build_config
 from modrec.train.loop import batch_loss, known_items
+try:  # from 11c47ef on, a training step runs its batch as length slices
+    from modrec.train.loop import train_step
+except ImportError:
+    train_step = None
 
 name, count = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
@@ -60,10 +65,13 @@ generator = torch.Generator().manual_seed(0)
 seconds = []
 for batch in islice(batches, count + 3):
     started = time.perf_counter()
-    loss = batch_loss(model, batch, config, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if train_step is not None:
+        train_step(model, optimizer, batch, config, generator)
+    else:
+        loss = batch_loss(model, batch, config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     seconds.append(time.perf_counter() - started)
 print(json.dumps(seconds[3:]))
 """
@@ -123,8 +131,9 @@ Command: `python benchmarks/speed_revisions.py --base {args.base} --head {args.h
 --models {args.models} --batches {args.batches} --rounds {args.rounds}`: base
 {commits['base'][:7]}, head {commits['head'][:7]}. Each revision's `src/` and `configs/` in its
 own process, the two alternating for {args.rounds} rounds of {args.batches} training steps
-(after 3 of warm-up) on the same length-bucketed batches of the preset's ML-1M
-training data; mean seconds per step in a round, median over rounds. Machine: {machine()}.
+(after 3 of warm-up) on the preset's ML-1M training data, batched and stepped as each
+revision's training loop does it; mean seconds per step in a round, median over rounds.
+Machine: {machine()}.
 
 {table}
 """)

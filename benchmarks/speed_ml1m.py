@@ -123,13 +123,14 @@ def main() -> None:
             evals.append(time.perf_counter() - started)
         b, p = float(np.median(sliced)), float(np.median(padded))
         flops = epoch_flops(model, config, windows, lengths, args.device)
-        rows.append([name, f"{b:.1f}", f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
+        rows.append([name, str(config.train.length_slices), f"{b:.1f}",
+                     f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
                      f"{flops / b / 1e9:.1f}", f"{p:.1f}", f"{p / b:.2f}x",
                      f"{min(evals):.2f}"])
         print(rows[-1], flush=True)
 
     table = markdown_table(
-        ["model", "s / epoch (length slices)", "sequences / s", "GFLOP / epoch",
+        ["model", "slices", "s / epoch (length slices)", "sequences / s", "GFLOP / epoch",
          "achieved GFLOP/s", "s / epoch (padded to 200)", "slicing speed-up",
          "evaluate 6,040 users (s)"], rows)
     doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -142,8 +143,8 @@ def main() -> None:
 
 Command: `python benchmarks/speed_ml1m.py --epochs {args.epochs} --models {args.models}
 --negatives {args.negatives}{device_flag}`. One epoch = every one of the 6,040 users'
-training windows (last 200 items) once, shuffled batches of 128, each run as
-{config.train.length_slices} length-sorted slices (or padded to 200 in one piece),
+training windows (last 200 items) once, shuffled batches of 128, each run as the
+preset's `train.length_slices` length-sorted slices (or padded to 200 in one piece),
 sampled softmax with {args.negatives} negatives per sequence; medians over
 {args.epochs} epochs per variant, the two variants alternating. Evaluation = full
 ranking of all 3,706 items for all 6,040 test users, history masked (best of 3).

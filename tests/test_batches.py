@@ -56,7 +56,7 @@ def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
                                        ml100k.num_items + 1))
         else:
             batch = next(next_item_batches(windows, lengths, 64, np.random.default_rng(1)))
-        grads = []
+        stepped = []  # the weights after one SGD step, lr 1: start - gradient
         for slices in (1, 4):
             copy_ = copy.deepcopy(model)
             optimizer = torch.optim.SGD(copy_.parameters(), lr=1.0)
@@ -64,8 +64,8 @@ def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
                 "loss.name=softmax", "model.dropout=0.0", "model.max_len=50",
                 f"train.length_slices={slices}"])
             train_step(copy_, optimizer, batch, sliced)
-            grads.append(torch.cat([p.flatten() for p in copy_.parameters()]))
-        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+            stepped.append(torch.cat([p.flatten() for p in copy_.parameters()]))
+        torch.testing.assert_close(stepped[0], stepped[1], rtol=1e-4, atol=1e-6)
 
 
 def test_batches_padded_to_their_longest_give_the_padded_loss(ml100k) -> None:
@@ -105,4 +105,3 @@ def test_batches_with_timestamps_padded_to_their_longest_give_the_padded_loss(ml
                                       pad_to=width, times=times)) for width in (None, 200)]
     assert batches[0].times is not None and batches[0].times.shape == batches[0].inputs.shape
     torch.testing.assert_close(*(batch_loss(model, b, config) for b in batches))
-

@@ -10,8 +10,8 @@ work on padding, the loop runs each one as length-sorted slices (`split_by_lengt
 each padded only to its own longest sequence, whose gradients add up to the whole
 batch's. (Sorting *whole epochs* into length buckets would be cheaper still, but it
 changes what the model learns: every batch then holds only short or only long
-histories. On ML-1M that cost GRU4Rec about 0.004 validation NDCG@10 over its first
-50 epochs; see docs/architecture.md.)
+histories. On ML-1M, GRU4Rec peaked at validation NDCG@10 0.1475 that way against
+0.1606 with shuffled batches; see docs/architecture.md.)
 """
 
 from __future__ import annotations

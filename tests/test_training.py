@@ -70,6 +70,10 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     nudge to the resumed weights moves them by 0.25% after two epochs. A resume that lost
     its state moves far more, measured: a wrong shuffle RNG moved the weights 8.5% and
     validation NDCG@10 by 5e-3; zeroed Adam moments 22% and 9e-3. The bounds sit between.
+    Since batches are shuffled and run in length slices, the first training in a process
+    and a later one with the same settings differ at epoch 3 by 3.1e-4 in validation
+    NDCG@10 (0.03515 against 0.03484, seen here in both orders: float noise, not resume
+    state), so the per-epoch validation bound is 1e-3.
     """
     overrides = ["train.batch_size=128", "model.max_len=50", "model.num_blocks=1"]
     straight = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=4"]),
@@ -85,7 +89,7 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     valid_a, valid_b = (
         [json.loads(line)["valid"]["ndcg@10"] for line in (run / "metrics.jsonl").open()]
         for run in (straight, resumed))
-    assert valid_a == pytest.approx(valid_b, abs=3e-4)
+    assert valid_a == pytest.approx(valid_b, abs=1e-3)
     weights_a, weights_b = (torch.load(run / "checkpoint.pt", weights_only=False)["model"]
                             for run in (straight, resumed))
     for name, weight in weights_a.items():

@@ -24,11 +24,11 @@ import torch
 
 from modrec.bench import machine, markdown_table, write_section
 from modrec.data import leave_one_out, load_dataset
-from modrec.data.batches import next_item_batches, split_by_length, training_examples
+from modrec.data.batches import next_item_batches, training_examples
 from modrec.eval import rank_targets
 from modrec.models import build_model
 from modrec.train.config import build_config
-from modrec.train.loop import batch_loss, train_step
+from modrec.train.loop import train_step
 
 
 def synchronize(device: str) -> None:
@@ -72,7 +72,7 @@ def _count_cpu_attention() -> None:
 _count_cpu_attention()
 
 
-def epoch_flops(model, config, windows, lengths, device) -> float:
+def epoch_flops(model, optimizer, config, windows, lengths, device) -> float:
     """Matrix FLOPs (forward + backward) of one epoch as the training loop runs it, in
     length slices, counted by torch's FlopCounterMode on the real batches (elementwise
     work is not counted, as usual)."""
@@ -82,9 +82,7 @@ def epoch_flops(model, config, windows, lengths, device) -> float:
     with FlopCounterMode(display=False) as counter:
         for batch in next_item_batches(windows, lengths, config.train.batch_size,
                                        np.random.default_rng(1)):
-            for part in split_by_length(batch, config.train.length_slices):
-                batch_loss(model, part.to(device), config).backward()
-    model.zero_grad(set_to_none=True)
+            train_step(model, optimizer, batch.to(device), config)
     return float(counter.get_total_flops())
 
 
@@ -122,7 +120,7 @@ def main() -> None:
             rank_targets(model, split.test, config.model.max_len, device=args.device)
             evals.append(time.perf_counter() - started)
         b, p = float(np.median(sliced)), float(np.median(padded))
-        flops = epoch_flops(model, config, windows, lengths, args.device)
+        flops = epoch_flops(model, optimizer, config, windows, lengths, args.device)
         rows.append([name, str(config.train.length_slices), f"{b:.1f}",
                      f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
                      f"{flops / b / 1e9:.1f}", f"{p:.1f}", f"{p / b:.2f}x",

@@ -204,13 +204,13 @@ def train_step(model: RetrievalModel, optimizer: torch.optim.Optimizer, batch: S
     loss weighted by its share of the supervised positions: the summed gradients are
     the whole padded batch's."""
     optimizer.zero_grad(set_to_none=True)
-    total = supervised_positions(batch)
+    parts = split_by_length(batch, config.train.length_slices)
+    counts = [supervised_positions(part) for part in parts]
     loss_sum = 0.0
-    for part in split_by_length(batch, config.train.length_slices):
-        share = supervised_positions(part) / total
-        if share == 0:
+    for part, count in zip(parts, counts, strict=True):
+        if count == 0:
             continue
-        loss = batch_loss(model, part, config, generator, pool) * share
+        loss = batch_loss(model, part, config, generator, pool) * (count / sum(counts))
         loss.backward()
         loss_sum += loss.item()
     optimizer.step()

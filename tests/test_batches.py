@@ -39,6 +39,26 @@ def test_length_slices_keep_every_position_with_less_padding(ml100k) -> None:
     assert sorted(r for s in slices for r in real_rows(s)) == sorted(real_rows(batch))
 
 
+def test_length_slices_are_cut_where_they_pad_least() -> None:
+    import itertools
+
+    from modrec.data.batches import _cuts
+
+    def padded(lengths, cuts):  # rows x first (longest) length, summed over the runs
+        bounds = [0, *cuts, len(lengths)]
+        return sum((b - a) * lengths[a] for a, b in itertools.pairwise(bounds))
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = sorted(rng.integers(1, 200, rng.integers(1, 9)).tolist(), reverse=True)
+        parts = int(rng.integers(1, 5))
+        cuts = _cuts(lengths, parts)
+        assert len(cuts) == min(parts, len(lengths)) - 1
+        assert padded(lengths, cuts) == min(  # against every possible set of cuts
+            padded(lengths, list(c)) for k in range(min(parts, len(lengths)))
+            for c in itertools.combinations(range(1, len(lengths)), k))
+
+
 def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
     """A step run as length slices updates the weights exactly as the whole batch."""
     import copy

@@ -17,9 +17,10 @@ class FixedScores(torch.nn.Module):
         super().__init__()
         self.table = table  # (N + 1, N + 1): row = last item, column = score per item
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
-               times: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.nn.functional.one_hot(inputs, self.table.shape[0]).float()
+    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                    times: torch.Tensor | None = None) -> torch.Tensor:
+        last = inputs[torch.arange(len(lengths)), lengths - 1]
+        return torch.nn.functional.one_hot(last, self.table.shape[0]).float()
 
     def item_vectors(self) -> torch.Tensor:
         return self.table.T

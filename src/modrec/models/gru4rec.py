@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
+from modrec.models.layers import Dropout
 
 
 class GRU4Rec(nn.Module):
@@ -22,7 +23,7 @@ class GRU4Rec(nn.Module):
         super().__init__()
         dim = item_tower.dim
         self.item_tower = item_tower
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gru = nn.GRU(dim, dim, num_layers=num_layers, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
         self.project = nn.Linear(dim, dim)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
+from modrec.models.layers import Dropout
 
 TIME_BUCKETS = 128  # as in the HSTU repository
 
@@ -76,28 +77,42 @@ class HSTUBlock(nn.Module):
         self.bias = RelativeBias(max_len, num_time_buckets)
         self.norm_attn = nn.LayerNorm(num_heads * v_dim)
         self.out = nn.Linear(num_heads * v_dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # PyTorch's default initialisation. The HSTU repository's (uvqk N(0, 0.02), no
         # bias; Xavier output) learned faster early on ML-1M but peaked lower on
         # validation (NDCG@10 0.1618 against 0.1642), so it is not used.
 
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
-        """``buckets``: ``(B, L, L)`` from `time_buckets`, or None."""
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, D) -> (B, L, D)``; ``buckets``: ``(B, L, L)`` from `time_buckets`, or
+        None. Given ``last`` (B,) positions, only those rows are computed (every
+        position still serves as a key): ``(B, 1, D)``."""
         B, L, _ = x.shape
         H, Dq, Dv = self.num_heads, self.qk_dim, self.v_dim
         projected = F.silu(self.uvqk(self.norm_in(x)))  # (B, L, H * (2 Dv + 2 Dq))
         u, v, q, k = projected.split([H * Dv, H * Dv, H * Dq, H * Dq], dim=-1)
-        q = q.view(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
-        k = k.view(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
-        v = v.view(B, L, H, Dv).transpose(1, 2).reshape(B * H, L, Dv)
-        # Passes over the (B H, L, L) scores dominate a CPU step, so each is saved where
-        # it can be: the bias enters as the product's initial value rather than as an
-        # added pass, and one multiply both masks the future and normalises.
-        bias = self.bias(L, buckets).expand(B, H, L, L).reshape(B * H, L, L)
-        scores = torch.baddbmm(bias, q, k.transpose(1, 2))  # (B H, L, L)
-        causal = torch.ones(L, L, device=x.device).tril_() / self.max_len  # (L, L)
-        weights = F.silu(scores) * causal  # (B H, L, L)
-        attended = (weights @ v).view(B, H, L, Dv).transpose(1, 2).reshape(B, L, H * Dv)
+        # Passes over the (B H, L, L) scores dominate a CPU step, so there are as few
+        # as possible: the bias, with the dtype's most negative number on future
+        # positions, enters as the product's initial value (where SiLU then gives
+        # exactly 0, and 0 gradient), and the 1 / max_len scaling is applied to the
+        # (B H, M, Dv) result. Without a time bias, one (L, L) bias is broadcast over
+        # the batch rather than copied for every sequence.
+        bias = self.bias(L, buckets)  # (L, L) or (B, 1, L, L)
+        future = torch.ones(L, L, dtype=torch.bool, device=x.device).triu_(1)  # (L, L)
+        bias = bias.masked_fill(future, torch.finfo(bias.dtype).min)
+        if last is not None:
+            rows = torch.arange(B, device=x.device)
+            x, u, q = (t[rows, last].unsqueeze(1) for t in (x, u, q))  # (B, 1, ·)
+            bias = (bias[last] if bias.dim() == 2 else bias[rows, 0, last]).view(B, 1, 1, L)
+        M = x.shape[1]  # query rows: L, or 1 with `last`
+        q = q.reshape(B, M, H, Dq).transpose(1, 2).reshape(B * H, M, Dq)
+        k = k.reshape(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
+        v = v.reshape(B, L, H, Dv).transpose(1, 2).reshape(B * H, L, Dv)
+        bias = (bias.unsqueeze(0) if bias.dim() == 2  # (1, L, L)
+                else bias.expand(B, H, M, L).reshape(B * H, M, L))
+        scores = torch.baddbmm(bias.to(q.dtype), q, k.transpose(1, 2))  # (B H, M, L)
+        attended = (F.silu(scores) @ v) / self.max_len  # (B H, M, Dv)
+        attended = attended.view(B, H, M, Dv).transpose(1, 2).reshape(B, M, H * Dv)
         return x + self.out(self.dropout(self.norm_attn(attended) * u))
 
 
@@ -117,7 +132,7 @@ class HSTU(nn.Module):
         self.time_bias = time_bias
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             HSTUBlock(dim, num_heads, head_dim, head_dim, max_len, dropout,
                       TIME_BUCKETS if time_bias else 0)
@@ -126,15 +141,31 @@ class HSTU(nn.Module):
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
                 times: torch.Tensor | None = None) -> torch.Tensor:
-        B, L = inputs.shape
-        x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)
-        x = self.dropout(x + self.positions(torch.arange(L, device=inputs.device)))
-        buckets = None
-        if self.time_bias:
-            if times is None:
-                raise ValueError("this HSTU was built with a time bias: pass the timestamps "
-                                 "of the input items")
-            buckets = time_buckets(times)  # (B, L, L), shared by the blocks
+        x, buckets = self._embed(inputs, times)
         for block in self.blocks:
             x = block(x, buckets)
         return x  # (B, L, D); the model's L2 normalisation follows
+
+    def forward_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                     times: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(...)[b, lengths[b] - 1]``, ``(B, D)``: what evaluation and serving
+        read. The last block computes only that row (with 2 blocks, about 40% less
+        work than `forward`)."""
+        x, buckets = self._embed(inputs, times)
+        for block in self.blocks[:-1]:
+            x = block(x, buckets)
+        return self.blocks[-1](x, buckets, last=lengths - 1).squeeze(1)  # (B, D)
+
+    def _embed(self, inputs: torch.Tensor,
+               times: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Item and position embeddings ``(B, L, D)``, and the time buckets shared by
+        the blocks (None without a time bias)."""
+        L = inputs.shape[1]
+        x = self.item_tower(inputs) * math.sqrt(self.item_tower.dim)  # (B, L, D)
+        x = self.dropout(x + self.positions(torch.arange(L, device=inputs.device)))
+        if not self.time_bias:
+            return x, None
+        if times is None:
+            raise ValueError("this HSTU was built with a time bias: pass the timestamps "
+                             "of the input items")
+        return x, time_buckets(times)  # (B, L, L)

@@ -25,9 +25,9 @@ class Popularity(nn.Module):
         self.counts.copy_(torch.from_numpy(counts).unsqueeze(1))
         return self
 
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
-               times: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.ones(*inputs.shape, 1, device=inputs.device)  # (B, L, 1)
+    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                    times: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ones(inputs.shape[0], 1, device=inputs.device)  # (B, 1)
 
     def item_vectors(self) -> torch.Tensor:
         return self.counts  # (N + 1, 1)

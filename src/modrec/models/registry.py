@@ -1,13 +1,15 @@
 """Model configs and the builder that turns a config into a module.
 
 Every model exposes the same two calls (the `Scorer` protocol) and nothing else is
-assumed by training, evaluation or serving:
+assumed by evaluation or serving:
 
-  ``encode(inputs (B, L), lengths (B,)) -> (B, L, D)``  a user vector per position
-  ``item_vectors() -> (N + 1, D)``                       row i is item i (0 = padding)
+  ``encode_last(inputs (B, L), lengths (B,)) -> (B, D)``  the user vector after each
+                                                          sequence's newest item
+  ``item_vectors() -> (N + 1, D)``                        row i is item i (0 = padding)
 
 The score of item i for a user is the dot product of the two (a cosine when the model
-normalises its vectors).
+normalises its vectors). Training also reads a user vector at every position:
+`RetrievalModel.encode` ``-> (B, L, D)``.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class ModelConfig:
 
 
 class Scorer(Protocol):
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
-               times: torch.Tensor | None = None) -> torch.Tensor: ...
+    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                    times: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def item_vectors(self) -> torch.Tensor: ...
 
@@ -80,6 +82,18 @@ class RetrievalModel(nn.Module):
         """User vectors ``(B, L, D)``; ``times`` ``(B, L)``, when the data has timestamps,
         reach the models that use them (HSTU)."""
         users = self.encoder(inputs, lengths, times)  # (B, L, D)
+        return F.normalize(users, dim=-1) if self.normalize else users
+
+    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                    times: torch.Tensor | None = None) -> torch.Tensor:
+        """The user vector after each sequence's newest item, ``(B, D)``: what
+        evaluation and serving score with. Encoders with a ``forward_last`` (HSTU)
+        compute only that position in their last layer."""
+        if hasattr(self.encoder, "forward_last"):
+            users = self.encoder.forward_last(inputs, lengths, times)  # (B, D)
+        else:
+            rows = torch.arange(len(lengths), device=inputs.device)
+            users = self.encoder(inputs, lengths, times)[rows, lengths - 1]  # (B, D)
         return F.normalize(users, dim=-1) if self.normalize else users
 
     @property

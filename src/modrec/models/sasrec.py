@@ -15,10 +15,10 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
+from modrec.models.layers import Dropout, attention
 
 
 class SelfAttention(nn.Module):
@@ -41,12 +41,8 @@ class SelfAttention(nn.Module):
                    for t in (q, k, v))  # (B, H, L, D/H)
         # Right-padded batches need only the causal mask: real positions never see
         # the padding that follows them.
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=None if key_mask is None else key_mask[:, None, None, :],  # (B,1,1,L)
-            is_causal=key_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, L, D/H)
+        y = attention(q, k, v, self.dropout if self.training else 0.0,
+                      key_mask)  # (B, H, L, D/H)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -59,9 +55,9 @@ class Block(nn.Module):
         self.attention = SelfAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+            nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout), nn.Linear(dim, dim)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.norm1(x), key_mask))
@@ -85,8 +81,8 @@ class OriginalBlock(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.norm_ff = nn.LayerNorm(dim, eps=1e-8)
         self.feed_forward = nn.Sequential(
-            nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim),
-            nn.Dropout(dropout),
+            nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout), nn.Linear(dim, dim),
+            Dropout(dropout),
         )
         for layer in (self.query, self.key_value, self.out, *self.feed_forward):
             if isinstance(layer, nn.Linear):
@@ -100,10 +96,7 @@ class OriginalBlock(nn.Module):
         k, v = self.key_value(x).split(D, dim=-1)  # 2 x (B, L, D)
         q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2)
                    for t in (self.query(queries), k, v))  # (B, H, L, D/H)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, L, D/H)
+        y = attention(q, k, v, self.attention_dropout if self.training else 0.0)  # (B, H, L, D/H)
         h = self.norm_ff(queries + self.out(y.transpose(1, 2).reshape(B, L, D)))
         return h + self.feed_forward(h)  # (B, L, D)
 
@@ -120,7 +113,7 @@ class SASRec(nn.Module):
         self.item_tower = item_tower
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             (OriginalBlock if block_form == "original" else Block)(dim, num_heads, dropout)
             for _ in range(num_blocks))

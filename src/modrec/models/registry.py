@@ -89,8 +89,9 @@ class RetrievalModel(nn.Module):
         """The user vector after each sequence's newest item, ``(B, D)``: what
         evaluation and serving score with. Encoders with a ``forward_last`` (HSTU)
         compute only that position in their last layer."""
-        if hasattr(self.encoder, "forward_last"):
-            users = self.encoder.forward_last(inputs, lengths, times)  # (B, D)
+        forward_last = getattr(self.encoder, "forward_last", None)
+        if forward_last is not None:
+            users = forward_last(inputs, lengths, times)  # (B, D)
         else:
             rows = torch.arange(len(lengths), device=inputs.device)
             users = self.encoder(inputs, lengths, times)[rows, lengths - 1]  # (B, D)

@@ -206,11 +206,12 @@ def train_step(model: RetrievalModel, optimizer: torch.optim.Optimizer, batch: S
     optimizer.zero_grad(set_to_none=True)
     parts = split_by_length(batch, config.train.length_slices)
     counts = [supervised_positions(part) for part in parts]
+    total = sum(counts)
     loss_sum = 0.0
     for part, count in zip(parts, counts, strict=True):
         if count == 0:
             continue
-        loss = batch_loss(model, part, config, generator, pool) * (count / sum(counts))
+        loss = batch_loss(model, part, config, generator, pool) * (count / total)
         loss.backward()
         loss_sum += loss.item()
     optimizer.step()

@@ -8,6 +8,7 @@ from modrec.models import ModelConfig, build_model
 CAUSAL = [ModelConfig(name="sasrec", dim=16, max_len=20),
           ModelConfig(name="sasrec", dim=16, max_len=20, sasrec_block="original"),
           ModelConfig(name="gru4rec", dim=16, max_len=20),
+          ModelConfig(name="gru4rec", dim=16, max_len=20, hidden_dim=24),
           ModelConfig(name="hstu", dim=16, max_len=20)]
 
 

@@ -42,6 +42,7 @@ class ModelConfig:
     num_heads: int = 1  # SASRec, BERT4Rec, HSTU
     head_dim: int | None = None  # HSTU query/key and value dims per head (dim / heads)
     num_layers: int = 1  # GRU4Rec
+    hidden_dim: int | None = None  # GRU4Rec: the GRU's state width (dim when None)
     mask_rate: float = 0.2  # BERT4Rec: share of items hidden in training
     dropout: float = 0.2
     normalize: bool = True  # L2-normalise user and item vectors (cosine scores)
@@ -142,7 +143,7 @@ def build_model(config: ModelConfig, num_items: int,
         encoder = HSTU(tower, config.max_len, config.num_blocks, config.num_heads,
                        config.dropout, config.head_dim, config.time_bias and timestamps)
     elif config.name == "gru4rec":
-        encoder = GRU4Rec(tower, config.num_layers, config.dropout)
+        encoder = GRU4Rec(tower, config.num_layers, config.dropout, config.hidden_dim)
     else:  # pragma: no cover - Literal above guards this
         raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODELS)}")
     return RetrievalModel(encoder, tower, config.normalize)

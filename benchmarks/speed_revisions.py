@@ -124,8 +124,10 @@ def main() -> None:
             rows.append([model, f"{base:.3f}", f"{head:.3f}", f"{base / head:.2f}x"])
 
     table = markdown_table(["preset", "base s / step", "head s / step", "speed-up"], rows)
-    write_section(ROOT / "docs" / "benchmarks.md", "speed-revisions", f"""
-## Training-step time between two revisions
+    # One section per base revision, so that each change keeps its own measurement.
+    base_id = commits["base"][:7]
+    write_section(ROOT / "docs" / "benchmarks.md", f"speed-revisions-{base_id}", f"""
+## Training-step time between two revisions (base {base_id})
 
 Command: `python benchmarks/speed_revisions.py --base {args.base} --head {args.head}
 --models {args.models} --batches {args.batches} --rounds {args.rounds}`: base

@@ -91,11 +91,11 @@ class HSTUBlock(nn.Module):
         H, Dq, Dv = self.num_heads, self.qk_dim, self.v_dim
         projected = F.silu(self.uvqk(self.norm_in(x)))  # (B, L, H * (2 Dv + 2 Dq))
         u, v, q, k = projected.split([H * Dv, H * Dv, H * Dq, H * Dq], dim=-1)
-        # Passes over the (B, L, L) scores dominate a CPU step, so there are as few
+        # Passes over the (B H, L, L) scores dominate a CPU step, so there are as few
         # as possible: the bias, with the dtype's most negative number on future
         # positions, enters as the product's initial value (where SiLU then gives
         # exactly 0, and 0 gradient), and the 1 / max_len scaling is applied to the
-        # (B, M, H Dv) result. Without a time bias, one (L, L) bias is broadcast over
+        # (B H, M, Dv) result. Without a time bias, one (L, L) bias is broadcast over
         # the batch rather than copied for every sequence.
         bias = self.bias(L, buckets)  # (L, L) or (B, 1, L, L)
         future = torch.ones(L, L, dtype=torch.bool, device=x.device).triu_(1)  # (L, L)
@@ -104,16 +104,15 @@ class HSTUBlock(nn.Module):
             rows = torch.arange(B, device=x.device)
             x, u, q = (t[rows, last].unsqueeze(1) for t in (x, u, q))  # (B, 1, ·)
             bias = (bias[last] if bias.dim() == 2 else bias[rows, 0, last]).view(B, 1, 1, L)
-        bias = bias.unsqueeze(0) if bias.dim() == 2 else bias.squeeze(1)  # (1 or B, M, L)
-        # One head at a time, on column slices of the projection: the products read the
-        # strided slices in place, where folding heads into the batch would copy q, k, v
-        # and the result through transposes (about 10% of the attention's time).
-        heads = []
-        for h in range(H):
-            qh, kh = (t[..., h * Dq:(h + 1) * Dq] for t in (q, k))  # (B, M or L, Dq)
-            scores = torch.baddbmm(bias.to(q.dtype), qh, kh.transpose(1, 2))  # (B, M, L)
-            heads.append(F.silu(scores) @ v[..., h * Dv:(h + 1) * Dv])  # (B, M, Dv)
-        attended = torch.cat(heads, dim=-1) / self.max_len  # (B, M, H Dv)
+        M = x.shape[1]  # query rows: L, or 1 with `last`
+        q = q.reshape(B, M, H, Dq).transpose(1, 2).reshape(B * H, M, Dq)
+        k = k.reshape(B, L, H, Dq).transpose(1, 2).reshape(B * H, L, Dq)
+        v = v.reshape(B, L, H, Dv).transpose(1, 2).reshape(B * H, L, Dv)
+        bias = (bias.unsqueeze(0) if bias.dim() == 2  # (1, L, L)
+                else bias.expand(B, H, M, L).reshape(B * H, M, L))
+        scores = torch.baddbmm(bias.to(q.dtype), q, k.transpose(1, 2))  # (B H, M, L)
+        attended = (F.silu(scores) @ v) / self.max_len  # (B H, M, Dv)
+        attended = attended.view(B, H, M, Dv).transpose(1, 2).reshape(B, M, H * Dv)
         return x + self.out(self.dropout(self.norm_attn(attended) * u))
 
 

@@ -127,3 +127,42 @@ def test_encode_last_is_encode_at_the_newest_item(config: ModelConfig, timestamp
     times = torch.cumsum(torch.randint(1, 10**5, (4, 12)), dim=1) if timestamps else None
     every = model.encode(inputs, lengths, times)[torch.arange(4), lengths - 1]
     torch.testing.assert_close(model.encode_last(inputs, lengths, times), every)
+
+
+@pytest.mark.parametrize("shared_bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_hstu_chunked_attention_equals_the_plain_expression(shared_bias: bool, rows: int) -> None:
+    # The CPU path computes SiLU(bias + q kᵀ) v a few rows at a time with its own
+    # backward; values and all four gradients must match autograd's.
+    from modrec.models.hstu import _ChunkedSiLUAttention
+
+    torch.manual_seed(0)
+    R, M, L = 7, 11, 11
+    q, k, v = (torch.randn(R, n, 5, dtype=torch.float64, requires_grad=True)
+               for n in (M, L, L))
+    future = torch.ones(M, L, dtype=torch.bool).triu(1)
+    bias = torch.randn(1 if shared_bias else R, M, L, dtype=torch.float64)
+    bias = bias.masked_fill(future, torch.finfo(torch.float64).min).requires_grad_()
+    grad = torch.randn(R, M, 5, dtype=torch.float64)
+
+    def run(attend):  # output and the gradients of q, k, v, bias
+        out = attend()
+        return [out, *torch.autograd.grad(out, (q, k, v, bias), grad)]
+
+    plain = run(lambda: torch.nn.functional.silu(torch.baddbmm(bias, q, k.mT)) @ v)
+    chunked = run(lambda: _ChunkedSiLUAttention.apply(q, k, v, bias, rows))
+    for want, got in zip(plain, chunked, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(
+        lambda *t: _ChunkedSiLUAttention.apply(*t, rows), (q, k, v, bias.detach().clamp(min=-50)
+                                                          .requires_grad_()))
+
+
+def test_hstu_relative_bias_is_a_scalar_per_distance() -> None:
+    from modrec.models.hstu import RelativeBias
+
+    bias = RelativeBias(max_len=20)
+    for length in (1, 7, 20):
+        positions = torch.arange(length)
+        distance = positions.unsqueeze(0) - positions.unsqueeze(1)  # j - i
+        torch.testing.assert_close(bias(length), bias.weights[distance + 19])

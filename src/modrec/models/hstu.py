@@ -20,7 +20,6 @@ Shapes: B batch, L length, D dim, H heads, Dq / Dv per-head query-key / value di
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +29,6 @@ from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout
 
 TIME_BUCKETS = 128  # as in the HSTU repository
-# On a CPU, attention runs a few (sequence, head) rows at a time, so that one chunk's
-# (rows, M, L) scores, ~640 KB of float32, stay in cache between the product that
-# writes them and the SiLU and products that read them (see `silu_attention`).
-CPU_CHUNK_ELEMENTS = 160_000
 
 
 def time_buckets(times: torch.Tensor, num_buckets: int = TIME_BUCKETS) -> torch.Tensor:
@@ -62,11 +57,9 @@ class RelativeBias(nn.Module):
 
     def forward(self, length: int, buckets: torch.Tensor | None = None) -> torch.Tensor:
         """``(L, L)``, or ``(B, 1, L, L)`` (broadcast over heads) with time buckets."""
-        # bias[i, j] = weights[j - i + max_len - 1], as sliding windows over the
-        # reversed weights: the same values as indexing by distance, but its gradient
-        # sums the diagonals without the sort that an indexed gradient needs.
-        near = self.weights[self.max_len - length: self.max_len + length - 1]  # (2L - 1)
-        bias = near.flip(0).unfold(0, length, 1).flip(1)  # (L, L)
+        positions = torch.arange(length, device=self.weights.device)
+        distance = positions.unsqueeze(0) - positions.unsqueeze(1)  # (L, L): j - i
+        bias = self.weights[distance + self.max_len - 1]  # (L, L)
         if buckets is None or self.time_weights is None:
             return bias
         return (bias + self.time_weights[buckets]).unsqueeze(1)  # (B, 1, L, L)
@@ -117,59 +110,10 @@ class HSTUBlock(nn.Module):
         v = v.reshape(B, L, H, Dv).transpose(1, 2).reshape(B * H, L, Dv)
         bias = (bias.unsqueeze(0) if bias.dim() == 2  # (1, L, L)
                 else bias.expand(B, H, M, L).reshape(B * H, M, L))
-        attended = silu_attention(q, k, v, bias.to(q.dtype)) / self.max_len  # (B H, M, Dv)
+        scores = torch.baddbmm(bias.to(q.dtype), q, k.transpose(1, 2))  # (B H, M, L)
+        attended = (F.silu(scores) @ v) / self.max_len  # (B H, M, Dv)
         attended = attended.view(B, H, M, Dv).transpose(1, 2).reshape(B, M, H * Dv)
         return x + self.out(self.dropout(self.norm_attn(attended) * u))
-
-
-def silu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   bias: torch.Tensor) -> torch.Tensor:
-    """``SiLU(bias + q kᵀ) v``: q ``(R, M, Dq)``, k ``(R, L, Dq)``, v ``(R, L, Dv)``,
-    bias ``(1 or R, M, L)`` -> ``(R, M, Dv)``, for R = batch x heads rows."""
-    if q.device.type != "cpu":
-        return F.silu(torch.baddbmm(bias, q, k.transpose(1, 2))) @ v
-    rows = max(1, CPU_CHUNK_ELEMENTS // (q.shape[1] * k.shape[1]))
-    return _ChunkedSiLUAttention.apply(q, k, v, bias, rows)
-
-
-class _ChunkedSiLUAttention(torch.autograd.Function):
-    """`silu_attention` a few rows at a time, forward and backward, recomputing the
-    scores in backward rather than storing them. A CPU step is dominated by passes over
-    the (R, M, L) scores; in chunks that fit in cache they cost less (HSTU-large's
-    attention forward and backward about 1.3x faster on ML-1M's batches), and the
-    scores are never held whole. Gradients equal autograd's through the plain
-    expression (tested)."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                bias: torch.Tensor, rows: int) -> torch.Tensor:
-        out = q.new_empty(q.shape[0], q.shape[1], v.shape[2])  # (R, M, Dv)
-        for start in range(0, q.shape[0], rows):
-            c = slice(start, start + rows)
-            scores = torch.baddbmm(bias if len(bias) == 1 else bias[c], q[c], k[c].mT)
-            torch.bmm(F.silu(scores), v[c], out=out[c])
-        ctx.save_for_backward(q, k, v, bias)
-        ctx.rows = rows
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, bias = ctx.saved_tensors
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        shared = len(bias) == 1  # one (M, L) bias for every row: its gradient is a sum
-        dbias = torch.zeros_like(bias) if shared else torch.empty_like(bias)
-        for start in range(0, q.shape[0], ctx.rows):
-            c = slice(start, start + ctx.rows)
-            scores = torch.baddbmm(bias if shared else bias[c], q[c], k[c].mT)  # (r, M, L)
-            torch.bmm(F.silu(scores).mT, grad[c], out=dv[c])
-            dscores = torch.ops.aten.silu_backward(torch.bmm(grad[c], v[c].mT), scores)
-            torch.bmm(dscores, k[c], out=dq[c])
-            torch.bmm(dscores.mT, q[c], out=dk[c])
-            if shared:
-                dbias += dscores.sum(0, keepdim=True)
-            else:
-                dbias[c] = dscores
-        return dq, dk, dv, dbias, None
 
 
 class HSTU(nn.Module):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from modrec.bench import write_section
@@ -19,6 +20,24 @@ def test_bench_writes_table_and_chart(tmp_path: Path, capsys) -> None:
     assert (doc.parent / "bench-ml-100k-popularity.png").stat().st_size > 1000
     assert main(args) == 0  # rerun reuses the run and replaces the section in place
     assert doc.read_text().count("| popularity |") == 1
+
+
+def test_bench_reruns_a_preset_that_changed(tmp_path: Path, monkeypatch) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    monkeypatch.setenv("MODREC_CONFIG_DIR", str(configs))
+    runs = tmp_path / "runs"
+    args = ["bench", "ml-100k", "--models", "popularity", "--runs", str(runs),
+            "--doc", str(tmp_path / "benchmarks.md")]
+    (configs / "popularity.yaml").write_text("train: {eval_batch_size: 256}\n")
+    assert main(args) == 0
+    run = runs / "ml-100k-popularity"
+    first = (run / "results.json").stat().st_mtime_ns
+    assert main(args) == 0  # unchanged preset: the finished run is reused
+    assert (run / "results.json").stat().st_mtime_ns == first
+    (configs / "popularity.yaml").write_text("train: {eval_batch_size: 512}\n")
+    assert main(args) == 0  # changed preset: run again
+    assert json.loads((run / "config.json").read_text())["train"]["eval_batch_size"] == 512
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:

@@ -96,6 +96,16 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
         if weight.is_floating_point():
             drift = (weight - weights_b[name]).abs().max() / weight.abs().max()
             assert drift < 0.02, (name, drift.item())
+    # The longer cap is a training setting: allowed, and recorded with the epoch.
+    saved = json.loads((resumed / "config.json").read_text())
+    assert saved["resumed"] == [{"epoch": 2, "changed": {"train.epochs": [2, 4]}}]
+    # Another model is not: refused before anything in the run is rewritten.
+    before = {f.name: f.read_bytes() for f in resumed.iterdir()}
+    with pytest.raises(ValueError, match=r"model\.dropout 0\.2 -> 0\.5.*config\.json"):
+        train(build_config("ml-100k", "sasrec",
+                           overrides=[*overrides, "train.epochs=6", "model.dropout=0.5"]),
+              resumed, resume=True, progress=False)
+    assert {f.name: f.read_bytes() for f in resumed.iterdir()} == before
 
 
 def test_without_validation_trains_fixed_epochs_and_reports_the_last(tmp_path: Path) -> None:

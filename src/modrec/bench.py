@@ -3,8 +3,9 @@
 validation NDCG@10 against training time into a Markdown report.
 
 Each preset runs exactly as ``modrec train -d DATASET -m PRESET`` would, into
-``RUNS/DATASET-PRESET``; a finished run directory is reused (delete it to retrain) and
-an interrupted one resumes.
+``RUNS/DATASET-PRESET``; a finished run directory is reused while its settings are the
+preset's (delete it to retrain), and an interrupted one, or one whose preset has since
+changed only its training settings (patience, epochs), resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 import torch
 
-from modrec.train import build_config, train
+from modrec.train import build_config, load_config, train
+from modrec.train.config import config_changes
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,14 @@ def run_presets(dataset: str, presets: list[str], runs: Path,
     rows = []
     for preset in presets:
         out = runs / f"{dataset}-{preset}"
-        if not (out / "results.json").exists():
+        config = build_config(dataset, preset)
+        # A finished run counts only if the preset has not changed since; otherwise it
+        # resumes, which continues it under new training settings (recorded in its
+        # config.json) and refuses other changes with a message.
+        if not (out / "results.json").exists() or config_changes(
+                load_config(out / "config.json"), config):
             log.info("bench: training %s on %s -> %s", preset, dataset, out)
-            train(build_config(dataset, preset), out, resume=True, progress=progress)
+            train(config, out, resume=True, progress=progress)
         results = json.loads((out / "results.json").read_text())
         curve = [(r["train_seconds"], r["valid"]["ndcg@10"])
                  for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())

@@ -148,8 +148,26 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """The config.json of a run directory."""
     raw = json.loads(Path(path).read_text())
-    for extra in ("dataset_info", "protocol"):  # written beside the config for readers
+    for extra in ("dataset_info", "protocol", "resumed"):  # written beside the config
         raw.pop(extra, None)
     # Runs before 2026-12-01 trained on whole epochs sorted into length buckets.
     raw.get("train", {}).pop("bucket", None)
     return config_from_dict(raw)
+
+
+# Settings a resumed run may change: they decide how long and how it goes on training,
+# not what model it is. Any other change would continue one model as another.
+RESUMABLE_SECTIONS = ("train",)
+DERIVED = {"model.content_dim"}  # filled in from the embedding store, not chosen
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (old, new)}`` for every setting that differs (the list of
+    merged files, ``source``, is not a setting)."""
+    def flat(config: RunConfig) -> dict[str, Any]:
+        return {f"{section}.{key}": value for section, values in config.to_dict().items()
+                if isinstance(values, dict) for key, value in values.items()}
+
+    before, after = flat(old), flat(new)
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key) and key not in DERIVED}

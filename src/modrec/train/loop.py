@@ -7,7 +7,8 @@ the run directory; at the end the best weights are scored on the test split.
 
 Run directory::
 
-    config.json      the full RunConfig plus the dataset's description
+    config.json      the full RunConfig plus the dataset's description (and, for a run
+                     resumed with other training settings, what changed at which epoch)
     model.pt         best weights (state dict)
     checkpoint.pt    latest epoch: weights, optimiser, counters, RNG state (for --resume)
     metrics.jsonl    one line per validation pass
@@ -42,7 +43,7 @@ from modrec.data.batches import (
 from modrec.eval import evaluate
 from modrec.models import Model, RetrievalModel, build_model
 from modrec.models.popularity import Popularity
-from modrec.train.config import RunConfig, load_config
+from modrec.train.config import RESUMABLE_SECTIONS, RunConfig, config_changes, load_config
 from modrec.train.losses import next_item_loss
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,13 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         model.item_tower.set_known(known_items(split).to(tc.device))
         if split.cold_items is not None:  # withheld items stay unseen, even as negatives
             pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
+    checkpoint = out / "checkpoint.pt"
+    saved = (torch.load(checkpoint, weights_only=False)
+             if resume and checkpoint.exists() else None)
+    resumed = [] if saved is None else resume_history(out, config, saved["state"]["epoch"])
     write_text_atomic(out / "config.json", json.dumps(
-        {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol},
+        {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol,
+         **({"resumed": resumed} if resumed else {})},
         indent=2))
 
     if isinstance(model, Popularity):  # nothing to learn by gradient
@@ -112,15 +118,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                                   weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_evals": 0,
              "train_seconds": 0.0}
-    checkpoint = out / "checkpoint.pt"
-    if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+    if saved is not None:
         load_weights(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]
         generator.set_state(saved["torch_rng"])
         torch.set_rng_state(saved["cpu_rng"])
+        saved = None  # no second copy of the weights and moments while training
         log.info("resumed %s at epoch %d", out, state["epoch"])
 
     # Without a validation set nothing is selected: train tc.epochs, keep the last.
@@ -181,6 +186,32 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     load_weights(model, torch.load(out / "model.pt", weights_only=True))
     return _finish(out, model, split, config, int(state["best_epoch"]), int(state["epoch"]),
                    state["train_seconds"])
+
+
+def resume_history(out: Path, config: RunConfig, epoch: int) -> list[dict[str, Any]]:
+    """The run's earlier resumes plus this one (at ``epoch``, when settings changed),
+    for its config.json. Only training settings may change: a resume with another
+    model, loss or data would continue one model as another, so it stops here, before
+    anything in ``out`` is rewritten."""
+    if not (out / "config.json").exists():
+        return []
+    history: list[dict[str, Any]] = json.loads((out / "config.json").read_text()).get(
+        "resumed", [])
+    changes = config_changes(load_config(out / "config.json"), config)
+    fixed = {key: change for key, change in changes.items()
+             if key.split(".")[0] not in RESUMABLE_SECTIONS}
+    if fixed:
+        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in fixed.items())
+        raise ValueError(
+            f"{out} was trained with other settings ({listed}); resuming would continue "
+            f"one model as another. Resume with the settings in {out / 'config.json'}, or "
+            "train into a new --out.")
+    if changes:
+        log.info("resuming %s with changed training settings: %s", out,
+                 ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items()))
+        history.append({"epoch": epoch,
+                        "changed": {key: list(change) for key, change in changes.items()}})
+    return history
 
 
 def load_weights(model: Model, state: dict[str, Any]) -> None:

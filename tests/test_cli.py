@@ -39,6 +39,11 @@ def test_train_evaluate_recommend_round_trip(tmp_path: Path,
     assert main(["recommend", str(run), "--user", "196", "-k", "3"]) == 0
     assert "top 3 recommendations" in capsys.readouterr().out
 
+    assert main(["refit", str(run), "--no-progress", "--json"]) == 0
+    refitted = _last_json(capsys)
+    assert refitted["run_dir"] == f"{run}-refit" and refitted["refit_of"] == str(run)
+    assert refitted["valid"] is None and refitted["epochs"] == 1
+
 
 def test_train_by_path_with_format(tmp_path: Path, data_dir: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

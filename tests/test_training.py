@@ -9,7 +9,7 @@ import torch
 from modrec.data import leave_one_out, load_dataset
 from modrec.eval import evaluate
 from modrec.models import build_model
-from modrec.train import build_config, load_run, train
+from modrec.train import build_config, load_run, refit, train
 
 FAST = ["train.epochs=5", "train.batch_size=64", "train.eval_every=5"]
 
@@ -115,6 +115,29 @@ def test_without_validation_trains_fixed_epochs_and_reports_the_last(tmp_path: P
     assert results["epochs"] == results["best_epoch"] == 2
     assert results["valid"] is None and results["selected_on"].startswith("none")
     assert results["ndcg@10"] > 0
+
+
+def test_refit_retrains_on_validation_items_for_the_chosen_epochs(tmp_path: Path) -> None:
+    overrides = ["train.epochs=3", "train.patience=1", "model.max_len=50", "model.num_blocks=1"]
+    source = train(build_config("ml-100k", "sasrec", overrides=overrides), tmp_path / "run",
+                   progress=False)
+    chosen = json.loads((source / "results.json").read_text())["best_epoch"]
+    refitted = refit(source, tmp_path / "refit", progress=False)
+    results = json.loads((refitted / "results.json").read_text())
+    assert results["epochs"] == results["best_epoch"] == chosen
+    assert results["valid"] is None and results["refit_of"] == str(source)
+    assert f"epoch {chosen}" in results["selected_on"]
+    assert results["protocol"].startswith("leave-one-out without validation")
+    assert results["ndcg@10"] > 0
+    saved = json.loads((refitted / "config.json").read_text())
+    assert saved["data"]["split"] == "loo-no-valid" and saved["train"]["epochs"] == chosen
+    assert saved["model"] == json.loads((source / "config.json").read_text())["model"]
+    # Only a finished leave-one-out run can be refitted.
+    with pytest.raises(FileNotFoundError, match="finished run"):
+        refit(tmp_path / "refit-missing", tmp_path / "other", progress=False)
+    with pytest.raises(ValueError, match="--split loo"):
+        refit(refitted, tmp_path / "again", progress=False)
+    assert not (tmp_path / "again").exists()
 
 
 def test_finished_run_is_not_overwritten(popularity_run: Path) -> None:

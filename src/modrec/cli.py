@@ -63,10 +63,24 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or f"runs/{Path(config.data.dataset).name}-{config.model.name}")
     log.info("training %s on %s -> %s", config.model.name, config.data.dataset, out)
     train(config, out, resume=args.resume, progress=not args.no_progress)
-    results = json.loads((out / "results.json").read_text())
+    return _report_run(out, args.json)
+
+
+def cmd_refit(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.train import refit
+
+    out = Path(args.out or f"{str(args.run_dir).rstrip('/')}-refit")
+    log.info("refitting %s on training plus validation items -> %s", args.run_dir, out)
+    refit(args.run_dir, out, resume=args.resume, progress=not args.no_progress)
+    return _report_run(out, args.json)
+
+
+def _report_run(out: Path, as_json: bool) -> dict[str, Any]:
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
     results["run_dir"] = str(out)
-    if not args.json:
-        _print_metrics(f"test ({results['protocol']}), best epoch {results['best_epoch']}:",
+    if not as_json:
+        _print_metrics(f"test ({results['protocol']}), epoch {results['best_epoch']}, "
+                       f"selected on {results['selected_on']}:",
                        {k: v for k, v in results.items() if isinstance(v, float)})
         for part in ("warm", "cold"):
             if part in results:
@@ -208,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("refit", help="retrain a finished run with its validation items "
+                       "added to training, for the epochs its validation chose; report test")
+    p.add_argument("run_dir", help="a finished run trained with the loo split")
+    p.add_argument("--out", help="run directory (default RUN_DIR-refit)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser("evaluate", help="re-evaluate a run's best weights")
     p.add_argument("run_dir")

@@ -13,6 +13,9 @@ Run directory::
     checkpoint.pt    latest epoch: weights, optimiser, counters, RNG state (for --resume)
     metrics.jsonl    one line per validation pass
     results.json     test metrics at the best validation epoch, with the protocol
+
+``refit(run_dir, out_dir)`` retrains a finished run with the validation items added to
+training, for the epoch count its validation chose.
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ from modrec.data.batches import (
 from modrec.eval import evaluate
 from modrec.models import Model, RetrievalModel, build_model
 from modrec.models.popularity import Popularity
-from modrec.train.config import RESUMABLE_SECTIONS, RunConfig, config_changes, load_config
+from modrec.train.config import (
+    RESUMABLE_SECTIONS,
+    RunConfig,
+    config_changes,
+    config_from_dict,
+    load_config,
+)
 from modrec.train.losses import next_item_loss
 
 log = logging.getLogger(__name__)
@@ -186,6 +195,38 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     load_weights(model, torch.load(out / "model.pt", weights_only=True))
     return _finish(out, model, split, config, int(state["best_epoch"]), int(state["epoch"]),
                    state["train_seconds"])
+
+
+def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Retrain a finished leave-one-out run from scratch with each user's validation
+    item added to training, for the number of epochs its validation chose, and score
+    the last epoch on test.
+
+    The model then learns from the same items as the HSTU repository's trainer (which
+    has no validation split), while the epoch count is still chosen on validation
+    rather than on test. Settings are the run's own (its config.json)."""
+    source = Path(run_dir)
+    if not (source / "results.json").exists():
+        raise FileNotFoundError(
+            f"{source} has no results.json: refit needs a finished run. Train it to the "
+            f"end first (modrec train ... --out {source} --resume).")
+    config = load_config(source / "config.json")
+    if config.data.split != "loo":
+        raise ValueError(
+            f"{source} used the {config.data.split!r} split; refit adds the leave-one-out "
+            "validation item to training, so it needs a run trained with --split loo")
+    best = int(json.loads((source / "results.json").read_text())["best_epoch"])
+    raw = config.to_dict()
+    raw["data"]["split"] = "loo-no-valid"
+    raw["train"]["epochs"] = best
+    out = train(config_from_dict(raw), out_dir, resume=resume, progress=progress)
+    results = json.loads((out / "results.json").read_text())
+    results["selected_on"] = (f"epochs: best validation {SELECT_ON} of {source} (epoch "
+                              f"{best}); refit on training plus validation items")
+    results["refit_of"] = str(source)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    return out
 
 
 def resume_history(out: Path, config: RunConfig, epoch: int) -> list[dict[str, Any]]:

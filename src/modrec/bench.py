@@ -39,9 +39,20 @@ PUBLISHED: dict[str, dict[str, tuple[float | None, ...]]] = {
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else the architecture: speeds
+    from different hosts are only comparable when the report says which host it was."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str = "cpu") -> str:
-    cpu = (f"{platform.processor() or platform.machine()}, "
-           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    cpu = f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} ({cpu})"
     return cpu

@@ -10,6 +10,7 @@ from modrec.data import leave_one_out, load_dataset
 from modrec.eval import evaluate
 from modrec.models import build_model
 from modrec.train import build_config, load_run, refit, train
+from modrec.train.loop import epoch_lr
 
 FAST = ["train.epochs=5", "train.batch_size=64", "train.eval_every=5"]
 
@@ -117,6 +118,22 @@ def test_without_validation_trains_fixed_epochs_and_reports_the_last(tmp_path: P
     assert results["ndcg@10"] > 0
 
 
+def test_cosine_schedule_sets_each_epochs_learning_rate(tmp_path: Path) -> None:
+    config = build_config("ml-100k", "sasrec", overrides=[
+        "train.lr_schedule=cosine", "train.lr=0.002", "train.lr_min=0.0002",
+        "train.lr_decay_epochs=4", "train.epochs=3", "model.max_len=50",
+        "model.num_blocks=1"])
+    run = train(config, tmp_path, progress=False)
+    rates = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").open()]
+    # Half a cosine from lr at epoch 1 towards lr_min after 4 epochs: 1, 0.854, 0.5 of the way.
+    span = 0.002 - 0.0002
+    assert rates == pytest.approx([0.002, 0.0002 + span * 0.8536, 0.0002 + span * 0.5],
+                                  rel=1e-3)
+    assert epoch_lr(config.train, 5) == epoch_lr(config.train, 50) == pytest.approx(0.0002)
+    constant = build_config("ml-100k", "sasrec", overrides=["train.lr=0.003"]).train
+    assert {epoch_lr(constant, e) for e in (1, 7, 300)} == {0.003}
+
+
 def test_refit_retrains_on_validation_items_for_the_chosen_epochs(tmp_path: Path) -> None:
     overrides = ["train.epochs=3", "train.patience=1", "model.max_len=50", "model.num_blocks=1"]
     source = train(build_config("ml-100k", "sasrec", overrides=overrides), tmp_path / "run",
@@ -131,6 +148,8 @@ def test_refit_retrains_on_validation_items_for_the_chosen_epochs(tmp_path: Path
     assert results["ndcg@10"] > 0
     saved = json.loads((refitted / "config.json").read_text())
     assert saved["data"]["split"] == "loo-no-valid" and saved["train"]["epochs"] == chosen
+    # A decaying learning rate would follow the source's 3-epoch horizon, not `chosen`.
+    assert saved["train"]["lr_decay_epochs"] == 3
     assert saved["model"] == json.loads((source / "config.json").read_text())["model"]
     # Only a finished leave-one-out run can be refitted.
     with pytest.raises(FileNotFoundError, match="finished run"):

@@ -40,6 +40,12 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
+    # "cosine": the learning rate falls from lr at epoch 1 along half a cosine towards
+    # lr_min, reached after lr_decay_epochs epochs (default: epochs); set once per epoch.
+    # Early stopping still applies: the horizon is fixed, not the epoch training stops at.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: Annotated[float, Field(ge=0.0)] = 0.0
+    lr_decay_epochs: Annotated[int, Field(ge=1)] | None = None
     eval_every: int = 1  # epochs between validation passes
     patience: int = 10  # validation passes without a better NDCG@10 before stopping
     seed: int = 42

@@ -49,6 +49,7 @@ from modrec.models.popularity import Popularity
 from modrec.train.config import (
     RESUMABLE_SECTIONS,
     RunConfig,
+    TrainConfig,
     config_changes,
     config_from_dict,
     load_config,
@@ -140,7 +141,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     # Without a validation set nothing is selected: train tc.epochs, keep the last.
     selecting = split.valid is not None
     while state["epoch"] < tc.epochs and state["bad_evals"] < tc.patience:
-        epoch = state["epoch"] + 1
+        epoch = int(state["epoch"]) + 1
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(tc, epoch)
         model.train()
         started = time.perf_counter()
         losses, seen = [], 0
@@ -163,7 +166,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         state["train_seconds"] += seconds
         state["epoch"] = epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
-                                  "epoch_seconds": seconds,
+                                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
                                   "sequences_per_second": len(windows) / seconds}
         if not selecting:
             state["best_epoch"] = epoch
@@ -197,6 +200,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    state["train_seconds"])
 
 
+def epoch_lr(tc: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based) under ``tc.lr_schedule``."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    horizon = tc.lr_decay_epochs or tc.epochs
+    progress = min(epoch - 1, horizon) / horizon
+    return tc.lr_min + (tc.lr - tc.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
           progress: bool = True) -> Path:
     """Retrain a finished leave-one-out run from scratch with each user's validation
@@ -219,6 +231,9 @@ def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
     best = int(json.loads((source / "results.json").read_text())["best_epoch"])
     raw = config.to_dict()
     raw["data"]["split"] = "loo-no-valid"
+    # A decaying learning rate keeps the source run's horizon, so that the refit sees
+    # the rates the chosen epochs saw rather than a schedule squeezed into fewer epochs.
+    raw["train"]["lr_decay_epochs"] = config.train.lr_decay_epochs or config.train.epochs
     raw["train"]["epochs"] = best
     out = train(config_from_dict(raw), out_dir, resume=resume, progress=progress)
     results = json.loads((out / "results.json").read_text())

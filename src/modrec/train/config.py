@@ -58,6 +58,11 @@ class TrainConfig:
     eval_batch_size: int = 128
     device: str = "cpu"
 
+    @property
+    def lr_horizon(self) -> int:
+        """The epochs over which a decaying learning rate reaches ``lr_min``."""
+        return self.lr_decay_epochs or self.epochs
+
 
 @dataclass(config=_STRICT)
 class RunConfig:

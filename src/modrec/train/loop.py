@@ -204,8 +204,7 @@ def epoch_lr(tc: TrainConfig, epoch: int) -> float:
     """The learning rate of ``epoch`` (1-based) under ``tc.lr_schedule``."""
     if tc.lr_schedule == "constant":
         return tc.lr
-    horizon = tc.lr_decay_epochs or tc.epochs
-    progress = min(epoch - 1, horizon) / horizon
+    progress = min(epoch - 1, tc.lr_horizon) / tc.lr_horizon
     return tc.lr_min + (tc.lr - tc.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -233,7 +232,7 @@ def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
     raw["data"]["split"] = "loo-no-valid"
     # A decaying learning rate keeps the source run's horizon, so that the refit sees
     # the rates the chosen epochs saw rather than a schedule squeezed into fewer epochs.
-    raw["train"]["lr_decay_epochs"] = config.train.lr_decay_epochs or config.train.epochs
+    raw["train"]["lr_decay_epochs"] = config.train.lr_horizon
     raw["train"]["epochs"] = best
     out = train(config_from_dict(raw), out_dir, resume=resume, progress=progress)
     results = json.loads((out / "results.json").read_text())

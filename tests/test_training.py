@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,35 @@ def test_cosine_schedule_sets_each_epochs_learning_rate(tmp_path: Path) -> None:
     assert epoch_lr(config.train, 5) == epoch_lr(config.train, 50) == pytest.approx(0.0002)
     constant = build_config("ml-100k", "sasrec", overrides=["train.lr=0.003"]).train
     assert {epoch_lr(constant, e) for e in (1, 7, 300)} == {0.003}
+
+
+def test_weight_averaging_keeps_the_average_and_resumes_it(tmp_path: Path) -> None:
+    """With train.ema_decay, model.pt holds the moving average of the trained weights
+    (updated once per step), the checkpoint both, and a resume continues the average."""
+    overrides = ["train.ema_decay=0.9", "data.split=loo-no-valid", "train.batch_size=128",
+                 "model.max_len=50", "model.num_blocks=1"]
+    straight = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=2"]),
+                     tmp_path / "straight", progress=False)
+    saved = torch.load(straight / "checkpoint.pt", weights_only=False)
+    kept = torch.load(straight / "model.pt", weights_only=True)
+    steps = math.ceil(943 / 128)  # one training window (its last 51 items) per user
+    assert int(saved["ema"]["n_averaged"]) == 2 * steps
+    averaged = {k.removeprefix("module."): v for k, v in saved["ema"].items() if k != "n_averaged"}
+    assert kept.keys() == averaged.keys() == saved["model"].keys()
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)
+    floats = [k for k in kept if kept[k].is_floating_point()]
+    assert not any(torch.allclose(kept[k], saved["model"][k]) for k in floats)  # lags behind
+    # One epoch, then a resume to two: the average goes on from where it was.
+    train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=1"]),
+          tmp_path / "resumed", progress=False)
+    resumed = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=2"]),
+                    tmp_path / "resumed", resume=True, progress=False)
+    again = torch.load(resumed / "checkpoint.pt", weights_only=False)["ema"]
+    assert int(again["n_averaged"]) == 2 * steps
+    for name, weight in saved["ema"].items():
+        if weight.is_floating_point():  # as in the resume test: float noise, not state
+            drift = (weight - again[name]).abs().max() / weight.abs().max()
+            assert drift < 0.02, (name, drift.item())
 
 
 def test_refit_retrains_on_validation_items_for_the_chosen_epochs(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_min: Annotated[float, Field(ge=0.0)] = 0.0
     lr_decay_epochs: Annotated[int, Field(ge=1)] | None = None
+    # Polyak averaging: validate, select and keep an exponential moving average of the
+    # weights, updated after every optimiser step with this decay (0.998 averages over
+    # roughly the last 500 steps). None: the raw weights.
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     eval_every: int = 1  # epochs between validation passes
     patience: int = 10  # validation passes without a better NDCG@10 before stopping
     seed: int = 42

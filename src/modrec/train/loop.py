@@ -9,8 +9,9 @@ Run directory::
 
     config.json      the full RunConfig plus the dataset's description (and, for a run
                      resumed with other training settings, what changed at which epoch)
-    model.pt         best weights (state dict)
-    checkpoint.pt    latest epoch: weights, optimiser, counters, RNG state (for --resume)
+    model.pt         best weights (state dict; the averaged ones with train.ema_decay)
+    checkpoint.pt    latest epoch: weights (and their average, with train.ema_decay),
+                     optimiser, counters, RNG state (for --resume)
     metrics.jsonl    one line per validation pass
     results.json     test metrics at the best validation epoch, with the protocol
 
@@ -26,10 +27,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from modrec.atomic import replace_atomic, write_text_atomic
@@ -126,11 +128,18 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
     times = training_times(split.train, config.model.max_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
                                   weight_decay=tc.weight_decay)
+    # With train.ema_decay, the weights validated and kept are a moving average of the
+    # trained ones (`kept`); the trained ones go on being optimised as usual.
+    averaged = (None if tc.ema_decay is None else
+                AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay)))
+    kept = model if averaged is None else cast(Model, averaged.module)  # a deep copy
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_evals": 0,
              "train_seconds": 0.0}
     if saved is not None:
         load_weights(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if averaged is not None and saved.get("ema") is not None:
+            averaged.load_state_dict(saved["ema"])
         state = saved["state"]
         rng.bit_generator.state = saved["numpy_rng"]
         generator.set_state(saved["torch_rng"])
@@ -159,6 +168,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         for batch in bar:
             losses.append(train_step(model, optimizer, batch.to(tc.device), config,
                                      generator, pool))
+            if averaged is not None:
+                averaged.update_parameters(model)
             seen += len(batch.lengths)
             bar.set_postfix(loss=f"{losses[-1]:.3f}",
                             seq_per_s=f"{seen / (time.perf_counter() - started):.0f}")
@@ -173,17 +184,17 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
             log.info("epoch %d loss %.4f %.1fs", epoch, record["loss"], seconds)
             _append_metrics(out, record)
             if epoch == tc.epochs:
-                save_atomic(model.state_dict(), out / "model.pt")
+                save_atomic(kept.state_dict(), out / "model.pt")
         elif epoch % tc.eval_every == 0 or epoch == tc.epochs:
             assert split.valid is not None
             started = time.perf_counter()
-            valid = evaluate(model, split.valid, config.model.max_len, tc.eval_batch_size,
+            valid = evaluate(kept, split.valid, config.model.max_len, tc.eval_batch_size,
                              tc.device)
             record |= {"valid": valid, "eval_seconds": time.perf_counter() - started,
                        "train_seconds": state["train_seconds"]}
             if valid[SELECT_ON] > state["best"]:
                 state |= {"best": valid[SELECT_ON], "best_epoch": epoch, "bad_evals": 0}
-                save_atomic(model.state_dict(), out / "model.pt")
+                save_atomic(kept.state_dict(), out / "model.pt")
             else:
                 state["bad_evals"] += 1
             log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.1fs", epoch,
@@ -191,6 +202,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                      state["best_epoch"], seconds)
             _append_metrics(out, record)
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "ema": None if averaged is None else averaged.state_dict(),
                      "state": state, "numpy_rng": rng.bit_generator.state,
                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
                     checkpoint)

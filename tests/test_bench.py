@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import modrec.bench as bench_module
 from modrec.bench import write_section
 from modrec.cli import main
 
@@ -12,7 +14,7 @@ def test_bench_writes_table_and_chart(tmp_path: Path, capsys) -> None:
     doc.parent.mkdir()
     doc.write_text("# Benchmarks\n\nkept text\n")
     args = ["bench", "ml-100k", "--models", "popularity", "--runs", str(tmp_path / "runs"),
-            "--doc", str(doc), "--json"]
+            "--doc", str(doc), "--records", "none", "--json"]
     assert main(args) == 0
     text = doc.read_text()
     assert "kept text" in text and "| popularity |" in text
@@ -28,7 +30,7 @@ def test_bench_reruns_a_preset_that_changed(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("MODREC_CONFIG_DIR", str(configs))
     runs = tmp_path / "runs"
     args = ["bench", "ml-100k", "--models", "popularity", "--runs", str(runs),
-            "--doc", str(tmp_path / "benchmarks.md")]
+            "--doc", str(tmp_path / "benchmarks.md"), "--records", "none"]
     (configs / "popularity.yaml").write_text("train: {eval_batch_size: 256}\n")
     assert main(args) == 0
     run = runs / "ml-100k-popularity"
@@ -38,6 +40,42 @@ def test_bench_reruns_a_preset_that_changed(tmp_path: Path, monkeypatch) -> None
     (configs / "popularity.yaml").write_text("train: {eval_batch_size: 512}\n")
     assert main(args) == 0  # changed preset: run again
     assert json.loads((run / "config.json").read_text())["train"]["eval_batch_size"] == 512
+
+
+def test_bench_reports_from_the_record_once_the_run_is_gone(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    runs, records, doc = tmp_path / "runs", tmp_path / "records", tmp_path / "benchmarks.md"
+    args = ["bench", "ml-100k", "--models", "popularity", "--runs", str(runs),
+            "--doc", str(doc), "--records", str(records)]
+    assert main(args) == 0
+    record = records / "ml-100k-popularity"
+    assert sorted(p.name for p in record.iterdir()) == [
+        "config.json", "metrics.jsonl", "recorded.json", "results.json"]
+    first = doc.read_text()
+    shutil.rmtree(runs)  # a fresh checkout: the records travel, the run folders do not
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded preset must not train again")
+
+    monkeypatch.setattr(bench_module, "train", no_training)
+    assert main(args) == 0
+    assert doc.read_text() == first  # the same table, from the record
+    assert not runs.exists()
+
+
+def test_bench_no_train_leaves_out_what_has_not_run(tmp_path: Path, monkeypatch,
+                                                    capsys) -> None:
+    runs, records, doc = tmp_path / "runs", tmp_path / "records", tmp_path / "benchmarks.md"
+    common = ["--runs", str(runs), "--doc", str(doc), "--records", str(records)]
+    assert main(["bench", "ml-100k", "--models", "popularity", *common]) == 0
+    monkeypatch.setattr(bench_module, "train", None)  # --no-train must not call it
+    assert main(["bench", "ml-100k", "--models", "popularity,sasrec", "--no-train",
+                 *common]) == 0
+    text = doc.read_text()
+    assert "| popularity |" in text and "| sasrec |" not in text
+    assert "Not run yet with their current settings, so left out: sasrec" in text
+    assert main(["bench", "ml-100k", "--models", "sasrec", "--no-train", *common]) == 2
+    assert "none of sasrec has a finished run" in capsys.readouterr().err
 
 
 def test_write_section_replaces_only_its_own_block(tmp_path: Path) -> None:

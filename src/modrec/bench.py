@@ -6,6 +6,12 @@ Each preset runs exactly as ``modrec train -d DATASET -m PRESET`` would, into
 ``RUNS/DATASET-PRESET``; a finished run directory is reused while its settings are the
 preset's (delete it to retrain), and an interrupted one, or one whose preset has since
 changed only its training settings (patience, epochs), resumes.
+
+Training every preset takes hours, more than one sitting on a small machine, so each
+finished run is also kept in a record folder (``benchmarks/records`` by default, under
+version control): its ``config.json``, ``results.json`` and ``metrics.jsonl``, without
+weights, and where and when it ran. A preset with no run directory but a record of its
+current settings is reported from the record; delete the record to train it again.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ import json
 import logging
 import platform
 import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from modrec.train import build_config, load_config, train
-from modrec.train.config import config_changes
+from modrec.train.config import RunConfig, config_changes
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +67,79 @@ def machine(device: str = "cpu") -> str:
     return cpu
 
 
-def run_presets(dataset: str, presets: list[str], runs: Path,
-                progress: bool = True) -> list[dict[str, Any]]:
-    """Train (or reuse) each preset; one row of results per preset."""
+RECORD_FILES = ("config.json", "results.json", "metrics.jsonl")
+
+
+def finished_as(run: Path, config: RunConfig) -> bool:
+    """Whether ``run`` holds a finished run made with exactly ``config``'s settings."""
+    return (run / "results.json").exists() and not config_changes(
+        load_config(run / "config.json"), config)
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def same_results(run: Path, record: Path) -> bool:
+    return (record / "results.json").exists() and (
+        (run / "results.json").read_bytes() == (record / "results.json").read_bytes())
+
+
+def keep_record(run: Path, record: Path) -> None:
+    """Copy a finished run's settings, per-epoch metrics and results (not its weights)
+    into ``record``, with the host, date and code revision it was recorded from."""
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        shutil.copyfile(run / name, record / name)
+    (record / "recorded.json").write_text(json.dumps({
+        "machine": machine(), "recorded_at": datetime.now(UTC).isoformat(
+            timespec="seconds"), "revision": git_revision(), "run_dir": str(run)},
+        indent=2) + "\n")
+
+
+def run_presets(dataset: str, presets: list[str], runs: Path, records: Path | None = None,
+                progress: bool = True, train_missing: bool = True) -> list[dict[str, Any]]:
+    """Train (or reuse) each preset; one row of results per preset. With
+    ``train_missing=False`` a preset with neither a finished run nor a record of its
+    current settings is left out rather than trained."""
     rows = []
     for preset in presets:
         out = runs / f"{dataset}-{preset}"
+        record = records / f"{dataset}-{preset}" if records is not None else None
         config = build_config(dataset, preset)
-        # A finished run counts only if the preset has not changed since; otherwise it
-        # resumes, which continues it under new training settings (recorded in its
-        # config.json) and refuses other changes with a message.
-        if not (out / "results.json").exists() or config_changes(
-                load_config(out / "config.json"), config):
+        source = out
+        if finished_as(out, config):
+            pass
+        elif record is not None and finished_as(record, config) and not out.exists():
+            log.info("bench: %s on %s from the record %s (delete it to retrain)", preset,
+                     dataset, record)
+            source = record
+        elif not train_missing:
+            log.info("bench: %s on %s has no finished run or record; left out", preset,
+                     dataset)
+            continue
+        else:
+            # An unfinished run, or one whose preset changed, resumes: that continues it
+            # under new training settings (recorded in its config.json) and refuses
+            # other changes with a message.
             log.info("bench: training %s on %s -> %s", preset, dataset, out)
             train(config, out, resume=True, progress=progress)
-        results = json.loads((out / "results.json").read_text())
+        # Re-recording an unchanged run would only move its date.
+        if record is not None and source == out and not same_results(out, record):
+            keep_record(out, record)
+        results = json.loads((source / "results.json").read_text())
         curve = [(r["train_seconds"], r["valid"]["ndcg@10"])
-                 for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                 for r in map(json.loads, (source / "metrics.jsonl").read_text().splitlines())
                  if "valid" in r and "train_seconds" in r]
-        rows.append({"preset": preset, "run_dir": str(out), "curve": curve,
+        recorded = source / "recorded.json"
+        host = (json.loads(recorded.read_text())["machine"] if recorded.exists()
+                else machine())
+        rows.append({"preset": preset, "run_dir": str(source), "curve": curve,
+                     "machine": host,
                      **{k: results[k] for k in (*METRICS, "best_epoch", "epochs",
                                                 "train_seconds", "protocol")}})
     return rows
@@ -146,9 +209,30 @@ def write_section(doc: Path, name: str, body: str) -> None:
 
 
 def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
-          doc: Path = Path("docs/benchmarks.md"), progress: bool = True) -> dict[str, Any]:
+          doc: Path = Path("docs/benchmarks.md"),
+          records: Path | None = Path("benchmarks/records"),
+          progress: bool = True, train_missing: bool = True) -> dict[str, Any]:
     """Train the presets, write the report section and chart, return the rows."""
-    rows = run_presets(dataset, presets, runs, progress)
+    rows = run_presets(dataset, presets, runs, records, progress, train_missing)
+    if not rows:
+        raise ValueError(f"none of {', '.join(presets)} has a finished run in {runs} or a "
+                         f"record in {records}; run `modrec bench {dataset}` without "
+                         "--no-train to train them")
+    done = [row["preset"] for row in rows]
+    missing = [p for p in presets if p not in done]
+    not_run = (f"\n\nNot run yet with their current settings, so left out: "
+               f"{', '.join(missing)} (`modrec bench {dataset} --models "
+               f"{','.join(missing)}` trains them).") if missing else ""
+    machines = sorted({row["machine"] for row in rows})
+    if len(machines) == 1:
+        where = f"Machine: {machines[0]}."
+    else:
+        where = "Machines: " + "; ".join(
+            f"{', '.join(r['preset'] for r in rows if r['machine'] == m)} on {m}"
+            for m in machines) + "."
+    if records is not None:
+        where += (f" Each run's settings, per-epoch validation metrics and results are "
+                  f"kept in `{records}/{dataset}-PRESET/`.")
     name = f"bench-{dataset}-{'-'.join(presets)}"
     chart = doc.parent / f"{name}.png"
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +243,9 @@ def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
 Command: `modrec bench {dataset} --models {','.join(presets)}` (each row is
 `modrec train -d {dataset} -m PRESET`, settings in `configs/{dataset}/PRESET.yaml`).
 Protocol: {rows[0]['protocol']}; test metrics at the epoch with the best validation
-NDCG@10 (selected on validation, never on test). Machine: {machine()}.
+NDCG@10 (selected on validation, never on test). {where}
 
-{results_table(dataset, rows)}
+{results_table(dataset, rows)}{not_run}
 
 Published rows: the HSTU repository's README. Its SASRec, HSTU and HSTU-large rows
 come from its own trainer (same protocol, but no validation split: not selected on

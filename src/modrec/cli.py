@@ -127,8 +127,9 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.bench import bench
 
+    records = None if args.records == "none" else Path(args.records)
     result = bench(args.dataset, args.models.split(","), Path(args.runs), Path(args.doc),
-                   progress=not args.no_progress)
+                   records, progress=not args.no_progress, train_missing=not args.no_train)
     if not args.json:
         for row in result["rows"]:
             print(f"  {row['preset']:<12} HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
@@ -247,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated presets (configs/<dataset>/<preset>.yaml)")
     p.add_argument("--runs", default="runs/bench", help="where the run directories go")
     p.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown report")
+    p.add_argument("--records", default="benchmarks/records",
+                   help="where finished runs are kept without weights, and reused from when "
+                        "their run directory is gone ('none': keep no records)")
+    p.add_argument("--no-train", action="store_true",
+                   help="report only presets with a finished run or record; train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

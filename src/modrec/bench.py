@@ -135,9 +135,9 @@ def run_presets(dataset: str, presets: list[str], runs: Path, records: Path | No
         curve = [(r["train_seconds"], r["valid"]["ndcg@10"])
                  for r in map(json.loads, (source / "metrics.jsonl").read_text().splitlines())
                  if "valid" in r and "train_seconds" in r]
-        recorded = source / "recorded.json"
-        host = (json.loads(recorded.read_text())["machine"] if recorded.exists()
-                else machine())
+        # By now the record, where there is one, holds this run and where it ran.
+        host = (json.loads((record / "recorded.json").read_text())["machine"]
+                if record is not None else machine())
         rows.append({"preset": preset, "run_dir": str(source), "curve": curve,
                      "machine": host,
                      **{k: results[k] for k in (*METRICS, "best_epoch", "epochs",

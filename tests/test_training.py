@@ -92,7 +92,7 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
         [json.loads(line)["valid"]["ndcg@10"] for line in (run / "metrics.jsonl").open()]
         for run in (straight, resumed))
     assert valid_a == pytest.approx(valid_b, abs=1e-3)
-    weights_a, weights_b = (torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    weights_a, weights_b = (torch.load(run / "checkpoint.pt", weights_only=True)["model"]
                             for run in (straight, resumed))
     _assert_within_float_noise(weights_a, weights_b)
     # The longer cap is a training setting: allowed, and recorded with the epoch.
@@ -148,7 +148,7 @@ def test_weight_averaging_keeps_the_average_and_resumes_it(tmp_path: Path) -> No
                  "model.max_len=50", "model.num_blocks=1"]
     straight = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=2"]),
                      tmp_path / "straight", progress=False)
-    saved = torch.load(straight / "checkpoint.pt", weights_only=False)
+    saved = torch.load(straight / "checkpoint.pt", weights_only=True)
     kept = torch.load(straight / "model.pt", weights_only=True)
     steps = math.ceil(943 / 128)  # one training window (its last 51 items) per user
     assert int(saved["ema"]["n_averaged"]) == 2 * steps
@@ -162,7 +162,7 @@ def test_weight_averaging_keeps_the_average_and_resumes_it(tmp_path: Path) -> No
           tmp_path / "resumed", progress=False)
     resumed = train(build_config("ml-100k", "sasrec", overrides=[*overrides, "train.epochs=2"]),
                     tmp_path / "resumed", resume=True, progress=False)
-    again = torch.load(resumed / "checkpoint.pt", weights_only=False)["ema"]
+    again = torch.load(resumed / "checkpoint.pt", weights_only=True)["ema"]
     assert int(again["n_averaged"]) == 2 * steps
     _assert_within_float_noise(saved["ema"], again)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -310,9 +311,20 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"modrec {args.verb}: error: {message}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, default=str))
+    if args.json:  # strict JSON: no NaN or Infinity, which many parsers reject
+        print(json.dumps(_json_safe(result), default=str, allow_nan=False))
     return 0
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class PrecomputedEncoder:
                  item_ids: list[str]) -> PrecomputedEncoder:
         """The item ID embeddings a trained run learned from interactions: behaviour as
         a feature. The run must be on the same dataset (its rows follow item index)."""
-        import torch
+        from modrec.runs import load_tensors
 
         config_file = run_dir / "config.json"
         if not config_file.exists() or not (run_dir / "model.pt").exists():
@@ -49,7 +49,7 @@ class PrecomputedEncoder:
         trained_on = json.loads(config_file.read_text())["data"]["dataset"]
         if trained_on != dataset_name:
             raise ValueError(f"run {run_dir} was trained on {trained_on!r}, not {dataset_name!r}")
-        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+        state = load_tensors(run_dir / "model.pt")
         if "item_tower.embedding.weight" not in state:
             raise ValueError(f"run {run_dir} has no item ID embeddings (a content-only tower?)")
         vectors = state["item_tower.embedding.weight"][1:].float().numpy()

@@ -31,10 +31,15 @@ class TextSearch:
         if info.reads != "text":
             raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
                              "text encoder's vectors (modrec embed --encoder text)")
+        self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
+        if not self.encoded.any():
+            raise ValueError(
+                f"no item has a usable {info.name!r} vector in {store.folder} (the embed "
+                f"job failed or was stopped before its first batch); run `modrec embed "
+                f"--encoder {info.name}` and check its failures")
         self.encoder = TextEncoder.matching(info.version)
         items = np.asarray(store.matrix(encoder)[1:], dtype=np.float32)  # (N, D)
         self.items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)
-        self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """``(Q, N)`` cosine of each query with every item (items without a vector: -inf)."""
@@ -44,7 +49,10 @@ class TextSearch:
 
     def search(self, query: str, k: int = 10) -> list[dict[str, Any]]:
         scores = self.scores([query])[0]
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
         top = np.argsort(-scores, kind="stable")[:k]
+        top = top[np.isfinite(scores[top])]  # items without a vector are not results
         items = self.dataset.items
         columns = [c for c in ("item_id", "title") if c in items.columns]
         return [{"item": int(i + 1), **{c: str(items[c].iloc[i]) for c in columns},

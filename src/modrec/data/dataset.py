@@ -17,6 +17,7 @@ on that order.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -132,8 +133,15 @@ class Dataset:
 
     # ---- persistence -------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write the folder atomically: a half-written dataset is never left behind."""
+        """Write the folder atomically: a half-written dataset is never left behind,
+        and a reader sees the complete previous version or the complete new one. An
+        existing folder is replaced only if it is a dataset folder (or empty)."""
         folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or (
+                any(folder.iterdir()) and not (folder / "manifest.json").exists())):
+            raise DataFormatError(
+                f"{folder} exists and is not a modrec dataset folder (no manifest.json); "
+                "refusing to replace it. Save the dataset into a new or empty folder.")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
@@ -146,9 +154,15 @@ class Dataset:
                 "provenance": self.provenance,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            # Swap by two renames: the old folder stays whole until the new one is in
+            # place, and is deleted only after.
+            old = None
             if folder.exists():
-                shutil.rmtree(folder)
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                folder.rename(old)
             tmp.rename(folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -278,8 +279,17 @@ def load_dataset(
         raise DatasetUnavailable(
             f"{key!r} is neither a named dataset ({', '.join(NAMED)}) nor an existing path"
         )
-    return _cached(key.replace("/", "_"), [path], lambda: import_path(path, format, columns),
+    return _cached(_cache_key(path), [path], lambda: import_path(path, format, columns),
                    extra={"format": format, "columns": columns})
+
+
+def _cache_key(path: Path) -> str:
+    """The cache folder name of a dataset read from ``path``: its name, made safe, plus
+    a digest of the absolute path. Never the path itself: ``-d .`` or ``-d ..`` would
+    then name the cache directory or its parent, which saving replaces."""
+    absolute = path.resolve()
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", absolute.name).strip("_") or "root"
+    return f"{name}-{hashlib.sha256(str(absolute).encode()).hexdigest()[:12]}"
 
 
 def _load_named(spec: NamedDataset) -> Dataset:

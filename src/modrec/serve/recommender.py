@@ -15,10 +15,12 @@ from modrec.train.loop import Run
 
 @torch.no_grad()
 def top_k(run: Run, histories: list[np.ndarray], k: int,
-          times: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` unseen items for each history: (item indices (B, k), scores (B, k)).
-    ``times``, when each history item happened, is needed by models trained with a
-    time bias (HSTU on a dataset with timestamps)."""
+          times: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Best ``k`` unseen items for each history: per history, (item indices, scores),
+    fewer than ``k`` when fewer items are unseen. ``times``, when each history item
+    happened, is needed by models trained with a time bias (HSTU with timestamps)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     if any(len(h) == 0 for h in histories):
         raise ValueError("every history needs at least one item to recommend from")
     run.model.eval()
@@ -29,7 +31,9 @@ def top_k(run: Run, histories: list[np.ndarray], k: int,
     mask_seen(scores, Sequences.from_lists(histories), np.arange(len(histories)))
     k = min(k, run.dataset.num_items)
     best = torch.topk(scores, k, dim=1)
-    return best.indices.numpy(), best.values.numpy()
+    # Seen items score -inf: with fewer than k unseen items they would fill the list.
+    return [(items[np.isfinite(values)], values[np.isfinite(values)])
+            for items, values in zip(best.indices.numpy(), best.values.numpy(), strict=True)]
 
 
 def describe_items(run: Run, indices: np.ndarray) -> list[dict[str, Any]]:
@@ -51,9 +55,9 @@ def recommend_for_user(run: Run, user_id: str, k: int = 10) -> dict[str, Any]:
     sequences = run.dataset.sequences()
     history = sequences[user]
     times = None if sequences.times is None else [sequences.times_of(user)]
-    items, scores = top_k(run, [history], k, times)
-    recs = describe_items(run, items[0])
-    for rec, score in zip(recs, scores[0], strict=True):
+    [(items, scores)] = top_k(run, [history], k, times)
+    recs = describe_items(run, items)
+    for rec, score in zip(recs, scores, strict=True):
         rec["score"] = float(score)
     return {"user_id": user_id, "history_length": int(len(history)),
             "history_tail": describe_items(run, history[-5:][::-1]), "items": recs}

@@ -48,6 +48,7 @@ from modrec.data.batches import (
 from modrec.eval import evaluate
 from modrec.models import Model, RetrievalModel, build_model
 from modrec.models.popularity import Popularity
+from modrec.runs import load_tensors
 from modrec.train.config import (
     RESUMABLE_SECTIONS,
     RunConfig,
@@ -107,8 +108,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
         if split.cold_items is not None:  # withheld items stay unseen, even as negatives
             pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
     checkpoint = out / "checkpoint.pt"
-    saved = (torch.load(checkpoint, weights_only=False)
-             if resume and checkpoint.exists() else None)
+    saved = load_tensors(checkpoint) if resume and checkpoint.exists() else None
     resumed = [] if saved is None else resume_history(out, config, saved["state"]["epoch"])
     write_text_atomic(out / "config.json", json.dumps(
         {**config.to_dict(), "dataset_info": dataset.describe(), "protocol": split.protocol,
@@ -207,7 +207,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False,
                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
                     checkpoint)
 
-    load_weights(model, torch.load(out / "model.pt", weights_only=True))
+    load_weights(model, load_tensors(out / "model.pt"))
     return _finish(out, model, split, config, int(state["best_epoch"]), int(state["epoch"]),
                    state["train_seconds"])
 
@@ -380,7 +380,7 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
     dataset = load_dataset(config.data.dataset, config.data.format)
     split = make_split(dataset, config.data.split)
     model = build_model(config.model, dataset.num_items, timestamps=dataset.has_timestamps)
-    load_weights(model, torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    load_weights(model, load_tensors(folder / "model.pt", device))
     if isinstance(model, RetrievalModel):
         model.item_tower.set_known(known_items(split))
     model.to(device).eval()

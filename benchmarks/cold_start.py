@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from kit import machine, markdown_table, write_section
 
-from modrec.bench import machine, markdown_table, write_section
+from modrec.config import build_config
 from modrec.content import EmbeddingStore, embed
 from modrec.data import load_dataset
 from modrec.data.splits import cold_items_split
-from modrec.train import build_config, train
+from modrec.train import train
 
 TOWERS = ("id", "content", "id+content")
 # Per dataset: the encoders used and the settings layered over configs/<d>/sasrec.yaml.

@@ -20,7 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
-from modrec.bench import machine, markdown_table, write_section
+from kit import machine, markdown_table, write_section
+
 from modrec.content import EmbeddingStore, embed
 from modrec.content.classify import classify
 from modrec.content.extract import store_name

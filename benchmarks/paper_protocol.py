@@ -18,9 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-from modrec.bench import PUBLISHED, machine, markdown_table, write_section
-from modrec.train import build_config, train
-from modrec.train.config import load_config
+from kit import PUBLISHED, machine, markdown_table, write_section
+
+from modrec.config import build_config, load_config
+from modrec.train import train
 
 KEYS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50")  # the first four of PUBLISHED's columns
 

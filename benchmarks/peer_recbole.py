@@ -39,15 +39,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from kit import machine, markdown_table, session_for, write_section
 
-from modrec.bench import machine, markdown_table, write_section
-from modrec.data import leave_one_out, load_dataset
-from modrec.data.batches import next_item_batches, training_examples
+from modrec.data import load_dataset
 from modrec.eval import evaluate, rank_targets
-from modrec.models import build_model
-from modrec.train.config import build_config
-from modrec.train.loop import train_step
+from modrec.train import train_epoch
 
 TARGET = 0.15  # issue 3: validation NDCG@10 within the training budget
 
@@ -117,28 +113,19 @@ def run_recbole(budget: float) -> dict[str, object]:
 
 
 def run_modrec(budget: float) -> dict[str, object]:
-    config = build_config("ml-1m", "sasrec")
-    ds = load_dataset("ml-1m")
-    split = leave_one_out(ds)
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model, ds.num_items)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
-                                  betas=config.train.betas)
-    windows, lengths = training_examples(split.train, config.model.max_len)
-    rng = np.random.default_rng(config.train.seed)
+    # `modrec train -d ml-1m -m sasrec`'s own set-up and epochs, validated after each
+    # (not timed) until the budget is spent.
+    session = session_for("ml-1m", "sasrec")
+    max_len = session.config.model.max_len
     spent, epochs, valid, reached = 0.0, 0, math.nan, None
     while spent < budget:
-        model.train()
-        started = time.perf_counter()
-        for batch in next_item_batches(windows, lengths, config.train.batch_size, rng):
-            train_step(model, optimizer, batch, config)  # as the training loop does
-        spent += time.perf_counter() - started
+        spent += train_epoch(session)["epoch_seconds"]
         epochs += 1
-        valid = evaluate(model, split.valid, config.model.max_len)["ndcg@10"]  # not timed
+        valid = evaluate(session.scorer, session.split.valid, max_len)["ndcg@10"]
         if reached is None and valid >= TARGET:
             reached = f"{spent / 60:.1f} min (epoch {epochs})"
     started = time.perf_counter()
-    rank_targets(model, split.test, config.model.max_len)
+    rank_targets(session.scorer, session.split.test, max_len)
     return {"name": "modrec SASRec (configs/ml-1m/sasrec.yaml)",
             "epoch_seconds": spent / epochs, "epoch_note": f"mean of {epochs} whole epochs",
             "valid_ndcg@10": valid, "eval_seconds": time.perf_counter() - started,

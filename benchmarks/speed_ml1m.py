@@ -21,13 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kit import machine, markdown_table, session_for, write_section
 
-from modrec.bench import machine, markdown_table, write_section
-from modrec.data import leave_one_out, load_dataset
-from modrec.data.batches import next_item_batches, training_examples
+from modrec.data.batches import next_item_batches
 from modrec.eval import rank_targets
-from modrec.models import build_model
-from modrec.train.config import build_config
 from modrec.train.loop import train_step
 
 
@@ -36,15 +33,20 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def epoch_seconds(model, optimizer, config, windows, lengths, rng, pad_to, device) -> float:
-    model.train()
+def epoch_seconds(session, pad_to: int | None) -> float:
+    """One epoch as the training loop steps it (`train_step` in length slices), or with
+    every batch padded to ``pad_to`` in one piece."""
+    config, device = session.config, session.config.train.device
+    session.model.train()
     synchronize(device)
     started = time.perf_counter()
     if pad_to is not None:  # one slice, as wide as pad_to
         config = replace(config, train=replace(config.train, length_slices=1))
-    for batch in next_item_batches(windows, lengths, config.train.batch_size, rng,
-                                   pad_to=pad_to):
-        train_step(model, optimizer, batch.to(device), config)
+    examples = session.examples
+    for batch in next_item_batches(examples.windows, examples.lengths, config.train.batch_size,
+                                   session.rng, pad_to=pad_to):
+        train_step(session.trainable, session.optimizer, batch.to(device), config,
+                   session.generator, session.pool)
     synchronize(device)
     return time.perf_counter() - started
 
@@ -72,17 +74,19 @@ def _count_cpu_attention() -> None:
 _count_cpu_attention()
 
 
-def epoch_flops(model, optimizer, config, windows, lengths, device) -> float:
+def epoch_flops(session) -> float:
     """Matrix FLOPs (forward + backward) of one epoch as the training loop runs it, in
     length slices, counted by torch's FlopCounterMode on the real batches (elementwise
     work is not counted, as usual)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model.train()
+    session.model.train()
+    examples, config = session.examples, session.config
     with FlopCounterMode(display=False) as counter:
-        for batch in next_item_batches(windows, lengths, config.train.batch_size,
-                                       np.random.default_rng(1)):
-            train_step(model, optimizer, batch.to(device), config)
+        for batch in next_item_batches(examples.windows, examples.lengths,
+                                       config.train.batch_size, np.random.default_rng(1)):
+            train_step(session.trainable, session.optimizer, batch.to(config.train.device),
+                       config, session.generator, session.pool)
     return float(counter.get_total_flops())
 
 
@@ -95,34 +99,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
     args = parser.parse_args()
 
-    ds = load_dataset("ml-1m")
-    split = leave_one_out(ds)
     rows = []
     for name in args.models.split(","):
-        config = build_config("ml-1m", name,
-                              overrides=[f"loss.num_negatives={args.negatives}"])
-        torch.manual_seed(0)
-        model = build_model(config.model, ds.num_items).to(args.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
-        windows, lengths = training_examples(split.train, config.model.max_len)
-        rng = np.random.default_rng(0)
+        # The preset as `modrec train -d ml-1m -m NAME` sets it up (set_known, AdamW
+        # with the preset's betas and weight decay, its seed), with the paper's negatives.
+        session = session_for("ml-1m", name, [f"loss.num_negatives={args.negatives}",
+                                              f"train.device={args.device}"])
+        config = session.config
         sliced, padded = [], []
         for _ in range(args.epochs):
-            sliced.append(epoch_seconds(model, optimizer, config, windows, lengths, rng, None,
-                                        args.device))
-            padded.append(epoch_seconds(model, optimizer, config, windows, lengths, rng,
-                                        config.model.max_len, args.device))
+            sliced.append(epoch_seconds(session, None))
+            padded.append(epoch_seconds(session, config.model.max_len))
             print(f"{name}: length slices {sliced[-1]:.1f}s padded {padded[-1]:.1f}s", flush=True)
         evals = []
         for _ in range(3):
             synchronize(args.device)
             started = time.perf_counter()
-            rank_targets(model, split.test, config.model.max_len, device=args.device)
+            rank_targets(session.scorer, session.split.test, config.model.max_len,
+                         device=args.device)
             evals.append(time.perf_counter() - started)
         b, p = float(np.median(sliced)), float(np.median(padded))
-        flops = epoch_flops(model, optimizer, config, windows, lengths, args.device)
+        flops = epoch_flops(session)
         rows.append([name, str(config.train.length_slices), f"{b:.1f}",
-                     f"{len(windows) / b:.0f}", f"{flops / 1e9:.0f}",
+                     f"{len(session.examples) / b:.0f}", f"{flops / 1e9:.0f}",
                      f"{flops / b / 1e9:.1f}", f"{p:.1f}", f"{p / b:.2f}x",
                      f"{min(evals):.2f}"])
         print(rows[-1], flush=True)

@@ -7,10 +7,11 @@ For a change that should make training faster (or must not make it slower): each
 revision's ``src/`` and ``configs/`` are exported with ``git archive`` and timed in
 its own process on the preset's real ML-1M training data, batched and stepped as that
 revision's training loop does it (from 11c47ef on: shuffled batches run as length
-slices; before it: length-bucketed batches), the two revisions alternating round after
-round so that both see the same machine load. Reported: the mean seconds per training
-step (forward, backward, optimiser), the median of the rounds, and base / head. (A
-mean, not a median step: batches of long histories cost far more, and they set the
+slices), the two revisions alternating round after round so that both see the same
+machine load. From 2026-12-03 on, a revision is set up by its own `modrec.train.setup`;
+earlier ones (back to 11c47ef) the same way from their own helpers. Reported: the mean
+seconds per training step (forward, backward, optimiser), the median of the rounds, and
+base / head. (A mean, not a median step: batches of long histories cost far more, and they set the
 epoch time.) The revisions must share the training API used below (a few weeks apart
 at most). Written into docs/benchmarks.md.
 """
@@ -26,52 +27,57 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from modrec.bench import machine, markdown_table, write_section
+from kit import machine, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Run inside the exported revision: time `batches` training steps after 3 of warm-up.
 TIMER = """
-import json, sys, time
+import json, sys, tempfile, time
 from itertools import islice
 import numpy as np, torch
-from modrec.data import load_dataset, make_split
-from modrec.data.batches import cloze_batches, next_item_batches, training_examples
-from modrec.models import build_model
-from modrec.train.config import build_config
-from modrec.train.loop import batch_loss, known_items
-try:  # from 11c47ef on, a training step runs its batch as length slices
-    from modrec.train.loop import train_step
-except ImportError:
-    train_step = None
 
 name, count = sys.argv[1], int(sys.argv[2])
-torch.manual_seed(0)
-config = build_config("ml-1m", name)
-dataset = load_dataset("ml-1m")
-split = make_split(dataset, config.data.split)
-model = build_model(config.model, dataset.num_items)
-model.item_tower.set_known(known_items(split))
-optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
-windows, lengths = training_examples(split.train, config.model.max_len)
-rng = np.random.default_rng(0)
-if model.objective == "cloze":
-    batches = cloze_batches(windows, config.model.max_len, config.train.batch_size, rng,
-                            config.model.mask_rate, dataset.num_items + 1)
-else:
-    batches = next_item_batches(windows, lengths, config.train.batch_size, rng)
-generator = torch.Generator().manual_seed(0)
+try:  # from 2026-12-03 on: the training loop's own set-up, batches and step
+    from modrec.config import build_config
+    from modrec.train import setup
+    from modrec.train.loop import train_step
+
+    session = setup(build_config("ml-1m", name), tempfile.mkdtemp(), show_progress=False)
+    model, optimizer, config = session.trainable, session.optimizer, session.config
+    batches = model.training_batches(session.examples, config.train.batch_size,
+                                     np.random.default_rng(0))
+    generator = torch.Generator().manual_seed(0)
+    step = lambda batch: train_step(model, optimizer, batch, config, generator, session.pool)
+except ImportError:  # earlier revisions: the same, assembled from their own helpers
+    from modrec.data import load_dataset, make_split
+    from modrec.data.batches import cloze_batches, next_item_batches, training_examples
+    from modrec.models import build_model
+    from modrec.train.config import build_config
+    from modrec.train.loop import known_items, train_step
+
+    torch.manual_seed(0)
+    config = build_config("ml-1m", name)
+    dataset = load_dataset("ml-1m")
+    split = make_split(dataset, config.data.split)
+    model = build_model(config.model, dataset.num_items)
+    model.item_tower.set_known(known_items(split))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr,
+                                  betas=config.train.betas,
+                                  weight_decay=config.train.weight_decay)
+    windows, lengths = training_examples(split.train, config.model.max_len)
+    rng = np.random.default_rng(0)
+    if model.objective == "cloze":
+        batches = cloze_batches(windows, config.model.max_len, config.train.batch_size, rng,
+                                config.model.mask_rate, dataset.num_items + 1)
+    else:
+        batches = next_item_batches(windows, lengths, config.train.batch_size, rng)
+    generator = torch.Generator().manual_seed(0)
+    step = lambda batch: train_step(model, optimizer, batch, config, generator)
 seconds = []
 for batch in islice(batches, count + 3):
     started = time.perf_counter()
-    if train_step is not None:
-        train_step(model, optimizer, batch, config, generator)
-    else:
-        loss = batch_loss(model, batch, config, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step(batch)
     seconds.append(time.perf_counter() - started)
 print(json.dumps(seconds[3:]))
 """

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from modrec.bench import markdown_table, write_section
+from kit import markdown_table, write_section
 
 PER_POSITION = ["loss.negatives_per=position", "loss.num_negatives=128"]
 SOFTMAX = ["loss.name=softmax", "train.patience=10"]

@@ -18,8 +18,10 @@ import json
 import statistics
 from pathlib import Path
 
-from modrec.bench import machine, markdown_table, write_section
-from modrec.train import build_config, train
+from kit import machine, markdown_table, write_section
+
+from modrec.config import build_config
+from modrec.train import train
 
 SETTINGS = ["train.epochs=300", "train.patience=10", "train.eval_every=1"]
 

@@ -3,16 +3,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from modrec.config import build_config
 from modrec.data import leave_one_out
 from modrec.data.batches import (
+    TrainingExamples,
     batch_order,
-    cloze_batches,
     next_item_batches,
     split_by_length,
     training_examples,
     training_times,
 )
-from modrec.train.config import build_config
 from modrec.train.loop import batch_loss, train_step
 
 
@@ -70,12 +70,10 @@ def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
             "loss.name=softmax", "model.dropout=0.0", "model.max_len=50"])
         torch.manual_seed(0)
         model = build_model(config.model, ml100k.num_items)
-        windows, lengths = training_examples(leave_one_out(ml100k).train, 50)
-        if model.objective == "cloze":
-            batch = next(cloze_batches(windows, 50, 64, np.random.default_rng(1), 0.2,
-                                       ml100k.num_items + 1))
-        else:
-            batch = next(next_item_batches(windows, lengths, 64, np.random.default_rng(1)))
+        examples = TrainingExamples.of(leave_one_out(ml100k).train, 50)
+        # next-item windows for SASRec, masked ones (cloze) for BERT4Rec
+        batch = next(model.training_batches(examples, 64, np.random.default_rng(1)))
+        assert (batch.inputs == ml100k.num_items + 1).any() == (name == "bert4rec")
         stepped = []  # the weights after one SGD step, lr 1: start - gradient
         for slices in (1, 4):
             copy_ = copy.deepcopy(model)

@@ -32,7 +32,7 @@ def test_cloze_masking(ml100k) -> None:
 def test_inference_appends_a_mask(block: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="bert4rec", dim=16, max_len=8, num_heads=2,
-                                    bert4rec_block=block), num_items=30).eval()
+                                    block=block), num_items=30).eval()
     encoder = model.encoder
     history = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8]])
     lengths = torch.tensor([3, 8])
@@ -53,7 +53,7 @@ def test_inference_appends_a_mask(block: str) -> None:
 def test_padding_never_changes_real_positions(block: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="bert4rec", dim=16, max_len=8,
-                                    bert4rec_block=block), num_items=30).eval()
+                                    block=block), num_items=30).eval()
     short = model.encoder.bidirectional(torch.tensor([[5, 6, 7, 31]]), torch.tensor([4]))
     padded = model.encoder.bidirectional(torch.tensor([[5, 6, 7, 31, 0, 0]]),
                                          torch.tensor([4]))

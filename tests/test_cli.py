@@ -27,7 +27,9 @@ def test_train_evaluate_recommend_round_trip(tmp_path: Path,
     assert main(["train", "-d", "ml-100k", "-m", "sasrec", "--epochs", "1", "--out", str(run),
                  "--set", "model.max_len=50", "--no-progress", "--json"]) == 0
     trained = _last_json(capsys)
-    assert trained["run_dir"] == str(run) and 0 <= trained["ndcg@10"] <= 1
+    assert trained["run_dir"] == str(run)
+    assert trained == {**json.loads((run / "results.json").read_text()), "run_dir": str(run)}
+    assert trained["ndcg@10"] > 0.01  # a random ranking of 1,682 movies scores about 0.003
 
     assert main(["evaluate", str(run), "--json"]) == 0
     evaluated = _last_json(capsys)
@@ -36,6 +38,13 @@ def test_train_evaluate_recommend_round_trip(tmp_path: Path,
     assert main(["recommend", str(run), "--user", "196", "-k", "5", "--json"]) == 0
     recs = _last_json(capsys)
     assert len(recs["items"]) == 5 and all(r["title"] for r in recs["items"])
+    scores = [r["score"] for r in recs["items"]]
+    assert scores == sorted(scores, reverse=True)
+    from modrec.data import load_dataset
+
+    ml100k = load_dataset("ml-100k")
+    seen = set(ml100k.sequences()[ml100k.user_index("196")].tolist())
+    assert not seen & {r["item"] for r in recs["items"]}
     assert main(["recommend", str(run), "--user", "196", "-k", "3"]) == 0
     assert "top 3 recommendations" in capsys.readouterr().out
 
@@ -83,7 +92,8 @@ def test_embed_classify_search_train_content(tmp_path: Path,
                  "--mode", "knn", "--store", store, "--json"]) == 0
     result = _last_json(capsys)
     assert set(result) >= {"micro_f1", "macro_f1", "map"} and result["labels"] == 50
-    assert 0 < result["map"] <= 1
+    # A random ranking's mAP is each tag's prevalence, 0.177 on average over these 50.
+    assert result["map"] > 0.25
 
     assert main(["search", "-d", "lastfm-2k", "heavy metal", "-k", "3", "--encoder",
                  "minilm", "--store", store]) == 2  # precomputed vectors: no query encoder

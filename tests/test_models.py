@@ -6,13 +6,13 @@ import torch
 from modrec.models import ModelConfig, build_model
 
 CAUSAL = [ModelConfig(name="sasrec", dim=16, max_len=20),
-          ModelConfig(name="sasrec", dim=16, max_len=20, sasrec_block="original"),
+          ModelConfig(name="sasrec", dim=16, max_len=20, block="original"),
           ModelConfig(name="gru4rec", dim=16, max_len=20),
           ModelConfig(name="gru4rec", dim=16, max_len=20, hidden_dim=24),
           ModelConfig(name="hstu", dim=16, max_len=20)]
 
 
-@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.sasrec_block}")
+@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.to_dict().get('block')}")
 def test_causal_changing_a_later_item_never_changes_earlier_outputs(config: ModelConfig) -> None:
     torch.manual_seed(0)
     model = build_model(config, num_items=50).eval()
@@ -25,7 +25,7 @@ def test_causal_changing_a_later_item_never_changes_earlier_outputs(config: Mode
     assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.sasrec_block}")
+@pytest.mark.parametrize("config", CAUSAL, ids=lambda c: f"{c.name}-{c.to_dict().get('block')}")
 def test_right_padding_does_not_change_real_positions(config: ModelConfig) -> None:
     torch.manual_seed(0)
     model = build_model(config, num_items=50).eval()
@@ -45,7 +45,7 @@ def test_shapes_and_normalisation() -> None:
 
 
 def test_unknown_model_is_a_clear_error() -> None:
-    from modrec.train.config import build_config
+    from modrec.config import build_config
 
     with pytest.raises(ValueError, match="model.name"):
         build_config("ml-100k", "transformerxl")
@@ -72,7 +72,8 @@ def test_items_never_trained_have_no_id_vector() -> None:
 def test_every_model_takes_every_item_tower(name: str, tower: str) -> None:
     """Content enters through the item tower only: the sequence models are unchanged,
     and a model with a content tower learns (its loss falls on a fixed batch)."""
-    from modrec.train.losses import LossConfig, next_item_loss
+    from modrec.config import LossConfig
+    from modrec.train.losses import next_item_loss
 
     torch.manual_seed(0)
     content = torch.randn(31, 12)
@@ -116,7 +117,8 @@ def test_hstu_time_bias_is_causal_and_reads_elapsed_time() -> None:
 
 @pytest.mark.parametrize("config", [*CAUSAL, ModelConfig(name="hstu", dim=16, max_len=20,
                                                          num_heads=2, head_dim=8)],
-                         ids=lambda c: f"{c.name}-{c.sasrec_block}-{c.num_heads}")
+                         ids=lambda c: f"{c.name}-{getattr(c.options, 'block', '')}-"
+                         f"{getattr(c.options, 'num_heads', '')}")
 @pytest.mark.parametrize("timestamps", [False, True])
 def test_encode_last_is_encode_at_the_newest_item(config: ModelConfig, timestamps: bool) -> None:
     # HSTU computes its last block for that row only; the others read it off encode.

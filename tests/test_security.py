@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from modrec.cli import main
+from modrec.config import build_config
 from modrec.content import EmbeddingStore
 from modrec.content.search import TextSearch
 from modrec.data import load_dataset
-from modrec.runs import RunError
-from modrec.train import build_config, load_run, train
+from modrec.runs import RunError, load_run
+from modrec.train import train
 
 
 class _RunsCode:

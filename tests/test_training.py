@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
 from modrec.eval import evaluate
 from modrec.models import build_model
-from modrec.train import build_config, load_run, refit, train
+from modrec.runs import load_run
+from modrec.train import refit, train
 from modrec.train.loop import epoch_lr
 
 FAST = ["train.epochs=5", "train.batch_size=64", "train.eval_every=5"]
@@ -99,12 +101,12 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     saved = json.loads((resumed / "config.json").read_text())
     assert saved["resumed"] == [{"epoch": 2, "changed": {"train.epochs": [2, 4]}}]
     # Another model is not: refused before anything in the run is rewritten.
-    before = {f.name: f.read_bytes() for f in resumed.iterdir()}
+    before = {f: f.read_bytes() for f in resumed.rglob("*") if f.is_file()}
     with pytest.raises(ValueError, match=r"model\.dropout 0\.2 -> 0\.5.*config\.json"):
         train(build_config("ml-100k", "sasrec",
                            overrides=[*overrides, "train.epochs=6", "model.dropout=0.5"]),
               resumed, resume=True, progress=False)
-    assert {f.name: f.read_bytes() for f in resumed.iterdir()} == before
+    assert {f: f.read_bytes() for f in resumed.rglob("*") if f.is_file()} == before
 
 
 def _assert_within_float_noise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

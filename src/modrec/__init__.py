@@ -1,17 +1,21 @@
 """modrec: multi-modal sequential recommendation.
 
 The public surface is small on purpose; everything else is reachable through the
-subpackages (`modrec.data`, `modrec.models`, `modrec.train`, `modrec.eval`).
+subpackages (`modrec.data`, `modrec.models`, `modrec.train`, `modrec.eval`,
+`modrec.serve`) and the run-directory owner `modrec.runs`.
 """
 
+from modrec.config import RunConfig, build_config
 from modrec.data import Dataset, leave_one_out, load_dataset
 from modrec.eval import evaluate
 from modrec.models import build_model
-from modrec.train import RunConfig, load_run, train
+from modrec.runs import load_run
+from modrec.train import train
 
 __all__ = [
     "Dataset",
     "RunConfig",
+    "build_config",
     "build_model",
     "evaluate",
     "leave_one_out",

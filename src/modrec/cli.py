@@ -47,13 +47,16 @@ def cmd_datasets(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from modrec.train import build_config, train
+    from modrec.config import build_config
+    from modrec.train import train
 
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.format is not None:
         overrides.append(f"data.format={args.format}")
+    if args.columns is not None:
+        overrides.append(f"data.columns={json.dumps(_columns(args.columns))}")
     if args.split is not None:
         overrides.append(f"data.split={args.split}")
     if args.item_tower is not None:
@@ -92,14 +95,11 @@ def _report_run(out: Path, as_json: bool) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from modrec.eval import evaluate
-    from modrec.train import load_run
+    from modrec.runs import load_run
 
     run = load_run(args.run_dir)
-    max_len, batch = run.config.model.max_len, run.config.train.eval_batch_size
-    valid = None if run.split.valid is None else evaluate(run.model, run.split.valid, max_len,
-                                                           batch)
-    test = evaluate(run.model, run.split.test, max_len, batch)
+    valid = None if run.split.valid is None else run.evaluate(run.split.valid)
+    test = run.evaluate(run.split.test)
     if not args.json:
         print(f"protocol: {run.split.protocol}")
         if valid is not None:
@@ -110,8 +110,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.runs import load_run
     from modrec.serve import recommend_for_user
-    from modrec.train import load_run
 
     run = load_run(args.run_dir)
     recs = recommend_for_user(run, str(args.user), args.k)
@@ -125,25 +125,11 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     return recs
 
 
-def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from modrec.bench import bench
-
-    records = None if args.records == "none" else Path(args.records)
-    result = bench(args.dataset, args.models.split(","), Path(args.runs), Path(args.doc),
-                   records, progress=not args.no_progress, train_missing=not args.no_train)
-    if not args.json:
-        for row in result["rows"]:
-            print(f"  {row['preset']:<12} HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
-                  f"  epochs {row['epochs']}  {row['train_seconds'] / 60:.1f} min")
-        print(f"report: {result['doc']}  chart: {result['chart']}")
-    return result
-
-
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore, embed
     from modrec.data import load_dataset
 
-    dataset = load_dataset(args.dataset, args.format)
+    dataset = load_dataset(args.dataset, args.format, _columns(args.columns))
     store = EmbeddingStore.for_dataset(dataset, args.store)
     reports = embed(dataset, args.encoder.split(","), store, batch_size=args.batch_size,
                     device=args.device, progress=not args.no_progress, dtype=args.dtype)
@@ -215,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, parquet, movielens")
+    p.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="which columns of a table hold the user, item, timestamp and rating, "
+                   "when their names are not recognised: user=uid,item=iid,timestamp=ts")
     p.add_argument("--split", choices=["loo", "temporal", "cold-items", "loo-no-valid"],
                    help="evaluation split (default: the config's, leave-one-out)")
     p.add_argument("--item-tower", choices=["id", "content", "id+content"],
@@ -243,23 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("bench", help="train presets to early stopping and write the report")
-    p.add_argument("dataset")
-    p.add_argument("--models", default="sasrec,gru4rec,bert4rec,hstu,hstu-large",
-                   help="comma-separated presets (configs/<dataset>/<preset>.yaml)")
-    p.add_argument("--runs", default="runs/bench", help="where the run directories go")
-    p.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown report")
-    p.add_argument("--records", default="benchmarks/records",
-                   help="where finished runs are kept without weights, and reused from when "
-                        "their run directory is gone ('none': keep no records)")
-    p.add_argument("--no-train", action="store_true",
-                   help="report only presets with a finished run or record; train nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bench)
-
     p = sub.add_parser("embed", help="encode item content into the dataset's embedding store")
     p.add_argument("-d", "--dataset", required=True, help="named dataset or path")
     p.add_argument("--format", help="importer format of a path")
+    p.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="user=uid,item=iid,...: a table's columns, when not recognised")
     p.add_argument("--encoder", required=True, help="comma-separated: text, image, video, "
                    "audio, tags[:COLUMN], a dataset's precomputed vectors (vggish), or "
                    "MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")

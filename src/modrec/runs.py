@@ -1,17 +1,53 @@
 """The run directory's owner: everything that reads or writes a run folder goes
-through here.
+through here, so that evaluation, serving and the CLI need nothing from training.
 
-Weights and checkpoints are loaded with ``weights_only=True`` only: a ``.pt`` file is a
-pickle, and a crafted pickle runs code when it is unpickled with the full unpickler.
+A run folder::
+
+    config.json      the RunConfig (flat sections, as in YAML) plus what was written
+                     beside it: run_format, dataset_info (with a fingerprint of the
+                     data), protocol, and the resumes with what they changed
+    model.pt         best weights (state dict; a content tower's matrix is in it)
+    checkpoint.pt    the latest epoch's resumable state (see train/checkpoint.py)
+    metrics.jsonl    one line per epoch record
+    results.json     test metrics at the best validation epoch, with the protocol
+    dataset/         a snapshot of the dataset it was trained on (a modrec dataset
+                     folder): item ids in index order, titles and other item columns,
+                     user ids, every user's history
+    known.npy        (N + 1,) bool: the items that occur in the training split
+
+`load_run` reads only this folder: a run copied to a machine without the data
+directory loads, recommends and evaluates (the split is recomputed from the snapshot).
+
+Formats: folders written before 2026-12-03 (format 1) have no snapshot and an older
+config section; `load_config` reads their config, and `load_run` rebuilds the
+snapshot from the named dataset once (that needs the data) and saves it into the
+folder when it can. Weights and checkpoints are loaded with ``weights_only=True``
+only: a ``.pt`` file is a pickle, and a crafted pickle runs code when it is unpickled
+with the full unpickler.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
+from torch import nn
+
+from modrec.atomic import replace_atomic, write_text_atomic
+from modrec.config import RUN_FORMAT, RunConfig, load_config
+from modrec.data import Dataset, EvalSet, Split, load_dataset, make_split
+from modrec.data.dataset import DataFormatError
+from modrec.eval import evaluate
+from modrec.models import Scorer, build_model
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -32,3 +68,176 @@ def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:
             "only tensors and plain values, never objects that could run code; if this "
             "file came from elsewhere, do not trust it. Retrain, or restore the file "
             "from the run that wrote it.") from None
+
+
+def save_tensors(obj: Any, path: Path) -> None:
+    replace_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+class RunDir:
+    """The files of one run folder, by name; every write is atomic (a reader sees the
+    old file or the new one)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    config_file = property(lambda self: self.folder / "config.json")
+    weights_file = property(lambda self: self.folder / "model.pt")
+    checkpoint_file = property(lambda self: self.folder / "checkpoint.pt")
+    metrics_file = property(lambda self: self.folder / "metrics.jsonl")
+    results_file = property(lambda self: self.folder / "results.json")
+    dataset_folder = property(lambda self: self.folder / "dataset")
+    known_file = property(lambda self: self.folder / "known.npy")
+
+    @property
+    def finished(self) -> bool:
+        return self.results_file.exists()
+
+    def create(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    # ---- config -----------------------------------------------------------------------
+    def write_config(self, config: RunConfig, beside: dict[str, Any]) -> None:
+        """The config plus what is written beside it (dataset_info, protocol, ...)."""
+        write_text_atomic(self.config_file, json.dumps(
+            {**config.to_dict(), "run_format": RUN_FORMAT, **beside}, indent=2))
+
+    def read_config(self) -> RunConfig:
+        if not self.config_file.exists():
+            raise RunError(f"{self.folder} is not a run directory (no config.json)")
+        return load_config(self.config_file)
+
+    def config_extras(self) -> dict[str, Any]:
+        """What config.json holds beside the config itself (empty when there is none)."""
+        if not self.config_file.exists():
+            return {}
+        raw: dict[str, Any] = json.loads(self.config_file.read_text())
+        return {k: v for k, v in raw.items() if k not in RunConfig.__dataclass_fields__}
+
+    # ---- weights ----------------------------------------------------------------------
+    def save_weights(self, state: dict[str, torch.Tensor]) -> None:
+        save_tensors(state, self.weights_file)
+
+    def load_weights(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """model.pt's state dict. ``known`` is never taken from it (runs before
+        2026-11-30 saved it with content towers); it comes from `known.npy`."""
+        if not self.weights_file.exists():
+            raise RunError(f"{self.folder} has no model.pt yet; train it first")
+        state = load_tensors(self.weights_file, map_location)
+        if not isinstance(state, dict):
+            raise RunError(f"{self.weights_file} holds no state dict")
+        return {k: v for k, v in state.items() if not k.endswith("tower.known")}
+
+    # ---- metrics and results ----------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a line torn by a kill mid-write is skipped."""
+        if not self.metrics_file.exists():
+            return []
+        records = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping an incomplete line", self.metrics_file)
+        return records
+
+    def keep_metrics_until(self, epoch: int) -> None:
+        """Drop records after ``epoch`` (and torn lines): a resume from the checkpoint
+        of ``epoch`` writes the later epochs again."""
+        if self.metrics_file.exists():
+            kept = [r for r in self.metrics() if int(r.get("epoch", 0)) <= epoch]
+            write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_text_atomic(self.results_file, json.dumps(results, indent=2))
+
+    def results(self) -> dict[str, Any]:
+        if not self.finished:
+            raise RunError(f"{self.folder} has no results.json: the run has not finished")
+        results: dict[str, Any] = json.loads(self.results_file.read_text())
+        return results
+
+    # ---- the dataset snapshot ---------------------------------------------------------
+    def write_snapshot(self, dataset: Dataset, known: np.ndarray) -> None:
+        """The dataset and the ``known`` mask, unless the snapshot already holds them."""
+        if (self.dataset_folder / "manifest.json").exists() and self.known_file.exists():
+            fingerprint = json.loads((self.dataset_folder / "manifest.json").read_text()).get(
+                "fingerprint")
+            if fingerprint == dataset.fingerprint() and np.array_equal(
+                    np.load(self.known_file), known):
+                return
+        dataset.save(self.dataset_folder)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.save(f, known.astype(bool))
+        replace_atomic(self.known_file, write)
+
+    def snapshot(self, config: RunConfig) -> tuple[Dataset, np.ndarray]:
+        """The dataset the run was trained on and its ``known`` mask."""
+        if (self.dataset_folder / "manifest.json").exists() and self.known_file.exists():
+            return Dataset.read(self.dataset_folder), np.load(self.known_file)
+        # Format 1: rebuild from the named dataset, then keep it for next time.
+        log.info("%s predates run snapshots: reading %s to make one", self.folder,
+                 config.data.dataset)
+        dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns)
+        known = make_split(dataset, config.data.split).known_items()
+        try:
+            self.write_snapshot(dataset, known)
+        except (OSError, DataFormatError) as err:  # a read-only run still loads
+            log.warning("could not save a snapshot into %s: %s", self.folder, err)
+        return dataset, known
+
+
+@dataclass
+class Run:
+    """A trained run loaded back from its folder."""
+
+    folder: Path
+    config: RunConfig
+    dataset: Dataset  # the snapshot it was trained on
+    model: nn.Module
+    known: np.ndarray  # (N + 1,) bool: items that occur in training
+
+    @cached_property
+    def split(self) -> Split:
+        """The run's split, recomputed from the snapshot (deterministic)."""
+        return make_split(self.dataset, self.config.data.split)
+
+    @property
+    def scorer(self) -> Scorer:
+        return cast(Scorer, self.model)
+
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        """``(N + 1, D)`` float32: what the model scores each item with (row 0 = padding;
+        items never trained on are zero in an ID tower)."""
+        return self.scorer.item_vectors().float().cpu().numpy()
+
+    def evaluate(self, evalset: EvalSet, device: str = "cpu") -> dict[str, float]:
+        """Full-ranking metrics on one of the split's evaluation sets."""
+        return evaluate(self.scorer, evalset, self.config.model.max_len,
+                        self.config.train.eval_batch_size, device)
+
+
+def load_run(folder: str | Path, device: str = "cpu") -> Run:
+    """Read a run folder back: config, snapshot and the best weights, on ``device``."""
+    run_dir = RunDir(folder)
+    config = run_dir.read_config()
+    state = run_dir.load_weights(device)
+    dataset, known = run_dir.snapshot(config)
+    model = build_model(config.model, dataset.num_items, timestamps=dataset.has_timestamps)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise RunError(f"{run_dir.weights_file} does not fit the model in config.json "
+                       f"({str(err).splitlines()[0]})") from None
+    set_known = getattr(model, "set_known", None)
+    if set_known is not None:
+        set_known(torch.from_numpy(known))
+    model.to(device).eval()
+    return Run(run_dir.folder, config, dataset, model, known)

@@ -4,6 +4,9 @@ Each clip becomes the mean and standard deviation over time of 64 log-mel bands
 (128-d): a cheap, model-free description of timbre and loudness. Pretrained audio
 embeddings (VGGish, Whisper) computed elsewhere enter as precomputed vectors instead
 (`modrec.content.precomputed`).
+
+Files are decoded by `modrec.content.media`; `AudioEncoder.encode_waveform` encodes an
+already decoded waveform, which is how the video encoder encodes its soundtrack.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from modrec.content.encoder import EncodeError
+from modrec.content.media import SAMPLE_RATE, load_audio
 
-SAMPLE_RATE = 16_000
 N_MELS = 64
 
 
@@ -33,22 +36,6 @@ def log_mel_stats(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.concatenate([log_mel.mean(1), log_mel.std(1)]).astype(np.float32)
 
 
-def load_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Any file soundfile reads (wav, flac, ogg); others (mp3, m4a, video) through PyAV."""
-    import soundfile
-
-    try:
-        waveform, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        return waveform.mean(1), int(rate)
-    except (RuntimeError, soundfile.LibsndfileError):
-        from modrec.content.video import decode_audio
-
-        result = decode_audio(path)
-        if result is None:
-            raise EncodeError(f"{path} has no audio stream") from None
-        return result
-
-
 class AudioEncoder:
     reads = "audio"
     dim = 2 * N_MELS
@@ -63,5 +50,9 @@ class AudioEncoder:
             path = Path(str(source))
             if not path.is_file():
                 raise EncodeError(f"audio file not found: {path}")
-            out.append(log_mel_stats(*load_audio(path)))
+            out.append(self.encode_waveform(*load_audio(path)))
         return np.stack(out)
+
+    def encode_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """One decoded mono clip -> float32 ``(dim,)``."""
+        return log_mel_stats(waveform, sample_rate)

@@ -29,7 +29,7 @@ from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
 from modrec.content.metadata import split_tags
-from modrec.content.store import EmbeddingStore, content_matrix
+from modrec.content.store import EmbeddingStore, content_matrix, normalize_rows
 from modrec.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _trained_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.n
 def _knn_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
     """Similarity-weighted label votes of the k nearest training items (an item is never
     its own neighbour)."""
-    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+    xn = normalize_rows(x)
     similarity = xn @ xn[train].T  # (M, T)
     similarity[train, np.arange(len(train))] = -np.inf
     nearest = np.argpartition(-similarity, k, axis=1)[:, :k]  # (M, k)
@@ -197,6 +197,5 @@ def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: Labelled
         raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text)")
     encoder = TextEncoder.matching(store.info(texts[0]).version)
     label_vectors = encoder.encode([template.format(label=label) for label in data.labels])
-    items = np.asarray(store.matrix(texts[0])[data.items], dtype=np.float32)
-    items /= np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)
+    items = normalize_rows(np.asarray(store.matrix(texts[0])[data.items], dtype=np.float32))
     return items @ label_vectors.T  # (M, C) cosine

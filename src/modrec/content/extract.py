@@ -51,8 +51,7 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
 
         from modrec.content.precomputed import PrecomputedEncoder
 
-        return PrecomputedEncoder.from_run(name, Path(option), dataset.name,
-                                           dataset.items["item_id"].astype(str).tolist())
+        return PrecomputedEncoder.from_run(name, Path(option), dataset.name)
     if modality == "text":
         from modrec.content.text import TextEncoder
 

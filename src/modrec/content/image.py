@@ -10,30 +10,15 @@ Shapes: B images, C channels, H and W pixels, F features.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from modrec.content.encoder import EncodeError
+from modrec.content.media import load_image
 
 SIZE = 224
-
-
-def load_image(source: Any) -> Image.Image:
-    """A path or an already decoded PIL image, as RGB."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    path = Path(str(source))
-    if not path.is_file():
-        raise EncodeError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as err:
-        raise EncodeError(f"unreadable image {path}: {err}") from err
 
 
 def to_tensor(images: list[Image.Image], mean: float, std: float) -> torch.Tensor:

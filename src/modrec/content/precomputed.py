@@ -3,7 +3,6 @@ offline) used as an encoder's output: a matrix plus the item id of each row."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +36,22 @@ class PrecomputedEncoder:
         return cls(name, vectors, ids[id_column].tolist(), matrix.name)
 
     @classmethod
-    def from_run(cls, name: str, run_dir: Path, dataset_name: str,
-                 item_ids: list[str]) -> PrecomputedEncoder:
-        """The item ID embeddings a trained run learned from interactions: behaviour as
-        a feature. The run must be on the same dataset (its rows follow item index)."""
-        from modrec.runs import load_tensors
+    def from_run(cls, name: str, run_dir: Path, dataset_name: str) -> PrecomputedEncoder:
+        """The item vectors a trained run learned from interactions (what its model
+        scores items with): behaviour as a feature. The run must be on the same dataset;
+        rows are matched by item id, so it may come from an older snapshot of the
+        catalog. Items it never trained on have no vector and are flagged as failures."""
+        # Reading a run is downstream of content by nature (a run learns, content
+        # reuses what it learned), so the import waits until a run is asked for.
+        from modrec.runs import load_run
 
-        config_file = run_dir / "config.json"
-        if not config_file.exists() or not (run_dir / "model.pt").exists():
-            raise ValueError(f"{run_dir} is not a finished run (needs config.json, model.pt)")
-        trained_on = json.loads(config_file.read_text())["data"]["dataset"]
-        if trained_on != dataset_name:
-            raise ValueError(f"run {run_dir} was trained on {trained_on!r}, not {dataset_name!r}")
-        state = load_tensors(run_dir / "model.pt")
-        if "item_tower.embedding.weight" not in state:
-            raise ValueError(f"run {run_dir} has no item ID embeddings (a content-only tower?)")
-        vectors = state["item_tower.embedding.weight"][1:].float().numpy()
-        return cls(name, vectors, item_ids, f"run:{run_dir}")
+        run = load_run(run_dir)
+        if run.dataset.name != dataset_name:
+            raise ValueError(f"run {run_dir} was trained on {run.dataset.name!r}, not "
+                             f"{dataset_name!r}")
+        vectors = run.item_vectors()[1:][run.known[1:]]  # (known items, D)
+        item_ids = run.dataset.items["item_id"].astype(str).to_numpy()[run.known[1:]]
+        return cls(name, vectors, item_ids.tolist(), f"run:{run_dir}")
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         rows = []

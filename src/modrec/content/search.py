@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score
 
 from modrec.content.classify import label_matrix
-from modrec.content.store import EmbeddingStore
+from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
 
 
@@ -39,7 +39,7 @@ class TextSearch:
                 f"--encoder {info.name}` and check its failures")
         self.encoder = TextEncoder.matching(info.version)
         items = np.asarray(store.matrix(encoder)[1:], dtype=np.float32)  # (N, D)
-        self.items = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-8)
+        self.items = normalize_rows(items)
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """``(Q, N)`` cosine of each query with every item (items without a vector: -inf)."""

@@ -188,6 +188,13 @@ class EmbeddingStore:
             self._file(name, part, old_digest).unlink(missing_ok=True)
 
 
+def normalize_rows(matrix: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Each row divided by its L2 norm, as a new array (so cosine is a dot product). Norms
+    below ``eps`` divide by ``eps`` instead: zero rows (items without a vector) stay zero
+    rather than becoming NaN."""
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), eps)
+
+
 def content_matrix(store: EmbeddingStore, encoders: list[str]) -> np.ndarray:
     """``(N + 1, C)`` float32: the chosen encoders' rows side by side, each block
     L2-normalised so that no modality dominates by scale; items never encoded or
@@ -204,6 +211,5 @@ def content_matrix(store: EmbeddingStore, encoders: list[str]) -> np.ndarray:
             log.warning("%s: %d of %d items have no %s vector; they get zeros", store.folder,
                         missing, store.num_rows - 1, name)
         block[~usable] = 0.0
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        blocks.append(block / np.maximum(norms, 1e-8))
+        blocks.append(normalize_rows(block))
     return np.concatenate(blocks, axis=1)

@@ -85,6 +85,24 @@ def training_times(train: Sequences, max_len: int) -> list[np.ndarray] | None:
     return [train.times_of(u)[-(max_len + 1):] for u in _learnable_users(train)]
 
 
+@dataclass(frozen=True)
+class TrainingExamples:
+    """What an epoch is drawn from: `training_examples` windows, their input lengths,
+    and their timestamps (None without)."""
+
+    windows: list[np.ndarray]
+    lengths: np.ndarray  # int64 [E]
+    times: list[np.ndarray] | None
+
+    @staticmethod
+    def of(train: Sequences, max_len: int) -> TrainingExamples:
+        windows, lengths = training_examples(train, max_len)
+        return TrainingExamples(windows, lengths, training_times(train, max_len))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
 def _learnable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths() >= 2)
 

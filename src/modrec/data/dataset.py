@@ -16,6 +16,7 @@ on that order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -131,6 +132,17 @@ class Dataset:
             "item_columns": [c for c in self.items.columns if c not in ("item", "item_id")],
         }
 
+    def fingerprint(self) -> str:
+        """A digest of the interactions and the user and item ids: equal for the same
+        data in the same index order, different when either changes."""
+        digest = hashlib.sha256()
+        for column in self.interactions.columns:
+            digest.update(column.encode())
+            digest.update(np.ascontiguousarray(self.interactions[column].to_numpy()).tobytes())
+        for ids in (self.items["item_id"], self.users["user_id"]):
+            digest.update("\n".join(ids.astype(str)).encode())
+        return digest.hexdigest()[:16]
+
     # ---- persistence -------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write the folder atomically: a half-written dataset is never left behind,
@@ -151,6 +163,7 @@ class Dataset:
             manifest = {
                 "format_version": FORMAT_VERSION,
                 **self.describe(),
+                "fingerprint": self.fingerprint(),
                 "provenance": self.provenance,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

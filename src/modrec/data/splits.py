@@ -48,6 +48,12 @@ class Split:
     # Items withheld from training entirely (cold-start evaluation), (N + 1,) bool.
     cold_items: np.ndarray | None = None
 
+    def known_items(self) -> np.ndarray:
+        """``(N + 1,)`` bool: the items that occur in the training sequences."""
+        known = np.zeros(self.num_items + 1, dtype=bool)
+        known[self.train.items] = True
+        return known
+
 
 def leave_one_out(ds: Dataset) -> Split:
     """Last item = test, second-to-last = validation, the rest = training.

@@ -13,7 +13,7 @@ from modrec.data.batches import last_items, last_times, pad_right
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
 from modrec.eval.metrics import ranking_metrics
-from modrec.models.registry import Scorer
+from modrec.models.retrieval import Scorer
 
 
 @torch.no_grad()

@@ -20,14 +20,31 @@ Shapes: B batch, L length, D dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch import nn
 
+from modrec.data.batches import SequenceBatch, TrainingExamples, cloze_batches
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout
+from modrec.models.registry import ModelConfig, item_tower, register
+from modrec.models.retrieval import RetrievalModel
 from modrec.models.sasrec import Block, SelfAttention
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class BERT4RecConfig:
+    num_blocks: int = 2
+    num_heads: int = 1
+    mask_rate: float = 0.2  # share of items hidden in training
+    # "pre-ln" (SASRec's pre-LayerNorm block) or "bert" (BERT's post-LayerNorm block with
+    # a 4D GELU feed-forward, as the BERT4Rec authors)
+    block: Literal["pre-ln", "bert"] = "pre-ln"
 
 
 class BertBlock(nn.Module):
@@ -54,11 +71,12 @@ class BertBlock(nn.Module):
 
 
 class BERT4Rec(nn.Module):
-    objective = "cloze"  # the training loop masks inputs instead of shifting them
+    """Trained by cloze: it brings its own `training_batches` (masked windows) and
+    `forward_train` (every position sees both sides), which the loop asks for."""
 
     def __init__(
         self, item_tower: ItemTower, max_len: int, num_blocks: int, num_heads: int,
-        dropout: float, block: Literal["pre-ln", "bert"] = "pre-ln",
+        dropout: float, block: Literal["pre-ln", "bert"] = "pre-ln", mask_rate: float = 0.2,
     ) -> None:
         super().__init__()
         if block not in ("pre-ln", "bert"):
@@ -66,7 +84,7 @@ class BERT4Rec(nn.Module):
         dim = item_tower.dim
         self.bert = block == "bert"
         self.item_tower = item_tower
-        self.max_len = max_len
+        self.max_len, self.mask_rate = max_len, mask_rate
         self.mask_token = item_tower.num_items + 1
         self.mask_vector = nn.Parameter(torch.empty(dim).normal_(std=0.02))
         self.positions = nn.Embedding(max_len, dim)
@@ -97,6 +115,17 @@ class BERT4Rec(nn.Module):
             x = block(x, key_mask)
         return self.norm(x)  # (B, L, D)
 
+    def training_batches(self, examples: TrainingExamples, batch_size: int,
+                         rng: np.random.Generator) -> Iterator[SequenceBatch]:
+        """Each window's newest ``max_len`` items with ``mask_rate`` of them masked."""
+        return cloze_batches(examples.windows, self.max_len, batch_size, rng, self.mask_rate,
+                             self.mask_token)
+
+    def forward_train(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                      times: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors at every position of inputs holding mask tokens ``(B, L, D)``."""
+        return self.bidirectional(inputs, lengths)
+
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor,
                 times: torch.Tensor | None = None) -> torch.Tensor:
         """The next-item vector after each history, at every position ``(B, L, D)``.
@@ -117,3 +146,13 @@ class BERT4Rec(nn.Module):
         hidden = self.bidirectional(seq, keep + 1)  # (B, W, D)
         user = hidden[torch.arange(B, device=inputs.device), keep]  # (B, D)
         return user.unsqueeze(1).expand(B, L, user.shape[-1])  # (B, L, D)
+
+
+@register("bert4rec", BERT4RecConfig)
+def build_bert4rec(config: ModelConfig, num_items: int, content: torch.Tensor | None,
+                   timestamps: bool) -> RetrievalModel:
+    options: BERT4RecConfig = config.options
+    tower = item_tower(config, num_items, content)
+    encoder = BERT4Rec(tower, config.max_len, options.num_blocks, options.num_heads,
+                       config.dropout, options.block, options.mask_rate)
+    return RetrievalModel(encoder, tower, config.normalize)

@@ -11,10 +11,20 @@ Shapes: B batch, L length, D dim, Hd hidden.
 from __future__ import annotations
 
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout
+from modrec.models.registry import ModelConfig, item_tower, register
+from modrec.models.retrieval import RetrievalModel
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class GRU4RecConfig:
+    num_layers: int = 1
+    hidden_dim: int | None = None  # the GRU's state width (the model dim when None)
 
 
 class GRU4Rec(nn.Module):
@@ -36,3 +46,12 @@ class GRU4Rec(nn.Module):
         x = self.dropout(self.item_tower(inputs))  # (B, L, D)
         h, _ = self.gru(x)  # (B, L, Hd)
         return self.project(self.dropout(h))  # (B, L, D)
+
+
+@register("gru4rec", GRU4RecConfig)
+def build_gru4rec(config: ModelConfig, num_items: int, content: torch.Tensor | None,
+                  timestamps: bool) -> RetrievalModel:
+    options: GRU4RecConfig = config.options
+    tower = item_tower(config, num_items, content)
+    encoder = GRU4Rec(tower, options.num_layers, config.dropout, options.hidden_dim)
+    return RetrievalModel(encoder, tower, config.normalize)

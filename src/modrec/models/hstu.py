@@ -23,12 +23,24 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout
+from modrec.models.registry import ModelConfig, item_tower, register
+from modrec.models.retrieval import RetrievalModel
 
 TIME_BUCKETS = 128  # as in the HSTU repository
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class HSTUConfig:
+    num_blocks: int = 2
+    num_heads: int = 1
+    head_dim: int | None = None  # query/key and value dims per head (dim / heads when None)
+    time_bias: bool = True  # learn from elapsed time when the dataset has timestamps
 
 
 def time_buckets(times: torch.Tensor, num_buckets: int = TIME_BUCKETS) -> torch.Tensor:
@@ -169,3 +181,13 @@ class HSTU(nn.Module):
             raise ValueError("this HSTU was built with a time bias: pass the timestamps "
                              "of the input items")
         return x, time_buckets(times)  # (B, L, L)
+
+
+@register("hstu", HSTUConfig)
+def build_hstu(config: ModelConfig, num_items: int, content: torch.Tensor | None,
+               timestamps: bool) -> RetrievalModel:
+    options: HSTUConfig = config.options
+    tower = item_tower(config, num_items, content)
+    encoder = HSTU(tower, config.max_len, options.num_blocks, options.num_heads,
+                   config.dropout, options.head_dim, options.time_bias and timestamps)
+    return RetrievalModel(encoder, tower, config.normalize)

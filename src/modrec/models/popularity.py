@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch import nn
+
+from modrec.data.dataset import Sequences
+from modrec.models.registry import ModelConfig, register
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class PopularityConfig:
+    """No settings: the counts are the model."""
 
 
 class Popularity(nn.Module):
+    """Fitted by counting (`fit`), not trained by gradient: the training loop asks for
+    ``fit`` and skips the epochs."""
+
     counts: torch.Tensor  # (N + 1, 1) training frequency per item
 
     def __init__(self, num_items: int) -> None:
         super().__init__()
         self.register_buffer("counts", torch.zeros(num_items + 1, 1))
 
-    def fit(self, train_items: np.ndarray) -> Popularity:
-        counts = np.bincount(train_items, minlength=self.counts.shape[0]).astype(np.float32)
+    def fit(self, train: Sequences) -> Popularity:
+        counts = np.bincount(train.items, minlength=self.counts.shape[0]).astype(np.float32)
         counts[0] = 0.0
         self.counts.copy_(torch.from_numpy(counts).unsqueeze(1))
         return self
@@ -31,3 +44,9 @@ class Popularity(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         return self.counts  # (N + 1, 1)
+
+
+@register("popularity", PopularityConfig)
+def build_popularity(config: ModelConfig, num_items: int, content: torch.Tensor | None,
+                     timestamps: bool) -> Popularity:
+    return Popularity(num_items)

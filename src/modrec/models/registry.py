@@ -1,49 +1,110 @@
-"""Model configs and the builder that turns a config into a module.
+"""Models by name: each model file registers its name, its own options (a small config
+dataclass) and a builder; nothing here lists the models.
 
-Every model exposes the same two calls (the `Scorer` protocol) and nothing else is
-assumed by evaluation or serving:
+A model's settings are one flat section in YAML and in a run's ``config.json``::
 
-  ``encode_last(inputs (B, L), lengths (B,)) -> (B, D)``  the user vector after each
-                                                          sequence's newest item
-  ``item_vectors() -> (N + 1, D)``                        row i is item i (0 = padding)
+    model:
+      name: sasrec        # which registered model
+      dim: 50             # shared by every model (`ModelConfig`)
+      max_len: 200
+      num_blocks: 2       # the model's own options (`SASRecConfig`)
+      block: original
 
-The score of item i for a user is the dot product of the two (a cosine when the model
-normalises its vectors). Training also reads a user vector at every position:
-`RetrievalModel.encode` ``-> (B, L, D)``.
+`ModelConfig` validates the shared keys itself and hands the rest to the named model's
+options class, which rejects keys it does not know, so a typo or another model's
+option is an error that names the model's options. In Python the options are
+``config.options``.
+
+Adding a model: a new file in this package with its options, its module and a builder
+decorated with ``@register("name", Options)``, plus its import in
+``models/__init__.py``. A model outside this package registers itself the same way
+from a module named under the ``modrec.models`` entry-point group of its distribution.
+The model-contract tests run over every registered model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Protocol
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
-from pydantic import ConfigDict
+from pydantic import ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 from torch import nn
 
-from modrec.models.bert4rec import BERT4Rec
-from modrec.models.gru4rec import GRU4Rec
-from modrec.models.hstu import HSTU
 from modrec.models.item_tower import ItemTower
-from modrec.models.popularity import Popularity
-from modrec.models.sasrec import SASRec
 
-MODELS = ("popularity", "gru4rec", "sasrec", "bert4rec", "hstu")
+log = logging.getLogger(__name__)
+
+
+class Builder(Protocol):
+    def __call__(self, config: ModelConfig, num_items: int, content: torch.Tensor | None,
+                 timestamps: bool) -> nn.Module: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    options: type  # the model's own config dataclass
+    build: Builder
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_PLUGINS_LOADED = False
+
+
+def register(name: str, options: type) -> Callable[[Builder], Builder]:
+    """Decorator: ``build`` makes model ``name``, whose own settings are ``options``."""
+    def add(build: Builder) -> Builder:
+        if name in _REGISTRY and _REGISTRY[name].build is not build:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, options, build)
+        return build
+    return add
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: "
+                         f"{', '.join(model_names())}")
+    return _REGISTRY[name]
+
+
+def model_names() -> list[str]:
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def _load_plugins() -> None:
+    """Import the modules other distributions list under ``modrec.models``."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for entry in entry_points(group="modrec.models"):
+        try:
+            entry.load()
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not stop modrec
+            log.warning("model plugin %s (%s) failed to load: %s", entry.name, entry.value,
+                        err)
+
+
+# The keys every model shares; anything else in a model section is the model's own.
+SHARED = ("name", "dim", "max_len", "dropout", "normalize", "item_tower", "encoders",
+          "content_mlp", "combine", "id_dropout", "content_dim")
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class ModelConfig:
-    name: Literal["popularity", "gru4rec", "sasrec", "bert4rec", "hstu"] = "sasrec"
+    name: str = "sasrec"  # a registered model (see `model_names`)
     dim: int = 50
     max_len: int = 200  # the newest max_len items of a history are read
-    num_blocks: int = 2  # SASRec, BERT4Rec, HSTU
-    num_heads: int = 1  # SASRec, BERT4Rec, HSTU
-    head_dim: int | None = None  # HSTU query/key and value dims per head (dim / heads)
-    num_layers: int = 1  # GRU4Rec
-    hidden_dim: int | None = None  # GRU4Rec: the GRU's state width (dim when None)
-    mask_rate: float = 0.2  # BERT4Rec: share of items hidden in training
     dropout: float = 0.2
     normalize: bool = True  # L2-normalise user and item vectors (cosine scores)
     # Item representation (see models/item_tower.py): "id", "content", "id+content".
@@ -53,97 +114,58 @@ class ModelConfig:
     combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
     id_dropout: float = 0.0  # id+content: share of items whose ID vector a step drops
     content_dim: int | None = None  # filled in from the store when the model is built
-    # SASRec: "pre-ln" (pre-LayerNorm blocks, a final LayerNorm) or "original" (the
-    # authors' block, as the HSTU repository reproduces it; see models/sasrec.py)
-    sasrec_block: Literal["pre-ln", "original"] = "pre-ln"
-    # BERT4Rec: "pre-ln" (SASRec's pre-LayerNorm block) or "bert" (BERT's post-LayerNorm
-    # block with a 4D GELU feed-forward, as the BERT4Rec authors; see models/bert4rec.py)
-    bert4rec_block: Literal["pre-ln", "bert"] = "pre-ln"
-    time_bias: bool = True  # HSTU: learn from elapsed time when the dataset has timestamps
+    options: Any = None  # the named model's own settings (its registered options class)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_options(cls, data: Any) -> Any:
+        """Route the keys that are not shared to the named model's options class."""
+        raw = dict(data.kwargs or {}) if isinstance(data, ArgsKwargs) else data
+        if not isinstance(raw, dict):
+            return data
+        raw = dict(raw)
+        name = str(raw.get("name", "sasrec"))
+        if name not in model_names():
+            raise ValueError(f"model.name {name!r} is not a registered model; choose one of "
+                             f"{', '.join(model_names())}")
+        spec = model_spec(name)
+        own = {key: raw.pop(key) for key in list(raw) if key not in (*SHARED, "options")}
+        given = raw.get("options")
+        if dataclasses.is_dataclass(given) and not isinstance(given, type):
+            given = dataclasses.asdict(given)
+        if not isinstance(given, dict | None):
+            raise ValueError(f"model.options must be a mapping, not {type(given).__name__}")
+        try:
+            raw["options"] = TypeAdapter(spec.options).validate_python({**(given or {}), **own})
+        except ValidationError as err:
+            allowed = [f.name for f in dataclasses.fields(spec.options)] + list(SHARED[1:])
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                 for e in err.errors())
+            raise ValueError(f"model {spec.name!r}: {problems} (its settings: "
+                             f"{', '.join(allowed)})") from None
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat section, as written in YAML and config.json."""
+        raw = dataclasses.asdict(self)
+        options = raw.pop("options")
+        return {**raw, **options}
 
 
-class Scorer(Protocol):
-    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
-                    times: torch.Tensor | None = None) -> torch.Tensor: ...
-
-    def item_vectors(self) -> torch.Tensor: ...
-
-
-class RetrievalModel(nn.Module):
-    """A sequence encoder and an item tower, scored by dot product."""
-
-    def __init__(self, encoder: nn.Module, item_tower: ItemTower, normalize: bool) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.item_tower = item_tower
-        self.normalize = normalize
-
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor,
-               times: torch.Tensor | None = None) -> torch.Tensor:
-        """User vectors ``(B, L, D)``; ``times`` ``(B, L)``, when the data has timestamps,
-        reach the models that use them (HSTU)."""
-        users = self.encoder(inputs, lengths, times)  # (B, L, D)
-        return F.normalize(users, dim=-1) if self.normalize else users
-
-    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
-                    times: torch.Tensor | None = None) -> torch.Tensor:
-        """The user vector after each sequence's newest item, ``(B, D)``: what
-        evaluation and serving score with. Encoders with a ``forward_last`` (HSTU)
-        compute only that position in their last layer."""
-        forward_last = getattr(self.encoder, "forward_last", None)
-        if forward_last is not None:
-            users = forward_last(inputs, lengths, times)  # (B, D)
-        else:
-            rows = torch.arange(len(lengths), device=inputs.device)
-            users = self.encoder(inputs, lengths, times)[rows, lengths - 1]  # (B, D)
-        return F.normalize(users, dim=-1) if self.normalize else users
-
-    @property
-    def objective(self) -> str:
-        """"next_item" (causal models) or "cloze" (BERT4Rec): how the loop trains it."""
-        return getattr(self.encoder, "objective", "next_item")
-
-    def encode_masked(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Cloze training: vectors at every position of inputs holding mask tokens."""
-        if not isinstance(self.encoder, BERT4Rec):
-            raise TypeError(f"{type(self.encoder).__name__} is not trained by cloze")
-        users = self.encoder.bidirectional(inputs, lengths)  # (B, L, D)
-        return F.normalize(users, dim=-1) if self.normalize else users
-
-    def item_vectors(self) -> torch.Tensor:
-        items = self.item_tower.all_items()  # (N + 1, D)
-        return F.normalize(items, dim=-1) if self.normalize else items
-
-
-Model = RetrievalModel | Popularity
-
-
-def build_model(config: ModelConfig, num_items: int,
-                content: torch.Tensor | None = None, timestamps: bool = False) -> Model:
-    """A fresh, untrained model for a catalog of ``num_items`` items; ``content``
-    ``(N + 1, C)`` feeds a content item tower (zeros stand in when weights that hold
-    the real matrix are about to be loaded); ``timestamps``: whether the dataset has
-    them (HSTU then adds its time bias, unless ``config.time_bias`` is off)."""
-    if config.name == "popularity":
-        return Popularity(num_items)
+def item_tower(config: ModelConfig, num_items: int, content: torch.Tensor | None) -> ItemTower:
+    """The item tower every sequence model starts from. ``content`` ``(N + 1, C)`` feeds a
+    content tower; zeros stand in when weights that hold the real matrix are about to be
+    loaded."""
     if config.item_tower != "id" and content is None:
         if config.content_dim is None:
             raise ValueError(f"item_tower {config.item_tower!r} needs content embeddings")
         content = torch.zeros(num_items + 1, config.content_dim)
-    tower = ItemTower(num_items, config.dim, config.item_tower, content, config.content_mlp,
-                      config.combine, config.id_dropout)
-    encoder: nn.Module
-    if config.name == "sasrec":
-        encoder = SASRec(tower, config.max_len, config.num_blocks, config.num_heads,
-                         config.dropout, config.sasrec_block)
-    elif config.name == "bert4rec":
-        encoder = BERT4Rec(tower, config.max_len, config.num_blocks, config.num_heads,
-                           config.dropout, config.bert4rec_block)
-    elif config.name == "hstu":
-        encoder = HSTU(tower, config.max_len, config.num_blocks, config.num_heads,
-                       config.dropout, config.head_dim, config.time_bias and timestamps)
-    elif config.name == "gru4rec":
-        encoder = GRU4Rec(tower, config.num_layers, config.dropout, config.hidden_dim)
-    else:  # pragma: no cover - Literal above guards this
-        raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODELS)}")
-    return RetrievalModel(encoder, tower, config.normalize)
+    return ItemTower(num_items, config.dim, config.item_tower, content, config.content_mlp,
+                     config.combine, config.id_dropout)
+
+
+def build_model(config: ModelConfig, num_items: int, content: torch.Tensor | None = None,
+                timestamps: bool = False) -> nn.Module:
+    """A fresh, untrained model for a catalog of ``num_items`` items; ``timestamps``:
+    whether the dataset has them (a model may then learn from elapsed time)."""
+    return model_spec(config.name).build(config, num_items, content, timestamps)

@@ -15,10 +15,23 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 from torch import nn
 
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout, attention
+from modrec.models.registry import ModelConfig, item_tower, register
+from modrec.models.retrieval import RetrievalModel
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class SASRecConfig:
+    num_blocks: int = 2
+    num_heads: int = 1
+    # "pre-ln" (pre-LayerNorm blocks, a final LayerNorm) or "original" (the authors'
+    # block, as the HSTU repository reproduces it; see `OriginalBlock`)
+    block: Literal["pre-ln", "original"] = "pre-ln"
 
 
 class SelfAttention(nn.Module):
@@ -131,3 +144,13 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)  # (B, L, D)
+
+
+@register("sasrec", SASRecConfig)
+def build_sasrec(config: ModelConfig, num_items: int, content: torch.Tensor | None,
+                 timestamps: bool) -> RetrievalModel:
+    options: SASRecConfig = config.options
+    tower = item_tower(config, num_items, content)
+    encoder = SASRec(tower, config.max_len, options.num_blocks, options.num_heads,
+                     config.dropout, options.block)
+    return RetrievalModel(encoder, tower, config.normalize)

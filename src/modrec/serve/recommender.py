@@ -10,7 +10,7 @@ import torch
 
 from modrec.data.dataset import Sequences
 from modrec.eval.evaluator import mask_seen, user_vectors
-from modrec.train.loop import Run
+from modrec.runs import Run
 
 
 @torch.no_grad()
@@ -25,9 +25,9 @@ def top_k(run: Run, histories: list[np.ndarray], k: int,
         raise ValueError("every history needs at least one item to recommend from")
     run.model.eval()
     max_len = run.config.model.max_len
-    users = user_vectors(run.model, [h[-max_len:] for h in histories], "cpu",
+    users = user_vectors(run.scorer, [h[-max_len:] for h in histories], "cpu",
                          None if times is None else [t[-max_len:] for t in times])  # (B, D)
-    scores = users @ run.model.item_vectors().T  # (B, N + 1)
+    scores = users @ run.scorer.item_vectors().T  # (B, N + 1)
     mask_seen(scores, Sequences.from_lists(histories), np.arange(len(histories)))
     k = min(k, run.dataset.num_items)
     best = torch.topk(scores, k, dim=1)

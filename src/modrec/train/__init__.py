@@ -1,6 +1,17 @@
-"""Training: the run configuration, losses and the one training loop."""
+"""Training: the losses and the one training loop, in public pieces (`setup`,
+`train_epoch`, `validate_and_select`, `save_checkpoint`, `finish`)."""
 
-from modrec.train.config import RunConfig, build_config, load_config
-from modrec.train.loop import Run, load_run, refit, train
+from modrec.train.checkpoint import Checkpoint, Progress
+from modrec.train.loop import (
+    Session,
+    finish,
+    refit,
+    save_checkpoint,
+    setup,
+    train,
+    train_epoch,
+    validate_and_select,
+)
 
-__all__ = ["Run", "RunConfig", "build_config", "load_config", "load_run", "refit", "train"]
+__all__ = ["Checkpoint", "Progress", "Session", "finish", "refit", "save_checkpoint", "setup",
+           "train", "train_epoch", "validate_and_select"]

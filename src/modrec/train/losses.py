@@ -7,23 +7,10 @@ position is padding and carries no loss) and the item table ``(N + 1, D)``; row 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict
-from pydantic.dataclasses import dataclass
 
-
-@dataclass(config=ConfigDict(extra="forbid"))
-class LossConfig:
-    name: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
-    num_negatives: int = 128  # sampled_softmax only
-    # sampled_softmax: draw the negatives once per sequence (shared by its positions; one
-    # batched product, cheap on a CPU) or afresh for every position (the HSTU
-    # repository's sampler; a B x L x K gather of item vectors, cheap on a GPU)
-    negatives_per: Literal["sequence", "position"] = "sequence"
-    temperature: float = 0.05  # logits are divided by this (matters with cosine scores)
+from modrec.config import LossConfig
 
 
 def full_softmax(

@@ -1,6 +1,6 @@
-"""``modrec bench DATASET``: train model presets to early stopping and write the table
-(test metrics at the best validation epoch, epochs, wall time) and a chart of
-validation NDCG@10 against training time into a Markdown report.
+"""``python benchmarks/bench.py DATASET --models a,b``: train model presets to early
+stopping and write the table (test metrics at the best validation epoch, epochs, wall
+time) and a chart of validation NDCG@10 against training time into a Markdown report.
 
 Each preset runs exactly as ``modrec train -d DATASET -m PRESET`` would, into
 ``RUNS/DATASET-PRESET``; a finished run directory is reused while its settings are the
@@ -16,55 +16,23 @@ current settings is reported from the record; delete the record to train it agai
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import platform
-import re
 import shutil
-import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
+from kit import PUBLISHED, git_revision, machine, markdown_table, write_section
 
-from modrec.train import build_config, load_config, train
-from modrec.train.config import RunConfig, config_changes
+from modrec.config import RunConfig, build_config, config_changes, load_config
+from modrec.train import train
 
 log = logging.getLogger(__name__)
 
-# The HSTU repository's README (ML-1M, leave-one-out, full ranking; its BERT4Rec and
-# GRU4Rec rows quote Klenitskiy & Vasilev, RecSys 2023):
-# HR@10, NDCG@10, HR@50, NDCG@50, HR@200, NDCG@200 (None where not published).
-PUBLISHED: dict[str, dict[str, tuple[float | None, ...]]] = {
-    "ml-1m": {
-        "sasrec": (0.2853, 0.1603, 0.5474, 0.2185, 0.7528, 0.2498),
-        "hstu": (0.3097, 0.1720, 0.5754, 0.2307, 0.7716, 0.2606),
-        "hstu-large": (0.3294, 0.1893, 0.5935, 0.2481, 0.7839, 0.2771),
-        "bert4rec": (0.2843, 0.1537, None, None, None, None),
-        "gru4rec": (0.2811, 0.1648, None, None, None, None),
-    }
-}
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux ``/proc/cpuinfo``), else the architecture: speeds
-    from different hosts are only comparable when the report says which host it was."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: str = "cpu") -> str:
-    cpu = f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(torch.device(device))} ({cpu})"
-    return cpu
 
 
 RECORD_FILES = ("config.json", "results.json", "metrics.jsonl")
@@ -74,14 +42,6 @@ def finished_as(run: Path, config: RunConfig) -> bool:
     """Whether ``run`` holds a finished run made with exactly ``config``'s settings."""
     return (run / "results.json").exists() and not config_changes(
         load_config(run / "config.json"), config)
-
-
-def git_revision() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def same_results(run: Path, record: Path) -> bool:
@@ -169,15 +129,6 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def markdown_table(header: list[str], rows: list[list[object]]) -> str:
-    def cell(v: object) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def results_table(dataset: str, rows: list[dict[str, Any]]) -> str:
     published = PUBLISHED.get(dataset, {})
     table = []
@@ -193,21 +144,6 @@ def results_table(dataset: str, rows: list[dict[str, Any]]) -> str:
                            "NDCG@200", "MRR", "best epoch", "epochs", "train min"], table)
 
 
-def write_section(doc: Path, name: str, body: str) -> None:
-    """Replace the text between ``<!-- begin NAME -->`` and ``<!-- end NAME -->`` (or
-    append it), so that each benchmark can be rerun without touching the others."""
-    header = ("# Benchmarks\n\nEvery number below was measured by the command written "
-              "beside it, on the machine\ndescribed in its section. Speeds on a shared "
-              "machine are noisy: compare them as\nratios measured in the same run.\n")
-    text = doc.read_text() if doc.exists() else header
-    block = f"<!-- begin {name} -->\n{body.strip()}\n<!-- end {name} -->"
-    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->",
-                         re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
 def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
           doc: Path = Path("docs/benchmarks.md"),
           records: Path | None = Path("benchmarks/records"),
@@ -216,12 +152,12 @@ def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
     rows = run_presets(dataset, presets, runs, records, progress, train_missing)
     if not rows:
         raise ValueError(f"none of {', '.join(presets)} has a finished run in {runs} or a "
-                         f"record in {records}; run `modrec bench {dataset}` without "
-                         "--no-train to train them")
+                         f"record in {records}; run `python benchmarks/bench.py {dataset}` "
+                         "without --no-train to train them")
     done = [row["preset"] for row in rows]
     missing = [p for p in presets if p not in done]
     not_run = (f"\n\nNot run yet with their current settings, so left out: "
-               f"{', '.join(missing)} (`modrec bench {dataset} --models "
+               f"{', '.join(missing)} (`python benchmarks/bench.py {dataset} --models "
                f"{','.join(missing)}` trains them).") if missing else ""
     machines = sorted({row["machine"] for row in rows})
     if len(machines) == 1:
@@ -240,7 +176,7 @@ def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
     write_section(doc, name, f"""
 ## {dataset}: {', '.join(presets)} trained to early stopping
 
-Command: `modrec bench {dataset} --models {','.join(presets)}` (each row is
+Command: `python benchmarks/bench.py {dataset} --models {','.join(presets)}` (each row is
 `modrec train -d {dataset} -m PRESET`, settings in `configs/{dataset}/PRESET.yaml`).
 Protocol: {rows[0]['protocol']}; test metrics at the epoch with the best validation
 NDCG@10 (selected on validation, never on test). {where}
@@ -258,3 +194,37 @@ and use the ML-1M preprocessing of the SASRec and BERT4Rec papers (3,416 movies:
 """)
     return {"dataset": dataset, "doc": str(doc), "chart": str(chart),
             "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="train presets to early stopping and write "
+                                     "the report")
+    parser.add_argument("dataset")
+    parser.add_argument("--models", default="sasrec,gru4rec,bert4rec,hstu,hstu-large",
+                        help="comma-separated presets (configs/<dataset>/<preset>.yaml)")
+    parser.add_argument("--runs", default="runs/bench", help="where the run directories go")
+    parser.add_argument("--doc", default="docs/benchmarks.md", help="the Markdown report")
+    parser.add_argument("--records", default="benchmarks/records",
+                        help="where finished runs are kept without weights, and reused from "
+                        "when their run directory is gone ('none': keep no records)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="report only presets with a finished run or record; train nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    records = None if args.records == "none" else Path(args.records)
+    try:
+        result = bench(args.dataset, args.models.split(","), Path(args.runs), Path(args.doc),
+                       records, progress=not args.no_progress, train_missing=not args.no_train)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+    for row in result["rows"]:
+        print(f"  {row['preset']:<14} HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
+              f"  epochs {row['epochs']}  {row['train_seconds'] / 60:.1f} min")
+    print(f"report: {result['doc']}  chart: {result['chart']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

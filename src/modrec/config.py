@@ -1,4 +1,6 @@
-"""The typed run configuration and how it is assembled.
+"""The typed run configuration and how it is assembled: what training writes into a
+run directory and what evaluation, serving and the CLI read back. It sits below
+`train` and `serve` so that both may import it.
 
 Precedence, lowest first: the dataclass defaults below, ``configs/<model>.yaml``,
 ``configs/<dataset>/<model>.yaml`` (the published settings), a ``--config FILE``, and
@@ -18,8 +20,7 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from modrec.models.registry import ModelConfig
-from modrec.train.losses import LossConfig
+from modrec.models.registry import SHARED, ModelConfig, model_spec
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -28,9 +29,23 @@ _STRICT = ConfigDict(extra="forbid")
 class DataConfig:
     dataset: str = "ml-100k"  # a named dataset or a path
     format: str | None = None  # importer format for paths; detected when None
+    # Which source columns hold the user, item, timestamp, rating, for tables whose
+    # names are not recognised: {"user": "uid", "item": "iid", "timestamp": "ts"}.
+    columns: dict[str, str] | None = None
     # "cold-items": leave-one-out with 10% of the items withheld from training;
     # "loo-no-valid": the HSTU repository's protocol (no validation, fixed epochs)
     split: Literal["loo", "temporal", "cold-items", "loo-no-valid"] = "loo"
+
+
+@dataclass(config=_STRICT)
+class LossConfig:
+    name: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
+    num_negatives: int = 128  # sampled_softmax only
+    # sampled_softmax: draw the negatives once per sequence (shared by its positions; one
+    # batched product, cheap on a CPU) or afresh for every position (the HSTU
+    # repository's sampler; a B x L x K gather of item vectors, cheap on a GPU)
+    negatives_per: Literal["sequence", "position"] = "sequence"
+    temperature: float = 0.05  # logits are divided by this (matters with cosine scores)
 
 
 @dataclass(config=_STRICT)
@@ -77,13 +92,17 @@ class RunConfig:
     source: list[str] = dataclasses.field(default_factory=list)  # the files merged in
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values, every section flat (the model's own options beside the shared
+        ones), as in YAML."""
+        raw = dataclasses.asdict(self)
+        raw["model"] = self.model.to_dict()
+        return raw
 
 
 def config_dir() -> Path:
     """``$MODREC_CONFIG_DIR``, else the ``configs/`` folder of the source checkout."""
     env = os.environ.get("MODREC_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -155,19 +174,53 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         return TypeAdapter(RunConfig).validate_python(raw)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
         )
         raise ValueError(f"invalid configuration: {problems}") from None
 
 
+# config.json files carry ``run_format``; those without one were written before the
+# model section split into shared and per-model settings (2026-12-03).
+RUN_FORMAT = 2
+WRITTEN_BESIDE = ("dataset_info", "protocol", "resumed", "run_format", "world_size")
+
+
 def load_config(path: str | Path) -> RunConfig:
-    """The config.json of a run directory."""
-    raw = json.loads(Path(path).read_text())
-    for extra in ("dataset_info", "protocol", "resumed"):  # written beside the config
+    """The config.json of a run directory (of any format modrec has written)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable run configuration ({err}); restore it "
+                         "from the run that wrote it, or train into a new folder") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of sections")
+    run_format = raw.get("run_format", 1)
+    for extra in WRITTEN_BESIDE:
         raw.pop(extra, None)
+    if run_format < 2:
+        raw = _from_format_1(raw)
+    return config_from_dict(raw)
+
+
+# Format 1 listed every model's options in one flat section, two of them prefixed.
+_RENAMED = {"sasrec": {"sasrec_block": "block"}, "bert4rec": {"bert4rec_block": "block"}}
+
+
+def _from_format_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """Keep the shared model settings and the named model's own; the other models'
+    options were inert for it and are dropped."""
     # Runs before 2026-12-01 trained on whole epochs sorted into length buckets.
     raw.get("train", {}).pop("bucket", None)
-    return config_from_dict(raw)
+    model = dict(raw.get("model", {}))
+    name = str(model.get("name", "sasrec"))
+    for old, new in _RENAMED.get(name, {}).items():
+        if old in model:
+            model[new] = model.pop(old)
+    own = {f.name for f in dataclasses.fields(model_spec(name).options)}
+    raw["model"] = {key: value for key, value in model.items() if key in (*SHARED, *own)}
+    return raw
 
 
 # Settings a resumed run may change: they decide how long and how it goes on training,

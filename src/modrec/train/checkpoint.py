@@ -1,0 +1,83 @@
+"""Everything a resumed run needs to continue as if it had never stopped, in one file.
+
+A checkpoint holds the weights (and their moving average, with ``train.ema_decay``),
+the optimiser's moments, the loop's counters and the state of all three random
+generators (NumPy's for batch order and cloze masks, the torch generator for sampled
+negatives, torch's global one for dropout). The learning rate is a pure function of
+the epoch (`epoch_lr`), so no scheduler state is needed. It is written atomically after
+every epoch and loaded with ``weights_only=True``: tensors and plain values only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from modrec.runs import RunError, load_tensors, save_tensors
+
+
+@dataclasses.dataclass
+class Progress:
+    """The loop's counters: where training is and what validation has chosen."""
+
+    epoch: int = 0  # epochs finished
+    best: float = -math.inf  # best validation score so far
+    best_epoch: int = -1
+    bad_evals: int = 0  # validation passes since the best one
+    train_seconds: float = 0.0  # training time, evaluation not counted
+
+
+class Checkpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+             averaged: AveragedModel | None, progress: Progress, rng: np.random.Generator,
+             generator: torch.Generator) -> None:
+        save_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "ema": None if averaged is None else averaged.state_dict(),
+                      "state": dataclasses.asdict(progress),
+                      "numpy_rng": rng.bit_generator.state,
+                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
+                     self.path)
+
+    def progress(self) -> Progress:
+        """The counters alone (to decide what a resume may change before loading)."""
+        return _progress(self._load())
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                averaged: AveragedModel | None, rng: np.random.Generator,
+                generator: torch.Generator) -> Progress:
+        """Put everything back as it was after the saved epoch; returns the counters."""
+        saved = self._load()
+        model.load_state_dict({k: v for k, v in saved["model"].items()
+                               if not k.endswith("tower.known")})
+        optimizer.load_state_dict(saved["optimizer"])
+        if averaged is not None and saved.get("ema") is not None:
+            averaged.load_state_dict(saved["ema"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        generator.set_state(saved["torch_rng"])
+        torch.set_rng_state(saved["cpu_rng"])
+        return _progress(saved)
+
+    def _load(self) -> dict[str, Any]:
+        saved = load_tensors(self.path)
+        if not isinstance(saved, dict) or not {"model", "optimizer", "state"} <= saved.keys():
+            raise RunError(f"{self.path} is not a modrec checkpoint (expected model, "
+                           "optimizer and state); delete it to start the run afresh")
+        return saved
+
+
+def _progress(saved: dict[str, Any]) -> Progress:
+    fields = {f.name for f in dataclasses.fields(Progress)}
+    return Progress(**{k: v for k, v in saved["state"].items() if k in fields})

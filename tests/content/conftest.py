@@ -1,0 +1,39 @@
+"""Fixtures shared by the content tests: the ml-100k store (MiniLM titles, genre tags)
+and a video without a soundtrack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modrec.content import EmbeddingStore, embed
+
+
+@pytest.fixture(scope="session")
+def ml100k_store(ml100k, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingStore:
+    """ml-100k titles through MiniLM and genres as multi-hot, once for the session:
+    encoding the titles is the slowest setup here, and every user only reads it."""
+    # Laid out as $MODREC_EMBEDDINGS_DIR/<dataset>, so training finds it by name.
+    store = EmbeddingStore.for_dataset(ml100k, tmp_path_factory.mktemp("embeddings") / "ml-100k")
+    embed(ml100k, ["text", "tags:genres"], store, progress=False)
+    return store
+
+
+@pytest.fixture(scope="session")
+def silent_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of MPEG-4 video with no audio stream (the sample videos all have one)."""
+    import av
+
+    path = tmp_path_factory.mktemp("media") / "silent.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            pixels = np.full((48, 64, 3), 10 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush
+            container.mux(packet)
+    return path

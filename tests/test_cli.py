@@ -43,8 +43,9 @@ def test_train_evaluate_recommend_round_trip(tmp_path: Path,
     from modrec.data import load_dataset
 
     ml100k = load_dataset("ml-100k")
-    seen = set(ml100k.sequences()[ml100k.user_index("196")].tolist())
-    assert not seen & {r["item"] for r in recs["items"]}
+    seen = {ml100k.items["item_id"].iloc[i - 1]
+            for i in ml100k.sequences()[ml100k.user_index("196")]}
+    assert not seen & {r["item_id"] for r in recs["items"]}
     assert main(["recommend", str(run), "--user", "196", "-k", "3"]) == 0
     assert "top 3 recommendations" in capsys.readouterr().out
 

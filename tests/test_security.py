@@ -96,13 +96,13 @@ def test_recommend_with_k_above_the_unseen_items_returns_only_unseen(
         small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = load_run(small_run)
     user = run.dataset.user_index("196")
-    seen = set(run.dataset.sequences()[user].tolist())
+    seen = {run.dataset.items["item_id"].iloc[i - 1] for i in run.dataset.sequences()[user]}
     assert main(["recommend", str(small_run), "--user", "196", "-k", "100000", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     recs = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    indices = [r["item"] for r in recs["items"]]
-    assert len(indices) == run.dataset.num_items - len(seen)
-    assert not seen & set(indices)
+    ids = [r["item_id"] for r in recs["items"]]
+    assert len(ids) == len(set(ids)) == run.dataset.num_items - len(seen)
+    assert not seen & set(ids)
     assert all(np.isfinite(r["score"]) for r in recs["items"])
     assert main(["recommend", str(small_run), "--user", "196", "-k", "0"]) == 2
     assert "k must be at least 1" in capsys.readouterr().err

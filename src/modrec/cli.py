@@ -110,19 +110,120 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
-    from modrec.runs import load_run
-    from modrec.serve import recommend_for_user
+    from modrec.serve.recommender import Query, Recommender
 
-    run = load_run(args.run_dir)
-    recs = recommend_for_user(run, str(args.user), args.k)
+    if args.k < 1:
+        raise ValueError(f"k must be at least 1, got {args.k}")
+    recommender = Recommender.from_run(args.run_dir)
+    dataset = recommender.run.dataset
+    sequences = dataset.sequences()
+    user = dataset.user_index(str(args.user))
+    history = sequences[user].astype("int64")
+    times = None if sequences.times is None else sequences.times_of(user)
+    [answer] = recommender.recommend([Query(history, times, args.k, history, "user")])
+    recs: dict[str, Any] = {"user_id": str(args.user), "history_length": int(len(history)),
+            "history_tail": [recommender.catalog.describe(int(i)) for i in history[-5:][::-1]],
+            "items": answer.items}
     if not args.json:
         print(f"user {args.user}: most recent items")
         for item in recs["history_tail"]:
             print(f"    {item.get('title') or item['item_id']}")
         print(f"top {args.k} recommendations (history excluded):")
-        for rank, item in enumerate(recs["items"], start=1):
+        for rank, item in enumerate(answer.items, start=1):
             print(f"  {rank:>2}. {item.get('title') or item['item_id']}  ({item['score']:.3f})")
     return recs
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.runs import export_bundle
+
+    out = export_bundle(args.run_dir, args.out)
+    bundle = json.loads((out / "bundle.json").read_text())
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if not args.json:
+        print(f"bundle: {out} ({size / 1e6:.1f} MB; embeddings: "
+              f"{', '.join(bundle['embeddings']) or 'none'})")
+        print(f"serve it: modrec serve {out}")
+    return {"bundle": str(out), "bytes": size, **bundle}
+
+
+def _models(args: argparse.Namespace) -> dict[str, str]:
+    """``RUN_DIR`` and ``--model NAME=RUN_DIR`` as {name: folder}, the default first."""
+    models: dict[str, str] = {}
+    if args.run_dir:
+        models[Path(args.run_dir).name or "default"] = args.run_dir
+    for spec in args.model or []:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--model {spec!r}: expected NAME=RUN_DIR")
+        if name in models:
+            raise ValueError(f"--model {name!r} is given twice")
+        models[name] = folder
+    if not models:
+        raise ValueError("name a run to serve: modrec serve RUN_DIR, or --model NAME=RUN_DIR")
+    for name, folder in models.items():
+        if not (Path(folder) / "config.json").exists():
+            raise FileNotFoundError(f"model {name!r}: {folder} is not a run directory or "
+                                    "bundle (no config.json)")
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    import signal
+    import threading
+
+    import uvicorn
+
+    from modrec.serve import ModelService, ServeConfig
+    from modrec.serve.app import AppSettings, create_app
+    from modrec.serve.index import IndexConfig
+    from modrec.serve.state import SQLiteUserState
+
+    models = _models(args)
+    api_key = None
+    if args.api_key_file:
+        api_key = Path(args.api_key_file).read_text().strip()
+        if not api_key:
+            raise ValueError(f"{args.api_key_file} is empty; put the API key in it")
+    if args.max_k < 1 or args.batch_window_ms < 0 or args.max_batch < 1:
+        raise ValueError("--max-k and --max-batch must be at least 1, --batch-window-ms at "
+                         "least 0")
+    config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
+                                           ef_search=args.ef_search), max_k=args.max_k)
+    state_path = Path(args.state)
+    if args.seed_state:  # seed and exit: a deploy step before the first start
+        state = SQLiteUserState(state_path)
+        written = ModelService.from_runs(models, state, config, seed=False).seed_state()
+        events = state.events()
+        state.close()
+        if not args.json:
+            print(f"user state {state_path}: {written} events seeded, {events} in all")
+        return {"state": str(state_path), "seeded": written, "events": events}
+
+    holder: dict[str, ModelService] = {}
+
+    def load() -> ModelService:
+        service = ModelService.from_runs(models, SQLiteUserState(state_path), config,
+                                         seed=not args.no_seed)
+        holder["service"] = service
+        return service
+
+    def reload_all(signum: int, frame: Any) -> None:
+        service = holder.get("service")
+        if service is None:
+            return
+        log.info("SIGHUP: reloading %s", ", ".join(service.models))
+        threading.Thread(target=lambda: [service.reload(n) for n in list(service.models)],
+                         name="modrec-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload_all)
+    app = create_app(load, AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
+                                       max_batch=args.max_batch, max_k=args.max_k))
+    log.info("serving %s on http://%s:%d (state %s)", ", ".join(
+        f"{n}={f}" for n, f in models.items()), args.host, args.port, state_path)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log)
+    return {"served": list(models)}
 
 
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
@@ -231,6 +332,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the user's id as in the source data")
     p.add_argument("-k", type=int, default=10)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="a self-contained bundle of a run for serving")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the bundle folder (new or empty)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="an HTTP model service over trained runs",
+        description="Serve trained runs over HTTP: POST /v1/recommend, /v1/events, "
+        "/v1/search; GET /v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
+        "/healthz, /readyz, /metrics; the schema at /openapi.json, interactive docs at "
+        "/docs, a page to try it at /. SIGHUP reloads every model from its folder.")
+    p.add_argument("run_dir", nargs="?", help="a run folder or bundle (the default model, "
+                   "named after its folder)")
+    p.add_argument("--model", action="append", metavar="NAME=RUN_DIR",
+                   help="serve another run under NAME (repeatable); the first model given "
+                   "is the default")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--state", default="modrec-state.db",
+                   help="SQLite file of users' event histories (created when missing)")
+    p.add_argument("--api-key-file", help="a file holding the API key that writes "
+                   "(events, reload) must send as 'Authorization: Bearer KEY'")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="how long a recommend request waits for others to share a model "
+                   "call (0: no micro-batching)")
+    p.add_argument("--max-batch", type=int, default=64, help="most requests in one call")
+    p.add_argument("--max-k", type=int, default=1000, help="most items one request may ask for")
+    p.add_argument("--exact-below", type=int, default=100_000,
+                   help="catalogs smaller than this are searched exactly; larger ones "
+                   "through an HNSW graph")
+    p.add_argument("--ef-search", type=int, default=512, help="HNSW search beam")
+    p.add_argument("--no-seed", action="store_true", help="do not copy the default run's "
+                   "dataset histories into a new state")
+    p.add_argument("--seed-state", action="store_true", help="seed the state from the "
+                   "default run's dataset, then exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
+                                                           "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("embed", help="encode item content into the dataset's embedding store")
     p.add_argument("-d", "--dataset", required=True, help="named dataset or path")

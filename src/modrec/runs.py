@@ -241,3 +241,59 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
         set_known(torch.from_numpy(known))
     model.to(device).eval()
     return Run(run_dir.folder, config, dataset, model, known)
+
+
+BUNDLE_FILES = ("config.json", "model.pt", "results.json", "known.npy")
+
+
+def export_bundle(folder: str | Path, out: str | Path,
+                  embeddings: tuple[str, ...] = ("text",)) -> Path:
+    """A self-contained copy of a run for serving: its config, best weights, results,
+    dataset snapshot and known mask (no checkpoint, no metrics), plus the dataset's
+    stored ``embeddings`` that exist (text search reads them), and ``bundle.json``
+    naming the source and each file's SHA-256. ``out`` must not exist or be empty."""
+    import hashlib
+    import shutil
+    from datetime import UTC, datetime
+
+    from modrec import paths
+    from modrec.content.store import EmbeddingStore
+
+    run = load_run(folder)  # also makes a format-1 folder's snapshot
+    source, target = RunDir(folder), Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and is not empty; choose a new --out")
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in BUNDLE_FILES:
+            if (source.folder / name).exists():
+                shutil.copy2(source.folder / name, tmp / name)
+        shutil.copytree(source.dataset_folder, tmp / "dataset")
+        store_folder = paths.embeddings_dir() / run.dataset.name.replace("/", "_")
+        carried = []
+        if (store_folder / "manifest.json").exists():
+            ids = run.dataset.items["item_id"].astype(str).tolist()
+            store = EmbeddingStore(store_folder, ids)
+            for name in (n for n in embeddings if n in store.names()):
+                info = store.info(name)
+                copy = EmbeddingStore(tmp / "embeddings", ids)
+                copy.prepare(name, info.dim, info.version, info.reads, info.dtype)
+                rows = np.arange(1, store.num_rows)
+                copy.write(name, rows, np.asarray(store.matrix(name)[1:]),
+                           store.failed(name)[1:])
+                carried.append(name)
+        digests = {str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "bundle.json").write_text(json.dumps({
+            "exported_from": str(source.folder.resolve()),
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "embeddings": carried, "files": digests}, indent=2))
+        if target.exists():
+            target.rmdir()
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

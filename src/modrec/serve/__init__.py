@@ -1,5 +1,7 @@
-"""Serving: recommendations from a run directory."""
+"""Serving: a trained run as a recommender (`Recommender`), several of them over one
+durable user state (`ModelService`), and the HTTP app on top (`serve.app.create_app`)."""
 
-from modrec.serve.recommender import describe_items, recommend_for_user, top_k
+from modrec.serve.recommender import Recommender, ServeConfig
+from modrec.serve.service import Event, ModelService, Request
 
-__all__ = ["describe_items", "recommend_for_user", "top_k"]
+__all__ = ["Event", "ModelService", "Recommender", "Request", "ServeConfig"]

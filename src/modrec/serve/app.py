@@ -1,0 +1,391 @@
+"""The HTTP face of `ModelService` (FastAPI): thin on purpose, every decision is the
+service's. ``create_app(load, settings)`` returns the ASGI app; ``modrec serve`` runs
+it with uvicorn.
+
+Contract with clients:
+
+* reads are open, writes (``/v1/events``, ``/v1/admin/reload``) need
+  ``Authorization: Bearer <key>`` when the service has an API key (compared in
+  constant time);
+* a bad request gets a 4xx whose ``detail`` says what is wrong (422 for a body that
+  does not fit the schema, 404 for an unknown model, user-facing item or route, 413
+  for a body over ``max_body_bytes``, 408 for a body that stalls), never a 5xx and
+  never a partial write;
+* an acknowledged event is on disk (SQLite, synchronous=FULL) before the answer;
+* the app answers ``/healthz`` at once and ``/readyz`` with 200 once the models are
+  loaded (503 before; every other endpoint too);
+* ``/metrics`` is Prometheus text: requests and latency per endpoint, batch sizes,
+  index sizes, events written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modrec.serve.batching import MicroBatcher
+from modrec.serve.errors import RequestError
+from modrec.serve.service import Event, ModelService, Reply
+from modrec.serve.service import Request as ServiceRequest
+
+log = logging.getLogger(__name__)
+
+ID = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+@dataclass
+class AppSettings:
+    api_key: str | None = None  # required for writes when set
+    batch_window_ms: float = 2.0  # 0: no micro-batching
+    max_batch: int = 64
+    max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0  # a body that stalls longer than this per chunk: 408
+    max_events: int = 1000  # events per request
+    max_k: int = 1000
+    max_history: int = 10_000
+    on_ready: list[Callable[[ModelService], None]] = field(default_factory=list)
+
+
+# ---- the schema ------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendIn(_Strict):
+    user_id: ID | None = Field(None, description="a user whose stored history is read")
+    history: list[ID] | None = Field(
+        None, description="item ids, oldest first; used instead of the stored history")
+    timestamps: list[int] | None = Field(
+        None, description="seconds since the epoch, one per history item (models that "
+        "learned from elapsed time need them)")
+    k: int = Field(10, ge=1, description="how many items")
+    exclude_seen: bool = Field(True, description="leave out the items of the history")
+    exclude: list[ID] = Field(default_factory=list, description="item ids to leave out")
+    model: ID | None = Field(None, description="a served model's name (default: the first)")
+
+    @model_validator(mode="after")
+    def _who(self) -> RecommendIn:
+        if self.user_id is None and self.history is None:
+            raise ValueError("send a user_id or a history")
+        if self.timestamps is not None and (self.history is None
+                                            or len(self.timestamps) != len(self.history)):
+            raise ValueError("timestamps must come with a history, one per item")
+        return self
+
+
+class ItemOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the catalog's display columns
+    item_id: str
+    score: float | None = None
+
+
+class RecommendOut(BaseModel):
+    model: str
+    source: str = Field(description="'history' (sent), 'user' (stored) or 'popularity' "
+                        "(no history: the most frequent items)")
+    items: list[ItemOut]
+    history_length: int
+    unknown_items: list[str] = Field(description="ids the model does not know: left out "
+                                     "of its input and of the exclusions")
+
+
+class EventIn(_Strict):
+    user_id: ID
+    item_id: ID
+    timestamp: int | None = Field(None, ge=0, le=2**53,
+                                  description="seconds; the time received when absent")
+    type: Annotated[str, Field(max_length=64)] | None = None
+
+
+class EventsIn(_Strict):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsOut(BaseModel):
+    written: int
+
+
+class SearchIn(_Strict):
+    query: Annotated[str, Field(min_length=1, max_length=1000)]
+    k: int = Field(10, ge=1)
+    model: ID | None = None
+
+
+class ReloadIn(_Strict):
+    model: ID | None = Field(None, description="the name to (re)load (default: the first)")
+    run_dir: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="a run folder or bundle (default: the model's own, again)")
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("modrec_requests", "HTTP requests answered",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "modrec_request_seconds", "time to answer, by endpoint", ["endpoint"],
+            buckets=(.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .1, .25,
+                     .5, 1, 2.5), registry=self.registry)
+        self.batch = Histogram("modrec_batch_size", "requests per model call",
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.index = Gauge("modrec_index_items", "items in a model's index", ["model"],
+                           registry=self.registry)
+        self.events = Counter("modrec_events_written", "events written to the user state",
+                              registry=self.registry)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse a body over ``limit`` bytes (413) or one that stalls
+    (408), before the application reads it whole; read every POST body as JSON."""
+
+    def __init__(self, app: Any, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        if scope["method"] == "POST" and headers.get(b"content-type", b"").split(b";")[0] in (
+                b"", b"application/x-www-form-urlencoded"):
+            # Every body here is JSON: read it so even when the client did not say so
+            # (curl -d sends form encoding unless told otherwise).
+            headers[b"content-type"] = b"application/json"
+            scope = {**scope, "headers": list(headers.items())}
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await JSONResponse({"detail": f"request body over {self.limit} bytes"},
+                               status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise HTTPException(408, "the request body stalled") from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def create_app(load: ModelService | Callable[[], ModelService],
+               settings: AppSettings | None = None) -> FastAPI:
+    """The app for a loaded service, or for a loader run in the background at start-up
+    (``/readyz`` answers 503 until it returns)."""
+    settings = settings or AppSettings()
+    metrics = _Metrics()
+    holder: dict[str, Any] = {"service": None, "error": None}
+
+    def ready(service: ModelService) -> None:
+        holder["service"] = service
+        for name, model in service.models.items():
+            metrics.index.labels(name).set(model.index.size)
+        for callback in settings.on_ready:
+            callback(service)
+
+    def load_in_background() -> None:
+        try:
+            ready(load() if callable(load) else load)
+        except Exception as err:  # noqa: BLE001 - reported on /readyz and in the log
+            holder["error"] = f"{type(err).__name__}: {err}"
+            log.error("loading the models failed: %s", holder["error"])
+
+    def answer(requests: Sequence[ServiceRequest]) -> Sequence[Reply | RequestError]:
+        return service().recommend(requests)
+
+    batcher: MicroBatcher[ServiceRequest, Reply | RequestError] = MicroBatcher(
+        answer, settings.batch_window_ms, settings.max_batch, metrics.batch.observe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(load, ModelService):
+            ready(load)
+        else:
+            threading.Thread(target=load_in_background, name="modrec-load", daemon=True).start()
+        yield
+        batcher.close()
+
+    app = FastAPI(title="modrec", version="1", lifespan=lifespan,
+                  description="Recommendations from trained modrec runs: sequence models over "
+                  "the users' live histories, with ANN retrieval.")
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes,
+                       timeout=settings.body_timeout_s)
+    app.state.metrics = metrics
+
+    def service() -> ModelService:
+        current = holder["service"]
+        if current is None:
+            raise HTTPException(503, holder["error"] or "models are loading")
+        return current  # type: ignore[no-any-return]
+
+    def writer(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), settings.api_key.encode()):
+            raise HTTPException(401, "this write needs Authorization: Bearer <api key>",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                      ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                     "type": e.get("type", "")} for e in err.errors()]
+        return JSONResponse({"detail": problems}, status_code=422)
+
+    # ---- probes and metrics ----------------------------------------------------------
+    @app.get("/healthz", summary="the process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="models loaded and serving",
+             responses={503: {"description": "still loading, or loading failed"}})
+    def readyz() -> JSONResponse:
+        current = holder["service"]
+        if current is None:
+            return JSONResponse({"status": "loading" if holder["error"] is None else "failed",
+                                 "detail": holder["error"]}, status_code=503)
+        return JSONResponse({"status": "ready", "models": {
+            name: m.describe() for name, m in current.models.items()}})
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- recommendations -------------------------------------------------------------
+    @app.post("/v1/recommend", response_model=RecommendOut,
+              responses={404: {"description": "unknown model"},
+                         422: {"description": "the request does not fit the schema"}})
+    async def recommend(body: RecommendIn) -> RecommendOut:
+        _check_sizes(body)
+        service()  # 503 before the models are loaded
+        reply = await batcher.submit(ServiceRequest(
+            body.user_id, body.history, body.timestamps, body.k, body.exclude_seen,
+            body.exclude, body.model))
+        if isinstance(reply, RequestError):
+            raise reply
+        return RecommendOut(model=reply.model, source=reply.source,
+                            items=[ItemOut(**item) for item in reply.items],
+                            history_length=reply.history_length,
+                            unknown_items=reply.unknown_items)
+
+    def _check_sizes(body: RecommendIn) -> None:
+        if body.k > settings.max_k:
+            raise RequestError(f"k is {body.k}; at most {settings.max_k}")
+        for name, values in (("history", body.history), ("exclude", body.exclude)):
+            if values is not None and len(values) > settings.max_history:
+                raise RequestError(f"{name} has {len(values)} items; at most "
+                                   f"{settings.max_history}")
+
+    # ---- events and users ------------------------------------------------------------
+    @app.post("/v1/events", response_model=EventsOut, dependencies=[Depends(writer)],
+              responses={401: {"description": "an API key is set and was not sent"},
+                         422: {"description": "malformed, or an unknown item (nothing "
+                               "written)"}})
+    def events(body: EventIn | EventsIn) -> EventsOut:
+        given = body.events if isinstance(body, EventsIn) else [body]
+        if len(given) > settings.max_events:
+            raise RequestError(f"{len(given)} events; at most {settings.max_events} per "
+                               "request")
+        written = service().record([Event(e.user_id, e.item_id, e.timestamp, e.type)
+                                    for e in given])
+        metrics.events.inc(written)
+        return EventsOut(written=written)
+
+    @app.get("/v1/users/{user_id}/history", summary="a user's stored events, oldest first")
+    def history(user_id: ID, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
+                ) -> dict[str, Any]:
+        return {"user_id": user_id, "items": service().history(user_id, limit)}
+
+    # ---- items -----------------------------------------------------------------------
+    def _item(model: str | None, item_id: str) -> tuple[Any, int]:
+        recommender = service().model(model)
+        index = recommender.catalog.index_of.get(item_id)
+        if index is None:
+            raise RequestError(f"model {recommender.name!r} has no item {item_id!r}", 404)
+        return recommender, index
+
+    @app.get("/v1/items/{item_id}", summary="an item's catalog fields")
+    def item(item_id: ID, model: ID | None = None) -> dict[str, Any]:
+        recommender, index = _item(model, item_id)
+        return recommender.catalog.describe(index)  # type: ignore[no-any-return]
+
+    @app.get("/v1/items/{item_id}/similar", summary="items whose vectors are closest")
+    def similar(item_id: ID, k: Annotated[int, Query(ge=1)] = 10,
+                model: ID | None = None) -> dict[str, Any]:
+        if k > settings.max_k:
+            raise RequestError(f"k is {k}; at most {settings.max_k}")
+        recommender, index = _item(model, item_id)
+        return {"item_id": item_id, "items": recommender.similar(index, k)}
+
+    @app.post("/v1/search", summary="items by text relevance to a query",
+              responses={404: {"description": "unknown model, or no text embeddings"}})
+    def search(body: SearchIn) -> dict[str, Any]:
+        if body.k > settings.max_k:
+            raise RequestError(f"k is {body.k}; at most {settings.max_k}")
+        recommender = service().model(body.model)
+        return {"query": body.query, "items": recommender.search(body.query, body.k)}
+
+    # ---- admin -----------------------------------------------------------------------
+    @app.post("/v1/admin/reload", dependencies=[Depends(writer)],
+              summary="load a run (again) and swap it in without downtime")
+    def reload(body: ReloadIn) -> dict[str, Any]:
+        try:
+            fresh = service().reload(body.model, body.run_dir)
+        except (FileNotFoundError, ValueError) as err:
+            if isinstance(err, RequestError):
+                raise
+            raise RequestError(f"could not load {body.run_dir}: {err}") from None
+        metrics.index.labels(body.model or service().default).set(fresh.index.size)
+        return {"model": body.model or service().default, **fresh.describe()}
+
+    # ---- the page --------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return files("modrec.serve").joinpath("static/index.html").read_text()
+
+    return app

@@ -1,0 +1,210 @@
+"""The model service without HTTP: several named recommenders over one user state.
+
+``ModelService`` routes a request to a model by name (the first is the default),
+reads the user's history from the durable state (or takes the one the request sends),
+records events, and swaps a model for a newly trained run without stopping: a reload
+builds the new `Recommender` beside the old one and replaces the reference in one
+assignment, so a request already holding the old one finishes on it.
+
+User state is shared by every model and keyed by external ids (user id, item id
+strings), so models over different catalogs can be served from one state: an item a
+model does not know is left out of that model's input and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modrec.serve.errors import RequestError
+from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
+from modrec.serve.state import UserState
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Request:
+    """What a client asks for (external ids); see the HTTP schema for the fields."""
+
+    user_id: str | None = None
+    history: list[str] | None = None
+    timestamps: list[int] | None = None
+    k: int = 10
+    exclude_seen: bool = True
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    model: str | None = None
+
+
+@dataclasses.dataclass
+class Reply:
+    model: str
+    source: str  # "history" (sent with the request), "user" (from the state), "popularity"
+    items: list[dict[str, Any]]
+    history_length: int  # items of the history the model read or masked
+    unknown_items: list[str]  # ids in the history or exclusions the model does not know
+
+
+@dataclasses.dataclass
+class Event:
+    user_id: str
+    item_id: str
+    timestamp: int | None = None
+    type: str | None = None
+
+
+class ModelService:
+    def __init__(self, models: dict[str, Recommender], state: UserState,
+                 config: ServeConfig | None = None) -> None:
+        if not models:
+            raise ValueError("serve at least one model")
+        self.models = dict(models)
+        self.default = next(iter(self.models))
+        self.state = state
+        self.config = config or ServeConfig()
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def from_runs(cls, runs: Mapping[str, str | Path], state: UserState,
+                  config: ServeConfig | None = None, seed: bool = True) -> ModelService:
+        """Load every run; with ``seed``, copy the default run's dataset histories into a
+        state that has never been seeded (once: the state remembers it)."""
+        config = config or ServeConfig()
+        models = {name: Recommender.from_run(folder, config) for name, folder in runs.items()}
+        service = cls(models, state, config)
+        if seed:
+            service.seed_state()
+        return service
+
+    def model(self, name: str | None) -> Recommender:
+        recommender = self.models.get(name or self.default)
+        if recommender is None:
+            raise RequestError(f"no model named {name!r}; this service has "
+                               f"{', '.join(self.models)}", status=404)
+        return recommender
+
+    # ---- state -----------------------------------------------------------------------
+    def seed_state(self) -> int:
+        """The default model's dataset histories into the state, unless it has them."""
+        dataset = self.model(None).run.dataset
+        source = f"{dataset.name}:{dataset.fingerprint()}"
+        seeded = self.state.seeded_from()
+        if seeded == source:
+            return 0
+        if seeded is not None:
+            log.warning("user state already holds %s; not seeding %s into it", seeded, source)
+            return 0
+        started = time.perf_counter()
+        frame = dataset.interactions
+        users = dataset.users["user_id"].astype(str).to_numpy()[frame["user"].to_numpy()]
+        items = dataset.items["item_id"].astype(str).to_numpy()[frame["item"].to_numpy() - 1]
+        times = frame["timestamp"].to_numpy() if dataset.has_timestamps else None
+        written = self.state.seed(users, items, times, source)
+        log.info("seeded the user state with %d events of %s in %.1fs", written, dataset.name,
+                 time.perf_counter() - started)
+        return written
+
+    def record(self, events: Sequence[Event]) -> int:
+        """Write events in one transaction, durable when this returns. Every item must
+        be known to at least one served model; otherwise nothing is written."""
+        unknown = sorted({e.item_id for e in events
+                          if not any(e.item_id in m.catalog.index_of
+                                     for m in self.models.values())})
+        if unknown:
+            raise RequestError(f"unknown item ids {unknown[:10]}: no served model has them; "
+                               "nothing was written")
+        now = int(time.time())
+        return self.state.append_many([
+            (e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.type)
+            for e in events])
+
+    def history(self, user_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        items, times = self.state.history(user_id, limit)
+        catalog = self.model(None).catalog
+        rows = []
+        for i, item_id in enumerate(items):
+            index = catalog.index_of.get(str(item_id))
+            row = catalog.describe(index) if index is not None else {"item_id": str(item_id)}
+            rows.append({**row, "timestamp": None if times is None else int(times[i])})
+        return rows
+
+    # ---- recommendations -------------------------------------------------------------
+    def recommend(self, requests: Sequence[Request]) -> list[Reply | RequestError]:
+        """Replies for a batch of requests, one model call per model; a request that
+        cannot be answered gets its error in its place, not the others'."""
+        replies: list[Reply | RequestError | None] = [None] * len(requests)
+        by_model: dict[str, list[tuple[int, Query, list[str]]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                recommender = self.model(request.model)
+                query, unknown = self._query(recommender, request)
+            except RequestError as err:
+                replies[i] = err
+                continue
+            by_model.setdefault(request.model or self.default, []).append((i, query, unknown))
+        for name, batch in by_model.items():
+            recommender = self.models[name]
+            try:
+                answers: list[Answer] = recommender.recommend([q for _, q, _ in batch])
+            except ValueError as err:  # e.g. a time-aware model without timestamps
+                for i, _, _ in batch:
+                    replies[i] = RequestError(str(err))
+                continue
+            for (i, query, unknown), answer in zip(batch, answers, strict=True):
+                replies[i] = Reply(name, answer.source, answer.items, len(query.history),
+                                   unknown)
+        return [r if r is not None else RequestError("not answered", 500) for r in replies]
+
+    def _query(self, recommender: Recommender, request: Request) -> tuple[Query, list[str]]:
+        if request.history is not None:
+            ids, times = request.history, request.timestamps
+            source = "history"
+            if times is not None and len(times) != len(ids):
+                raise RequestError(f"{len(ids)} history items but {len(times)} timestamps")
+        elif request.user_id is not None:
+            stored, stored_times = self.state.history(request.user_id, self.config.max_history)
+            ids = [str(i) for i in stored]
+            times = None if stored_times is None else stored_times.tolist()
+            source = "user"
+        else:
+            raise RequestError("send a user_id or a history")
+        indices, unknown = recommender.catalog.lookup(ids)
+        known_times = None
+        if times is not None:
+            keep = np.array([str(i) in recommender.catalog.index_of for i in ids], dtype=bool)
+            known_times = np.asarray(times, dtype=np.int64)[keep] if len(ids) else None
+        if recommender.needs_times and len(indices) and known_times is None:
+            raise RequestError(f"model {recommender.name!r} learned from elapsed time: send "
+                               "timestamps (seconds) beside the history")
+        excluded, unknown_excluded = recommender.catalog.lookup(request.exclude)
+        if request.exclude_seen:
+            excluded = np.union1d(excluded, indices)
+        if len(indices) == 0:
+            source = "popularity"
+        return (Query(indices, known_times, request.k, excluded, source),  # type: ignore[arg-type]
+                unknown + unknown_excluded)
+
+    # ---- reload ----------------------------------------------------------------------
+    def reload(self, name: str | None = None, folder: str | Path | None = None) -> Recommender:
+        """Load ``folder`` (default: the model's own folder again) and swap it in for
+        ``name``; requests in flight finish on the old one."""
+        name = name or self.default
+        with self._reload_lock:  # one load at a time; reads go on meanwhile
+            old = self.models.get(name)
+            if old is None and folder is None:
+                raise RequestError(f"no model named {name!r} to reload; give a run_dir to add "
+                                   "it", status=404)
+            source = Path(folder) if folder is not None else old.folder  # type: ignore[union-attr]
+            fresh = Recommender.from_run(source, self.config)
+            models = dict(self.models)
+            models[name] = fresh
+            self.models = models  # one assignment: readers see the old dict or the new
+        log.info("model %r now serves %s", name, source)
+        return fresh

@@ -1,0 +1,241 @@
+"""The model service over HTTP, on real trained runs (ml-100k): the answers are the
+offline evaluator's, events change them, bad requests are refused without writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from modrec.config import build_config
+from modrec.eval.evaluator import mask_seen, user_vectors
+from modrec.runs import load_run
+from modrec.serve import ModelService, ServeConfig
+from modrec.serve.app import AppSettings, create_app
+from modrec.serve.state import SQLiteUserState
+from modrec.train import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("served")
+    small = ["train.epochs=2", "model.max_len=30", "model.num_blocks=1"]
+    return {
+        "sasrec": train(build_config("ml-100k", "sasrec", overrides=small), root / "sasrec",
+                        progress=False),
+        # ml-100k has timestamps: this HSTU learns from elapsed time.
+        "hstu": train(build_config("ml-100k", "hstu", overrides=small), root / "hstu",
+                      progress=False),
+    }
+
+
+def _client(runs: dict[str, Path], tmp_path: Path, **settings: object) -> TestClient:
+    service = ModelService.from_runs(runs, SQLiteUserState(tmp_path / "state.db"))
+    return TestClient(create_app(service, AppSettings(**settings)))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(runs: dict[str, Path], tmp_path: Path) -> TestClient:
+    with _client(runs, tmp_path) as client:
+        yield client
+
+
+def test_the_service_ranks_as_the_offline_evaluator(runs: dict[str, Path],
+                                                    client: TestClient) -> None:
+    """For held-out users, the service's top-10 from their test history is the top of
+    the ranking the evaluator scores (history masked)."""
+    run = load_run(runs["sasrec"])
+    test = run.split.test
+    ids = run.dataset.items["item_id"].astype(str).to_numpy()
+    users = np.random.default_rng(0).choice(len(test), 40, replace=False)
+    histories = [test.histories[int(u)] for u in users]
+    with torch.no_grad():
+        scores = user_vectors(run.scorer, [h[-30:] for h in histories]) @ \
+            run.scorer.item_vectors().T  # (B, N + 1)
+    mask_seen(scores, test.histories, users)
+    offline = torch.topk(scores, 10, dim=1)
+    for row, history in enumerate(histories):
+        reply = client.post("/v1/recommend", json={
+            "history": [ids[i - 1] for i in history], "k": 10}).json()
+        assert reply["source"] == "history" and reply["history_length"] == len(history)
+        expected = [ids[i - 1] for i in offline.indices[row].tolist()]
+        got = [item["item_id"] for item in reply["items"]]
+        if got != expected:  # only a float near-tie may swap two neighbours
+            np.testing.assert_allclose([item["score"] for item in reply["items"]],
+                                       offline.values[row].numpy(), atol=1e-5)
+            assert set(got) == set(expected)
+
+
+def test_an_event_changes_the_next_answer(client: TestClient) -> None:
+    first = client.post("/v1/recommend", json={"user_id": "196", "k": 5}).json()
+    assert first["source"] == "user" and first["history_length"] == 39
+    top = first["items"][0]["item_id"]
+    assert client.post("/v1/events", json={"user_id": "196", "item_id": top,
+                                           "timestamp": 893000000}).json() == {"written": 1}
+    after = client.post("/v1/recommend", json={"user_id": "196", "k": 5}).json()
+    assert after["history_length"] == 40
+    assert top not in [item["item_id"] for item in after["items"]]  # now seen
+    assert after["items"] != first["items"]
+    history = client.get("/v1/users/196/history", params={"limit": 3}).json()["items"]
+    assert history[-1]["item_id"] == top and history[-1]["timestamp"] == 893000000
+    assert len(history) == 3 and history[-1]["title"]
+
+
+def test_a_batch_of_events_is_written_whole_or_not_at_all(client: TestClient) -> None:
+    events = [{"user_id": "new-user", "item_id": "50"}, {"user_id": "new-user",
+                                                         "item_id": "181", "type": "click"}]
+    assert client.post("/v1/events", json={"events": events}).json() == {"written": 2}
+    bad = [*events, {"user_id": "new-user", "item_id": "no-such-movie"}]
+    response = client.post("/v1/events", json={"events": bad})
+    assert response.status_code == 422 and "no-such-movie" in response.json()["detail"]
+    assert len(client.get("/v1/users/new-user/history").json()["items"]) == 2
+
+
+def test_unknown_users_get_the_most_popular_items(client: TestClient, runs) -> None:
+    reply = client.post("/v1/recommend", json={"user_id": "stranger", "k": 3}).json()
+    assert reply["source"] == "popularity" and reply["history_length"] == 0
+    dataset = load_run(runs["sasrec"]).dataset
+    counts = dataset.interactions["item"].value_counts()
+    expected = [dataset.items["item_id"].iloc[i - 1] for i in counts.index[:3]]
+    assert [item["item_id"] for item in reply["items"]] == expected
+    skipped = client.post("/v1/recommend", json={"user_id": "stranger", "k": 3,
+                                                 "exclude": [expected[0]]}).json()
+    assert [item["item_id"] for item in skipped["items"]] == expected[1:] + [
+        dataset.items["item_id"].iloc[counts.index[3] - 1]]
+
+
+def test_unknown_history_items_are_reported_and_left_out(client: TestClient) -> None:
+    reply = client.post("/v1/recommend", json={"history": ["50", "nope", "181"], "k": 4,
+                                               "exclude": ["172", "gone"]}).json()
+    assert reply["unknown_items"] == ["nope", "gone"] and reply["history_length"] == 2
+    assert not {"50", "181", "172"} & {item["item_id"] for item in reply["items"]}
+    kept = client.post("/v1/recommend", json={"history": ["50", "181"], "k": 200,
+                                              "exclude_seen": False}).json()
+    assert {"50", "181"} & {item["item_id"] for item in kept["items"]}
+
+
+def test_a_time_aware_model_needs_timestamps(client: TestClient) -> None:
+    response = client.post("/v1/recommend", json={"history": ["50", "181"], "model": "hstu"})
+    assert response.status_code == 422 and "timestamps" in response.json()["detail"]
+    ok = client.post("/v1/recommend", json={"history": ["50", "181"], "model": "hstu",
+                                            "timestamps": [880000000, 880000600]})
+    assert ok.status_code == 200 and ok.json()["model"] == "hstu"
+    stored = client.post("/v1/recommend", json={"user_id": "196", "model": "hstu"})
+    assert stored.status_code == 200 and stored.json()["source"] == "user"
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"user_id": "196", "k": 0}, 422, "k"),
+    ({"user_id": "196", "k": 5000}, 422, "at most 1000"),
+    ({"user_id": "196", "k": "ten"}, 422, "k"),
+    ({"k": 3}, 422, "user_id or a history"),
+    ({"user_id": "196", "model": "gpt"}, 404, "no model named 'gpt'"),
+    ({"user_id": "196", "surprise": 1}, 422, "surprise"),
+    ({"history": ["50"], "timestamps": [1, 2]}, 422, "one per item"),
+    ({"user_id": ""}, 422, "user_id"),
+])
+def test_bad_requests_say_what_is_wrong(client: TestClient, body: dict, status: int,
+                                        says: str) -> None:
+    response = client.post("/v1/recommend", json=body)
+    assert response.status_code == status
+    assert says in json.dumps(response.json())
+
+
+def test_malformed_and_oversized_bodies_are_refused(runs, tmp_path: Path) -> None:
+    with _client(runs, tmp_path, max_body_bytes=2000) as client:
+        broken = client.post("/v1/recommend", content=b'{"user_id": "1",',
+                             headers={"content-type": "application/json"})
+        assert broken.status_code == 422
+        assert client.post("/v1/recommend", content=b'{"user_id": "1"}').status_code == 200
+        huge = client.post("/v1/recommend", json={"history": ["1"] * 1000})
+        assert huge.status_code == 413 and "2000 bytes" in huge.json()["detail"]
+        deep = client.post("/v1/recommend", content=b"[" * 990 + b"]" * 990)
+        assert deep.status_code in (400, 422)
+
+
+def test_writes_need_the_api_key_when_one_is_set(runs, tmp_path: Path) -> None:
+    with _client(runs, tmp_path, api_key="s3cret") as client:
+        event = {"user_id": "196", "item_id": "50"}
+        before = client.get("/v1/users/196/history", params={"limit": 10000}).json()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = client.post("/v1/events", json=event, headers=headers)
+            assert response.status_code == 401
+        assert client.get("/v1/users/196/history",
+                          params={"limit": 10000}).json() == before  # nothing written
+        assert client.post("/v1/admin/reload", json={}).status_code == 401
+        ok = client.post("/v1/events", json=event, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        # reads stay open
+        assert client.post("/v1/recommend", json={"user_id": "196"}).status_code == 200
+
+
+def test_reload_swaps_a_model_while_serving(runs, client: TestClient) -> None:
+    before = client.get("/readyz").json()["models"]["sasrec"]
+    swapped = client.post("/v1/admin/reload", json={"model": "sasrec",
+                                                    "run_dir": str(runs["hstu"])})
+    assert swapped.status_code == 200 and swapped.json()["run_dir"] == str(runs["hstu"])
+    now = client.get("/readyz").json()["models"]["sasrec"]
+    assert now["model"] == "hstu" and now["loaded_at"] > before["loaded_at"]
+    missing = client.post("/v1/admin/reload", json={"model": "sasrec", "run_dir": "/nope"})
+    assert missing.status_code == 422 and "/nope" in missing.json()["detail"]
+    assert client.get("/readyz").json()["models"]["sasrec"]["model"] == "hstu"  # kept
+
+
+def test_items_similar_probes_metrics_and_schema(client: TestClient) -> None:
+    item = client.get("/v1/items/50").json()
+    assert item == {"item_id": "50", "title": "Star Wars", "genres": item["genres"]}
+    assert client.get("/v1/items/nope").status_code == 404
+    similar = client.get("/v1/items/50/similar", params={"k": 5}).json()["items"]
+    assert len(similar) == 5 and "50" not in [s["item_id"] for s in similar]
+    assert client.get("/healthz").json() == {"status": "alive"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    client.post("/v1/recommend", json={"user_id": "196"})
+    metrics = client.get("/metrics").text
+    assert 'modrec_requests_total{endpoint="/v1/recommend",method="POST",status="200"}' in metrics
+    assert 'modrec_index_items{model="sasrec"} 1682.0' in metrics
+    assert "modrec_batch_size_bucket" in metrics
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/recommend", "/v1/events", "/v1/search", "/v1/admin/reload",
+            "/v1/users/{user_id}/history", "/v1/items/{item_id}/similar"} <= set(schema["paths"])
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_answers(
+        runs, tmp_path: Path) -> None:
+    service = ModelService.from_runs(runs, SQLiteUserState(tmp_path / "state.db"))
+    users = [str(u) for u in range(1, 65)]
+    alone = {u: service.recommend([_request(u)])[0].items for u in users}  # type: ignore
+
+    async def together() -> dict[str, list]:
+        app = create_app(service, AppSettings(batch_window_ms=20))
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://test") as client:
+            replies = await asyncio.gather(*(client.post(
+                "/v1/recommend", json={"user_id": u, "k": 10}) for u in users))
+            metrics = (await client.get("/metrics")).text
+        count = float(metrics.split("modrec_batch_size_count ")[1].split()[0])
+        assert count < len(users)  # fewer model calls than requests
+        return {u: r.json()["items"] for u, r in zip(users, replies, strict=True)}
+
+    assert asyncio.run(together()) == alone
+
+
+def _request(user: str):  # noqa: ANN202
+    from modrec.serve import Request
+
+    return Request(user_id=user, k=10)
+
+
+def test_search_without_text_embeddings_is_a_clear_404(client: TestClient) -> None:
+    response = client.post("/v1/search", json={"query": "space opera"})
+    assert response.status_code == 404 and "modrec embed" in response.json()["detail"]
+
+
+def test_service_config_bounds_come_from_settings() -> None:
+    assert ServeConfig().max_k == AppSettings().max_k == 1000

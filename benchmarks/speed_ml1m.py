@@ -45,8 +45,8 @@ def epoch_seconds(session, pad_to: int | None) -> float:
     examples = session.examples
     for batch in next_item_batches(examples.windows, examples.lengths, config.train.batch_size,
                                    session.rng, pad_to=pad_to):
-        train_step(session.trainable, session.optimizer, batch.to(device), config,
-                   session.generator, session.pool)
+        train_step(session.loss, session.optimizer, batch.to(device),
+                   config.train.length_slices, session.generator, session.pool)
     synchronize(device)
     return time.perf_counter() - started
 
@@ -85,8 +85,8 @@ def epoch_flops(session) -> float:
     with FlopCounterMode(display=False) as counter:
         for batch in next_item_batches(examples.windows, examples.lengths,
                                        config.train.batch_size, np.random.default_rng(1)):
-            train_step(session.trainable, session.optimizer, batch.to(config.train.device),
-                       config, session.generator, session.pool)
+            train_step(session.loss, session.optimizer, batch.to(config.train.device),
+                       config.train.length_slices, session.generator, session.pool)
     return float(counter.get_total_flops())
 
 

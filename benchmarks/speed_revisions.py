@@ -48,7 +48,12 @@ try:  # from 2026-12-03 on: the training loop's own set-up, batches and step
     batches = model.training_batches(session.examples, config.train.batch_size,
                                      np.random.default_rng(0))
     generator = torch.Generator().manual_seed(0)
-    step = lambda batch: train_step(model, optimizer, batch, config, generator, session.pool)
+    if hasattr(session, "loss"):  # from 2026-12-03 (data parallelism) on
+        step = lambda batch: train_step(session.loss, optimizer, batch,
+                                        config.train.length_slices, generator, session.pool)
+    else:
+        step = lambda batch: train_step(model, optimizer, batch, config, generator,
+                                        session.pool)
 except ImportError:  # earlier revisions: the same, assembled from their own helpers
     from modrec.data import load_dataset, make_split
     from modrec.data.batches import cloze_batches, next_item_batches, training_examples

@@ -13,7 +13,7 @@ from modrec.data.batches import (
     training_examples,
     training_times,
 )
-from modrec.train.loop import batch_loss, train_step
+from modrec.train.loop import BatchLoss, batch_loss, train_step
 
 
 def test_every_example_once_per_epoch(ml100k) -> None:
@@ -81,7 +81,8 @@ def test_sliced_step_has_the_padded_batch_gradient(ml100k) -> None:
             sliced = build_config("ml-100k", name, overrides=[
                 "loss.name=softmax", "model.dropout=0.0", "model.max_len=50",
                 f"train.length_slices={slices}"])
-            train_step(copy_, optimizer, batch, sliced)
+            train_step(BatchLoss(copy_, sliced.loss), optimizer, batch,
+                       sliced.train.length_slices)
             stepped.append(torch.cat([p.flatten() for p in copy_.parameters()]))
         torch.testing.assert_close(stepped[0], stepped[1], rtol=1e-4, atol=1e-6)
 

@@ -107,11 +107,28 @@ def _learnable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths() >= 2)
 
 
-def batch_order(lengths: np.ndarray, batch_size: int,
-                rng: np.random.Generator) -> list[np.ndarray]:
-    """Which examples go in which batch, for one epoch: shuffled, cut into batches."""
-    order = rng.permutation(len(lengths))
-    return np.split(order, range(batch_size, len(order), batch_size))
+@dataclass(frozen=True)
+class Shard:
+    """Under data parallelism, this process's part of every global batch: rows
+    ``rank``, ``rank + world``, ... of it, the batches drawn from ``order`` (a generator
+    seeded alike on every rank, so that all ranks cut the same global batches)."""
+
+    rank: int
+    world: int
+    order: np.random.Generator
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                shard: Shard | None = None) -> list[np.ndarray]:
+    """Which examples go in which batch, for one epoch: shuffled, cut into batches of
+    ``batch_size`` (with a ``shard``: this rank's rows of each such global batch)."""
+    order = (rng if shard is None else shard.order).permutation(len(lengths))
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    if shard is None:
+        return batches
+    # Every rank must take every step; a last global batch with fewer rows than ranks
+    # would leave one without any, so it is dropped (a handful of examples an epoch).
+    return [b[shard.rank::shard.world] for b in batches if len(b) >= shard.world]
 
 
 def next_item_batches(
@@ -121,10 +138,11 @@ def next_item_batches(
     rng: np.random.Generator,
     pad_to: int | None = None,
     times: list[np.ndarray] | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[SequenceBatch]:
     """Training batches for next-item prediction, each padded to its longest sequence
     or to ``pad_to``; ``times`` (from `training_times`) adds when each input happened."""
-    for index in batch_order(lengths, batch_size, rng):
+    for index in batch_order(lengths, batch_size, rng, shard):
         width = pad_to if pad_to is not None else int(lengths[index].max())
         inputs = pad_right([windows[i][:-1] for i in index], width)
         targets = pad_right([windows[i][1:] for i in index], width)
@@ -139,16 +157,18 @@ def cloze_batches(
     rng: np.random.Generator,
     mask_rate: float,
     mask_token: int,
+    shard: Shard | None = None,
 ) -> Iterator[SequenceBatch]:
     """Training batches for masked-item prediction (BERT4Rec).
 
     Each sequence is a window's newest ``max_len`` items; every item is hidden behind
     ``mask_token`` with probability ``mask_rate`` (at least one per sequence), and the
-    targets are the hidden items (0 elsewhere).
+    targets are the hidden items (0 elsewhere). ``rng`` draws the masks (and, without a
+    ``shard``, the batch order).
     """
     sequences = [w[-max_len:] for w in windows]
     lengths = np.array([len(x) for x in sequences], dtype=np.int64)
-    for index in batch_order(lengths, batch_size, rng):
+    for index in batch_order(lengths, batch_size, rng, shard):
         items = pad_right([sequences[i] for i in index])  # (B, L)
         real = torch.arange(items.shape[1]) < torch.from_numpy(lengths[index]).unsqueeze(1)
         hidden = torch.from_numpy(rng.random(items.shape) < mask_rate) & real

@@ -29,7 +29,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from modrec.data.batches import SequenceBatch, TrainingExamples, cloze_batches
+from modrec.data.batches import SequenceBatch, Shard, TrainingExamples, cloze_batches
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout
 from modrec.models.registry import ModelConfig, item_tower, register
@@ -116,10 +116,11 @@ class BERT4Rec(nn.Module):
         return self.norm(x)  # (B, L, D)
 
     def training_batches(self, examples: TrainingExamples, batch_size: int,
-                         rng: np.random.Generator) -> Iterator[SequenceBatch]:
+                         rng: np.random.Generator,
+                         shard: Shard | None = None) -> Iterator[SequenceBatch]:
         """Each window's newest ``max_len`` items with ``mask_rate`` of them masked."""
         return cloze_batches(examples.windows, self.max_len, batch_size, rng, self.mask_rate,
-                             self.mask_token)
+                             self.mask_token, shard)
 
     def forward_train(self, inputs: torch.Tensor, lengths: torch.Tensor,
                       times: torch.Tensor | None = None) -> torch.Tensor:

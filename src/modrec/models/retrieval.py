@@ -19,8 +19,9 @@ and, optionally:
 
 * ``forward_last(inputs, lengths, times) -> (B, D)``: computes only the newest
   position (HSTU skips most of its last block this way);
-* ``training_batches(examples, batch_size, rng)`` and ``forward_train(inputs, lengths,
-  times)``: a training objective other than next-item prediction (BERT4Rec's cloze).
+* ``training_batches(examples, batch_size, rng, shard)`` and ``forward_train(inputs,
+  lengths, times)``: a training objective other than next-item prediction (BERT4Rec's
+  cloze).
 
 Shapes: B batch, L length, D dim, N items (row 0 = padding).
 """
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modrec.data.batches import SequenceBatch, TrainingExamples, next_item_batches
+from modrec.data.batches import SequenceBatch, Shard, TrainingExamples, next_item_batches
 from modrec.models.item_tower import ItemTower
 
 
@@ -50,7 +51,8 @@ class Trainable(Scorer, Protocol):
     """What the training loop asks of a model trained by gradient (`RetrievalModel`)."""
 
     def training_batches(self, examples: TrainingExamples, batch_size: int,
-                         rng: np.random.Generator) -> Iterator[SequenceBatch]: ...
+                         rng: np.random.Generator,
+                         shard: Shard | None = None) -> Iterator[SequenceBatch]: ...
 
     def encode_train(self, batch: SequenceBatch) -> torch.Tensor: ...
 
@@ -100,14 +102,16 @@ class RetrievalModel(nn.Module):
 
     # ---- training: next-item prediction unless the encoder brings its own objective ----
     def training_batches(self, examples: TrainingExamples, batch_size: int,
-                         rng: np.random.Generator) -> Iterator[SequenceBatch]:
-        """One epoch of shuffled training batches."""
+                         rng: np.random.Generator,
+                         shard: Shard | None = None) -> Iterator[SequenceBatch]:
+        """One epoch of shuffled training batches (this rank's rows of them, with a
+        ``shard``)."""
         own = getattr(self.encoder, "training_batches", None)
         if own is not None:
-            batches: Iterator[SequenceBatch] = own(examples, batch_size, rng)
+            batches: Iterator[SequenceBatch] = own(examples, batch_size, rng, shard)
             return batches
         return next_item_batches(examples.windows, examples.lengths, batch_size, rng,
-                                 times=examples.times)
+                                 times=examples.times, shard=shard)
 
     def encode_train(self, batch: SequenceBatch) -> torch.Tensor:
         """User vectors ``(B, L, D)`` at the positions the training targets refer to."""

@@ -43,12 +43,15 @@ class Checkpoint:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer,
              averaged: AveragedModel | None, progress: Progress, rng: np.random.Generator,
-             generator: torch.Generator) -> None:
+             generator: torch.Generator, ranks: list[Any] | None = None) -> None:
+        """``ranks``: under data parallelism, every rank's (numpy, torch, cpu) generator
+        states, so that each rank resumes its own streams."""
         save_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "ema": None if averaged is None else averaged.state_dict(),
                       "state": dataclasses.asdict(progress),
                       "numpy_rng": rng.bit_generator.state,
-                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state()},
+                      "torch_rng": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+                      **({"rank_rngs": ranks} if ranks is not None else {})},
                      self.path)
 
     def progress(self) -> Progress:
@@ -57,17 +60,22 @@ class Checkpoint:
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                 averaged: AveragedModel | None, rng: np.random.Generator,
-                generator: torch.Generator) -> Progress:
-        """Put everything back as it was after the saved epoch; returns the counters."""
+                generator: torch.Generator, rank: int = 0) -> Progress:
+        """Put everything back as it was after the saved epoch (``rank``'s own random
+        streams, for a data-parallel run); returns the counters."""
         saved = self._load()
         model.load_state_dict({k: v for k, v in saved["model"].items()
                                if not k.endswith("tower.known")})
         optimizer.load_state_dict(saved["optimizer"])
         if averaged is not None and saved.get("ema") is not None:
             averaged.load_state_dict(saved["ema"])
-        rng.bit_generator.state = saved["numpy_rng"]
-        generator.set_state(saved["torch_rng"])
-        torch.set_rng_state(saved["cpu_rng"])
+        streams = (saved["numpy_rng"], saved["torch_rng"], saved["cpu_rng"])
+        ranks = saved.get("rank_rngs")
+        if ranks is not None and rank < len(ranks):
+            streams = ranks[rank]
+        rng.bit_generator.state = streams[0]
+        generator.set_state(streams[1])
+        torch.set_rng_state(streams[2])
         return _progress(saved)
 
     def _load(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@
 `train` is exactly that. Early stopping is on validation NDCG@10; the run directory
 (see `modrec.runs`) keeps the best weights, the latest checkpoint, one metrics line
 per validation pass and the test results. Benchmark scripts build on the same pieces.
+Under ``torchrun`` the same pieces train data-parallel (`train/distributed.py` says
+how the work and the writing divide among ranks).
 
 ``refit(run_dir, out_dir)`` retrains a finished run with the validation items added
 to training, for the epoch count its validation chose.
@@ -17,6 +19,7 @@ to training, for the epoch count its validation chose.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -28,11 +31,13 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from modrec.config import (
     RESUMABLE_SECTIONS,
+    LossConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -41,11 +46,13 @@ from modrec.config import (
 )
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
-from modrec.data.batches import SequenceBatch, TrainingExamples, split_by_length
-from modrec.eval import evaluate
+from modrec.data.batches import SequenceBatch, Shard, TrainingExamples, split_by_length
+from modrec.data.splits import EvalSet
+from modrec.eval import evaluate, rank_targets, ranking_metrics
 from modrec.models import Scorer, Trainable, build_model
 from modrec.runs import RunDir
 from modrec.train.checkpoint import Checkpoint, Progress
+from modrec.train.distributed import World
 from modrec.train.losses import next_item_loss
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,9 @@ class Session:
     generator: torch.Generator  # sampled negatives
     checkpoint: Checkpoint
     progress: Progress
+    loss: nn.Module  # `BatchLoss` of the model (wrapped in DDP when data-parallel)
+    world: World = dataclasses.field(default_factory=World)
+    device: str = "cpu"  # train.device, this rank's own GPU under torchrun
     show_progress: bool = True
 
     @property
@@ -113,35 +123,49 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         raise FileExistsError(
             f"{run.folder} already holds a finished run; choose another --out or pass --resume")
     tc = config.train
-    torch.manual_seed(tc.seed)  # the initial weights
-    rng = np.random.default_rng(tc.seed)
-    generator = torch.Generator(device=tc.device).manual_seed(tc.seed)
+    world = World.from_env(tc.device)
+    device = world.device(tc.device)
+    torch.manual_seed(tc.seed)  # the initial weights, alike on every rank
+    # Per rank under torchrun, so that ranks do not draw the same masks and negatives;
+    # one process keeps the single seed it always had.
+    rank_seed = [tc.seed, world.rank] if world.distributed else tc.seed
+    rng = np.random.default_rng(rank_seed)
+    generator = torch.Generator(device=device).manual_seed(
+        tc.seed + 1_000_003 * world.rank)
 
+    if not world.is_main:
+        world.barrier()  # rank 0 converts and caches the dataset; the others then read it
     dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns)
+    if world.is_main:
+        world.barrier()
     split = make_split(dataset, config.data.split)
     content = content_for(config.model, dataset)
     if content is not None:  # the content width follows from the store
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, content_dim=content.shape[1]))
     model = build_model(config.model, dataset.num_items, content,
-                        dataset.has_timestamps).to(tc.device)
+                        dataset.has_timestamps).to(device)
+    if world.distributed:
+        torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
     known = split.known_items()
     set_known = getattr(model, "set_known", None)  # an item tower's untrained rows
     if set_known is not None:
-        set_known(torch.from_numpy(known).to(tc.device))
+        set_known(torch.from_numpy(known).to(device))
     pool = None
     if split.cold_items is not None:  # withheld items stay unseen, even as negatives
-        pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(tc.device)
+        pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(device)
 
     checkpoint = Checkpoint(run.checkpoint_file)
     resuming = resume and checkpoint.exists()
     resumed = (resume_history(run, config, dataset, checkpoint.progress().epoch)
                if resuming else [])
-    run.create()
-    run.write_config(config, {
-        "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
-        "protocol": split.protocol, **({"resumed": resumed} if resumed else {})})
-    run.write_snapshot(dataset, known)
+    if world.is_main:
+        run.create()
+        run.write_config(config, {
+            "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
+            "protocol": split.protocol, "world_size": world.size,
+            **({"resumed": resumed} if resumed else {})})
+        run.write_snapshot(dataset, known)
 
     optimizer, averaged = None, None
     fit = getattr(model, "fit", None)
@@ -156,13 +180,21 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
             averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
     progress = Progress()
     if resuming and optimizer is not None:
-        progress = checkpoint.restore(model, optimizer, averaged, rng, generator)
+        progress = checkpoint.restore(model, optimizer, averaged, rng, generator, world.rank)
         log.info("resumed %s at epoch %d", run.folder, progress.epoch)
-    run.keep_metrics_until(progress.epoch if resuming else -1)
+    if world.is_main:
+        run.keep_metrics_until(progress.epoch if resuming else -1)
+    loss: nn.Module = BatchLoss(model, config.loss)
+    if world.distributed and optimizer is not None:
+        # Buffers (the known mask, a content matrix) are alike on every rank already.
+        loss = DistributedDataParallel(
+            loss, device_ids=[world.local_rank] if device.startswith("cuda") else None,
+            broadcast_buffers=False)
     return Session(config, run, dataset, split, model,
                    model if averaged is None else averaged.module, optimizer, averaged,
                    TrainingExamples.of(split.train, config.model.max_len), pool, rng,
-                   generator, checkpoint, progress, show_progress)
+                   generator, checkpoint, progress, loss, world, device,
+                   show_progress and world.is_main)
 
 
 def content_for(model: ModelConfig, dataset: Dataset) -> torch.Tensor | None:
@@ -218,12 +250,16 @@ def train_epoch(session: Session) -> dict[str, Any]:
     s.model.train()
     started = time.perf_counter()
     losses, seen = [], 0
-    batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng)
+    # Data-parallel: every rank cuts the same global batches (an order seeded by the
+    # epoch) and steps on its rows of each.
+    shard = (Shard(s.world.rank, s.world.size, np.random.default_rng([tc.seed, epoch]))
+             if s.world.distributed else None)
+    batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng, shard)
     bar = tqdm(batches, total=math.ceil(len(s.examples) / tc.batch_size), desc=f"epoch {epoch}",
                disable=not s.show_progress, leave=False, unit="batch")
     for batch in bar:
-        losses.append(train_step(s.trainable, s.optimizer, batch.to(tc.device), s.config,
-                                 s.generator, s.pool))
+        losses.append(train_step(s.loss, s.optimizer, batch.to(s.device), tc.length_slices,
+                                 s.generator, s.pool, s.world))
         if s.averaged is not None:
             s.averaged.update_parameters(s.model)
         seen += len(batch.lengths)
@@ -232,7 +268,9 @@ def train_epoch(session: Session) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     s.progress.train_seconds += seconds
     s.progress.epoch = epoch
-    return {"epoch": epoch, "loss": float(np.mean(losses)), "lr": epoch_lr(tc, epoch),
+    # Each rank's step losses are its shares of the global batch's mean: they add up.
+    loss = float(sum(s.world.gather(float(np.mean(losses)))))
+    return {"epoch": epoch, "loss": loss, "lr": epoch_lr(tc, epoch),
             "epoch_seconds": seconds, "sequences_per_second": len(s.examples) / seconds}
 
 
@@ -244,24 +282,51 @@ def epoch_lr(tc: TrainConfig, epoch: int) -> float:
     return tc.lr_min + (tc.lr - tc.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(model: Trainable, optimizer: torch.optim.Optimizer, batch: SequenceBatch,
-               config: RunConfig, generator: torch.Generator | None = None,
-               pool: torch.Tensor | None = None) -> float:
-    """One optimiser step on ``batch``; returns its loss. The batch runs as
-    ``train.length_slices`` length-sorted slices (`split_by_length`), each slice's mean
-    loss weighted by its share of the supervised positions: the summed gradients are
-    the whole padded batch's."""
+class BatchLoss(nn.Module):
+    """A batch's training loss as a module's ``forward``, so that
+    DistributedDataParallel can wrap it (DDP synchronises the gradients of what runs
+    through ``forward``). The loss is the mean over the batch's supervised positions:
+    every real position for next-item models, the masked ones for cloze."""
+
+    def __init__(self, model: nn.Module, config: LossConfig) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, batch: SequenceBatch, generator: torch.Generator | None = None,
+                pool: torch.Tensor | None = None) -> torch.Tensor:
+        if batch.targets is None:
+            raise ValueError("a training batch needs targets")
+        model = cast(Trainable, self.model)
+        hidden = model.encode_train(batch)  # (B, L, D)
+        return next_item_loss(self.config, hidden, batch.targets, model.item_vectors(),
+                              generator, pool)
+
+
+def train_step(loss: nn.Module, optimizer: torch.optim.Optimizer, batch: SequenceBatch,
+               slices: int = 1, generator: torch.Generator | None = None,
+               pool: torch.Tensor | None = None, world: World | None = None) -> float:
+    """One optimiser step on ``batch`` with ``loss`` (a `BatchLoss`, or DDP around one);
+    returns the loss. The batch runs as ``slices`` length-sorted slices
+    (`split_by_length`), each slice's mean loss weighted by its share of the supervised
+    positions: the summed gradients are the whole padded batch's. Data-parallel, the
+    share is of the *global* batch's positions and the weight is multiplied by the
+    world size, which DDP's averaging divides out again: the synchronised gradient is
+    the one-process gradient of the whole global batch."""
+    world = world or World()
     optimizer.zero_grad(set_to_none=True)
-    parts = split_by_length(batch, config.train.length_slices)
+    parts = split_by_length(batch, slices)
     counts = [supervised_positions(part) for part in parts]
-    total = sum(counts)
+    total = world.sum_int(sum(counts))
+    todo = [(part, count) for part, count in zip(parts, counts, strict=True) if count]
     loss_sum = 0.0
-    for part, count in zip(parts, counts, strict=True):
-        if count == 0:
-            continue
-        loss = batch_loss(model, part, config, generator, pool) * (count / total)
-        loss.backward()
-        loss_sum += loss.item()
+    for i, (part, count) in enumerate(todo):
+        last = i == len(todo) - 1
+        no_sync = getattr(loss, "no_sync", None)
+        # Under DDP, gradients are synchronised once, in the last slice's backward.
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            value = loss(part, generator, pool) * (count / total)
+            (value * world.size).backward()
+        loss_sum += value.item()
     optimizer.step()
     return loss_sum
 
@@ -272,16 +337,12 @@ def supervised_positions(batch: SequenceBatch) -> int:
     return int((batch.targets > 0).sum())
 
 
-def batch_loss(model: Trainable, batch: SequenceBatch, config: RunConfig,
+def batch_loss(model: nn.Module, batch: SequenceBatch, config: RunConfig,
                generator: torch.Generator | None = None,
                pool: torch.Tensor | None = None) -> torch.Tensor:
-    """The mean loss of one batch over its supervised positions (every real position
-    for next-item models, the masked ones for cloze)."""
-    if batch.targets is None:
-        raise ValueError("a training batch needs targets")
-    hidden = model.encode_train(batch)  # (B, L, D)
-    return next_item_loss(config.loss, hidden, batch.targets, model.item_vectors(), generator,
-                          pool)
+    """The mean loss of one batch over its supervised positions (`BatchLoss`)."""
+    loss: torch.Tensor = BatchLoss(model, config.loss)(batch, generator, pool)
+    return loss
 
 
 # ---- validation and selection ------------------------------------------------------------
@@ -289,51 +350,76 @@ def validate_and_select(session: Session, record: dict[str, Any]) -> None:
     """Validate when due (every ``eval_every`` epochs and at the last), keep the weights
     when they are the best so far, count passes without a gain (patience), and write
     the epoch's record to metrics.jsonl. Without a validation split nothing is
-    selected: the latest weights are kept and every epoch is recorded."""
+    selected: the latest weights are kept and every epoch is recorded. Data-parallel,
+    every rank computes the same metrics (`evaluate_on`), so every rank decides alike;
+    rank 0 writes."""
     s, tc, p = session, session.config.train, session.progress
     epoch = int(record["epoch"])
+    main = s.world.is_main
     if s.split.valid is None:
         p.best_epoch = epoch
-        s.run.save_weights(s.kept.state_dict())
+        if main:
+            s.run.save_weights(s.kept.state_dict())
+            s.run.append_metrics(record)
         log.info("epoch %d loss %.4f %.1fs", epoch, record.get("loss", math.nan),
                  record.get("epoch_seconds", 0.0))
-        s.run.append_metrics(record)
         return
     if epoch % tc.eval_every and epoch != tc.epochs:
         return
     started = time.perf_counter()
-    valid = evaluate(s.scorer, s.split.valid, s.config.model.max_len, tc.eval_batch_size,
-                     tc.device)
+    valid = evaluate_on(s, s.kept, s.split.valid)
     record |= {"valid": valid, "eval_seconds": time.perf_counter() - started,
                "train_seconds": p.train_seconds}
     if valid[SELECT_ON] > p.best:
         p.best, p.best_epoch, p.bad_evals = valid[SELECT_ON], epoch, 0
-        s.run.save_weights(s.kept.state_dict())
+        if main:
+            s.run.save_weights(s.kept.state_dict())
     else:
         p.bad_evals += 1
     log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.1fs", epoch,
              record.get("loss", math.nan), SELECT_ON, valid[SELECT_ON], p.best, p.best_epoch,
              record.get("epoch_seconds", 0.0))
-    s.run.append_metrics(record)
+    if main:
+        s.run.append_metrics(record)
+
+
+def evaluate_on(session: Session, model: nn.Module, evalset: EvalSet) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on ``evalset``; data-parallel, each rank ranks
+    its shard of the users and every rank gets the metrics of all of them."""
+    s, tc = session, session.config.train
+    scorer = cast(Scorer, model)
+    if not s.world.distributed:
+        return evaluate(scorer, evalset, s.config.model.max_len, tc.eval_batch_size, s.device)
+    mine = np.zeros(len(evalset), dtype=bool)
+    mine[s.world.shard(len(evalset))] = True
+    ranks = rank_targets(scorer, evalset.subset(mine), s.config.model.max_len,
+                         tc.eval_batch_size, s.device)
+    return ranking_metrics(np.concatenate(s.world.gather(ranks)))
 
 
 def save_checkpoint(session: Session) -> None:
+    """Rank 0 writes the checkpoint, with every rank's random generators."""
     s = session
-    if s.optimizer is not None:
-        s.checkpoint.save(s.model, s.optimizer, s.averaged, s.progress, s.rng, s.generator)
+    if s.optimizer is None:
+        return
+    rngs = s.world.gather((s.rng.bit_generator.state, s.generator.get_state(),
+                           torch.get_rng_state()))
+    if s.world.is_main:
+        s.checkpoint.save(s.model, s.optimizer, s.averaged, s.progress, s.rng, s.generator,
+                          rngs if s.world.distributed else None)
 
 
 # ---- finish ------------------------------------------------------------------------------
 def finish(session: Session) -> Path:
     """Score the kept weights on validation and test (and the warm and cold slices of a
     cold-items split) and write results.json."""
-    s, tc = session, session.config.train
-    s.model.load_state_dict(s.run.load_weights(tc.device))
+    s = session
+    s.world.barrier()  # rank 0 has written the kept weights
+    s.model.load_state_dict(s.run.load_weights(s.device))
     s.model.eval()
 
-    def scores(evalset: Any) -> dict[str, float]:
-        return evaluate(cast(Scorer, s.model), evalset, s.config.model.max_len,
-                        tc.eval_batch_size, tc.device)
+    def scores(evalset: EvalSet) -> dict[str, float]:
+        return evaluate_on(s, s.model, evalset)
 
     valid = None if s.split.valid is None else scores(s.split.valid)
     slices = {}
@@ -342,18 +428,21 @@ def finish(session: Session) -> Path:
         for name, keep in (("warm", ~cold), ("cold", cold)):
             part = s.split.test.subset(keep)
             slices[name] = {"users": len(part), **scores(part)}
-    s.run.write_results({
-        "dataset": s.config.data.dataset,
-        "model": s.config.model.name,
-        "protocol": s.split.protocol,
-        "selected_on": f"valid {SELECT_ON}" if valid is not None else "none: last epoch",
-        "best_epoch": s.progress.best_epoch,
-        "epochs": s.progress.epoch,
-        "train_seconds": s.progress.train_seconds,
-        "valid": valid,
-        **scores(s.split.test),
-        **slices,
-    })
+    test = scores(s.split.test)
+    if s.world.is_main:
+        s.run.write_results({
+            "dataset": s.config.data.dataset,
+            "model": s.config.model.name,
+            "protocol": s.split.protocol,
+            "selected_on": f"valid {SELECT_ON}" if valid is not None else "none: last epoch",
+            "best_epoch": s.progress.best_epoch,
+            "epochs": s.progress.epoch,
+            "train_seconds": s.progress.train_seconds,
+            "valid": valid,
+            **test,
+            **slices,
+        })
+    s.world.barrier()  # results.json is there for every rank to read
     return s.run.folder
 
 

@@ -180,7 +180,18 @@ class RunDir:
     def snapshot(self, config: RunConfig) -> tuple[Dataset, np.ndarray]:
         """The dataset the run was trained on and its ``known`` mask."""
         if (self.dataset_folder / "manifest.json").exists() and self.known_file.exists():
-            return Dataset.read(self.dataset_folder), np.load(self.known_file)
+            try:
+                dataset = Dataset.read(self.dataset_folder)
+                known = np.load(self.known_file)  # allow_pickle is off: data only
+            except (OSError, ValueError) as err:
+                raise RunError(f"{self.folder}: its dataset snapshot or known.npy is "
+                               f"unreadable ({err}); restore them from the run that wrote "
+                               "them, or delete both to rebuild them from the dataset") from None
+            if known.dtype != bool or known.shape != (dataset.num_items + 1,):
+                raise RunError(f"{self.known_file} is not a mask of the snapshot's "
+                               f"{dataset.num_items} items (+ padding): {known.dtype} "
+                               f"{known.shape}")
+            return dataset, known
         # Format 1: rebuild from the named dataset, then keep it for next time.
         log.info("%s predates run snapshots: reading %s to make one", self.folder,
                  config.data.dataset)

@@ -43,6 +43,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.convertors import Convertor, register_url_convertor
 
 from modrec.serve.batching import MicroBatcher
 from modrec.serve.errors import RequestError
@@ -54,6 +55,23 @@ log = logging.getLogger(__name__)
 ID = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+class _AnyID(Convertor[str]):
+    """A path parameter that may hold any character: an id with a slash (sent as %2F,
+    which the router sees decoded) or a newline is still one id. Starlette's ``str``
+    stops at a slash and its ``path`` (``.*``) at a newline."""
+
+    regex = "[\\s\\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("modrec_id", _AnyID())
+
+
 @dataclass
 class AppSettings:
     api_key: str | None = None  # required for writes when set
@@ -61,6 +79,7 @@ class AppSettings:
     max_batch: int = 64
     max_body_bytes: int = 1_000_000
     body_timeout_s: float = 10.0  # a body that stalls longer than this per chunk: 408
+    body_deadline_s: float = 60.0  # a body still arriving after this long in all: 408
     max_events: int = 1000  # events per request
     max_k: int = 1000
     max_history: int = 10_000
@@ -76,7 +95,8 @@ class RecommendIn(_Strict):
     user_id: ID | None = Field(None, description="a user whose stored history is read")
     history: list[ID] | None = Field(
         None, description="item ids, oldest first; used instead of the stored history")
-    timestamps: list[int] | None = Field(
+    # Bounded as an event's: a number beyond int64 failed the whole micro-batch (500).
+    timestamps: list[Annotated[int, Field(ge=0, le=2**53)]] | None = Field(
         None, description="seconds since the epoch, one per history item (models that "
         "learned from elapsed time need them)")
     k: int = Field(10, ge=1, description="how many items")
@@ -138,6 +158,42 @@ class ReloadIn(_Strict):
         None, description="a run folder or bundle (default: the model's own, again)")
 
 
+class Problem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: a sentence, or one entry per field that does not fit the schema
+    (the 422 of validation). Documented so that clients, and schema checks, know that a
+    422 may carry either."""
+
+    detail: str | list[Problem]
+
+
+_ERRORS = {
+    400: "the body is not JSON text (e.g. not UTF-8)",
+    401: "an API key is set and was not sent",
+    404: "unknown model",
+    408: "the request body stalled",
+    413: "the request body is over max_body_bytes",
+    422: "the request does not fit the schema, or cannot be answered as asked",
+    503: "the models are still loading, or loading failed",
+}
+
+
+def _errors(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of a route's error answers (``described``: ``e404="..."`` for a
+    route's own wording): every status it may give, so none is undocumented."""
+    return {code: {"model": ErrorOut,
+                   "description": described.get(f"e{code}", _ERRORS[code])}
+            for code in codes}
+
+
+_BODY = (400, 408, 413, 422, 503)  # a route that reads a JSON body
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -155,12 +211,18 @@ class _Metrics:
                               registry=self.registry)
 
 
+_CLOSE = {"Connection": "close"}
+
+
 class _BodyLimit:
     """ASGI middleware: refuse a body over ``limit`` bytes (413) or one that stalls
-    (408), before the application reads it whole; read every POST body as JSON."""
+    (408), before the application reads it whole; read every POST body as JSON.
 
-    def __init__(self, app: Any, limit: int, timeout: float) -> None:
-        self.app, self.limit, self.timeout = app, limit, timeout
+    Both refusals close the connection: the rest of the body is still on its way, and
+    uvicorn (h11) would read it as the next request and fail on it with a traceback."""
+
+    def __init__(self, app: Any, limit: int, timeout: float, deadline: float) -> None:
+        self.app, self.limit, self.timeout, self.deadline = app, limit, timeout, deadline
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -177,20 +239,23 @@ class _BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await JSONResponse({"detail": f"request body over {self.limit} bytes"},
-                               status_code=413)(scope, receive, send)
+                               status_code=413, headers=_CLOSE)(scope, receive, send)
             return
-        seen = 0
+        seen, started = 0, time.monotonic()
 
         async def limited() -> Any:
             nonlocal seen
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                # Per chunk, and in all: a client trickling a byte at a time would
+                # otherwise hold a request open for as long as it likes.
+                left = self.deadline - (time.monotonic() - started)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.timeout, left)))
             except TimeoutError:
-                raise HTTPException(408, "the request body stalled") from None
+                raise HTTPException(408, "the request body stalled", _CLOSE) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise HTTPException(413, f"request body over {self.limit} bytes")
+                    raise HTTPException(413, f"request body over {self.limit} bytes", _CLOSE)
             return message
 
         await self.app(scope, limited, send)
@@ -237,7 +302,7 @@ def create_app(load: ModelService | Callable[[], ModelService],
                   description="Recommendations from trained modrec runs: sequence models over "
                   "the users' live histories, with ANN retrieval.")
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes,
-                       timeout=settings.body_timeout_s)
+                       timeout=settings.body_timeout_s, deadline=settings.body_deadline_s)
     app.state.metrics = metrics
 
     def service() -> ModelService:
@@ -297,9 +362,7 @@ def create_app(load: ModelService | Callable[[], ModelService],
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ---- recommendations -------------------------------------------------------------
-    @app.post("/v1/recommend", response_model=RecommendOut,
-              responses={404: {"description": "unknown model"},
-                         422: {"description": "the request does not fit the schema"}})
+    @app.post("/v1/recommend", response_model=RecommendOut, responses=_errors(404, *_BODY))
     async def recommend(body: RecommendIn) -> RecommendOut:
         _check_sizes(body)
         service()  # 503 before the models are loaded
@@ -323,9 +386,8 @@ def create_app(load: ModelService | Callable[[], ModelService],
 
     # ---- events and users ------------------------------------------------------------
     @app.post("/v1/events", response_model=EventsOut, dependencies=[Depends(writer)],
-              responses={401: {"description": "an API key is set and was not sent"},
-                         422: {"description": "malformed, or an unknown item (nothing "
-                               "written)"}})
+              responses=_errors(401, *_BODY, e422="malformed, or an unknown item (nothing "
+                                "written)"))
     def events(body: EventIn | EventsIn) -> EventsOut:
         given = body.events if isinstance(body, EventsIn) else [body]
         if len(given) > settings.max_events:
@@ -336,7 +398,8 @@ def create_app(load: ModelService | Callable[[], ModelService],
         metrics.events.inc(written)
         return EventsOut(written=written)
 
-    @app.get("/v1/users/{user_id}/history", summary="a user's stored events, oldest first")
+    @app.get("/v1/users/{user_id:modrec_id}/history", responses=_errors(422, 503),
+             summary="a user's stored events, oldest first")
     def history(user_id: ID, limit: Annotated[int, Query(ge=1, le=10_000)] = 200
                 ) -> dict[str, Any]:
         return {"user_id": user_id, "items": service().history(user_id, limit)}
@@ -349,12 +412,14 @@ def create_app(load: ModelService | Callable[[], ModelService],
             raise RequestError(f"model {recommender.name!r} has no item {item_id!r}", 404)
         return recommender, index
 
-    @app.get("/v1/items/{item_id}", summary="an item's catalog fields")
+    @app.get("/v1/items/{item_id}", summary="an item's catalog fields",
+             responses=_errors(404, 422, 503, e404="unknown model or item"))
     def item(item_id: ID, model: ID | None = None) -> dict[str, Any]:
         recommender, index = _item(model, item_id)
         return recommender.catalog.describe(index)  # type: ignore[no-any-return]
 
-    @app.get("/v1/items/{item_id}/similar", summary="items whose vectors are closest")
+    @app.get("/v1/items/{item_id}/similar", summary="items whose vectors are closest",
+             responses=_errors(404, 422, 503, e404="unknown model or item"))
     def similar(item_id: ID, k: Annotated[int, Query(ge=1)] = 10,
                 model: ID | None = None) -> dict[str, Any]:
         if k > settings.max_k:
@@ -363,7 +428,7 @@ def create_app(load: ModelService | Callable[[], ModelService],
         return {"item_id": item_id, "items": recommender.similar(index, k)}
 
     @app.post("/v1/search", summary="items by text relevance to a query",
-              responses={404: {"description": "unknown model, or no text embeddings"}})
+              responses=_errors(404, *_BODY, e404="unknown model, or no text embeddings"))
     def search(body: SearchIn) -> dict[str, Any]:
         if body.k > settings.max_k:
             raise RequestError(f"k is {body.k}; at most {settings.max_k}")
@@ -372,11 +437,16 @@ def create_app(load: ModelService | Callable[[], ModelService],
 
     # ---- admin -----------------------------------------------------------------------
     @app.post("/v1/admin/reload", dependencies=[Depends(writer)],
+              responses=_errors(401, 404, *_BODY, e404="no such model, and no run_dir to "
+                                "add it from", e422="not a loadable run (the old model "
+                                "keeps serving)"),
               summary="load a run (again) and swap it in without downtime")
     def reload(body: ReloadIn) -> dict[str, Any]:
         try:
             fresh = service().reload(body.model, body.run_dir)
-        except (FileNotFoundError, ValueError) as err:
+        # OSError, not only FileNotFoundError: a name over 255 bytes (ENAMETOOLONG) or an
+        # unreadable folder is a bad run_dir too, not a server error.
+        except (OSError, ValueError) as err:
             if isinstance(err, RequestError):
                 raise
             raise RequestError(f"could not load {body.run_dir}: {err}") from None

@@ -179,7 +179,11 @@ class ModelService:
         known_times = None
         if times is not None:
             keep = np.array([str(i) in recommender.catalog.index_of for i in ids], dtype=bool)
-            known_times = np.asarray(times, dtype=np.int64)[keep] if len(ids) else None
+            try:
+                known_times = np.asarray(times, dtype=np.int64)[keep] if len(ids) else None
+            except OverflowError:  # raised here it would fail the whole micro-batch
+                raise RequestError("timestamps must fit in 64 bits (seconds since the "
+                                   "epoch)") from None
         if recommender.needs_times and len(indices) and known_times is None:
             raise RequestError(f"model {recommender.name!r} learned from elapsed time: send "
                                "timestamps (seconds) beside the history")

@@ -16,6 +16,7 @@ on that order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 FORMAT_VERSION = 1
 
@@ -156,6 +158,7 @@ class Dataset:
                 "refusing to replace it. Save the dataset into a new or empty folder.")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        old = None
         try:
             self.interactions.to_parquet(tmp / "interactions.parquet", index=False)
             self.items.to_parquet(tmp / "items.parquet", index=False)
@@ -169,16 +172,20 @@ class Dataset:
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             # Swap by two renames: the old folder stays whole until the new one is in
             # place, and is deleted only after.
-            old = None
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
                 folder.rename(old)
             tmp.rename(folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not folder.exists():
+                # Interrupted between the renames: put the previous version back rather
+                # than leave no dataset at all.
+                with contextlib.suppress(OSError):
+                    old.rename(folder)
             raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return folder
 
     @staticmethod
@@ -187,14 +194,20 @@ class Dataset:
         manifest_path = folder / "manifest.json"
         if not manifest_path.exists():
             raise DataFormatError(f"{folder}: not a modrec dataset folder (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        return Dataset(
-            name=manifest["name"],
-            interactions=pd.read_parquet(folder / "interactions.parquet"),
-            items=pd.read_parquet(folder / "items.parquet"),
-            users=pd.read_parquet(folder / "users.parquet"),
-            provenance=manifest.get("provenance", {}),
-        )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            return Dataset(
+                name=manifest["name"],
+                interactions=pd.read_parquet(folder / "interactions.parquet"),
+                items=pd.read_parquet(folder / "items.parquet"),
+                users=pd.read_parquet(folder / "users.parquet"),
+                provenance=manifest.get("provenance", {}),
+            )
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:
+            raise DataFormatError(
+                f"{folder}: damaged modrec dataset ({type(err).__name__}: {err}); expected the "
+                "complete folder Dataset.save writes"
+            ) from err
 
 
 def build_dataset(
@@ -214,8 +227,8 @@ def build_dataset(
     may carry content columns keyed by an ``item_id`` column of external ids; catalog
     items that never occur in interactions are kept too, so a new item is still known.
     """
-    user_ids = pd.Series(users).astype(str).to_numpy()
-    item_ids = pd.Series(items).astype(str).to_numpy()
+    user_ids = _id_strings(name, "user", users)
+    item_ids = _id_strings(name, "item", items)
 
     catalog_ids = item_ids
     if item_table is not None:
@@ -232,7 +245,7 @@ def build_dataset(
     )
     sort_keys = ["user"]
     if timestamps is not None:
-        frame["timestamp"] = np.asarray(timestamps, dtype=np.int64)
+        frame["timestamp"] = _int64_timestamps(name, timestamps)
         sort_keys.append("timestamp")
     if weights is not None:
         frame["weight"] = np.asarray(weights, dtype=np.float32)
@@ -248,6 +261,40 @@ def build_dataset(
         {"user": np.arange(len(user_vocab), dtype=np.int32), "user_id": user_vocab}
     )
     return Dataset(name, frame, item_frame, user_frame, provenance or {})
+
+
+def _id_strings(name: str, role: str, ids: np.ndarray) -> np.ndarray:
+    """Ids as strings; a missing one is an error (as a string it would be "nan", one id
+    shared by every row that lacks it). The importers name the line; this is the last
+    guard for callers that build a dataset from their own arrays."""
+    series = pd.Series(ids)
+    missing = np.flatnonzero(series.isna().to_numpy())
+    if len(missing):
+        raise DataFormatError(
+            f"{name}: {role} id missing in row {int(missing[0]) + 1}; expected an id in every row"
+        )
+    return series.astype(str).to_numpy(dtype=object)
+
+
+def _int64_timestamps(name: str, timestamps: np.ndarray) -> np.ndarray:
+    """Timestamps as int64, refusing what int64 cannot hold: a blind cast wraps a big
+    unsigned value around, and turns NaN or 1e30 into the smallest int64."""
+    ts = np.asarray(timestamps)
+    if ts.dtype.kind == "i":
+        return ts.astype(np.int64)
+    if ts.dtype.kind == "u":
+        fits = ts <= np.iinfo(np.int64).max
+    elif ts.dtype.kind == "f":
+        fits = (np.isfinite(ts) & (ts == np.floor(ts)) & (ts >= -(2.0**63)) & (ts < 2.0**63))
+    else:
+        fits = np.zeros(len(ts), dtype=bool)
+    bad = np.flatnonzero(~fits)
+    if len(bad):
+        raise DataFormatError(
+            f"{name}: timestamp {ts[bad[0]]!r} in row {int(bad[0]) + 1}; expected integers "
+            "within int64"
+        )
+    return ts.astype(np.int64)
 
 
 def _sorted_vocab(ids: np.ndarray) -> np.ndarray:

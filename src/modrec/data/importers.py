@@ -15,11 +15,17 @@ expected; none of them writes anything.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from modrec.data.dataset import DataFormatError, Dataset, build_dataset
 
@@ -34,47 +40,123 @@ _COLUMN_GUESSES = {
 }
 
 
+# Spellings that mean "no value" to pandas and to most tools that wrote the file; an id
+# spelled so would be indistinguishable from a missing one once it is saved.
+_MISSING = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None",
+                      "<NA>", "-nan", "-NaN"})
+_INT = re.compile(r"[+-]?[0-9]+")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # 881250949 or 881250949.0
+_INT64 = np.iinfo(np.int64)
+
+
 # ---- text formats ---------------------------------------------------------------------
-def _read_lines(path: Path) -> list[str]:
+def _require_file(path: Path) -> None:
     if not path.exists():
-        raise DataFormatError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8", errors="strict")
-    lines = text.splitlines()
+        raise DataFormatError(f"{path}: file not found; expected a file here")
+    if not path.is_file():
+        raise DataFormatError(f"{path}: is a folder (or not a regular file); expected a file")
+
+
+def _line_at(raw: bytes, offset: int) -> int:
+    """1-based line of a byte offset, counting CRLF, LF and lone CR as one break each."""
+    head = raw[:offset].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return head.count(b"\n") + 1
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text, without a byte-order mark and with every line ending as "\\n".
+
+    A NUL byte or bytes that are not valid in ``encoding`` are reported with their line:
+    both mean a truncated, binary or mis-encoded file, whose fields must not be read as
+    data (a zero-filled tail is what a crash mid-write often leaves)."""
+    _require_file(path)
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataFormatError(
+            f"{path}:{_line_at(raw, nul)}: NUL byte at byte {nul}; expected text (is the "
+            "file truncated or binary?)"
+        )
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise DataFormatError(
+            f"{path}:{_line_at(raw, err.start)}: invalid {encoding.upper()} ({err.reason} at "
+            f"byte {err.start}); expected {encoding.upper()} text"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = _read_text(path).split("\n")
     if not any(line.strip() for line in lines):
         raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
     return lines
 
 
-def _int_tokens(path: Path, lineno: int, tokens: list[str], expected: str) -> np.ndarray:
+def _int_tokens(path: Path, lineno: int, line: str, tokens: list[str], expected: str
+                ) -> list[int]:
+    """The tokens of one line as integers. Only ASCII digits: Python's int() also takes
+    "1_000" and Arabic-Indic or full-width digits, which no id column means."""
+    if line.isascii() and "_" not in line:
+        try:
+            return [int(t) for t in tokens]
+        except ValueError:
+            pass
+    bad = next(t for t in tokens if not _INT.fullmatch(t))
+    raise DataFormatError(f"{path}:{lineno}: expected integer ids ({expected}), got {bad!r}")
+
+
+def _int64_rows(path: Path, rows: list[list[int]], linenos: list[int], expected: str
+                ) -> np.ndarray:
+    """Integer rows as one int64 array; a value beyond int64 is an error naming its line,
+    never a wrapped-around number."""
     try:
-        return np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise DataFormatError(
-            f"{path}:{lineno}: expected integer ids ({expected}), got {bad!r}"
-        ) from None
+        return np.array(rows, dtype=np.int64)
+    except OverflowError:
+        _raise_overflow(path, rows, linenos, expected)
+        raise
+
+
+def _raise_overflow(path: Path, rows: list[list[int]], linenos: list[int], expected: str
+                    ) -> None:
+    for lineno, row in zip(linenos, rows, strict=True):
+        for value in row:
+            if not _INT64.min <= value <= _INT64.max:
+                raise DataFormatError(
+                    f"{path}:{lineno}: {value} does not fit in 64 bits; expected {expected} "
+                    f"between {_INT64.min} and {_INT64.max}"
+                ) from None
 
 
 def read_sequences(path: str | Path, name: str | None = None) -> Dataset:
     """``user item item ...`` per line, items oldest first."""
     path = Path(path)
-    users: list[np.ndarray] = []
-    items: list[np.ndarray] = []
+    rows: list[list[int]] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(_read_lines(path), start=1):
         tokens = line.split()
         if not tokens:
             continue
-        ids = _int_tokens(path, lineno, tokens, "'user item item ...'")
+        ids = _int_tokens(path, lineno, line, tokens, "'user item item ...'")
         if len(ids) < 2:
             continue  # a user with no items carries no interaction
-        users.append(np.full(len(ids) - 1, ids[0]))
-        items.append(ids[1:])
-    if not users:
-        raise DataFormatError(f"{path}: no line has a user followed by items")
+        rows.append(ids)
+        linenos.append(lineno)
+    if not rows:
+        raise DataFormatError(
+            f"{path}: no line has a user followed by items; expected 'user item item ...'"
+        )
+    try:
+        items = np.array([i for ids in rows for i in ids[1:]], dtype=np.int64)
+        users = np.array([ids[0] for ids in rows], dtype=np.int64)
+    except OverflowError:
+        _raise_overflow(path, rows, linenos, "integer ids")
+        raise
     return build_dataset(
         name or path.stem,
-        np.concatenate(users),
-        np.concatenate(items),
+        np.repeat(users, [len(ids) - 1 for ids in rows]),
+        items,
         provenance={"format": "sequences", "source": str(path)},
     )
 
@@ -83,14 +165,15 @@ def read_pairs(path: str | Path, name: str | None = None) -> Dataset:
     """``user item`` (optionally ``timestamp``) per line, in chronological order."""
     path = Path(path)
     lines = _read_lines(path)
-    rows = []
-    width = None
+    rows: list[list[int]] = []
+    linenos: list[int] = []
+    width = first = None
     for lineno, line in enumerate(lines, start=1):
         tokens = line.split()
         if not tokens:
             continue
         if width is None:
-            width = len(tokens)
+            width, first = len(tokens), lineno
             if width not in (2, 3):
                 raise DataFormatError(
                     f"{path}:{lineno}: expected 2 columns 'user item' (or 3 with a "
@@ -98,11 +181,12 @@ def read_pairs(path: str | Path, name: str | None = None) -> Dataset:
                 )
         elif len(tokens) != width:
             raise DataFormatError(
-                f"{path}:{lineno}: expected {width} columns like the first line, got "
+                f"{path}:{lineno}: expected {width} columns like line {first}, got "
                 f"{len(tokens)}"
             )
-        rows.append(_int_tokens(path, lineno, tokens, "'user item [timestamp]'"))
-    table = np.stack(rows)
+        rows.append(_int_tokens(path, lineno, line, tokens, "'user item [timestamp]'"))
+        linenos.append(lineno)
+    table = _int64_rows(path, rows, linenos, "ids and timestamps")
     return build_dataset(
         name or path.stem,
         table[:, 0],
@@ -119,36 +203,155 @@ def read_table(
     """CSV/TSV or Parquet with a column mapping ``{"user": ..., "item": ..., ...}``;
     known names (userId, item_id, timestamp, rating, ...) are found without one."""
     path = Path(path)
-    if not path.exists():
-        raise DataFormatError(f"{path}: file not found")
+    lines: np.ndarray | None = None
     if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        frame = _read_parquet(path)
     else:
         sep = "\t" if path.suffix in (".tsv", ".inter") else ","
-        try:
-            frame = pd.read_csv(path, sep=sep)
-        except pd.errors.EmptyDataError:
-            raise DataFormatError(f"{path}: file is empty; expected a header row") from None
-        except pd.errors.ParserError as err:
-            raise DataFormatError(f"{path}: {err}") from None
+        frame, lines = _read_delimited(path, sep, "a header row")
     if frame.empty:
-        raise DataFormatError(f"{path}: table has a header but no rows")
+        raise DataFormatError(
+            f"{path}: table has a header but no rows; expected at least one interaction"
+        )
     mapping = _resolve_columns(path, list(frame.columns), columns or {})
-    line_offset = 2  # 1-based lines plus the header
+    users = _id_column(path, frame, mapping["user"], lines)
+    items = _id_column(path, frame, mapping["item"], lines)
     ts = None
     if "timestamp" in mapping:
-        ts = _numeric_column(path, frame, mapping["timestamp"], line_offset)
+        ts = _timestamp_column(path, frame, mapping["timestamp"], lines)
     weights = None
     if "weight" in mapping:
-        weights = _numeric_column(path, frame, mapping["weight"], line_offset)
+        weights = _numeric_column(path, frame, mapping["weight"], lines)
     return build_dataset(
         name or path.stem,
-        frame[mapping["user"]].to_numpy(),
-        frame[mapping["item"]].to_numpy(),
+        users,
+        items,
         timestamps=ts,
         weights=weights,
         provenance={"format": "table", "source": str(path), "columns": mapping},
     )
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    _require_file(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as err:  # ValueError: bad metadata
+        raise DataFormatError(
+            f"{path}: not a readable Parquet file ({err}); expected a complete Parquet table"
+        ) from None
+
+
+def _read_delimited(path: Path, sep: str, header: str, quotes: bool = True
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    """A delimited table as strings, and the line each row starts on.
+
+    Python's csv module rather than pandas: pandas pads a short row with NaN, takes a
+    first row with one field too many as an index (shifting every column) and skips
+    blank lines, all without a word, so neither field counts nor line numbers could be
+    checked. Every row here has the header's width or is an error naming its line.
+    ``quotes=False`` for RecBole, whose fields are never quoted."""
+    reader = csv.reader(io.StringIO(_read_text(path)), delimiter=sep,
+                        quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE)
+    names: list[str] | None = None
+    header_line = 0
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    lineno = 1
+    try:
+        for record in reader:
+            start, lineno = lineno, reader.line_num + 1
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # a blank line
+            if names is None:
+                names, header_line = record, start
+                dup = next((n for n, k in Counter(names).items() if k > 1), None)
+                if dup is not None:
+                    raise DataFormatError(
+                        f"{path}:{start}: column {dup!r} appears twice in the header; expected "
+                        "distinct column names"
+                    )
+            elif len(record) != len(names):
+                raise DataFormatError(
+                    f"{path}:{start}: expected {len(names)} {sep!r}-separated fields like the "
+                    f"header (line {header_line}), got {len(record)}"
+                )
+            else:
+                rows.append(record)
+                lines.append(start)
+    except csv.Error as err:
+        raise DataFormatError(
+            f"{path}:{reader.line_num}: {err}; expected {sep!r}-separated fields"
+        ) from None
+    if names is None:
+        raise DataFormatError(f"{path}: file is empty; expected {header}")
+    return pd.DataFrame(rows, columns=names, dtype=object), np.array(lines, dtype=np.int64)
+
+
+def _where(path: Path, lines: np.ndarray | None, row: int) -> str:
+    """``file:line`` for a text table, ``file: row N`` for Parquet."""
+    return f"{path}:{lines[row]}" if lines is not None else f"{path}: row {row + 1}"
+
+
+def _id_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray | None
+               ) -> np.ndarray:
+    """External ids, refusing blank and NaN ones: ``build_dataset`` would turn every
+    missing id into the one string "nan" and merge them into a single user or item.
+    Text ids lose surrounding blanks, as pandas' number parsing dropped them before."""
+    values = frame[column]
+    text = values.astype(str).str.strip()
+    bad = np.flatnonzero(values.isna().to_numpy() | text.isin(_MISSING).to_numpy())
+    if len(bad):
+        row = int(bad[0])
+        raise DataFormatError(
+            f"{_where(path, lines, row)}: column {column!r} has a missing id "
+            f"({values.iloc[row]!r}); expected a user or item id"
+        )
+    return values.to_numpy() if values.dtype.kind in "iuf" else text.to_numpy(dtype=object)
+
+
+def _timestamp_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray | None
+                      ) -> np.ndarray:
+    """Timestamps as int64, exactly as written. Text must be an ASCII integer (``.0``
+    allowed); a number beyond int64 or with a fraction is an error, never rounded or
+    wrapped around, and so is a float column holding such a number."""
+    values = frame[column]
+    expected = "expected an integer timestamp within int64"
+    if pd.api.types.is_datetime64_any_dtype(values):
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise DataFormatError(
+                f"{_where(path, lines, int(bad[0]))}: column {column!r} must be numeric: "
+                f"{expected}, got NaT"
+            )
+        return pd.to_numeric(values).to_numpy(np.int64)
+    kind = values.dtype.kind
+    if kind in "iuf":
+        numbers = values.to_numpy()
+        if kind == "i":
+            return numbers.astype(np.int64)
+        if kind == "u":
+            fits = numbers <= _INT64.max
+        else:  # 2.0**63 is exact, and the first float beyond int64
+            fits = (np.isfinite(numbers) & (numbers == np.floor(numbers))
+                    & (numbers >= -(2.0**63)) & (numbers < 2.0**63))
+        bad = np.flatnonzero(~fits)
+    else:
+        text = values.astype(str).str.strip()
+        ok = (text.str.fullmatch(_INT_TEXT.pattern).fillna(False).to_numpy(bool)
+              & ~values.isna().to_numpy())
+        bad = np.flatnonzero(~ok)
+        if not len(bad):
+            numbers = np.array([int(t.partition(".")[0]) for t in text], dtype=object)
+            fits = np.array([_INT64.min <= n <= _INT64.max for n in numbers], dtype=bool)
+            bad = np.flatnonzero(~fits)
+    if len(bad):
+        row = int(bad[0])
+        raise DataFormatError(
+            f"{_where(path, lines, row)}: column {column!r} must be numeric: {expected}, got "
+            f"{values.iloc[row]!r}"
+        )
+    return numbers.astype(np.int64)
 
 
 def _resolve_columns(path: Path, present: list[str], given: dict[str, str]) -> dict[str, str]:
@@ -157,8 +360,8 @@ def _resolve_columns(path: Path, present: list[str], given: dict[str, str]) -> d
         if role in given:
             if given[role] not in present:
                 raise DataFormatError(
-                    f"{path}: column {given[role]!r} (for {role}) not found; columns are "
-                    f"{present}"
+                    f"{path}: column {given[role]!r} (for {role}) not found; expected one of "
+                    f"the columns {present}"
                 )
             mapping[role] = given[role]
             continue
@@ -168,41 +371,64 @@ def _resolve_columns(path: Path, present: list[str], given: dict[str, str]) -> d
     for role in ("user", "item"):
         if role not in mapping:
             raise DataFormatError(
-                f"{path}: no {role} column among {present}; name it with "
-                f"--columns {role}=COLUMN"
+                f"{path}: no {role} column among {present}; expected one named like "
+                f"{_COLUMN_GUESSES[role][1]!r}, or name it with --columns {role}=COLUMN"
             )
     return mapping
 
 
-def _numeric_column(path: Path, frame: pd.DataFrame, column: str, offset: int) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = np.flatnonzero(values.isna().to_numpy())
+def _numeric_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray | None
+                    ) -> np.ndarray:
+    """Weights (ratings) as float32; NaN, infinity and numbers beyond float32 are errors,
+    not a weight of inf."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+    with np.errstate(over="ignore"):
+        bad = np.flatnonzero(~np.isfinite(values.astype(np.float32)))
     if len(bad):
         row = int(bad[0])
         raise DataFormatError(
-            f"{path}:{row + offset}: column {column!r} must be numeric, got "
-            f"{frame[column].iloc[row]!r}"
+            f"{_where(path, lines, row)}: column {column!r} must be numeric: expected a finite "
+            f"number within float32, got {frame[column].iloc[row]!r}"
         )
-    return values.to_numpy()
+    return values
 
 
 # ---- RecBole atomic files -------------------------------------------------------------
-def _read_atomic(path: Path) -> pd.DataFrame:
+def _read_atomic(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """A RecBole atomic file: tab-separated, header ``name:type``; the type suffix is
-    stripped from the column names."""
-    try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    except pd.errors.EmptyDataError:
-        raise DataFormatError(f"{path}: file is empty; expected a 'name:type' header") from None
-    except pd.errors.ParserError as err:
-        raise DataFormatError(f"{path}: {err} (RecBole atomic files are tab-separated)") from None
+    stripped from the column names. Also returns the line of each row."""
+    frame, lines = _read_delimited(path, "\t", "a 'name:type' header", quotes=False)
     if not all(":" in c for c in frame.columns):
         raise DataFormatError(
-            f"{path}:1: expected a RecBole header of 'name:type' fields, got "
-            f"{list(frame.columns)}"
+            f"{path}:{_header_line(path)}: expected a RecBole header of 'name:type' fields, "
+            f"got {list(frame.columns)}"
         )
-    frame.columns = [c.split(":")[0] for c in frame.columns]
-    return frame
+    names = [c.split(":")[0] for c in frame.columns]
+    dup = next((n for n, k in Counter(names).items() if k > 1), None)
+    if dup is not None:
+        raise DataFormatError(
+            f"{path}:{_header_line(path)}: field {dup!r} appears twice in the header; "
+            "expected distinct names"
+        )
+    frame.columns = names
+    return frame, lines
+
+
+def _header_line(path: Path) -> int:
+    """The line of a table's header: the first line that is not blank."""
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        if line.strip():
+            return lineno
+    return 1
+
+
+def _require_columns(path: Path, frame: pd.DataFrame, needed: dict[str, str]) -> None:
+    for column, typed in needed.items():
+        if column not in frame.columns:
+            raise DataFormatError(
+                f"{path}:{_header_line(path)}: missing column '{typed}'; expected it among "
+                f"{list(frame.columns)}"
+            )
 
 
 def read_recbole(path: str | Path, name: str | None = None) -> Dataset:
@@ -215,25 +441,29 @@ def read_recbole(path: str | Path, name: str | None = None) -> Dataset:
     if all(f.exists() for f in split_files):
         return _read_recbole_presplit(folder, stem, split_files, name)
     inter_path = folder / f"{stem}.inter"
-    frame = _read_atomic(inter_path)
-    for column in ("user_id", "item_id"):
-        if column not in frame.columns:
-            raise DataFormatError(
-                f"{inter_path}:1: missing column '{column}:token'; columns are "
-                f"{list(frame.columns)}"
-            )
-    ts = _numeric_column(inter_path, frame, "timestamp", 2) if "timestamp" in frame else None
-    weights = _numeric_column(inter_path, frame, "rating", 2) if "rating" in frame else None
+    frame, lines = _read_atomic(inter_path)
+    _require_columns(inter_path, frame, {"user_id": "user_id:token", "item_id": "item_id:token"})
+    if frame.empty:
+        raise DataFormatError(
+            f"{inter_path}: the file has a header but no rows; expected at least one interaction"
+        )
+    users = _id_column(inter_path, frame, "user_id", lines)
+    items = _id_column(inter_path, frame, "item_id", lines)
+    ts = (_timestamp_column(inter_path, frame, "timestamp", lines) if "timestamp" in frame
+          else None)
+    weights = _numeric_column(inter_path, frame, "rating", lines) if "rating" in frame else None
     item_table = None
     item_path = folder / f"{stem}.item"
     if item_path.exists():
-        item_table = _read_atomic(item_path)
+        item_table, item_lines = _read_atomic(item_path)
+        _require_columns(item_path, item_table, {"item_id": "item_id:token"})
+        _id_column(item_path, item_table, "item_id", item_lines)
         if "movie_title" in item_table.columns:
             item_table = item_table.rename(columns={"movie_title": "title"})
     return build_dataset(
         name or stem,
-        frame["user_id"].to_numpy(),
-        frame["item_id"].to_numpy(),
+        users,
+        items,
         timestamps=ts,
         weights=weights,
         item_table=item_table,
@@ -245,7 +475,10 @@ def _recbole_stem(path: Path) -> tuple[Path, str]:
     if path.is_dir():
         inters = sorted(path.glob("*.inter"))
         if not inters:
-            raise DataFormatError(f"{path}: no .inter file in this folder")
+            raise DataFormatError(
+                f"{path}: no .inter file in this folder; expected a RecBole '.inter' file or "
+                "a folder that holds one"
+            )
         path = inters[0]
     if path.suffix != ".inter":
         raise DataFormatError(f"{path}: expected a RecBole '.inter' file")
@@ -266,26 +499,32 @@ def _read_recbole_presplit(
     time order; the test row's history is checked against it, so a file that breaks
     these assumptions fails loudly instead of yielding a wrong split.
     """
-    train, valid, test = (_read_atomic(f) for f in files)
-    for f, frame in zip(files, (train, valid, test), strict=True):
+    tables = [_read_atomic(f) for f in files]
+    for f, (frame, lines) in zip(files, tables, strict=True):
         if not {"user_id", "item_id_list", "item_id"} <= set(frame.columns):
             raise DataFormatError(
-                f"{f}:1: expected columns user_id, item_id_list, item_id; got "
-                f"{list(frame.columns)}"
+                f"{f}:{_header_line(f)}: expected columns user_id, item_id_list, item_id; "
+                f"got {list(frame.columns)}"
             )
+        _id_column(f, frame, "user_id", lines)
+        _id_column(f, frame, "item_id", lines)
+    (train, _), (valid, valid_lines), (test, test_lines) = tables
+    _check_same_users(files, valid["user_id"].tolist(), valid_lines, test["user_id"].tolist(),
+                      test_lines)
     sequences: dict[str, list[str]] = {}
     for user, rows in train.iloc[::-1].groupby("user_id", sort=False):
         first = rows.iloc[0]
         sequences[user] = first["item_id_list"].split() + rows["item_id"].tolist()
     users, items = [], []
-    for (_, v), (_, t) in zip(valid.iterrows(), test.iterrows(), strict=True):
+    for k, ((_, v), (_, t)) in enumerate(zip(valid.iterrows(), test.iterrows(), strict=True)):
         user = t["user_id"]
         seq = sequences.get(user, v["item_id_list"].split()) + [v["item_id"], t["item_id"]]
         history = t["item_id_list"].split()
         if seq[-1 - len(history) : -1] != history:
             raise DataFormatError(
-                f"{files[2]}: the test history of user {user} does not match the train "
-                "and valid files; cannot rebuild the sequence"
+                f"{files[2]}:{test_lines[k]}: the test history of user {user} does not match "
+                "the train and valid files; expected it to end with the train and valid "
+                "items, cannot rebuild the sequence"
             )
         users.extend([user] * len(seq))
         items.extend(seq)
@@ -295,7 +534,7 @@ def _read_recbole_presplit(
     if text_path.exists() and index_path.exists():
         # UniSRec layout: the .text file is keyed by ASIN, .item2index maps ASIN -> id.
         index = pd.read_csv(index_path, sep="\t", header=None, names=["asin", "item_id"], dtype=str)
-        text = _read_atomic(text_path).rename(columns={"item_id": "asin"})
+        text = _read_atomic(text_path)[0].rename(columns={"item_id": "asin"})
         item_table = index.merge(text, on="asin", how="left")
     return build_dataset(
         name or stem,
@@ -308,6 +547,28 @@ def _read_recbole_presplit(
             "split": "leave-one-out, rebuilt from the split files",
         },
     )
+
+
+def _check_same_users(files: list[Path], valid: list[str], valid_lines: np.ndarray,
+                      test: list[str], test_lines: np.ndarray) -> None:
+    """The valid and test files hold one row per user, the same users in the same
+    order: rows are paired by position, so a missing or extra row would pair one user's
+    history with another's target. Names the first line where the two part."""
+    if not valid and not test:
+        raise DataFormatError(f"{files[1]}: no rows; expected one row per user")
+    for k in range(max(len(valid), len(test))):
+        v = valid[k] if k < len(valid) else None
+        t = test[k] if k < len(test) else None
+        if v == t:
+            continue
+        if t is None:
+            where, what = f"{files[1]}:{valid_lines[k]}", f"user {v!r} has no row in {files[2]}"
+        elif v is None:
+            where, what = f"{files[2]}:{test_lines[k]}", f"user {t!r} has no row in {files[1]}"
+        else:
+            where = f"{files[2]}:{test_lines[k]}"
+            what = f"user {t!r}, but line {valid_lines[k]} of {files[1]} is user {v!r}"
+        raise DataFormatError(f"{where}: {what}; expected the same users in the same order")
 
 
 # ---- MovieLens originals --------------------------------------------------------------
@@ -324,10 +585,7 @@ def read_movielens(folder: str | Path, name: str | None = None) -> Dataset:
         ratings = _read_separated(folder / "u.data", "\t", ["user", "item", "rating", "ts"])
         items = None
         if (folder / "u.item").exists():
-            items = pd.read_csv(
-                folder / "u.item", sep="|", header=None, encoding="latin-1", usecols=[0, 1],
-                names=["item_id", "title"],
-            )
+            items = _read_catalog(folder / "u.item", "|", ["item_id", "title"])
         default_name = "ml-100k"
     else:
         raise DataFormatError(
@@ -346,15 +604,33 @@ def read_movielens(folder: str | Path, name: str | None = None) -> Dataset:
 
 def read_movielens_movies(path: Path) -> pd.DataFrame:
     """GroupLens ``movies.dat``: item_id, title, genres (pipe-separated)."""
-    return pd.read_csv(
-        path, sep="::", engine="python", header=None, encoding="latin-1",
-        names=["item_id", "title", "genres"], dtype={"item_id": str},
-    )
+    return _read_catalog(path, "::", ["item_id", "title", "genres"])
+
+
+def _read_catalog(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
+    """A GroupLens catalog (``movies.dat``, ``u.item``): Latin-1, an integer id first,
+    then at least ``len(names) - 1`` more fields, of which the first few are kept."""
+    rows = []
+    for lineno, line in enumerate(_read_text(path, "latin-1").split("\n"), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) < len(names):
+            raise DataFormatError(
+                f"{path}:{lineno}: expected {len(names)} fields {names} separated by {sep!r}, "
+                f"got {len(fields)}"
+            )
+        item = fields[0].strip()
+        if not _INT.fullmatch(item):
+            raise DataFormatError(f"{path}:{lineno}: expected an integer item id, got {item!r}")
+        rows.append([str(int(item)), *fields[1 : len(names)]])
+    return pd.DataFrame(rows, columns=names)
 
 
 def _read_separated(path: Path, sep: str, names: list[str]) -> np.ndarray:
     lines = _read_lines(path)
-    rows = []
+    rows: list[list[int]] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -364,8 +640,9 @@ def _read_separated(path: Path, sep: str, names: list[str]) -> np.ndarray:
                 f"{path}:{lineno}: expected {len(names)} fields {names} separated by "
                 f"{sep!r}, got {len(tokens)}"
             )
-        rows.append(_int_tokens(path, lineno, tokens, f"{sep!r}-separated integers"))
-    return np.stack(rows)
+        rows.append(_int_tokens(path, lineno, line, tokens, f"{sep!r}-separated integers"))
+        linenos.append(lineno)
+    return _int64_rows(path, rows, linenos, "integers")
 
 
 # ---- dispatch -------------------------------------------------------------------------
@@ -393,8 +670,10 @@ def detect_format(path: str | Path) -> str:
     if suffix in (".csv", ".tsv"):
         return "csv"
     if suffix in (".txt", ".dat", ""):
+        if not path.is_file():
+            raise DataFormatError(f"{path}: not a regular file; expected a file or a folder")
         head = []
-        with path.open(encoding="utf-8", errors="replace") as f:
+        with path.open(encoding="utf-8-sig", errors="replace") as f:
             for line in f:
                 if line.strip():
                     head.append(line.split())
@@ -402,10 +681,13 @@ def detect_format(path: str | Path) -> str:
                     break
         if not head:
             raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
-        widths = {len(t) for t in head}
+        width, count = Counter(len(t) for t in head).most_common(1)[0]
         users = [t[0] for t in head]
-        # Pair files repeat the user on consecutive lines; sequence files do not.
-        if widths <= {2, 3} and len(widths) == 1 and len(set(users)) < len(users):
+        # Pair files repeat the user on consecutive lines; sequence files do not. A pairs
+        # file with a stray line of another width is still a pairs file (most lines share
+        # one width, where sequence lengths vary): read_pairs then names that line, where
+        # reading it as sequences would silently turn its timestamps into items.
+        if width in (2, 3) and 2 * count > len(head) and len(set(users)) < len(users):
             return "pairs"
         return "sequences"
     raise DataFormatError(
@@ -431,4 +713,11 @@ def import_path(
     }
     if fmt not in readers:
         raise DataFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return readers[fmt]()
+    try:
+        return readers[fmt]()
+    except DataFormatError as err:
+        if format is None and fmt in ("pairs", "sequences"):
+            raise DataFormatError(
+                f"{err} (read as {fmt}, guessed from the first lines; --format chooses)"
+            ) from None
+        raise

@@ -316,7 +316,10 @@ def _cached(
     folder = paths.cache_dir() / key
     stamp_file = folder / "source.json"
     if stamp_file.exists() and stamp_file.read_text() == stamp:
-        return Dataset.read(folder)
+        try:
+            return Dataset.read(folder)
+        except DataFormatError as err:  # damaged on disk: convert again, as if missing
+            log.warning("cached dataset %s is unreadable, converting again: %s", key, err)
     ds = build()
     try:
         ds.save(folder)

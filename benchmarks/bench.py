@@ -96,10 +96,12 @@ def run_presets(dataset: str, presets: list[str], runs: Path, records: Path | No
                  for r in map(json.loads, (source / "metrics.jsonl").read_text().splitlines())
                  if "valid" in r and "train_seconds" in r]
         # By now the record, where there is one, holds this run and where it ran.
-        host = (json.loads((record / "recorded.json").read_text())["machine"]
-                if record is not None else machine())
+        recorded = (json.loads((record / "recorded.json").read_text())
+                    if record is not None else {})
+        host = recorded.get("machine", machine())
+        when = str(recorded.get("recorded_at", datetime.now(UTC).isoformat()))[:10]
         rows.append({"preset": preset, "run_dir": str(source), "curve": curve,
-                     "machine": host,
+                     "machine": host, "date": when,
                      **{k: results[k] for k in (*METRICS, "best_epoch", "epochs",
                                                 "train_seconds", "protocol")}})
     return rows
@@ -166,6 +168,9 @@ def bench(dataset: str, presets: list[str], runs: Path = Path("runs/bench"),
         where = "Machines: " + "; ".join(
             f"{', '.join(r['preset'] for r in rows if r['machine'] == m)} on {m}"
             for m in machines) + "."
+    dates = sorted({row["date"] for row in rows})
+    where += (f" Trained {dates[0]}." if len(dates) == 1 else
+              f" Trained {dates[0]} to {dates[-1]}.")
     if records is not None:
         where += (f" Each run's settings, per-epoch validation metrics and results are "
                   f"kept in `{records}/{dataset}-PRESET/`.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from kit import PUBLISHED, machine, markdown_table, write_section
@@ -64,7 +65,8 @@ def main() -> None:
     body = (
         "## ML-1M in the published protocol\n\n"
         f"`python benchmarks/paper_protocol.py --models {args.models} --epochs {args.epochs}`"
-        f" on {machine()}.\n\nThe HSTU repository's protocol: training keeps every item "
+        f" on {machine()}, {time.strftime('%Y-%m-%d')}.\n\n"
+        "The HSTU repository's protocol: training keeps every item "
         "but the last (no validation hold-out), a fixed number of epochs, the last one "
         "reported; full ranking over all 3,706 items, history masked. Our presets as "
         "they were when each run was made (chosen on validation in the stricter "

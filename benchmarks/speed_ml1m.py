@@ -149,7 +149,8 @@ GFLOP per epoch: matrix multiplications and attention, forward and backward, cou
 `torch.utils.flop_counter.FlopCounterMode` over one epoch in length slices (on a CPU, causal
 attention credited at half the full count; on a GPU, the counter's own attention
 formulas); achieved GFLOP/s =
-that count / the median epoch time in length slices. Machine: {machine(args.device)}.
+that count / the median epoch time in length slices. Machine: {machine(args.device)},
+{time.strftime("%Y-%m-%d %H:%M")}.
 
 {table}
 """)

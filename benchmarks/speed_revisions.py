@@ -13,7 +13,7 @@ earlier ones (back to 11c47ef) the same way from their own helpers. Reported: th
 seconds per training step (forward, backward, optimiser), the median of the rounds, and
 base / head. (A mean, not a median step: batches of long histories cost far more, and they set the
 epoch time.) The revisions must share the training API used below (a few weeks apart
-at most). Written into docs/benchmarks.md.
+at most). Written into docs/speed-revisions.md.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main() -> None:
     table = markdown_table(["preset", "base s / step", "head s / step", "speed-up"], rows)
     # One section per base revision, so that each change keeps its own measurement.
     base_id = commits["base"][:7]
-    write_section(ROOT / "docs" / "benchmarks.md", f"speed-revisions-{base_id}", f"""
+    write_section(ROOT / "docs" / "speed-revisions.md", f"speed-revisions-{base_id}", f"""
 ## Training-step time between two revisions (base {base_id})
 
 Command: `python benchmarks/speed_revisions.py --base {args.base} --head {args.head}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 from kit import machine, markdown_table, write_section
@@ -65,7 +66,8 @@ def main() -> None:
     body = (
         f"## HSTU time bias ({args.dataset})\n\n"
         f"`python benchmarks/time_bias.py --dataset {args.dataset} --seeds {args.seeds}`"
-        f" on {machine()}.\n\nHSTU ({args.dataset}'s `hstu` preset) with its relative "
+        f" on {machine()}, {time.strftime('%Y-%m-%d')}.\n\n"
+        f"HSTU ({args.dataset}'s `hstu` preset) with its relative "
         "time bias on and off, seeds "
         f"{args.seeds}; validation selects the epoch, test reported (leave-one-out, full "
         "ranking, history masked). Mean ± standard deviation over seeds.\n\n"

@@ -116,3 +116,73 @@ def test_search_over_a_store_with_no_vectors_is_an_error(ml100k, tmp_path: Path)
                 failed=np.ones(len(rows), bool))
     with pytest.raises(ValueError, match="no item has a usable 'text' vector"):
         TextSearch(ml100k, store)
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "modrec"
+
+
+def test_nothing_in_the_package_loads_code_from_a_file() -> None:
+    """Every ``torch.load`` passes ``weights_only=True``; no pickle, marshal or shelve
+    loader, no ``allow_pickle=True``, YAML only through ``safe_load``."""
+    import re
+
+    calls, offenders = 0, []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(PACKAGE)
+        for match in re.finditer(r"torch\.load\(", text):
+            calls += 1
+            call = text[match.start():text.find(")", match.end()) + 1]
+            if "weights_only=True" not in call:
+                offenders.append(f"{where}: {call}")
+        for pattern in (r"pickle\.loads?\(", r"\bUnpickler\b", r"marshal\.loads?\(",
+                        r"\bshelve\b", r"allow_pickle\s*=\s*True", r"yaml\.load\(",
+                        r"yaml\.(unsafe|full)_load", r"Loader\s*=", r"read_pickle\(",
+                        r"(?<![.\w])eval\(", r"(?<![.\w])exec\("):  # not model.eval()
+            offenders += [f"{where}: {m.group(0)}" for m in re.finditer(pattern, text)]
+    assert calls >= 1  # the grep sees the one loader (runs.load_tensors)
+    assert not offenders, offenders
+
+
+def _sound(path: Path) -> None:
+    import soundfile
+
+    seconds = np.arange(8_000) / 16_000
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 220 * seconds), 16_000)
+
+
+def test_media_paths_stay_inside_the_catalog_folder_unless_allowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A catalog names its media relative to its own folder; ``../``, an absolute path
+    elsewhere and a symbolic link out are refused (flagged, never opened) unless
+    ``--allow-outside-paths`` is given."""
+    import logging
+
+    catalog, secret = tmp_path / "catalog", tmp_path / "private"
+    (catalog / "sounds").mkdir(parents=True)
+    secret.mkdir()
+    _sound(catalog / "sounds" / "inside.wav")
+    _sound(secret / "outside.wav")
+    (catalog / "sounds" / "link.wav").symlink_to(secret / "outside.wav")
+    (catalog / "tracks.inter").write_text(
+        "user_id:token\titem_id:token\n" + "".join(f"u1\t{i}\n" for i in "abcd"))
+    (catalog / "tracks.item").write_text(
+        "item_id:token\taudio:token\n"
+        "a\tsounds/inside.wav\n"
+        "b\t../private/outside.wav\n"
+        f"c\t{secret / 'outside.wav'}\n"
+        "d\tsounds/link.wav\n")
+    monkeypatch.chdir(tmp_path)  # relative paths start from the catalog, not from here
+    args = ["embed", "-d", "catalog/tracks.inter", "--encoder", "audio", "--no-progress",
+            "--json"]
+    with caplog.at_level(logging.WARNING, logger="modrec.content.extract"):
+        assert main([*args, "--store", str(tmp_path / "confined")]) == 0
+    [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["encoders"]
+    assert (report["encoded"], report["failures"]) == (1, 3)
+    assert sorted(report["failed_items"]) == ["b", "c", "d"]
+    refusals = [r.getMessage() for r in caplog.records if "outside the catalog" in r.getMessage()]
+    assert len(refusals) == 3 and all("--allow-outside-paths" in m for m in refusals)
+    assert main([*args, "--store", str(tmp_path / "open"), "--allow-outside-paths"]) == 0
+    [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["encoders"]
+    assert (report["encoded"], report["failures"]) == (4, 0)

@@ -2,19 +2,102 @@
 
 Every verb that reports numbers accepts ``--json`` and then prints them as one JSON
 object on the last line of standard output (progress and logs go to standard error).
+
+Misuse is answered with one message naming the problem and exit status 2 (argparse's
+own usage errors included), never a traceback. An exception nobody anticipated is a
+bug: it is named in one line with exit status 1, and ``-v`` shows its traceback. A
+command that fails removes the run folder or store it had just created when nothing in
+it is worth keeping (a run keeps its checkpoint, to be continued with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import shutil
 import sys
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("modrec")
+
+# What misuse and the world (missing files, full disks, corrupt folders) raise: the
+# message is for the user. Anything else is a bug in modrec.
+USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _port(text: str) -> int:
+    value = _at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {value}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
+def _dataset_arg(text: str, format: str | None = None) -> str:
+    """A named dataset as given; a path made absolute (so that a run records where its
+    data was, whatever the directory it is later resumed or refitted from); anything
+    else refused with the directory a relative path was looked for in."""
+    from modrec.data import NAMED
+
+    if text in NAMED and format is None:
+        return text
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    where = "" if path.is_absolute() else f" (relative paths start from {Path.cwd()})"
+    raise ValueError(f"{text!r} is neither a named dataset ({', '.join(NAMED)}) nor an "
+                     f"existing path{where}; `modrec datasets` lists the named ones")
+
+
+@contextlib.contextmanager
+def _removed_on_failure(folder: Path, worth_keeping: Callable[[Path], bool],
+                        how_to_continue: str) -> Iterator[None]:
+    """If the command fails, remove ``folder`` when this command created it and it
+    holds nothing ``worth_keeping``: a failed command leaves no half-made folder."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir():
+            if worth_keeping(folder):
+                log.warning("%s keeps what was done before the failure; %s", folder,
+                            how_to_continue)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _resumable(folder: Path) -> bool:
+    return (folder / "checkpoint.pt").exists() or (folder / "model.pt").exists()
 
 
 def _columns(text: str | None) -> dict[str, str] | None:
@@ -63,10 +146,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"model.item_tower={args.item_tower}")
     if args.encoder is not None:
         overrides.append(f"model.encoders={json.dumps(args.encoder.split(','))}")
-    config = build_config(args.dataset, args.model, args.config, overrides)
+    dataset = None if args.dataset is None else _dataset_arg(args.dataset, args.format)
+    if args.config is not None and not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    config = build_config(dataset, args.model, args.config, overrides)
     out = Path(args.out or f"runs/{Path(config.data.dataset).name}-{config.model.name}")
     log.info("training %s on %s -> %s", config.model.name, config.data.dataset, out)
-    train(config, out, resume=args.resume, progress=not args.no_progress)
+    with _removed_on_failure(out, _resumable, "continue it with the same command plus --resume"):
+        train(config, out, resume=args.resume, progress=not args.no_progress)
     return _report_run(out, args.json)
 
 
@@ -75,12 +162,15 @@ def cmd_refit(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out or f"{str(args.run_dir).rstrip('/')}-refit")
     log.info("refitting %s on training plus validation items -> %s", args.run_dir, out)
-    refit(args.run_dir, out, resume=args.resume, progress=not args.no_progress)
+    with _removed_on_failure(out, _resumable, "continue it with the same command plus --resume"):
+        refit(args.run_dir, out, resume=args.resume, progress=not args.no_progress)
     return _report_run(out, args.json)
 
 
 def _report_run(out: Path, as_json: bool) -> dict[str, Any]:
-    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    from modrec.runs import RunDir
+
+    results = RunDir(out).results()
     results["run_dir"] = str(out)
     if not as_json:
         _print_metrics(f"test ({results['protocol']}), epoch {results['best_epoch']}, "
@@ -161,10 +251,17 @@ def _models(args: argparse.Namespace) -> dict[str, str]:
         models[name] = folder
     if not models:
         raise ValueError("name a run to serve: modrec serve RUN_DIR, or --model NAME=RUN_DIR")
-    for name, folder in models.items():
-        if not (Path(folder) / "config.json").exists():
+    from modrec.runs import RunDir
+
+    for name, folder in models.items():  # cheap checks before the service starts
+        run = RunDir(folder)
+        if not run.config_file.exists():
             raise FileNotFoundError(f"model {name!r}: {folder} is not a run directory or "
                                     "bundle (no config.json)")
+        run.read_config()
+        if not run.weights_file.exists():
+            raise FileNotFoundError(f"model {name!r}: {folder} has no model.pt; train it "
+                                    "first")
     return models
 
 
@@ -185,9 +282,6 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         api_key = Path(args.api_key_file).read_text().strip()
         if not api_key:
             raise ValueError(f"{args.api_key_file} is empty; put the API key in it")
-    if args.max_k < 1 or args.batch_window_ms < 0 or args.max_batch < 1:
-        raise ValueError("--max-k and --max-batch must be at least 1, --batch-window-ms at "
-                         "least 0")
     config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
                                            ef_search=args.ef_search), max_k=args.max_k)
     state_path = Path(args.state)
@@ -228,12 +322,20 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore, embed
-    from modrec.data import load_dataset
+    from modrec.data import NAMED, load_dataset
 
-    dataset = load_dataset(args.dataset, args.format, _columns(args.columns))
-    store = EmbeddingStore.for_dataset(dataset, args.store)
-    reports = embed(dataset, args.encoder.split(","), store, batch_size=args.batch_size,
-                    device=args.device, progress=not args.no_progress, dtype=args.dtype)
+    source = _dataset_arg(args.dataset, args.format)
+    dataset = load_dataset(source, args.format, _columns(args.columns))
+    media_root = None  # a named dataset's media live in the data directory
+    if source not in NAMED or args.format is not None:  # a catalog file or folder
+        media_root = Path(source) if Path(source).is_dir() else Path(source).parent
+    folder = EmbeddingStore.folder_for(dataset, args.store)
+    with _removed_on_failure(folder, lambda f: (f / "manifest.json").exists(),
+                             "run the command again: it encodes only what is missing"):
+        store = EmbeddingStore.for_dataset(dataset, folder)
+        reports = embed(dataset, args.encoder.split(","), store, batch_size=args.batch_size,
+                        device=args.device, progress=not args.no_progress, dtype=args.dtype,
+                        allow_outside=args.allow_outside_paths, media_root=media_root)
     if not args.json:
         for r in reports:
             print(f"  {r.encoder:<10} dim {r.dim:<5} encoded {r.encoded:>6} of {r.items} "
@@ -249,7 +351,7 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.classify import classify
     from modrec.data import load_dataset
 
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(_dataset_arg(args.dataset))
     result = classify(dataset, args.labels, args.encoder.split(","), args.mode,
                       EmbeddingStore.for_dataset(dataset, args.store), head=args.head, k=args.k,
                       template=args.template, seed=args.seed, max_labels=args.max_labels,
@@ -267,7 +369,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.search import TextSearch, search_map
     from modrec.data import load_dataset
 
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(_dataset_arg(args.dataset))
     store = EmbeddingStore.for_dataset(dataset, args.store)
     if args.labels:  # evaluate: every label is a query
         result = search_map(dataset, args.labels, args.template, store, args.encoder)
@@ -299,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file layered over configs/<dataset>/<model>.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set train.lr=3e-4 (repeatable)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--epochs", type=_at_least(1),
+                   help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, parquet, movielens")
     p.add_argument("--columns", metavar="ROLE=COLUMN,...",
@@ -351,20 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "is the default")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--state", default="modrec-state.db",
                    help="SQLite file of users' event histories (created when missing)")
     p.add_argument("--api-key-file", help="a file holding the API key that writes "
                    "(events, reload) must send as 'Authorization: Bearer KEY'")
-    p.add_argument("--batch-window-ms", type=float, default=2.0,
+    p.add_argument("--batch-window-ms", type=_milliseconds, default=2.0,
                    help="how long a recommend request waits for others to share a model "
                    "call (0: no micro-batching)")
-    p.add_argument("--max-batch", type=int, default=64, help="most requests in one call")
-    p.add_argument("--max-k", type=int, default=1000, help="most items one request may ask for")
-    p.add_argument("--exact-below", type=int, default=100_000,
+    p.add_argument("--max-batch", type=_at_least(1), default=64,
+                   help="most requests in one call")
+    p.add_argument("--max-k", type=_at_least(1), default=1000,
+                   help="most items one request may ask for")
+    p.add_argument("--exact-below", type=_at_least(0), default=100_000,
                    help="catalogs smaller than this are searched exactly; larger ones "
                    "through an HNSW graph")
-    p.add_argument("--ef-search", type=int, default=512, help="HNSW search beam")
+    p.add_argument("--ef-search", type=_at_least(1), default=512, help="HNSW search beam")
     p.add_argument("--no-seed", action="store_true", help="do not copy the default run's "
                    "dataset histories into a new state")
     p.add_argument("--seed-state", action="store_true", help="seed the state from the "
@@ -383,9 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "audio, tags[:COLUMN], a dataset's precomputed vectors (vggish), or "
                    "MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="read media files wherever the catalog's paths lead (by default only "
+                   "inside the catalog's own folder; relative paths start there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
@@ -395,11 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="comma-separated stored embeddings")
     p.add_argument("--mode", choices=["trained", "zero-shot", "knn"], default="trained")
     p.add_argument("--head", choices=["linear", "mlp"], default="mlp", help="trained mode")
-    p.add_argument("-k", type=int, default=20, help="neighbours in knn mode")
+    p.add_argument("-k", type=_at_least(1), default=20, help="neighbours in knn mode")
     p.add_argument("--template", default="{label}", help="zero-shot label phrasing, "
                    "e.g. 'a {label} movie'")
-    p.add_argument("--max-labels", type=int, default=50, help="most frequent labels kept")
-    p.add_argument("--min-count", type=int, default=10, help="items a label needs")
+    p.add_argument("--max-labels", type=_at_least(1), default=50,
+                   help="most frequent labels kept")
+    p.add_argument("--min-count", type=_at_least(1), default=10, help="items a label needs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
     p.set_defaults(func=cmd_classify)
@@ -407,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="rank items by text relevance to a query")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("query", nargs="?")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=_at_least(1), default=10)
     p.add_argument("--encoder", default="text", help="the stored text embeddings to search")
     p.add_argument("--labels", help="measure instead: each label of this column is a query")
     p.add_argument("--template", default="{label}", help="how a label becomes a query")
@@ -417,21 +526,42 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in sub.choices.values():
         verb.add_argument("--json", action="store_true",
                           help="print the results as one JSON object on the last line")
+        # -v after the verb too; SUPPRESS keeps `modrec -v VERB` from being reset
+        verb.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="debug logging, and the traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error argparse has printed
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:  # FAISS logs which CPU builds it could not load, as exceptions
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         result = args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        # strict JSON: no NaN or Infinity, which many parsers reject
+        text = json.dumps(_json_safe(result), default=str, allow_nan=False) if args.json else ""
+    except KeyboardInterrupt:
+        print(f"modrec {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"modrec {args.verb}: error: {message}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
         return 2
-    if args.json:  # strict JSON: no NaN or Infinity, which many parsers reject
-        print(json.dumps(_json_safe(result), default=str, allow_nan=False))
+    except Exception as err:  # noqa: BLE001 - a bug: named in one line, traceback on -v
+        print(f"modrec {args.verb}: internal error: {type(err).__name__}: {err}"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 1
+    if args.json:
+        print(text)
     return 0
 
 

@@ -40,21 +40,22 @@ class DataConfig:
 @dataclass(config=_STRICT)
 class LossConfig:
     name: Literal["softmax", "sampled_softmax"] = "sampled_softmax"
-    num_negatives: int = 128  # sampled_softmax only
+    num_negatives: Annotated[int, Field(ge=1)] = 128  # sampled_softmax only
     # sampled_softmax: draw the negatives once per sequence (shared by its positions; one
     # batched product, cheap on a CPU) or afresh for every position (the HSTU
     # repository's sampler; a B x L x K gather of item vectors, cheap on a GPU)
     negatives_per: Literal["sequence", "position"] = "sequence"
-    temperature: float = 0.05  # logits are divided by this (matters with cosine scores)
+    temperature: Annotated[float, Field(gt=0.0)] = 0.05  # logits are divided by this
 
 
 @dataclass(config=_STRICT)
 class TrainConfig:
-    epochs: int = 200  # an upper bound; early stopping usually ends sooner
-    batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.0
+    epochs: Annotated[int, Field(ge=1)] = 200  # an upper bound; early stopping usually ends sooner
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)],
+                 Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.98)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     # "cosine": the learning rate falls from lr at epoch 1 along half a cosine towards
     # lr_min, reached after lr_decay_epochs epochs (default: epochs); set once per epoch.
     # Early stopping still applies: the horizon is fixed, not the epoch training stops at.
@@ -65,8 +66,9 @@ class TrainConfig:
     # weights, updated after every optimiser step with this decay (0.998 averages over
     # roughly the last 500 steps). None: the raw weights.
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    eval_every: int = 1  # epochs between validation passes
-    patience: int = 10  # validation passes without a better NDCG@10 before stopping
+    eval_every: Annotated[int, Field(ge=1)] = 1  # epochs between validation passes
+    # validation passes without a better NDCG@10 before stopping
+    patience: Annotated[int, Field(ge=1)] = 10
     seed: int = 42
     # Each shuffled batch runs as this many length-sorted slices, each padded only to its
     # own longest sequence; their gradients add up to the whole batch's, so this changes
@@ -74,7 +76,7 @@ class TrainConfig:
     length_slices: Annotated[int, Field(ge=1)] = 4
     # Users per evaluation block. Small blocks keep the (B, L, L) attention intermediates
     # in cache: on ML-1M, HSTU evaluates all users in 1.8 s with 128 and 3.2 s with 1024.
-    eval_batch_size: int = 128
+    eval_batch_size: Annotated[int, Field(ge=1)] = 128
     device: str = "cpu"
 
     @property
@@ -110,7 +112,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.key=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {text!r}: the value is not YAML "
+                         f"({' '.join(str(err).split())})") from None
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ValueError(f"override {text!r}: expected section.key=value")
+    return keys, parsed
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +134,11 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path} is not a YAML file modrec can read: "
+                         f"{' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
@@ -166,18 +180,58 @@ def build_config(
     raw.pop("source", None)
     raw.pop("paper", None)
     raw.pop("command", None)
-    return config_from_dict({**raw, "source": sources})
+    config = config_from_dict({**raw, "source": sources})
+    dataset_path = absolute_dataset(config.data.dataset, config.data.format)
+    if dataset_path != config.data.dataset:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, dataset=dataset_path))
+    return config
+
+
+def absolute_dataset(dataset: str, format: str | None = None) -> str:
+    """A dataset path that exists, made absolute; a named dataset (or anything else) as
+    it is. A run records where its data was, so that it can be resumed or refitted
+    from any directory; its contents are pinned by a fingerprint beside it."""
+    from modrec.data import NAMED
+
+    if dataset in NAMED and format is None:
+        return dataset
+    path = Path(dataset).expanduser()
+    return str(path.resolve()) if path.exists() else dataset
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     try:
-        return TypeAdapter(RunConfig).validate_python(raw)
+        config = TypeAdapter(RunConfig).validate_python(raw)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
             for e in err.errors()
         )
         raise ValueError(f"invalid configuration: {problems}") from None
+    out_of_range = _model_ranges(config.model)
+    if out_of_range:
+        raise ValueError(f"invalid configuration: {'; '.join(out_of_range)}")
+    return config
+
+
+def _model_ranges(model: ModelConfig) -> list[str]:
+    """The model settings whose types pass but whose values no model can be built with:
+    sizes and counts below 1, dropout rates outside [0, 1). The options of every model
+    follow one naming rule (``num_*`` counts, ``*_dim`` widths), so a model's own
+    options are checked here too, without a list of models."""
+    problems = [f"model.{key}: must be at least 1, got {value}"
+                for key, value in (("dim", model.dim), ("max_len", model.max_len))
+                if value < 1]
+    problems += [f"model.{key}: must be at least 0 and below 1, got {value}"
+                 for key, value in (("dropout", model.dropout), ("id_dropout", model.id_dropout))
+                 if not 0.0 <= value < 1.0]
+    if dataclasses.is_dataclass(model.options) and not isinstance(model.options, type):
+        for key, value in dataclasses.asdict(model.options).items():
+            sized = key.startswith("num_") or key.endswith("_dim")
+            if sized and isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                problems.append(f"model.{key}: must be at least 1, got {value}")
+    return problems
 
 
 # config.json files carry ``run_format``; those without one were written before the
@@ -237,5 +291,9 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]
                 if isinstance(values, dict) for key, value in values.items()}
 
     before, after = flat(old), flat(new)
+    # A dataset path recorded relative (before 2026-12-04) names the same data as its
+    # absolute form; the fingerprint decides whether the contents are the same.
+    for values, config in ((before, old), (after, new)):
+        values["data.dataset"] = absolute_dataset(config.data.dataset, config.data.format)
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key) and key not in DERIVED}

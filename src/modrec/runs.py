@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modrec.atomic import replace_atomic, write_text_atomic
+from modrec.atomic import WriteError, append_line, replace_atomic, write_text_atomic
 from modrec.config import RUN_FORMAT, RunConfig, load_config
 from modrec.data import Dataset, EvalSet, Split, load_dataset, make_split
 from modrec.data.dataset import DataFormatError
@@ -94,7 +95,42 @@ class RunDir:
         return self.results_file.exists()
 
     def create(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Make the folder, or take over one a killed run left: its snapshot put back
+        if the kill fell between the two renames that replace it, and the temporary
+        files of interrupted writes removed (only the run's one writer calls this)."""
+        if self.folder.is_dir() and not self.config_file.exists():
+            # Never write a run into a folder of other files (``--out .``), nor clean one.
+            foreign = sorted(p.name for p in self.folder.iterdir() if not _leftover(p))
+            if foreign:
+                raise RunError(f"{self.folder} exists and is not a run directory (it holds "
+                               f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+                               "); choose a new or empty --out")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create the run directory {self.folder}: "
+                           f"{err.strerror or err}") from None
+        self._recover_snapshot()
+        for leftover in filter(_leftover, self.folder.iterdir()):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+    def _recover_snapshot(self) -> None:
+        """`Dataset.save` swaps folders by two renames; a kill between them leaves the
+        previous snapshot as ``.dataset.old-PID`` and no ``dataset/``: move it back."""
+        if (self.dataset_folder / "manifest.json").exists():
+            return
+        for old in sorted(self.folder.glob(".dataset.old-*")):
+            if (old / "manifest.json").exists() and not self.dataset_folder.exists():
+                try:
+                    old.rename(self.dataset_folder)
+                except OSError:
+                    return
+                log.info("%s: restored the dataset snapshot an interrupted write left "
+                         "aside", self.folder)
+                return
 
     # ---- config -----------------------------------------------------------------------
     def write_config(self, config: RunConfig, beside: dict[str, Any]) -> None:
@@ -111,7 +147,7 @@ class RunDir:
         """What config.json holds beside the config itself (empty when there is none)."""
         if not self.config_file.exists():
             return {}
-        raw: dict[str, Any] = json.loads(self.config_file.read_text())
+        raw = _read_json(self.config_file)
         return {k: v for k, v in raw.items() if k not in RunConfig.__dataclass_fields__}
 
     # ---- weights ----------------------------------------------------------------------
@@ -130,18 +166,22 @@ class RunDir:
 
     # ---- metrics and results ----------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.metrics_file, json.dumps(record))
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every complete record; a line torn by a kill mid-write is skipped."""
         if not self.metrics_file.exists():
             return []
         records = []
-        for line in self.metrics_file.read_text().splitlines():
+        text = self.metrics_file.read_bytes().decode("utf-8", errors="replace")
+        for line in text.splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif line.strip():
                 log.warning("%s: skipping an incomplete line", self.metrics_file)
         return records
 
@@ -158,19 +198,27 @@ class RunDir:
     def results(self) -> dict[str, Any]:
         if not self.finished:
             raise RunError(f"{self.folder} has no results.json: the run has not finished")
-        results: dict[str, Any] = json.loads(self.results_file.read_text())
-        return results
+        return _read_json(self.results_file)
 
     # ---- the dataset snapshot ---------------------------------------------------------
     def write_snapshot(self, dataset: Dataset, known: np.ndarray) -> None:
         """The dataset and the ``known`` mask, unless the snapshot already holds them."""
         if (self.dataset_folder / "manifest.json").exists() and self.known_file.exists():
-            fingerprint = json.loads((self.dataset_folder / "manifest.json").read_text()).get(
-                "fingerprint")
-            if fingerprint == dataset.fingerprint() and np.array_equal(
-                    np.load(self.known_file), known):
+            try:  # a damaged snapshot is written afresh
+                fingerprint = json.loads(
+                    (self.dataset_folder / "manifest.json").read_bytes()).get("fingerprint")
+                same = fingerprint == dataset.fingerprint() and np.array_equal(
+                    np.load(self.known_file), known)
+            except (OSError, ValueError, AttributeError):
+                same = False
+            if same:
                 return
-        dataset.save(self.dataset_folder)
+        try:
+            dataset.save(self.dataset_folder)
+        except WriteError:
+            raise
+        except OSError as err:  # Dataset.save keeps the previous snapshot on failure
+            raise WriteError(self.dataset_folder, err) from err
 
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:
@@ -179,6 +227,7 @@ class RunDir:
 
     def snapshot(self, config: RunConfig) -> tuple[Dataset, np.ndarray]:
         """The dataset the run was trained on and its ``known`` mask."""
+        self._recover_snapshot()
         if (self.dataset_folder / "manifest.json").exists() and self.known_file.exists():
             try:
                 dataset = Dataset.read(self.dataset_folder)
@@ -202,6 +251,26 @@ class RunDir:
         except (OSError, DataFormatError) as err:  # a read-only run still loads
             log.warning("could not save a snapshot into %s: %s", self.folder, err)
         return dataset, known
+
+
+def _leftover(path: Path) -> bool:
+    """What an interrupted write leaves in a run folder: the temporary sibling of an
+    atomic file write, or `Dataset.save`'s temporary and set-aside folders."""
+    return path.name.startswith(".") and (
+        (path.is_file() and path.name.endswith(".tmp"))
+        or (path.is_dir() and path.name.startswith(".dataset.")))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of the run folder, or a `RunError` naming it."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is unreadable ({err}); restore it from the run that wrote "
+                       "it, or train into a new folder") from None
+    if not isinstance(raw, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 @dataclass

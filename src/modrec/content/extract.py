@@ -11,14 +11,24 @@ model after a colon (``text:sentence-transformers/all-mpnet-base-v2``,
 ``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``), a
 precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k), or the item
 vectors a trained run learned from interactions (``run:runs/ml-1m-sasrec``).
+
+Media paths (the ``image``, ``video`` and ``audio`` columns) are read only inside the
+catalog's own folder (`catalog_folder`): a relative path is resolved against it, and a
+path that leads elsewhere (``../``, an absolute path, a symbolic link out) is refused
+for that item, which is flagged like any unreadable input, unless the caller allows
+it (``allow_outside=True``, ``modrec embed --allow-outside-paths``). A catalog is data
+from elsewhere; it should not choose which of the user's files get read.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +44,7 @@ from modrec.data.public import NAMED
 log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "image", "video", "audio", "tags")
+MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
 
 
 def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
@@ -99,6 +110,40 @@ def item_inputs(dataset: Dataset, column: str) -> pd.Series:
     return items[column]
 
 
+def catalog_folder(dataset: Dataset) -> Path:
+    """The folder a catalog's media paths are read from: a named dataset's data
+    directory, else the folder of the file or folder it was imported from (its
+    provenance), else the current directory."""
+    if dataset.name in NAMED:
+        return paths.data_dir().resolve()
+    source = dataset.provenance.get("source")
+    if not source:
+        return Path.cwd().resolve()
+    path = Path(source).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def media_resolver(root: Path, allow_outside: bool = False) -> Callable[[Any], Any]:
+    """A function from a media column's value to the file to read: a relative path is
+    taken relative to ``root``; one that resolves outside ``root`` (after following
+    symbolic links) raises `EncodeError` unless ``allow_outside``. Values that are not
+    paths (an already decoded image, None) pass through."""
+    real_root = Path(os.path.realpath(root))
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str | os.PathLike):
+            return value
+        path = Path(value)
+        path = path if path.is_absolute() else root / path
+        real = Path(os.path.realpath(path))
+        if not allow_outside and not real.is_relative_to(real_root):
+            raise EncodeError(f"media path {str(value)!r} resolves to {real}, outside the "
+                              f"catalog's folder {real_root}; refused (pass "
+                              "--allow-outside-paths to read files outside it)")
+        return real
+    return resolve
+
+
 def _columns(dataset: Dataset) -> str:
     return ", ".join(c for c in dataset.items.columns if c != "item") or "none"
 
@@ -128,22 +173,33 @@ class EmbedReport:
 
 def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = None,
           batch_size: int = 64, device: str = "cpu", progress: bool = True,
-          dtype: str = "float32") -> list[EmbedReport]:
+          dtype: str = "float32", allow_outside: bool = False,
+          media_root: Path | None = None) -> list[EmbedReport]:
+    """Encode the items ``store`` lacks with each encoder. ``media_root``: the folder
+    media paths are confined to (default `catalog_folder`); ``allow_outside`` lifts the
+    confinement (relative paths still start from ``media_root``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     store = store or EmbeddingStore.for_dataset(dataset)
+    root = (media_root or catalog_folder(dataset)).resolve()
     reports = []
     for spec in encoders:
         encoder = build_encoder(spec, dataset, device)
         store.prepare(encoder.name, encoder.dim, encoder.version, encoder.reads, dtype)
         inputs = item_inputs(dataset, encoder.reads)
+        prepare = (media_resolver(root, allow_outside) if encoder.reads in MEDIA_COLUMNS
+                   else None)
         todo = store.missing(encoder.name)
         report = EmbedReport(encoder.name, encoder.dim, dataset.num_items, 0,
                              dataset.num_items - len(todo), 0, 0.0)
+        log.info("%s: %d of %d items to encode (%d already stored) in %s", encoder.name,
+                 len(todo), dataset.num_items, report.already, store.folder)
         started = time.perf_counter()
         bar = tqdm(total=len(todo), desc=f"embed {encoder.name}", unit="item",
                    disable=not progress)
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
-            vectors, failed = _encode_batch(encoder, inputs, rows, dataset)
+            vectors, failed = _encode_batch(encoder, inputs, rows, dataset, prepare)
             store.write(encoder.name, rows, vectors, failed)
             report.encoded += int((~failed).sum())
             report.failures += int(failed.sum())
@@ -160,26 +216,44 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
     return reports
 
 
-def _encode_batch(encoder: Encoder, inputs: pd.Series, rows: np.ndarray,
-                  dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for ``rows`` and which of them failed. The whole batch is tried first;
-    if it raises, every item alone, so one bad file costs only its own row."""
-    batch = [_value(inputs.get(int(r))) for r in rows]
-    try:
-        return encoder.encode(batch), np.zeros(len(rows), bool)
-    except Exception:  # noqa: BLE001 - narrowed item by item below
-        pass
+def _encode_batch(encoder: Encoder, inputs: pd.Series, rows: np.ndarray, dataset: Dataset,
+                  prepare: Callable[[Any], Any] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors for ``rows`` and which of them failed. ``prepare`` turns an input into
+    what the encoder reads (a media path into the file to open) or refuses it. The
+    whole batch is tried first; if it raises, every item alone, so one bad file costs
+    only its own row."""
     vectors = np.zeros((len(rows), encoder.dim), np.float32)
     failed = np.zeros(len(rows), bool)
-    for i, (row, value) in enumerate(zip(rows, batch, strict=True)):
+    raw = [_value(inputs.get(int(r))) for r in rows]
+    batch: list[Any] = list(raw)
+
+    def flag(i: int, err: Exception) -> None:
+        failed[i] = True
+        item_id = dataset.items["item_id"].iloc[int(rows[i]) - 1]
+        reason = err if isinstance(err, EncodeError) else f"{type(err).__name__}: {err}"
+        log.warning("%s: item %s (input %r) not encoded: %s", encoder.name, item_id,
+                    _short(raw[i]), reason)
+
+    if prepare is not None:
+        for i, value in enumerate(raw):
+            try:
+                batch[i] = prepare(value)
+            except EncodeError as err:
+                flag(i, err)
+    good = np.flatnonzero(~failed)
+    try:
+        if len(good):
+            vectors[good] = encoder.encode([batch[i] for i in good])
+        return vectors, failed
+    except Exception:  # noqa: BLE001 - narrowed item by item below
+        pass
+    for i in map(int, good):
         try:
-            vectors[i] = encoder.encode([value])[0]
+            vectors[i] = encoder.encode([batch[i]])[0]
         except Exception as err:  # noqa: BLE001 - any decoder error flags one item
-            failed[i] = True
-            item_id = dataset.items["item_id"].iloc[int(row) - 1]
-            reason = err if isinstance(err, EncodeError) else f"{type(err).__name__}: {err}"
-            log.warning("%s: item %s (input %r) not encoded: %s", encoder.name, item_id,
-                        _short(value), reason)
+            vectors[i] = 0.0
+            flag(i, err)
     return vectors, failed
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from modrec import paths
-from modrec.atomic import replace_atomic, write_text_atomic
+from modrec.atomic import WriteError, replace_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class MatrixInfo:
     dtype: str
     version: str
     reads: str
+
+
+class StoreError(ValueError):
+    """A store's files disagree with its manifest or with each other; the message names
+    the files and what is wrong."""
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -79,18 +84,35 @@ class EmbeddingStore:
         ids_file = self.folder / f"ids-{self.digest}.json"
         if not ids_file.exists():
             write_text_atomic(ids_file, json.dumps(self.item_ids))
-        manifest = self.folder / "manifest.json"
-        self._manifest: dict[str, dict[str, Any]] = (
-            json.loads(manifest.read_text())["encoders"] if manifest.exists() else {})
+        self._manifest: dict[str, dict[str, Any]] = self._read_manifest()
         for name, info in list(self._manifest.items()):
             if info["ids"] != self.digest:
                 self._realign(name, info)
 
+    def _read_manifest(self) -> dict[str, dict[str, Any]]:
+        path = self.folder / "manifest.json"
+        if not path.exists():
+            return {}
+        try:
+            encoders = json.loads(path.read_bytes())["encoders"]
+            if not isinstance(encoders, dict) or not all(
+                    isinstance(info, dict) and {"dim", "dtype", "version", "reads", "ids"}
+                    <= info.keys() for info in encoders.values()):
+                raise ValueError("an encoder entry lacks dim, dtype, version, reads or ids")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"{path} is not an embedding store manifest ({err}); delete the "
+                             f"folder {self.folder} to encode afresh") from None
+        return encoders
+
+    @staticmethod
+    def folder_for(dataset: Any, folder: str | Path | None = None) -> Path:
+        """Where `for_dataset` keeps a dataset's store (nothing is created)."""
+        return Path(folder or paths.embeddings_dir() / dataset.name.replace("/", "_"))
+
     @classmethod
     def for_dataset(cls, dataset: Any, folder: str | Path | None = None) -> EmbeddingStore:
         """The store of a `Dataset`: ``folder`` or ``$MODREC_EMBEDDINGS_DIR/<name>``."""
-        folder = folder or paths.embeddings_dir() / dataset.name.replace("/", "_")
-        return cls(folder, dataset.items["item_id"].astype(str).tolist())
+        return cls(cls.folder_for(dataset, folder), dataset.items["item_id"].astype(str).tolist())
 
     # ---- reading ---------------------------------------------------------------------
     @property
@@ -129,6 +151,66 @@ class EmbeddingStore:
             return np.arange(1, self.num_rows)
         return np.flatnonzero(~self.done(name)[1:]) + 1
 
+    def validate(self) -> dict[str, dict[str, int]]:
+        """Check that every matrix agrees with the manifest and the catalog: its ids
+        file holds the ids its digest names, the matrix has ``(N + 1, dim)`` rows of the
+        manifest's dtype, both masks are ``(N + 1,)`` bools, the padding row is never
+        done, rows flagged as failed are zero and done rows are finite. Raises
+        `StoreError` listing every problem; returns per encoder the rows ``done``,
+        ``failed`` and ``pending`` (flagged failed by a commit that was interrupted
+        before its done mask: encoded again by the next run).
+
+        What an interrupted job may leave is not a problem: rows written but not yet
+        marked done, temporary files of a write (``.*.tmp``)."""
+        problems: list[str] = []
+        summary: dict[str, dict[str, int]] = {}
+        ids_file = self.folder / f"ids-{self.digest}.json"
+        try:
+            stored = json.loads(ids_file.read_bytes())
+            if _digest([str(i) for i in stored]) != self.digest or stored != self.item_ids:
+                problems.append(f"{ids_file} does not hold the ids its name's digest names")
+        except (OSError, ValueError) as err:
+            problems.append(f"{ids_file} is unreadable ({err})")
+        for name, info in self._manifest.items():
+            if info["ids"] != self.digest:
+                problems.append(f"{name}: aligned with ids {info['ids']}, not the catalog's "
+                                f"{self.digest}")
+                continue
+            try:
+                matrix = np.load(self._file(name), mmap_mode="r")
+                done, failed = self.done(name), self.failed(name)
+            except (OSError, ValueError) as err:
+                problems.append(f"{name}: unreadable file ({err})")
+                continue
+            rows = self.num_rows
+            if matrix.shape != (rows, info["dim"]) or matrix.dtype != np.dtype(info["dtype"]):
+                problems.append(f"{self._file(name)}: {matrix.dtype} {matrix.shape}, the "
+                                f"manifest says {info['dtype']} ({rows}, {info['dim']})")
+                continue
+            misshapen = [f"{self._file(name, part)}: {mask.dtype} {mask.shape}, expected "
+                         f"bool ({rows},)" for part, mask in ((".done", done),
+                                                              (".failed", failed))
+                         if mask.shape != (rows,) or mask.dtype != bool]
+            if misshapen:
+                problems.extend(misshapen)
+                continue
+            if done[0]:
+                problems.append(f"{name}: the padding row 0 is marked done")
+            flagged = np.flatnonzero(done & failed)
+            if len(flagged) and np.any(matrix[flagged] != 0):
+                problems.append(f"{name}: rows flagged as failed are not zero")
+            usable = np.flatnonzero(done & ~failed)
+            for start in range(0, len(usable), 65_536):  # bounded memory on big stores
+                if not np.isfinite(matrix[usable[start:start + 65_536]]).all():
+                    problems.append(f"{name}: done rows hold NaN or infinity")
+                    break
+            summary[name] = {"rows": rows - 1, "done": int(done[1:].sum()),
+                             "failed": int((done & failed)[1:].sum()),
+                             "pending": int((failed & ~done)[1:].sum())}
+        if problems:
+            raise StoreError(f"embedding store {self.folder}: " + "; ".join(problems))
+        return summary
+
     # ---- writing ---------------------------------------------------------------------
     def prepare(self, name: str, dim: int, version: str, reads: str,
                 dtype: str = "float32") -> None:
@@ -146,10 +228,13 @@ class EmbeddingStore:
     def write(self, name: str, rows: np.ndarray, vectors: np.ndarray,
               failed: np.ndarray | None = None) -> None:
         """Store ``vectors`` at item indices ``rows`` and mark them done (and failed)."""
-        array = np.load(self._file(name), mmap_mode="r+")
-        array[rows] = vectors.astype(array.dtype)
-        array.flush()  # rows on disk before they are marked done
-        del array
+        try:
+            array = np.load(self._file(name), mmap_mode="r+")
+            array[rows] = vectors.astype(array.dtype)
+            array.flush()  # rows on disk before they are marked done
+            del array
+        except OSError as err:  # unmarked rows count as missing: nothing is lost
+            raise WriteError(self._file(name), err) from err
         done, flags = self.done(name), self.failed(name)
         done[rows] = True
         flags[rows] = False if failed is None else failed

@@ -473,7 +473,7 @@ def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
     # A decaying learning rate keeps the source run's horizon, so that the refit sees
     # the rates the chosen epochs saw rather than a schedule squeezed into fewer epochs.
     raw["train"]["lr_decay_epochs"] = config.train.lr_horizon
-    raw["train"]["epochs"] = best
+    raw["train"]["epochs"] = max(best, 1)  # a fitted model (popularity) chose epoch 0
     out = RunDir(train(config_from_dict(raw), out_dir, resume=resume, progress=progress))
     results = out.results()
     results["selected_on"] = (f"epochs: best validation {SELECT_ON} of {source.folder} (epoch "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kit import ROOT, write_section
 
 from modrec.serve.index import IndexConfig, ItemIndex
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="a folder to keep the HNSW graph in: a later run with the same "
                              "catalog and graph settings loads it instead of building it")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     efs = [int(v) for v in args.ef_search.split(",")]
@@ -147,19 +149,31 @@ def main() -> None:
                      "batched_qps": batched_qps})
         log.info("%s", rows[-1])
 
-    print(f"{args.items:,} random unit vectors, dim {args.dim}, {args.queries} queries, "
-          f"top-{args.k}; {cpu_name()}, {len(os.sched_getaffinity(0))} cores. "
-          f"HNSW M={args.m}, efConstruction={args.ef_construction}: "
-          f"{'loaded' if build_s is None else f'built in {build_s:.0f} s'}. "
-          f"Peak RSS {rss_mib():.0f} MiB ({base_rss:.0f} MiB before any index).\n")
-    print(f"| index | ef_search | recall@{args.k} | queries/s, single | x exact | "
-          "queries/s, batched | x exact |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['index']} | {r['ef_search'] or '-'} | {r['recall']:.4f} | "
+    lines = [f"{args.items:,} random unit vectors, dim {args.dim}, {args.queries} queries, "
+             f"top-{args.k}; {cpu_name()}, {len(os.sched_getaffinity(0))} cores. "
+             f"HNSW M={args.m}, efConstruction={args.ef_construction}: "
+             f"{'loaded' if build_s is None else f'built in {build_s:.0f} s'}. "
+             f"Peak RSS {rss_mib():.0f} MiB ({base_rss:.0f} MiB before any index).", "",
+             f"| index | ef_search | recall@{args.k} | queries/s, single | x exact | "
+             "queries/s, batched | x exact |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['index']} | {r['ef_search'] or '-'} | {r['recall']:.4f} | "
               f"{r['single_qps']:.0f} | {r['single_qps'] / exact_single_qps:.1f} | "
-              f"{r['batched_qps']:.0f} | {r['batched_qps'] / exact_batched_qps:.1f} |")
-    print()
+              f"{r['batched_qps']:.0f} | {r['batched_qps'] / exact_batched_qps:.1f} |"
+              for r in rows]
+    table = "\n".join(lines)
+    print(table, "\n")
+    if not args.no_write:
+        command = (f"python benchmarks/ann_recall.py --items {args.items} --dim {args.dim} "
+                   f"--queries {args.queries} --k {args.k} --ef-search {args.ef_search}")
+        write_section(ROOT / "docs" / "benchmarks.md", "ann-recall", f"""
+## Retrieval: HNSW against exact search
+
+`{command}`, {time.strftime('%Y-%m-%d')}. The service's own index code
+(`modrec.serve.index.ItemIndex`); "single" is one query per call on one thread, as the
+service asks; random unit vectors are the hardest case for a graph index (no clusters).
+
+{table}
+""")
     print(json.dumps({"items": args.items, "dim": args.dim, "queries": args.queries,
                       "k": args.k, "m": args.m, "ef_construction": args.ef_construction,
                       "build_s": None if build_s is None else round(build_s, 1),

@@ -8,7 +8,8 @@ What it measures (every number printed with the command that produced it):
 2. the same request answered in-process by ``ModelService.recommend`` (one at a time,
    many repetitions, in a process pinned like the server), and p50(HTTP)/p50(in-process)
    (target <= 2x);
-3. micro-batching on (``--batch-window-ms 2``) vs off (``0``) at 16 connections
+3. micro-batching on (the default: requests queued behind a busy model share its next
+   call) vs off (``--max-batch 1``) at 16 connections
    (target: on >= 2x the requests/s of off);
 4. 80% recommend / 20% events at 4 connections, and events alone (durable writes);
 5. ``kill -9`` of the server while clients stream events (at least ``--kill-events``
@@ -174,7 +175,7 @@ def request(port: int, method: str, path: str, body: Any = None,
 class Server:
     run: Path
     state: Path
-    window_ms: float = 2.0
+    window_ms: float = 0.0
     max_batch: int = 64
     cpus: str | None = None
     name: str = "server"
@@ -627,8 +628,8 @@ def main() -> None:
         print(f"  ({note})", flush=True)
         return note
 
-    def serve(state: Path, window: float = 2.0, name: str = "load") -> Server:
-        server = Server(run, state, window_ms=window, cpus=server_cpus, name=name)
+    def serve(state: Path, max_batch: int = 64, name: str = "load") -> Server:
+        server = Server(run, state, max_batch=max_batch, cpus=server_cpus, name=name)
         servers.append(server)
         ready = server.start()
         print(f"$ {shlex.join(server.command)}   # ready in {ready:.1f} s", flush=True)
@@ -710,7 +711,7 @@ def main() -> None:
         if parts & {"load", "inprocess"}:
             state = work / "load.db"
             copy_state(master, state)
-            server = serve(state, 2.0)
+            server = serve(state)
             runs: dict[int, list[WrkResult]] = {4: [], 1: []}
             inproc: list[dict[str, float]] = []
             inproc_command = ""
@@ -810,14 +811,14 @@ def main() -> None:
         # ---- 3: micro-batching on vs off at 16 connections -------------------------------
         if "batching" in parts:
             rows = []
-            pairs: dict[float, list[WrkResult]] = {2.0: [], 0.0: []}
+            pairs: dict[int, list[WrkResult]] = {64: [], 1: []}
             command = ""
             for rep in repeats:
-                for window in (2.0, 0.0):  # interleaved: the machine drifts
+                for window in (64, 1):  # --max-batch; interleaved: the machine drifts
                     state = work / "batching.db"
                     copy_state(master, state)
                     server = serve(state, window, name=f"batch-{window:g}")
-                    r = measure(server, load_lua, 16, f"window {window:g} ms, run {rep}")
+                    r = measure(server, load_lua, 16, f"max batch {window}, run {rep}")
                     command = r.command
                     if args.profile and rep == 1:
                         quiet("profile")
@@ -828,32 +829,33 @@ def main() -> None:
                             prof = summarise_profile(tmp / "c16.txt")
                             shutil.copy(tmp / "c16.txt", work / f"profile-c16-w{window:g}.txt")
                             results[f"profile_c16_w{window:g}"] = prof
-                            print(markdown_table([f"function (16 connections, window "
-                                                  f"{window:g} ms, py-spy)", "inclusive",
+                            print(markdown_table([f"function (16 connections, max batch "
+                                                  f"{window}, py-spy)", "inclusive",
                                                   "self"], prof),
                                   f"\n  (under the profiler: {pr.rps:.0f} req/s)\n",
                                   flush=True)
                     server.stop()
                     pairs[window].append(r)
-                    rows.append([f"{window:g} ms ({'on' if window else 'off'})", rep,
+                    rows.append([f"{window} ({'on' if window > 1 else 'off'})", rep,
                                  f"{r.rps:.0f}", ms(r.p50_ms), ms(r.p99_ms), ms(r.max_ms),
                                  f"{r.server_side['mean_batch']:.2f}", sum(r.errors.values()),
                                  *usage_cells(r)])
-            ratios = [on.rps / off.rps for on, off in zip(pairs[2.0], pairs[0.0], strict=True)]
-            for window in (2.0, 0.0):
-                rows.append([f"**{window:g} ms**", "**median**",
+            ratios = [on.rps / off.rps for on, off in zip(pairs[64], pairs[1], strict=True)]
+            for window in (64, 1):
+                rows.append([f"**{window}**", "**median**",
                              f"**{median([r.rps for r in pairs[window]]):.0f}**",
                              f"**{ms(median([r.p50_ms for r in pairs[window]]))}**",
                              f"**{ms(median([r.p99_ms for r in pairs[window]]))}**",
                              "", "", "", "", "", "", "", ""])
             ratio = median(ratios)
-            table = markdown_table(["--batch-window-ms", "run", "req/s", "p50 ms", "p99 ms",
+            table = markdown_table(["--max-batch", "run", "req/s", "p50 ms", "p99 ms",
                                     "max ms", "mean batch", "errors", *usage_header], rows)
             verdict = (f"on / off, run by run: {', '.join(f'{x:.2f}x' for x in ratios)}; "
                        f"median {ratio:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'MISSED'}")
             results["batching"] = ratios
             sections.append(f"### 3. Micro-batching at 16 connections\n\n`{command}` against "
-                            "`modrec serve ... --batch-window-ms 2` and `... 0`, alternately, "
+                            "`modrec serve ...` (batching on) and `... --max-batch 1` (off), "
+                            "alternately, "
                             f"a new server (and state copy) each run\n\n{table}\n\n{verdict}")
             print(table, "\n", verdict, "\n", flush=True)
 
@@ -867,7 +869,7 @@ def main() -> None:
                                      ("events only", 1.0)):
                     state = work / "mix.db"
                     copy_state(master, state)
-                    server = serve(state, 2.0, name="mix")
+                    server = serve(state, name="mix")
                     lua = lua_script(users, items, share, args.seed + rep)
                     r = measure(server, lua, 4, f"{label}, run {rep}")
                     server.stop()

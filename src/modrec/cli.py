@@ -459,11 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file of users' event histories (created when missing)")
     p.add_argument("--api-key-file", help="a file holding the API key that writes "
                    "(events, reload) must send as 'Authorization: Bearer KEY'")
-    p.add_argument("--batch-window-ms", type=_milliseconds, default=2.0,
-                   help="how long a recommend request waits for others to share a model "
-                   "call (0: no micro-batching)")
+    p.add_argument("--batch-window-ms", type=_milliseconds, default=0.0,
+                   help="how long a recommend request that finds the model idle waits for "
+                   "others to share its call (default 0: it goes at once; requests that "
+                   "arrive while the model is busy always share its next call)")
     p.add_argument("--max-batch", type=_at_least(1), default=64,
-                   help="most requests in one call")
+                   help="most requests in one model call (1: no micro-batching)")
     p.add_argument("--max-k", type=_at_least(1), default=1000,
                    help="most items one request may ask for")
     p.add_argument("--exact-below", type=_at_least(0), default=100_000,

@@ -205,14 +205,17 @@ def test_items_similar_probes_metrics_and_schema(client: TestClient) -> None:
             "/v1/users/{user_id}/history", "/v1/items/{item_id}/similar"} <= set(schema["paths"])
 
 
+@pytest.mark.parametrize(("window_ms", "max_batch"), [(20.0, 64), (0.0, 64), (0.0, 1)])
 def test_concurrent_requests_share_model_calls_and_get_their_own_answers(
-        runs, tmp_path: Path) -> None:
+        runs, tmp_path: Path, window_ms: float, max_batch: int) -> None:
+    """With a window, and without one (requests queued behind a busy model share the
+    next call); ``max_batch=1`` is one call per request. Answers never mix."""
     service = ModelService.from_runs(runs, SQLiteUserState(tmp_path / "state.db"))
     users = [str(u) for u in range(1, 65)]
     alone = {u: service.recommend([_request(u)])[0].items for u in users}  # type: ignore
 
     async def together() -> dict[str, list]:
-        app = create_app(service, AppSettings(batch_window_ms=20))
+        app = create_app(service, AppSettings(batch_window_ms=window_ms, max_batch=max_batch))
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=transport, base_url="http://test") as client:
@@ -220,7 +223,10 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(
                 "/v1/recommend", json={"user_id": u, "k": 10}) for u in users))
             metrics = (await client.get("/metrics")).text
         count = float(metrics.split("modrec_batch_size_count ")[1].split()[0])
-        assert count < len(users)  # fewer model calls than requests
+        if max_batch == 1:
+            assert count == len(users)
+        else:
+            assert count < len(users)  # fewer model calls than requests
         return {u: r.json()["items"] for u, r in zip(users, replies, strict=True)}
 
     assert asyncio.run(together()) == alone

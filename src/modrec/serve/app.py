@@ -75,7 +75,9 @@ register_url_convertor("modrec_id", _AnyID())
 @dataclass
 class AppSettings:
     api_key: str | None = None  # required for writes when set
-    batch_window_ms: float = 2.0  # 0: no micro-batching
+    # how long a request that finds the model idle waits for company (requests queued
+    # behind a busy model always share its next call); max_batch=1: no batching
+    batch_window_ms: float = 0.0
     max_batch: int = 64
     max_body_bytes: int = 1_000_000
     body_timeout_s: float = 10.0  # a body that stalls longer than this per chunk: 408
@@ -235,7 +237,7 @@ class _BodyLimit:
             # Every body here is JSON: read it so even when the client did not say so
             # (curl -d sends form encoding unless told otherwise).
             headers[b"content-type"] = b"application/json"
-            scope = {**scope, "headers": list(headers.items())}
+            scope["headers"] = list(headers.items())  # in place: the route lands in it
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await JSONResponse({"detail": f"request body over {self.limit} bytes"},
@@ -259,6 +261,35 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class _Measure:
+    """ASGI middleware: count every answer by route and status and time it. Plain ASGI
+    rather than ``@app.middleware("http")``, which wraps every request and response in
+    streams and a task group: work on the hot path for nothing this needs."""
+
+    def __init__(self, app: Any, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sent(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def create_app(load: ModelService | Callable[[], ModelService],
@@ -321,16 +352,7 @@ def create_app(load: ModelService | Callable[[], ModelService],
             raise HTTPException(401, "this write needs Authorization: Bearer <api key>",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                      ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Measure, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:

@@ -2,15 +2,16 @@
 
 A forward pass over 32 histories costs little more than over one, so under load the
 service answers more requests per second by running them together, as Triton and
-TorchServe do. `MicroBatcher.submit` parks a request; the first request to arrive while
-the worker is idle opens a window of ``window_ms``, and when the window closes (or
-``max_batch`` requests are waiting) every waiting request goes to the worker as one
-batch. Requests that arrive while the worker is busy wait for it to finish and then go
-together, without a window: the busier the service, the larger the batches.
+TorchServe do. Model calls run one at a time on a worker thread (so the event loop that
+accepts connections is never blocked by a forward pass), and requests queue for it:
 
-The worker is one thread (model calls are serialised anyway), so the event loop that
-accepts connections is never blocked by a forward pass. ``window_ms = 0`` turns
-batching off: every request is handled alone, concurrently in the thread pool.
+- a request that finds the worker idle goes at once (``window_ms = 0``, the default),
+  or waits up to ``window_ms`` for others to share its call;
+- requests that arrive while the worker is busy wait for it and then go together, up to
+  ``max_batch`` per call: the busier the service, the larger the batches, and an idle
+  service adds no latency. This is Triton's dynamic batcher with no queue delay.
+
+``max_batch = 1`` turns batching off: every request is its own call, in arrival order.
 """
 
 from __future__ import annotations
@@ -40,23 +41,15 @@ class MicroBatcher(Generic[In, Out]):
         self._busy = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modrec-batch")
 
-    @property
-    def enabled(self) -> bool:
-        return self.window > 0
-
     async def submit(self, request: In) -> Out:
         loop = asyncio.get_running_loop()
-        if not self.enabled:  # each request alone, in the default thread pool
-            if self.on_batch is not None:
-                self.on_batch(1)
-            [answer] = await loop.run_in_executor(None, self.handle, [request])
-            return answer
         future: asyncio.Future[Out] = loop.create_future()
         self._waiting.append((request, future))
-        if len(self._waiting) >= self.max_batch and not self._busy:
-            self._flush(loop)
-        elif self._timer is None and not self._busy:
-            self._timer = loop.call_later(self.window, self._flush, loop)
+        if not self._busy:  # a busy worker takes the queue when it finishes
+            if self.window == 0 or len(self._waiting) >= self.max_batch:
+                self._flush(loop)
+            elif self._timer is None:
+                self._timer = loop.call_later(self.window, self._flush, loop)
         return await future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:

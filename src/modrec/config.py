@@ -78,6 +78,10 @@ class TrainConfig:
     # in cache: on ML-1M, HSTU evaluates all users in 1.8 s with 128 and 3.2 s with 1024.
     eval_batch_size: Annotated[int, Field(ge=1)] = 128
     device: str = "cpu"
+    # model.item_table=sharded only: the step size of the sharded ID table's row-wise
+    # Adagrad (TorchRec's fused optimiser; the rest of the model keeps AdamW at lr).
+    # Constant: the learning-rate schedule moves lr only. None: lr.
+    table_lr: Annotated[float, Field(gt=0.0)] | None = None
 
     @property
     def lr_horizon(self) -> int:

@@ -19,10 +19,14 @@ each rank allocates only its own rows, and everything else in the model is wrapp
 * the best table is saved in parts, each rank writing its rows (`save_table`).
 
 Without torchrun this is a world of one: a one-process group is made for TorchRec.
+TorchRec logs "optimizer already collected" at ERROR level when it shards a model: the
+item tower is reachable from the model and from its encoder, and it keeps the one
+optimiser it finds twice.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -72,6 +76,7 @@ def shard(loss: nn.Module, world: World, device: str, sharding: str,
         "optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": table_lr})]
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world.size,
+                          local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world.size)),
                           compute_device="cuda" if device.startswith("cuda") else "cpu"),
         constraints={TABLE: ParameterConstraints(sharding_types=[sharding])})
     plan = planner.collective_plan(loss, sharders, dist.GroupMember.WORLD)

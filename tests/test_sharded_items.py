@@ -168,3 +168,18 @@ def test_old_configs_keep_a_local_table() -> None:
     config = build_config("ml-100k", "sasrec")
     assert config.model.item_table == "local"
     assert config.model.to_dict()["item_table"] == "local"
+
+
+def test_the_benchmark_writes_its_section_into_a_new_scaling_page(
+        torchrec: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    doc = tmp_path / "scaling.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sharded_table.py"
+    subprocess.run([sys.executable, str(script), "--items", "2000", "--steps", "12",
+                    "--eval-users", "8", "--doc", str(doc)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = doc.read_text()
+    assert text.startswith("# Scaling")
+    assert "--items 2000 --dim 64 --steps 12" in text
+    assert "| 0 | 2,001 |" in text  # one process holds every row of a world of one

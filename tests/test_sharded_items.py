@@ -183,3 +183,15 @@ def test_the_benchmark_writes_its_section_into_a_new_scaling_page(
     assert text.startswith("# Scaling")
     assert "--items 2000 --dim 64 --steps 12" in text
     assert "| 0 | 2,001 |" in text  # one process holds every row of a world of one
+
+
+def test_the_cli_says_what_to_install_without_torchrec(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from modrec.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchrec", None)
+    code = main(["train", "-d", "ml-100k", "-m", "sasrec", "--set", "model.item_table=sharded",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install --no-deps torchrec==1.8.0" in err, err
+    assert not (tmp_path / "run").exists()  # nothing half-made

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from kit import git_revision, machine, markdown_table, write_section
 
-from modrec.config import LossConfig
+from modrec.config import LossConfig, TrainConfig
 from modrec.data.batches import SequenceBatch
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
@@ -95,7 +95,7 @@ def main() -> None:
     model = build_model(config, args.items)  # the table is on "meta": nothing allocated
     built_rss = rss_mib()
     loss = sharded.shard(BatchLoss(model, LossConfig(), by_lookup=True), world, device,
-                         args.sharding, table_lr=0.05)
+                         args.sharding, TrainConfig().table_lr)
     sharded_rss = rss_mib()
     optimizer = torch.optim.AdamW(sharded.dense_parameters(model), lr=1e-3)
     table = sharded.table_of(model)

@@ -22,7 +22,7 @@ from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "model.dim=16", "train.batch_size=256",
-         "model.item_table=sharded", "train.table_lr=0.05"]
+         "model.item_table=sharded"]
 
 
 @pytest.fixture

@@ -194,8 +194,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         run.keep_metrics_until(progress.epoch if resuming else -1)
     loss: nn.Module = BatchLoss(model, config.loss, by_lookup=table is not None)
     if table is not None:
-        loss = sharded.shard(loss, world, device, config.model.item_sharding,
-                             tc.table_lr or tc.lr)
+        loss = sharded.shard(loss, world, device, config.model.item_sharding, tc.table_lr)
         log.info("item table shard on rank %d: %s", world.rank, sharded.shard_sizes(table))
     elif world.distributed and optimizer is not None:
         # Buffers (the known mask, a content matrix) are alike on every rank already.

@@ -159,7 +159,7 @@ def write_report(args: argparse.Namespace, report: list[dict], device: str) -> N
     backend = "NCCL" if device.startswith("cuda") else "gloo"
     first = statistics.mean(r["first_loss"] for r in report)
     last = statistics.mean(r["last_loss"] for r in report)
-    body = f"""## Sharded item table (TorchRec)
+    body = f"""## Sharded item table (TorchRec, {args.sharding.replace("_", "-")})
 
 `{command}`
 

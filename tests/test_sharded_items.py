@@ -1,7 +1,8 @@
 """The ID item table sharded by TorchRec (``model.item_table=sharded``), on two gloo
 processes spawned inside the test: the sharded tower returns the local tower's
-vectors, full-ranking evaluation read in blocks gives the local ranks, no rank holds
-the whole table (row-wise), and a sharded run trains, evaluates and loads back."""
+vectors, full-ranking evaluation read in blocks gives the local ranks, a step on two
+ranks is the one-process step, no rank holds the whole table (row-wise), and a sharded
+run trains, evaluates and loads back."""
 
 from __future__ import annotations
 
@@ -58,13 +59,16 @@ def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
 
 
 def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
+    from modrec.data.batches import SequenceBatch, TrainingExamples
     from modrec.eval.evaluator import rank_targets
     from modrec.models import build_model
     from modrec.train import sharded
     from modrec.train.distributed import World
+    from modrec.train.loop import BatchLoss, train_step
 
     world = World.from_env()
-    config = build_config("ml-100k", "sasrec", overrides=[*SMALL, "model.dropout=0.0"])
+    config = build_config("ml-100k", "sasrec", overrides=[
+        *SMALL, "model.dropout=0.0", "loss.num_negatives=4"])
     dataset = load_dataset("ml-100k")
     split = leave_one_out(dataset)
     known = torch.from_numpy(split.known_items())
@@ -74,13 +78,16 @@ def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
     model = build_model(config.model, dataset.num_items)
     for m in (local, model):
         m.set_known(known)
-    sharded.shard(model, world, "cpu", sharding, 0.05)
+    # Plain SGD at rate 1 on the table (and below on the rest): a step subtracts
+    # exactly the gradient.
+    loss = sharded.shard(BatchLoss(model, config.loss, by_lookup=True), world, "cpu",
+                         sharding, 1.0, optimizer="EXACT_SGD")
     # The same weights in both: the dense ones loaded, the table's rows copied in.
     table = sharded.table_of(model)
     assert table is not None
-    everything = local.item_tower.embedding.weight.detach()
+    initial = local.item_tower.embedding.weight.detach().clone()
     for start, rows in table.local_rows():
-        rows.copy_(everything[start : start + len(rows)])
+        rows.copy_(initial[start : start + len(rows)])
     sharded.load_dense_state(model, {k: v for k, v in local.state_dict().items()
                                      if not k.endswith("embedding.weight")})
     ids = torch.randint(0, dataset.num_items + 1, (7, 5 + rank),
@@ -93,21 +100,50 @@ def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
     block_ranks = sharded.rank_targets_sharded(model, split.valid.subset(mine),
                                                dataset.num_items, 30, 64, "cpu", world)
     local_ranks = rank_targets(local, split.valid.subset(mine), 30, 64)
+
+    # One step: one process on the whole batch, then each rank on its rows of it.
+    batch = next(local.training_batches(TrainingExamples.of(split.train, 30), 64,
+                                        np.random.default_rng(1)))
+    pool = torch.tensor([7])  # every negative is item 7: the same draws on both sides
+    before = {k: v.clone() for k, v in local.state_dict().items()}
+    train_step(BatchLoss(local, config.loss), torch.optim.SGD(local.parameters(), lr=1.0),
+               batch, 1, None, pool)
+    own = slice(rank, None, 2)
+    train_step(loss, torch.optim.SGD(sharded.dense_parameters(model), lr=1.0),
+               SequenceBatch(batch.inputs[own], batch.lengths[own], batch.targets[own]), 1,
+               None, pool, world)
+    stepped = local.item_tower.embedding.weight.detach()
+    dense = sharded.dense_state(model)
     (out / f"rank{rank}.json").write_text(json.dumps({
         "same_vectors": same_vectors, "same_ranks": bool(np.array_equal(block_ranks,
                                                                          local_ranks)),
         "users": int(mine.sum()), "catalog_rows": dataset.num_items + 1,
+        "table_error": max([float((rows - stepped[start : start + len(rows)]).abs().max())
+                            for start, rows in table.local_rows()], default=0.0),
+        "table_step": float((stepped - initial).abs().max()),
+        "dense_error": max(float((dense[k] - v).abs().max())
+                           for k, v in local.state_dict().items() if k in dense),
+        "dense_step": max(float((v - before[k]).abs().max())
+                          for k, v in local.state_dict().items() if k in dense),
         **sharded.shard_sizes(table)}))
 
 
 @pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
-def test_the_sharded_tower_returns_the_local_vectors_and_ranks(
+def test_the_sharded_tower_matches_the_local_one(
         torchrec: Any, tmp_path: Path, sharding: str) -> None:
+    """Two ranks: the same vectors, the same full-ranking ranks (the catalog read in
+    blocks), and the one-process step when each rank steps on half the batch
+    (TorchRec averages the table's gradient as DDP does the rest's, and the loop
+    weights the losses for that); row-wise, neither rank holds the whole table."""
     _spawn(_lookup_worker, tmp_path, sharding)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert r["same_vectors"] and r["same_ranks"], r
         assert r["users"] > 400  # each rank ranked about half the 943 users
+        # float32 sums in another order: equal to 1e-5 of the step
+        assert r["table_error"] < 1e-5 * r["table_step"], r
+        assert r["dense_error"] < 1e-5 * r["dense_step"], r
+        assert r["table_step"] > 1e-3 and r["dense_step"] > 1e-3
     catalog = ranks[0]["catalog_rows"]
     rows = [r["rows"] for r in ranks]
     assert sum(rows) == catalog
@@ -195,3 +231,4 @@ def test_the_cli_says_what_to_install_without_torchrec(
     err = capsys.readouterr().err
     assert code == 2 and "pip install --no-deps torchrec==1.8.0" in err, err
     assert not (tmp_path / "run").exists()  # nothing half-made
+

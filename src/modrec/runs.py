@@ -178,6 +178,9 @@ class RunDir:
             rows = rows.clone()
         save_tensors(rows.detach().cpu(), self.table_folder / f"{start:012d}.pt")
 
+    def clear_table(self) -> None:
+        shutil.rmtree(self.table_folder, ignore_errors=True)
+
     def load_table_rows(self, start: int, map_location: str | torch.device = "cpu"
                         ) -> torch.Tensor:
         path = self.table_folder / f"{start:012d}.pt"

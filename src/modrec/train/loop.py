@@ -173,6 +173,8 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
             "protocol": split.protocol, "world_size": world.size,
             **({"resumed": resumed} if resumed else {})})
         run.write_snapshot(dataset, known)
+        if table is not None:  # parts an earlier, killed run left (maybe from other ranks)
+            run.clear_table()
 
     optimizer, averaged = None, None
     fit = getattr(model, "fit", None)

@@ -48,12 +48,13 @@ def table_of(model: nn.Module) -> ShardableTable | None:
     return next((m for m in model.modules() if isinstance(m, ShardableTable)), None)
 
 
-def shard(loss: nn.Module, world: World, device: str, sharding: str,
-          table_lr: float) -> nn.Module:
+def shard(loss: nn.Module, world: World, device: str, sharding: str, table_lr: float,
+          optimizer: str = "EXACT_ROWWISE_ADAGRAD") -> nn.Module:
     """``loss`` (the batch loss around the model) with its item table sharded across
     the world's ranks by TorchRec's planner (``sharding``: "row_wise" or "table_wise")
     and the rest data-parallel. The model inside ``loss`` is changed in place: its table
-    becomes this rank's shard."""
+    becomes this rank's shard. ``optimizer``: the table's fused optimiser, an FBGEMM
+    ``EmbOptimType`` name (a test steps with EXACT_SGD to read the gradient off)."""
     require_torchrec()
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec.distributed.embedding import EmbeddingCollectionSharder
@@ -73,7 +74,7 @@ def shard(loss: nn.Module, world: World, device: str, sharding: str,
     # CPU kernels fuse only (row-wise) Adagrad and SGD into the backward; row-wise
     # Adagrad keeps one accumulator per row, not per value, and runs on GPUs as well.
     sharders: list[Any] = [EmbeddingCollectionSharder(fused_params={
-        "optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": table_lr})]
+        "optimizer": EmbOptimType[optimizer], "learning_rate": table_lr})]
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world.size,
                           local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world.size)),

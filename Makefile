@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_RUN ?= runs/demo-ml-1m-sasrec
 DEMO_EPOCHS ?= 20
+# TorchRec for sharded item tables (model.item_table=sharded); `make test TORCHREC=0`
+# skips it (FBGEMM's CPU wheels are built for Linux only) and its tests are skipped.
+TORCHREC ?= 1
 
 .PHONY: install demo test lint bench clean
 
@@ -12,10 +15,20 @@ install: $(VENV)/.installed
 
 # torch is installed first and pinned only here: 2.13.0 is the CPU build this machine
 # has locally. The package itself asks for any recent torch, so a user's CUDA build stays.
-$(VENV)/.installed: pyproject.toml
+# TorchRec cannot be an extra: its own pins (fbgemm-gpu, torchmetrics==1.0.3) would
+# replace torch, so its dependencies are installed first and torchrec without them. The
+# versions are the ones tested with torch 2.13.0; a GPU user installs the fbgemm-gpu and
+# torchrec wheels matching their CUDA instead (README, "Sharded item tables"). The
+# Makefile is a prerequisite so that an existing .venv/ picks up a changed install step.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench]'
+ifeq ($(TORCHREC),1)
+	$(BIN)/pip install --quiet fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 \
+		pyre-extensions==0.0.32 torchmetrics==1.9.0
+	$(BIN)/pip install --quiet --no-deps torchrec==1.8.0
+endif
 	touch $@
 
 demo: install

@@ -26,9 +26,10 @@ from typing import Any
 
 log = logging.getLogger("modrec")
 
-# What misuse and the world (missing files, full disks, corrupt folders) raise: the
-# message is for the user. Anything else is a bug in modrec.
-USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+# What misuse and the world (missing files, full disks, corrupt folders, an optional
+# package not installed, such as TorchRec for a sharded item table) raise: the message
+# is for the user. Anything else is a bug in modrec.
+USER_ERRORS = (ValueError, KeyError, OSError, RuntimeError, ImportError)
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

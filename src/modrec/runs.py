@@ -14,6 +14,9 @@ A run folder::
                      folder): item ids in index order, titles and other item columns,
                      user ids, every user's history
     known.npy        (N + 1,) bool: the items that occur in the training split
+    item_table/      only with model.item_table=sharded: the best ID item table in
+                     parts, ``<first row>.pt``, each written by the rank that holds those
+                     rows (model.pt then holds every other weight)
 
 `load_run` reads only this folder: a run copied to a machine without the data
 directory loads, recommends and evaluates (the split is recomputed from the snapshot).
@@ -28,6 +31,7 @@ with the full unpickler.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -89,6 +93,7 @@ class RunDir:
     results_file = property(lambda self: self.folder / "results.json")
     dataset_folder = property(lambda self: self.folder / "dataset")
     known_file = property(lambda self: self.folder / "known.npy")
+    table_folder = property(lambda self: self.folder / "item_table")
 
     @property
     def finished(self) -> bool:
@@ -165,6 +170,37 @@ class RunDir:
         return {k: v for k, v in state.items() if not k.endswith("tower.known")}
 
     # ---- metrics and results ----------------------------------------------------------
+    # ---- a sharded item table: parts written by the ranks that hold them ---------------
+    def save_table_rows(self, start: int, rows: torch.Tensor) -> None:
+        """Rows ``start ...`` of a sharded item table (``(R, D)``)."""
+        self.table_folder.mkdir(parents=True, exist_ok=True)
+        if rows.untyped_storage().nbytes() != rows.nbytes:  # a view: save its rows only
+            rows = rows.clone()
+        save_tensors(rows.detach().cpu(), self.table_folder / f"{start:012d}.pt")
+
+    def clear_table(self) -> None:
+        shutil.rmtree(self.table_folder, ignore_errors=True)
+
+    def load_table_rows(self, start: int, map_location: str | torch.device = "cpu"
+                        ) -> torch.Tensor:
+        path = self.table_folder / f"{start:012d}.pt"
+        if not path.exists():
+            raise RunError(f"{path} is missing: a sharded run's item table is incomplete")
+        rows: torch.Tensor = load_tensors(path, map_location)
+        return rows
+
+    def load_table(self, num_rows: int) -> torch.Tensor:
+        """The whole sharded item table ``(num_rows, D)``, its parts in row order (what
+        one process that serves or evaluates the run needs)."""
+        parts = sorted(self.table_folder.glob("*.pt"))
+        starts = [int(p.stem) for p in parts]
+        rows = [self.load_table_rows(start) for start in starts]
+        ends = [start + len(r) for start, r in zip(starts, rows, strict=True)]
+        if not parts or starts[0] != 0 or starts[1:] != ends[:-1] or ends[-1] != num_rows:
+            raise RunError(f"{self.table_folder} does not hold rows 0..{num_rows - 1} of the "
+                           f"item table in consecutive parts (found {starts})")
+        return torch.cat(rows)
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         append_line(self.metrics_file, json.dumps(record))
 
@@ -310,7 +346,17 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
     config = run_dir.read_config()
     state = run_dir.load_weights(device)
     dataset, known = run_dir.snapshot(config)
-    model = build_model(config.model, dataset.num_items, timestamps=dataset.has_timestamps)
+    model_config = config.model
+    if model_config.item_table == "sharded":
+        # Trained with a sharded table: read back whole into one process, which is what
+        # serving needs (its index holds every item vector anyway).
+        model_config = dataclasses.replace(model_config, item_table="local")
+    model = build_model(model_config, dataset.num_items, timestamps=dataset.has_timestamps)
+    if config.model.item_table == "sharded":
+        table = run_dir.load_table(dataset.num_items + 1)
+        for key in model.state_dict():  # the tower's table, under each name it goes by
+            if key.endswith("item_tower.embedding.weight") and key not in state:
+                state[key] = table
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -324,6 +370,7 @@ def load_run(folder: str | Path, device: str = "cpu") -> Run:
 
 
 BUNDLE_FILES = ("config.json", "model.pt", "results.json", "known.npy")
+BUNDLE_FOLDERS = ("dataset", "item_table")
 
 
 def export_bundle(folder: str | Path, out: str | Path,
@@ -350,7 +397,9 @@ def export_bundle(folder: str | Path, out: str | Path,
         for name in BUNDLE_FILES:
             if (source.folder / name).exists():
                 shutil.copy2(source.folder / name, tmp / name)
-        shutil.copytree(source.dataset_folder, tmp / "dataset")
+        for name in BUNDLE_FOLDERS:
+            if (source.folder / name).is_dir():
+                shutil.copytree(source.folder / name, tmp / name)
         store_folder = paths.embeddings_dir() / run.dataset.name.replace("/", "_")
         carried = []
         if (store_folder / "manifest.json").exists():

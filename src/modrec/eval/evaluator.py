@@ -6,6 +6,8 @@ Shapes: B users in a block, L history length read by the model, N items (+1 padd
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
@@ -16,9 +18,19 @@ from modrec.eval.metrics import ranking_metrics
 from modrec.models.retrieval import Scorer
 
 
+class LookupScorer(Protocol):
+    """A model whose item vectors are looked up by index (`RetrievalModel`)."""
+
+    def encode_last(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                    times: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def item_vectors_of(self, items: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.no_grad()
 def user_vectors(
-    model: Scorer, histories: list[np.ndarray], device: torch.device | str = "cpu",
+    model: Scorer | LookupScorer, histories: list[np.ndarray],
+    device: torch.device | str = "cpu",
     times: list[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """The model's vector after the newest item of each history: ``(B, D)``; ``times``
@@ -69,6 +81,63 @@ def rank_targets(
         scores[rows, targets] = -torch.inf  # the target is not its own rival
         ranks[index] = (scores >= target_scores).sum(-1).cpu().numpy()
     return ranks
+
+
+@torch.no_grad()
+def rank_targets_blockwise(
+    model: LookupScorer, evalset: EvalSet, num_items: int, max_len: int,
+    batch_size: int = 128, device: torch.device | str = "cpu", block: int = 65536,
+    user_blocks: int = 0,
+) -> np.ndarray:
+    """`rank_targets` reading the catalog ``block`` items at a time through
+    ``model.item_vectors_of``, for an item table no process holds whole (a sharded
+    one): the users' vectors are computed once, then every block of items adds, for
+    each user, the unmasked items that score at least as high as the target. The same
+    ranks, with the same ties and masking, as `rank_targets`.
+
+    A sharded table's lookups are collective, so every rank must make as many: the
+    catalog's blocks are alike everywhere, and ``user_blocks`` (the most blocks of
+    users any rank has) pads this rank's user blocks with a throw-away one."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    count = len(evalset)
+    by_length = np.argsort(np.minimum(evalset.histories.lengths(), max_len), kind="stable")
+    users = torch.empty(count, 0, device=device)
+    starts = range(0, count, batch_size)
+    for i in range(max(len(starts), user_blocks)):
+        if i >= len(starts):  # a lookup the other ranks make too; its answer is unused
+            user_vectors(model, [np.ones(1, dtype=np.int64)], device)
+            continue
+        index = by_length[starts[i] : starts[i] + batch_size]
+        vectors = user_vectors(model, last_items(evalset.histories, index, max_len), device,
+                               last_times(evalset.histories, index, max_len))  # (B, D)
+        if users.shape[1] == 0:
+            users = torch.empty(count, vectors.shape[1], device=device)
+        users[torch.from_numpy(index).to(device)] = vectors
+    targets = torch.from_numpy(evalset.targets).to(device)  # (U,)
+    target_scores = (users * model.item_vectors_of(targets)).sum(-1, keepdim=True)  # (U, 1)
+    # What is never a rival, as (user, item) pairs ordered by item: the history (as
+    # `mask_seen`) and the target itself; padding (item 0) is in no block.
+    lengths = evalset.histories.lengths()
+    rows = np.concatenate([np.repeat(np.arange(count), lengths), np.arange(count)])
+    cols = np.concatenate([*(evalset.histories[i] for i in range(count)),
+                           evalset.targets]).astype(np.int64)
+    order = np.argsort(cols, kind="stable")
+    rows, cols = rows[order], cols[order]
+    ranks = torch.zeros(count, dtype=torch.int64, device=device)
+    for start in range(1, num_items + 1, block):
+        stop = min(start + block, num_items + 1)
+        vectors = model.item_vectors_of(torch.arange(start, stop, device=device))  # (K, D)
+        lo, hi = np.searchsorted(cols, [start, stop])
+        for first in range(0, count, batch_size):
+            last = min(first + batch_size, count)
+            scores = users[first:last] @ vectors.T  # (B, K)
+            mine = (rows[lo:hi] >= first) & (rows[lo:hi] < last)
+            r = torch.from_numpy(rows[lo:hi][mine] - first).to(device)
+            c = torch.from_numpy(cols[lo:hi][mine] - start).to(device)
+            scores[r, c] = -torch.inf
+            ranks[first:last] += (scores >= target_scores[first:last]).sum(-1)
+    return ranks.cpu().numpy()
 
 
 def evaluate(

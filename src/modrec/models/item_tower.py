@@ -15,6 +15,11 @@ quarter). In ``id`` mode it scores zero; with content it uses its content vector
 ``known`` is recomputed from the training split whenever a model is built for training
 or loaded, so it is not saved. The content matrix is a buffer that *is* saved with the
 weights, so a run folder is self-contained.
+
+The ID rows are an ``nn.Embedding`` unless the caller injects another table (``ids``:
+any module mapping item indices ``(...)`` to vectors ``(..., D)``): the sharded
+TorchRec table of `models/sharded_items.py` is one, and such a table is only looked
+up, never read whole (`all_items` then refuses).
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ class ItemTower(nn.Module):
 
     def __init__(self, num_items: int, dim: int, mode: Mode = "id",
                  content: torch.Tensor | None = None, content_mlp: bool = False,
-                 combine: Literal["sum", "gate"] = "sum", id_dropout: float = 0.0) -> None:
+                 combine: Literal["sum", "gate"] = "sum", id_dropout: float = 0.0,
+                 ids: nn.Module | None = None) -> None:
         super().__init__()
         self.num_items, self.dim, self.mode, self.combine = num_items, dim, mode, combine
         self.id_dropout = id_dropout
         self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool),
                              persistent=False)
-        if mode != "content":
+        if mode != "content" and ids is not None:
+            self.embedding: nn.Module = ids
+        elif mode != "content":
             self.embedding = nn.Embedding(num_items + 1, dim, padding_idx=0)
             # Small init as in SASRec/HSTU: large item norms slow early training.
             nn.init.normal_(self.embedding.weight, std=0.02)
@@ -68,9 +76,16 @@ class ItemTower(nn.Module):
 
     def all_items(self) -> torch.Tensor:
         """Every item's vector, padding included, so row i is item i."""
-        if self.mode == "id":
-            return self.embedding.weight * self.known.unsqueeze(-1)  # (N + 1, D)
+        table = None if self.mode == "content" else self._table()  # refuses a sharded one
+        if table is not None and self.mode == "id":
+            return table.weight * self.known.unsqueeze(-1)  # (N + 1, D)
         return self._vectors(torch.arange(self.num_items + 1, device=self.content.device))
+
+    def _table(self) -> nn.Embedding:
+        if not isinstance(self.embedding, nn.Embedding):
+            raise ValueError("the ID item table is sharded: no process holds every item's "
+                             "vector; look items up (RetrievalModel.item_vectors_of) in blocks")
+        return self.embedding
 
     def _vectors(self, items: torch.Tensor) -> torch.Tensor:
         if self.mode == "id":

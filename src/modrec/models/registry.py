@@ -97,7 +97,7 @@ def _load_plugins() -> None:
 
 # The keys every model shares; anything else in a model section is the model's own.
 SHARED = ("name", "dim", "max_len", "dropout", "normalize", "item_tower", "encoders",
-          "content_mlp", "combine", "id_dropout", "content_dim")
+          "content_mlp", "combine", "id_dropout", "content_dim", "item_table", "item_sharding")
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -114,6 +114,16 @@ class ModelConfig:
     combine: Literal["sum", "gate"] = "sum"  # how id+content are joined
     id_dropout: float = 0.0  # id+content: share of items whose ID vector a step drops
     content_dim: int | None = None  # filled in from the store when the model is built
+    # Where the ID item table lives. "local": an nn.Embedding in every process (the
+    # default; what runs written before this setting existed used). "sharded": a TorchRec
+    # EmbeddingCollection split across the ranks of a torchrun world by TorchRec's
+    # planner, for catalogs too big to copy into every process; needs TorchRec (README,
+    # "Sharded item tables") and the sampled-softmax loss (models/sharded_items.py,
+    # train/sharded.py).
+    item_table: Literal["local", "sharded"] = "local"
+    # How a sharded table is split: "row_wise" (each rank holds a contiguous block of
+    # rows) or "table_wise" (the whole table on one rank: for several tables, not one).
+    item_sharding: Literal["row_wise", "table_wise"] = "row_wise"
     options: Any = None  # the named model's own settings (its registered options class)
 
     @model_validator(mode="before")
@@ -160,8 +170,16 @@ def item_tower(config: ModelConfig, num_items: int, content: torch.Tensor | None
         if config.content_dim is None:
             raise ValueError(f"item_tower {config.item_tower!r} needs content embeddings")
         content = torch.zeros(num_items + 1, config.content_dim)
+    ids = None
+    if config.item_table == "sharded":
+        if config.item_tower == "content":
+            raise ValueError("model.item_table=sharded shards the ID table; a content "
+                             "tower has none (use item_tower id or id+content)")
+        from modrec.models.sharded_items import ShardableTable  # needs TorchRec
+
+        ids = ShardableTable(num_items, config.dim)
     return ItemTower(num_items, config.dim, config.item_tower, content, config.content_mlp,
-                     config.combine, config.id_dropout)
+                     config.combine, config.id_dropout, ids)
 
 
 def build_model(config: ModelConfig, num_items: int, content: torch.Tensor | None = None,

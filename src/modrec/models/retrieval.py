@@ -96,6 +96,11 @@ class RetrievalModel(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return self._out(self.item_tower.all_items())  # (N + 1, D)
 
+    def item_vectors_of(self, items: torch.Tensor) -> torch.Tensor:
+        """The vectors ``(..., D)`` of ``items`` ``(...)``: rows of `item_vectors`,
+        without computing the rest (a sharded table is read this way)."""
+        return self._out(self.item_tower(items))  # (..., D)
+
     def set_known(self, known: torch.Tensor) -> None:
         """Which items ``(N + 1,)`` occur in training (see `ItemTower`)."""
         self.item_tower.set_known(known)

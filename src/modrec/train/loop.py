@@ -49,11 +49,13 @@ from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import SequenceBatch, Shard, TrainingExamples, split_by_length
 from modrec.data.splits import EvalSet
 from modrec.eval import evaluate, rank_targets, ranking_metrics
-from modrec.models import Scorer, Trainable, build_model
+from modrec.models import RetrievalModel, Scorer, Trainable, build_model
+from modrec.models.sharded_items import ShardableTable
 from modrec.runs import RunDir
+from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
 from modrec.train.distributed import World
-from modrec.train.losses import next_item_loss
+from modrec.train.losses import next_item_loss, sampled_softmax_by_lookup
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Session:
     world: World = dataclasses.field(default_factory=World)
     device: str = "cpu"  # train.device, this rank's own GPU under torchrun
     show_progress: bool = True
+    table: ShardableTable | None = None  # model.item_table=sharded: this rank's shard
 
     @property
     def trainable(self) -> Trainable:
@@ -143,8 +146,12 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     if content is not None:  # the content width follows from the store
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, content_dim=content.shape[1]))
-    model = build_model(config.model, dataset.num_items, content,
-                        dataset.has_timestamps).to(device)
+    model = build_model(config.model, dataset.num_items, content, dataset.has_timestamps)
+    table = sharded.table_of(model)
+    if config.model.item_table == "sharded":
+        _check_sharded(config, model, resume and Checkpoint(run.checkpoint_file).exists())
+    else:  # a sharded table is still on "meta": DistributedModelParallel places it below
+        model = model.to(device)
     if world.distributed:
         torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
     known = split.known_items()
@@ -166,14 +173,17 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
             "protocol": split.protocol, "world_size": world.size,
             **({"resumed": resumed} if resumed else {})})
         run.write_snapshot(dataset, known)
+        if table is not None:  # parts an earlier, killed run left (maybe from other ranks)
+            run.clear_table()
 
     optimizer, averaged = None, None
     fit = getattr(model, "fit", None)
     if fit is not None:  # nothing to learn by gradient
         fit(split.train)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
-                                      weight_decay=tc.weight_decay)
+        # A sharded table's rows are stepped by TorchRec's fused optimiser instead.
+        optimizer = torch.optim.AdamW(sharded.dense_parameters(model), lr=tc.lr,
+                                      betas=tc.betas, weight_decay=tc.weight_decay)
         # With train.ema_decay, the weights validated and kept are a moving average of
         # the trained ones; the trained ones go on being optimised as usual.
         if tc.ema_decay is not None:
@@ -184,8 +194,11 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         log.info("resumed %s at epoch %d", run.folder, progress.epoch)
     if world.is_main:
         run.keep_metrics_until(progress.epoch if resuming else -1)
-    loss: nn.Module = BatchLoss(model, config.loss)
-    if world.distributed and optimizer is not None:
+    loss: nn.Module = BatchLoss(model, config.loss, by_lookup=table is not None)
+    if table is not None:
+        loss = sharded.shard(loss, world, device, config.model.item_sharding, tc.table_lr)
+        log.info("item table shard on rank %d: %s", world.rank, sharded.shard_sizes(table))
+    elif world.distributed and optimizer is not None:
         # Buffers (the known mask, a content matrix) are alike on every rank already.
         loss = DistributedDataParallel(
             loss, device_ids=[world.local_rank] if device.startswith("cuda") else None,
@@ -194,7 +207,27 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    model if averaged is None else averaged.module, optimizer, averaged,
                    TrainingExamples.of(split.train, config.model.max_len), pool, rng,
                    generator, checkpoint, progress, loss, world, device,
-                   show_progress and world.is_main)
+                   show_progress and world.is_main, table)
+
+
+def _check_sharded(config: RunConfig, model: nn.Module, resuming: bool) -> None:
+    """What a sharded item table cannot do yet, said before anything runs."""
+    problems = []
+    if sharded.table_of(model) is None:
+        problems.append(f"model {config.model.name!r} has no ID item table to shard")
+    if config.model.dim % 4:
+        problems.append(f"model.dim must be a multiple of 4 for FBGEMM's kernels, not "
+                        f"{config.model.dim}")
+    if config.loss.name != "sampled_softmax":
+        problems.append("the loss must be sampled_softmax (a full softmax scores every "
+                        "item at every step, which needs the whole table)")
+    if config.train.ema_decay is not None:
+        problems.append("train.ema_decay would copy the whole table; leave it unset")
+    if resuming:
+        problems.append("a sharded run writes no checkpoint to resume from; train into a "
+                        "new --out")
+    if problems:
+        raise ValueError("model.item_table=sharded: " + "; ".join(problems))
 
 
 def content_for(model: ModelConfig, dataset: Dataset) -> torch.Tensor | None:
@@ -257,8 +290,11 @@ def train_epoch(session: Session) -> dict[str, Any]:
     batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng, shard)
     bar = tqdm(batches, total=math.ceil(len(s.examples) / tc.batch_size), desc=f"epoch {epoch}",
                disable=not s.show_progress, leave=False, unit="batch")
+    # A sharded table steps in every backward (its optimiser is fused into it), so a
+    # batch runs as one slice: slices would make one table step each.
+    slices = tc.length_slices if s.table is None else 1
     for batch in bar:
-        losses.append(train_step(s.loss, s.optimizer, batch.to(s.device), tc.length_slices,
+        losses.append(train_step(s.loss, s.optimizer, batch.to(s.device), slices,
                                  s.generator, s.pool, s.world))
         if s.averaged is not None:
             s.averaged.update_parameters(s.model)
@@ -288,9 +324,10 @@ class BatchLoss(nn.Module):
     through ``forward``). The loss is the mean over the batch's supervised positions:
     every real position for next-item models, the masked ones for cloze."""
 
-    def __init__(self, model: nn.Module, config: LossConfig) -> None:
+    def __init__(self, model: nn.Module, config: LossConfig, by_lookup: bool = False) -> None:
         super().__init__()
-        self.model, self.config = model, config
+        # by_lookup: read only the targets' and negatives' vectors (a sharded table)
+        self.model, self.config, self.by_lookup = model, config, by_lookup
 
     def forward(self, batch: SequenceBatch, generator: torch.Generator | None = None,
                 pool: torch.Tensor | None = None) -> torch.Tensor:
@@ -298,6 +335,12 @@ class BatchLoss(nn.Module):
             raise ValueError("a training batch needs targets")
         model = cast(Trainable, self.model)
         hidden = model.encode_train(batch)  # (B, L, D)
+        if self.by_lookup:
+            c, tables = self.config, cast(RetrievalModel, self.model)
+            return sampled_softmax_by_lookup(
+                hidden, batch.targets, tables.item_vectors_of, tables.item_tower.num_items,
+                c.temperature, c.num_negatives, generator, pool,
+                per_position=c.negatives_per == "position")
         return next_item_loss(self.config, hidden, batch.targets, model.item_vectors(),
                               generator, pool)
 
@@ -358,8 +401,8 @@ def validate_and_select(session: Session, record: dict[str, Any]) -> None:
     main = s.world.is_main
     if s.split.valid is None:
         p.best_epoch = epoch
+        save_kept(s)
         if main:
-            s.run.save_weights(s.kept.state_dict())
             s.run.append_metrics(record)
         log.info("epoch %d loss %.4f %.1fs", epoch, record.get("loss", math.nan),
                  record.get("epoch_seconds", 0.0))
@@ -372,8 +415,7 @@ def validate_and_select(session: Session, record: dict[str, Any]) -> None:
                "train_seconds": p.train_seconds}
     if valid[SELECT_ON] > p.best:
         p.best, p.best_epoch, p.bad_evals = valid[SELECT_ON], epoch, 0
-        if main:
-            s.run.save_weights(s.kept.state_dict())
+        save_kept(s)
     else:
         p.bad_evals += 1
     log.info("epoch %d loss %.4f valid %s %.4f (best %.4f @ %d) %.1fs", epoch,
@@ -383,24 +425,43 @@ def validate_and_select(session: Session, record: dict[str, Any]) -> None:
         s.run.append_metrics(record)
 
 
+def save_kept(session: Session) -> None:
+    """Rank 0 writes the kept weights; with a sharded table, every rank writes its rows
+    of it beside them."""
+    s = session
+    if s.table is None:
+        if s.world.is_main:
+            s.run.save_weights(s.kept.state_dict())
+        return
+    sharded.save_table(s.table, s.run)
+    if s.world.is_main:
+        s.run.save_weights(sharded.dense_state(s.kept))
+
+
 def evaluate_on(session: Session, model: nn.Module, evalset: EvalSet) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on ``evalset``; data-parallel, each rank ranks
-    its shard of the users and every rank gets the metrics of all of them."""
+    its shard of the users and every rank gets the metrics of all of them. With a
+    sharded table every rank reads the catalog in blocks (`sharded`)."""
     s, tc = session, session.config.train
     scorer = cast(Scorer, model)
-    if not s.world.distributed:
+    if not s.world.distributed and s.table is None:
         return evaluate(scorer, evalset, s.config.model.max_len, tc.eval_batch_size, s.device)
     mine = np.zeros(len(evalset), dtype=bool)
     mine[s.world.shard(len(evalset))] = True
-    ranks = rank_targets(scorer, evalset.subset(mine), s.config.model.max_len,
-                         tc.eval_batch_size, s.device)
+    if s.table is not None:
+        ranks = sharded.rank_targets_sharded(model, evalset.subset(mine), s.dataset.num_items,
+                                             s.config.model.max_len, tc.eval_batch_size,
+                                             s.device, s.world)
+    else:
+        ranks = rank_targets(scorer, evalset.subset(mine), s.config.model.max_len,
+                             tc.eval_batch_size, s.device)
     return ranking_metrics(np.concatenate(s.world.gather(ranks)))
 
 
 def save_checkpoint(session: Session) -> None:
     """Rank 0 writes the checkpoint, with every rank's random generators."""
     s = session
-    if s.optimizer is None:
+    if s.optimizer is None or s.table is not None:  # a sharded run is not resumable yet
         return
     rngs = s.world.gather((s.rng.bit_generator.state, s.generator.get_state(),
                            torch.get_rng_state()))
@@ -415,7 +476,11 @@ def finish(session: Session) -> Path:
     cold-items split) and write results.json."""
     s = session
     s.world.barrier()  # rank 0 has written the kept weights
-    s.model.load_state_dict(s.run.load_weights(s.device))
+    if s.table is None:
+        s.model.load_state_dict(s.run.load_weights(s.device))
+    else:
+        sharded.load_dense_state(s.model, s.run.load_weights(s.device))
+        sharded.load_table(s.table, s.run)
     s.model.eval()
 
     def scores(evalset: EvalSet) -> dict[str, float]:

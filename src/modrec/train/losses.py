@@ -7,10 +7,16 @@ position is padding and carries no loss) and the item table ``(N + 1, D)``; row 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from modrec.config import LossConfig
+
+# Item indices (...) -> their vectors (..., D): an item table that is looked up, never
+# read whole (a sharded one).
+Lookup = Callable[[torch.Tensor], torch.Tensor]
 
 
 def full_softmax(
@@ -47,15 +53,29 @@ def sampled_softmax(
     training when some are withheld for cold-start evaluation: a model must not learn
     that withheld items are never the answer.
     """
+    return sampled_softmax_by_lookup(users, targets, items.__getitem__, items.shape[0] - 1,
+                                     temperature, num_negatives, generator, pool,
+                                     per_position)
+
+
+def sampled_softmax_by_lookup(
+    users: torch.Tensor, targets: torch.Tensor, lookup: Lookup, num_items: int,
+    temperature: float, num_negatives: int, generator: torch.Generator | None = None,
+    pool: torch.Tensor | None = None, per_position: bool = False,
+) -> torch.Tensor:
+    """`sampled_softmax` over a table of ``num_items`` items (+ padding) that is only
+    looked up: the targets' and the drawn negatives' vectors are all it reads, so a
+    sharded table is never gathered whole."""
     if per_position:
-        return _per_position_sampled_softmax(users, targets, items, temperature,
+        return _per_position_sampled_softmax(users, targets, lookup, num_items, temperature,
                                              num_negatives, generator, pool)
-    negatives = _draw((users.shape[0], num_negatives), items, generator, pool)  # (B, K)
+    negatives = _draw((users.shape[0], num_negatives), num_items, users.device, generator,
+                      pool)  # (B, K)
     # The temperature scales the small (B, L, D) user tensor, not the (B, L, K) logits:
     # on a CPU every pass over B x L x K floats costs about as much as the product.
     users = users / temperature
-    positive = (users * items[targets]).sum(-1)  # (B, L)
-    everything = _logsumexp_of_products(users, items[negatives])  # (B, L), hits included
+    positive = (users * lookup(targets)).sum(-1)  # (B, L)
+    everything = _logsumexp_of_products(users, lookup(negatives))  # (B, L), hits included
     # Cross-entropy with the positive in class 0 and the draws that equal the target
     # left out: log(exp(positive) + sum of the other draws) - positive. A draw that hits
     # the target has exactly the positive's logit, so subtracting `hits` copies of it
@@ -68,11 +88,11 @@ def sampled_softmax(
     return loss[targets > 0].mean()
 
 
-def _draw(shape: tuple[int, int], items: torch.Tensor, generator: torch.Generator | None,
-          pool: torch.Tensor | None) -> torch.Tensor:
+def _draw(shape: tuple[int, int], num_items: int, device: torch.device,
+          generator: torch.Generator | None, pool: torch.Tensor | None) -> torch.Tensor:
     """Uniform item indices (never 0, the padding row), from ``pool`` when given."""
-    high = items.shape[0] if pool is None else len(pool) + 1
-    negatives = torch.randint(1, high, shape, device=items.device, generator=generator)
+    high = num_items + 1 if pool is None else len(pool) + 1
+    negatives = torch.randint(1, high, shape, device=device, generator=generator)
     return negatives if pool is None else pool[negatives - 1]
 
 
@@ -97,16 +117,18 @@ def _occurrences(negatives: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def _per_position_sampled_softmax(
-    users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, temperature: float,
-    num_negatives: int, generator: torch.Generator | None, pool: torch.Tensor | None,
+    users: torch.Tensor, targets: torch.Tensor, lookup: Lookup, num_items: int,
+    temperature: float, num_negatives: int, generator: torch.Generator | None,
+    pool: torch.Tensor | None,
 ) -> torch.Tensor:
     """``sampled_softmax`` with fresh negatives for each supervised position."""
     supervised = targets > 0
     users = users[supervised] / temperature  # (P, D)
     targets = targets[supervised]  # (P,)
-    negatives = _draw((len(targets), num_negatives), items, generator, pool)  # (P, K)
-    positive = (users * items[targets]).sum(-1)  # (P,)
-    negative = torch.bmm(items[negatives], users.unsqueeze(-1)).squeeze(-1)  # (P, K)
+    negatives = _draw((len(targets), num_negatives), num_items, users.device, generator,
+                      pool)  # (P, K)
+    positive = (users * lookup(targets)).sum(-1)  # (P,)
+    negative = torch.bmm(lookup(negatives), users.unsqueeze(-1)).squeeze(-1)  # (P, K)
     negative = negative.masked_fill(negatives == targets.unsqueeze(1),
                                     torch.finfo(negative.dtype).min)
     return (torch.logaddexp(positive, torch.logsumexp(negative, dim=-1)) - positive).mean()

@@ -1,0 +1,234 @@
+"""The ID item table sharded by TorchRec (``model.item_table=sharded``), on two gloo
+processes spawned inside the test: the sharded tower returns the local tower's
+vectors, full-ranking evaluation read in blocks gives the local ranks, a step on two
+ranks is the one-process step, no rank holds the whole table (row-wise), and a sharded
+run trains, evaluates and loads back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from modrec.config import build_config
+from modrec.data import leave_one_out, load_dataset
+
+SMALL = ["model.max_len=30", "model.num_blocks=1", "model.dim=16", "train.batch_size=256",
+         "model.item_table=sharded"]
+
+
+@pytest.fixture
+def torchrec() -> Any:
+    return pytest.importorskip("torchrec")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(worker: Any, *args: Any) -> None:
+    """Run ``worker(rank, *args)`` in two processes joined as a gloo world."""
+    load_dataset("ml-100k")  # converted and cached once, before two processes read it
+    mp.start_processes(_join, args=(_free_port(), worker, args), nprocs=2,
+                       start_method="spawn")
+
+
+def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    torch.set_num_threads(1)  # two processes on a 2-core machine
+    try:
+        worker(rank, *args)
+    finally:
+        if torch.distributed.is_initialized():
+            # Both ranks finish their collectives before either tears the group down
+            # (gloo aborts a process whose peer left mid-operation).
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
+    from modrec.data.batches import SequenceBatch, TrainingExamples
+    from modrec.eval.evaluator import rank_targets
+    from modrec.models import build_model
+    from modrec.train import sharded
+    from modrec.train.distributed import World
+    from modrec.train.loop import BatchLoss, train_step
+
+    world = World.from_env()
+    config = build_config("ml-100k", "sasrec", overrides=[
+        *SMALL, "model.dropout=0.0", "loss.num_negatives=4"])
+    dataset = load_dataset("ml-100k")
+    split = leave_one_out(dataset)
+    known = torch.from_numpy(split.known_items())
+    torch.manual_seed(0)
+    local = build_model(dataclasses.replace(config.model, item_table="local"),
+                        dataset.num_items)
+    model = build_model(config.model, dataset.num_items)
+    for m in (local, model):
+        m.set_known(known)
+    # Plain SGD at rate 1 on the table (and below on the rest): a step subtracts
+    # exactly the gradient.
+    loss = sharded.shard(BatchLoss(model, config.loss, by_lookup=True), world, "cpu",
+                         sharding, 1.0, optimizer="EXACT_SGD")
+    # The same weights in both: the dense ones loaded, the table's rows copied in.
+    table = sharded.table_of(model)
+    assert table is not None
+    initial = local.item_tower.embedding.weight.detach().clone()
+    for start, rows in table.local_rows():
+        rows.copy_(initial[start : start + len(rows)])
+    sharded.load_dense_state(model, {k: v for k, v in local.state_dict().items()
+                                     if not k.endswith("embedding.weight")})
+    ids = torch.randint(0, dataset.num_items + 1, (7, 5 + rank),
+                        generator=torch.Generator().manual_seed(rank))
+    with torch.no_grad():
+        same_vectors = torch.equal(model.item_tower(ids), local.item_tower(ids))
+    # Evaluation: each rank ranks its users against the catalog read in blocks.
+    mine = np.zeros(len(split.valid), dtype=bool)
+    mine[world.shard(len(split.valid))] = True
+    block_ranks = sharded.rank_targets_sharded(model, split.valid.subset(mine),
+                                               dataset.num_items, 30, 64, "cpu", world)
+    local_ranks = rank_targets(local, split.valid.subset(mine), 30, 64)
+
+    # One step: one process on the whole batch, then each rank on its rows of it.
+    batch = next(local.training_batches(TrainingExamples.of(split.train, 30), 64,
+                                        np.random.default_rng(1)))
+    pool = torch.tensor([7])  # every negative is item 7: the same draws on both sides
+    before = {k: v.clone() for k, v in local.state_dict().items()}
+    train_step(BatchLoss(local, config.loss), torch.optim.SGD(local.parameters(), lr=1.0),
+               batch, 1, None, pool)
+    own = slice(rank, None, 2)
+    train_step(loss, torch.optim.SGD(sharded.dense_parameters(model), lr=1.0),
+               SequenceBatch(batch.inputs[own], batch.lengths[own], batch.targets[own]), 1,
+               None, pool, world)
+    stepped = local.item_tower.embedding.weight.detach()
+    dense = sharded.dense_state(model)
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "same_vectors": same_vectors, "same_ranks": bool(np.array_equal(block_ranks,
+                                                                         local_ranks)),
+        "users": int(mine.sum()), "catalog_rows": dataset.num_items + 1,
+        "table_error": max([float((rows - stepped[start : start + len(rows)]).abs().max())
+                            for start, rows in table.local_rows()], default=0.0),
+        "table_step": float((stepped - initial).abs().max()),
+        "dense_error": max(float((dense[k] - v).abs().max())
+                           for k, v in local.state_dict().items() if k in dense),
+        "dense_step": max(float((v - before[k]).abs().max())
+                          for k, v in local.state_dict().items() if k in dense),
+        **sharded.shard_sizes(table)}))
+
+
+@pytest.mark.parametrize("sharding", ["row_wise", "table_wise"])
+def test_the_sharded_tower_matches_the_local_one(
+        torchrec: Any, tmp_path: Path, sharding: str) -> None:
+    """Two ranks: the same vectors, the same full-ranking ranks (the catalog read in
+    blocks), and the one-process step when each rank steps on half the batch
+    (TorchRec averages the table's gradient as DDP does the rest's, and the loop
+    weights the losses for that); row-wise, neither rank holds the whole table."""
+    _spawn(_lookup_worker, tmp_path, sharding)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["same_vectors"] and r["same_ranks"], r
+        assert r["users"] > 400  # each rank ranked about half the 943 users
+        # float32 sums in another order: equal to 1e-5 of the step
+        assert r["table_error"] < 1e-5 * r["table_step"], r
+        assert r["dense_error"] < 1e-5 * r["dense_step"], r
+        assert r["table_step"] > 1e-3 and r["dense_step"] > 1e-3
+    catalog = ranks[0]["catalog_rows"]
+    rows = [r["rows"] for r in ranks]
+    assert sum(rows) == catalog
+    if sharding == "row_wise":  # neither rank holds the whole table
+        assert max(rows) < catalog and min(rows) > 0
+        assert max(r["mib"] for r in ranks) < catalog * 16 * 4 / 2**20
+    else:  # table-wise places the one table on one rank
+        assert sorted(rows) == [0, catalog]
+
+
+def _training_worker(rank: int, out: Path) -> None:
+    from modrec.train import train
+
+    config = build_config("ml-100k", "sasrec", overrides=[*SMALL, "train.epochs=2"])
+    train(config, out / "run", progress=False)
+
+
+def test_a_sharded_run_trains_evaluates_and_loads_on_one_process(
+        torchrec: Any, tmp_path: Path) -> None:
+    from modrec.runs import load_run
+
+    _spawn(_training_worker, tmp_path)
+    folder = tmp_path / "run"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["epochs"] == 2 and 0 < results["ndcg@10"] < 1
+    parts = sorted((folder / "item_table").glob("*.pt"))
+    assert len(parts) == 2  # one part per rank, each written by its rank
+    # One process reads the parts back whole (as serving does) and scores alike.
+    run = load_run(folder)
+    assert run.item_vectors().shape == (run.dataset.num_items + 1, 16)
+    again = run.evaluate(run.split.test)
+    assert again["ndcg@10"] == pytest.approx(results["ndcg@10"], abs=1e-6)
+
+
+def test_a_sharded_table_refuses_what_needs_the_whole_table(
+        torchrec: Any, tmp_path: Path) -> None:
+    from modrec.train import setup
+
+    for override, says in (("loss.name=softmax", "sampled_softmax"),
+                           ("model.dim=50", "multiple of 4"),
+                           ("train.ema_decay=0.99", "ema_decay")):
+        config = build_config("ml-100k", "sasrec", overrides=[*SMALL, override])
+        with pytest.raises(ValueError, match=says):
+            setup(config, tmp_path / "run", show_progress=False)
+
+
+def test_without_torchrec_the_error_names_the_install_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from modrec.models import build_model
+
+    monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec now fails
+    config = build_config("ml-100k", "sasrec", overrides=SMALL)
+    with pytest.raises(ImportError, match=r"fbgemm-gpu-cpu==1\.8\.0.*--no-deps torchrec"):
+        build_model(config.model, 100)
+
+
+def test_old_configs_keep_a_local_table() -> None:
+    config = build_config("ml-100k", "sasrec")
+    assert config.model.item_table == "local"
+    assert config.model.to_dict()["item_table"] == "local"
+
+
+def test_the_benchmark_writes_its_section_into_a_new_scaling_page(
+        torchrec: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    doc = tmp_path / "scaling.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sharded_table.py"
+    subprocess.run([sys.executable, str(script), "--items", "2000", "--steps", "12",
+                    "--eval-users", "8", "--doc", str(doc)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = doc.read_text()
+    assert text.startswith("# Scaling")
+    assert "--items 2000 --dim 64 --steps 12" in text
+    assert "| 0 | 2,001 |" in text  # one process holds every row of a world of one
+
+
+def test_the_cli_says_what_to_install_without_torchrec(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from modrec.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchrec", None)
+    code = main(["train", "-d", "ml-100k", "-m", "sasrec", "--set", "model.item_table=sharded",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install --no-deps torchrec==1.8.0" in err, err
+    assert not (tmp_path / "run").exists()  # nothing half-made
+

@@ -20,6 +20,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MODREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("modrec-cache"))
     os.environ["MODREC_EMBEDDINGS_DIR"] = str(tmp_path_factory.mktemp("modrec-embeddings"))
+    os.environ["MODREC_INDEX_DIR"] = str(tmp_path_factory.mktemp("modrec-index"))
 
 
 @pytest.fixture(scope="session")

@@ -27,3 +27,11 @@ EMBEDDINGS_DIR_ENV = "MODREC_EMBEDDINGS_DIR"
 def embeddings_dir() -> Path:
     """Embedding stores, one folder per dataset (``<dir>/<dataset>/``)."""
     return Path(os.environ.get(EMBEDDINGS_DIR_ENV, "~/.cache/modrec/embeddings")).expanduser()
+
+
+INDEX_DIR_ENV = "MODREC_INDEX_DIR"
+
+
+def index_dir() -> Path:
+    """Item-index graphs the service built, kept to be loaded at its next start."""
+    return Path(os.environ.get(INDEX_DIR_ENV, "~/.cache/modrec/index")).expanduser()

@@ -207,3 +207,41 @@ def test_saved_index_loads_with_the_same_results(hnsw: tuple[ItemIndex, np.ndarr
                                     loaded.search(queries, 10, [{1}] * 5), strict=True):
             assert np.array_equal(a, b) and np.allclose(sa, sb)
         assert np.array_equal(index.similar(3, 5)[0], loaded.similar(3, 5)[0])
+
+
+def test_a_built_graph_is_kept_and_loaded_for_the_same_vectors(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The second start over the same vectors loads the graph; other vectors, other
+    graph settings or a damaged file build afresh; a small catalog keeps nothing."""
+    import logging
+
+    rng = np.random.default_rng(20)
+    items = np.zeros((3_001, 16), np.float32)
+    items[1:] = unit_vectors(rng, 3_000, 16)
+    config = IndexConfig(exact_below=0, ef_construction=40)
+    queries = unit_vectors(rng, 4, 16)
+    with caplog.at_level(logging.INFO, logger="modrec.serve.index"):
+        first = ItemIndex.cached(items, config, tmp_path)
+        [kept] = list(tmp_path.glob("*.faiss"))
+        caplog.clear()
+        second = ItemIndex.cached(items, config, tmp_path)
+        assert any("loaded the item index" in r.getMessage() for r in caplog.records)
+    for (a, _), (b, _) in zip(first.search(queries, 10), second.search(queries, 10),
+                              strict=True):
+        assert np.array_equal(a, b)
+
+    other = items.copy()
+    other[5] = -other[5]
+    ItemIndex.cached(other, config, tmp_path)
+    ItemIndex.cached(items, IndexConfig(exact_below=0, ef_construction=48), tmp_path)
+    assert len(list(tmp_path.glob("*.faiss"))) == 3
+
+    kept.write_bytes(b"not an index")
+    with caplog.at_level(logging.WARNING, logger="modrec.serve.index"):
+        rebuilt = ItemIndex.cached(items, config, tmp_path)
+    assert rebuilt.kind == "hnsw" and rebuilt.size == 3_000
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+    small = tmp_path / "small"
+    assert ItemIndex.cached(items, IndexConfig(exact_below=10_000), small).kind == "exact"
+    assert not small.exists()

@@ -36,6 +36,7 @@ the build (``ef_search`` travels in per-call search parameters).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -48,6 +49,8 @@ import faiss
 import numpy as np
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
+
+from modrec import paths
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,43 @@ class ItemIndex:
         # lives, which is as long as self.
         n, d = int(index.ntotal), int(index.d)
         self._vectors = faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d)
+
+    @classmethod
+    def cached(cls, items: np.ndarray, config: IndexConfig | None = None,
+               folder: Path | None = None) -> ItemIndex:
+        """The index over ``items``; an HNSW graph is kept in ``folder`` (default
+        ``$MODREC_INDEX_DIR``, ``~/.cache/modrec/index``) under a digest of the vectors
+        and the graph settings, and loaded instead of rebuilt when the same vectors come
+        again: over a million items the build takes minutes, the load seconds, so a
+        restart stays quick.
+
+        Only this machine's cache is read, never a file that arrived inside a run folder
+        or bundle: FAISS's reader is C++ and not meant for untrusted input."""
+        config = config or IndexConfig()
+        if len(items) - 1 < config.exact_below:  # exact: nothing worth keeping
+            return cls(items, config)
+        vectors = np.ascontiguousarray(items, dtype=np.float32)
+        digest = hashlib.sha256(vectors.tobytes()).hexdigest()[:20]
+        path = (folder or paths.index_dir()) / (
+            f"hnsw-m{config.hnsw_m}-efc{config.ef_construction}-{digest}.faiss")
+        if path.exists():
+            try:
+                index = cls.load(path, config)
+                if index.kind == "hnsw" and (index.size, index.dim) == (
+                        len(items) - 1, items.shape[1]):
+                    log.info("loaded the item index from %s", path)
+                    return index
+                log.warning("%s does not match the item vectors: rebuilding it", path)
+            except (RuntimeError, ValueError, OSError) as err:
+                log.warning("%s is unreadable (%s): rebuilding it", path, err)
+        index = cls(items, config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            index.save(path)
+        except (RuntimeError, OSError) as err:  # a read-only cache costs only start-up
+            log.warning("could not keep the item index in %s (%s): the next start builds "
+                        "it again", path, err)
+        return index
 
     def save(self, path: str | Path) -> None:
         """Write the index to ``path`` (atomically): a graph over a million items takes

@@ -121,7 +121,7 @@ class Recommender:
         self.model = run.model.to(self.config.device).eval()
         # Items are scored through the index, so their vectors are computed once.
         self.item_matrix = run.item_vectors()  # (N + 1, D)
-        self.index = ItemIndex(self.item_matrix, self.config.index)
+        self.index = ItemIndex.cached(self.item_matrix, self.config.index)
         encoder = getattr(run.model, "encoder", None)
         self.needs_times = bool(getattr(encoder, "time_bias", False))
         self._lock = threading.Lock()

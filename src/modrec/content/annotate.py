@@ -63,14 +63,16 @@ GRADES = ["0", "1", "2", "3"]
 class LabelPrompting:
     """How a language model labels items: the model, the method, the noun a prompt
     calls an item ("movie"), few-shot examples (0: zero-shot), the text encoder whose
-    stored vectors find the examples, where results go (None: `annotation_path`) and
-    how many requests run at once (useful for servers only)."""
+    stored vectors find the examples and the store holding them (None: the dataset's),
+    where results go (None: `annotation_path`) and how many requests run at once
+    (useful for servers only)."""
 
     llm: LanguageModel
     method: Method = "yesno"
     noun: str = "item"
     examples: int = 0
     encoder: str = "text"
+    store: EmbeddingStore | None = None
     out: Path | None = None
     workers: int = 1
     progress: bool = True
@@ -242,7 +244,7 @@ class _ExampleFinder:
 
     def __init__(self, dataset: Dataset, how: LabelPrompting, truth: dict[int, list[str]],
                  texts: dict[int, str], pool: np.ndarray | None) -> None:
-        store = EmbeddingStore.for_dataset(dataset)
+        store = how.store or EmbeddingStore.for_dataset(dataset)
         usable = store.done(how.encoder) & ~store.failed(how.encoder)
         self.vectors = normalize_rows(np.asarray(store.matrix(how.encoder), np.float32))
         candidates = np.arange(1, dataset.num_items + 1) if pool is None else np.asarray(pool)

@@ -118,6 +118,8 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
         from modrec.content.annotate import annotate_labels
 
         rows = np.concatenate([valid, test])
+        if llm.store is None:
+            llm.store = store  # few-shot examples from the store being evaluated
         scores = np.zeros(y.shape)
         scores[rows], report = annotate_labels(dataset, field, data.labels, data.items[rows],
                                                llm, pool=data.items[train],

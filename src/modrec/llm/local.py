@@ -107,27 +107,33 @@ class LlamaCppModel:
                                   add_bos=not rendered.added_special, special=True)
 
     def _option_ids(self, options: list[str]) -> list[list[int]]:
+        """Per option, the tokens that count for it: every token whose text (without
+        case and surrounding space) is the first token of the option as written,
+        capitalised or in lower case ("paris" is read from "Paris", " paris", ...)."""
         if self._keys is None:  # the whole vocabulary once: ~1 s for 150k tokens
             keys: dict[str, list[int]] = {}
             for token in range(self._llm.n_vocab()):
-                text = self._llm.detokenize([token]).decode("utf-8", errors="ignore")
-                keys.setdefault(same_token(text), []).append(token)
+                keys.setdefault(self._text(token), []).append(token)
             self._keys = keys
         ids: list[list[int]] = []
-        seen: dict[str, str] = {}
+        owner: dict[str, str] = {}
         for option in options:
-            first = next((same_token(self._llm.detokenize([t]).decode("utf-8", "ignore"))
-                          for t in self._llm.tokenize(option.encode(), add_bos=False)
-                          if same_token(self._llm.detokenize([t]).decode("utf-8", "ignore"))),
-                         None)
-            if not first:
+            firsts = set()
+            for variant in dict.fromkeys([option, option.capitalize(), option.lower()]):
+                texts = [self._text(t) for t in self._llm.tokenize(variant.strip().encode(),
+                                                                    add_bos=False)]
+                firsts.update(t for t in texts[:1] if t)
+            if not firsts:
                 raise ValueError(f"option {option!r} has no token text to score")
-            if first in seen:
-                raise ValueError(f"options {seen[first]!r} and {option!r} start with the same "
-                                 f"token {first!r}; scoring cannot tell them apart")
-            seen[first] = option
-            ids.append(self._keys.get(first, []))
+            for first in firsts:
+                if owner.setdefault(first, option) != option:
+                    raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
+                                     f"same token {first!r}; scoring cannot tell them apart")
+            ids.append(sorted({i for first in firsts for i in self._keys.get(first, [])}))
         return ids
+
+    def _text(self, token: int) -> str:
+        return same_token(self._llm.detokenize([token]).decode("utf-8", errors="ignore"))
 
     def score(self, messages: list[Message], options: list[str]) -> np.ndarray:
         with self._lock:

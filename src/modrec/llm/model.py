@@ -10,7 +10,8 @@ two ways:
   reply's *first token* and returns, per option, the log-probability that the reply
   starts with it ("yes"/"no", the grades "0".."3", label names). Case and surrounding
   whitespace are ignored ("Yes", " yes" and "yes" count together), and an option is
-  represented by its first token, so options must differ in it. Scoring needs one
+  represented by its first token (as written, capitalised or in lower case), so
+  options must differ in it. Scoring needs one
   forward pass and no sampling, which is why label scoring is cheaper and, on small
   models, better than reading a generated answer.
 

@@ -3,8 +3,8 @@ Ollama and hosted services speak. ``openai:http://127.0.0.1:8011/v1#qwen`` posts
 ``http://127.0.0.1:8011/v1/chat/completions`` with ``"model": "qwen"``.
 
 * Constrained output: ``response_format`` ``json_schema`` (OpenAI, vLLM, Ollama); a
-  server that refuses it (llama-cpp-python's, 400/422) is asked again with
-  ``json_object`` plus ``schema``, its dialect, and that choice is kept.
+  server that refuses it (llama-cpp-python's answers 500 naming the field) is asked
+  again with ``json_object`` plus ``schema``, its dialect, and that choice is kept.
 * Scoring: one generated token with ``logprobs`` and ``top_logprobs`` (20, the API's
   most); an option absent from the top list gets `MISSING_LOGPROB`. Token texts match
   an option when, without case and surrounding space, they equal it or are a prefix of
@@ -55,8 +55,9 @@ class OpenAIModel:
         import httpx
 
         url = f"{self.base_url}/chat/completions"
+        retries = self.retries
         with self._slots:
-            for attempt in range(self.retries + 1):
+            for attempt in range(retries + 1):
                 started = time.perf_counter()
                 try:
                     response = self._client.post("/chat/completions", json=body)
@@ -73,12 +74,15 @@ class OpenAIModel:
                             usage.get("completion_tokens") or 0)
                         return reply
                     cause = f"HTTP {response.status_code}: {response.text[:300]}"
-                    if response.status_code not in RETRY_STATUS:
+                    # a request the server cannot parse fails the same way every time
+                    # (llama-cpp-python answers 500 to an unknown response_format)
+                    if (response.status_code not in RETRY_STATUS
+                            or "response_format" in response.text):
                         raise LLMError(f"{url} refused the request ({cause})")
-                if attempt < self.retries:
+                if attempt < retries:
                     self.stats["retries"] += 1
                     time.sleep(self.backoff * 2 ** attempt)
-        raise LLMError(f"no answer from {url} after {self.retries + 1} attempts ({cause}); "
+        raise LLMError(f"no answer from {url} after {retries + 1} attempts ({cause}); "
                        "is the server running and is the URL right?")
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None,
@@ -95,8 +99,8 @@ class OpenAIModel:
             try:
                 text = _content(self._post(body))
             except LLMError as err:
-                if "refused" in str(err) and style == "json_schema":
-                    continue  # another dialect of the same request
+                if style == "json_schema" and "refused" in str(err):
+                    continue  # the same request in the other dialect
                 raise
             self._schema_style = style
             try:

@@ -118,7 +118,7 @@ class LlamaCppModel:
         ids: list[list[int]] = []
         owner: dict[str, str] = {}
         for option in options:
-            firsts = set()
+            firsts: set[str] = set()
             for variant in dict.fromkeys([option, option.capitalize(), option.lower()]):
                 texts = [self._text(t) for t in self._llm.tokenize(variant.strip().encode(),
                                                                     add_bos=False)]

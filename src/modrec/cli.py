@@ -367,6 +367,10 @@ def cmd_annotate(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.data import load_dataset
 
     dataset = load_dataset(_dataset_arg(args.dataset))
+    if args.task == "relevance":
+        return _annotate_relevance(args, dataset)
+    if not args.labels:
+        raise ValueError("--task labels needs --labels COLUMN (the label vocabulary)")
     vocabulary = label_matrix(dataset, args.labels, args.max_labels, args.min_count).labels
     items = np.random.default_rng(args.seed).permutation(dataset.num_items)[:args.items] + 1
     how = _label_prompting(args)
@@ -376,6 +380,40 @@ def cmd_annotate(args: argparse.Namespace) -> dict[str, Any]:
               f"{report.path} ({report.seconds:.1f} s)")
     return {"dataset": dataset.name, "labels_field": args.labels, "labels": vocabulary,
             "llm": how.llm.spec, "method": how.method, "examples": how.examples,
+            **report.to_dict()}
+
+
+def _annotate_relevance(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
+    """Grade the top ``--top`` text-search results of every query (``--query``, or each
+    label of ``--labels`` through ``--template``)."""
+    import numpy as np
+
+    from modrec.content import EmbeddingStore
+    from modrec.content.annotate import grade_relevance
+    from modrec.content.classify import label_matrix
+    from modrec.content.search import TextSearch
+    from modrec.llm import open_llm
+
+    queries = list(args.query or [])
+    if args.labels:
+        queries += [args.template.format(label=label) for label in
+                    label_matrix(dataset, args.labels, args.max_labels, args.min_count).labels]
+    if not queries:
+        raise ValueError("--task relevance needs --query TEXT (repeatable) or --labels COLUMN")
+    engine = TextSearch(dataset, EmbeddingStore.for_dataset(dataset), args.example_encoder)
+    scores = engine.scores(queries)
+    pairs = [(query, int(i) + 1) for q, query in enumerate(queries)
+             for i in np.argsort(-scores[q], kind="stable")[:args.top]
+             if np.isfinite(scores[q, i])]
+    llm = open_llm(args.llm, threads=args.threads, context=args.context,
+                   concurrency=max(args.workers, 1))
+    grades, report = grade_relevance(dataset, llm, pairs, args.noun,
+                                     Path(args.out) if args.out else None, args.workers,
+                                     not args.no_progress)
+    if not args.json:
+        print(f"relevance: {report.asked} pairs graded, {report.cached} already in "
+              f"{report.path} ({report.seconds:.1f} s); mean grade {np.nanmean(grades):.2f}")
+    return {"dataset": dataset.name, "queries": len(queries), "llm": llm.spec,
             **report.to_dict()}
 
 
@@ -409,17 +447,26 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.search import TextSearch, search_map
     from modrec.data import load_dataset
 
+    if args.rerank == "llm" and not args.llm:
+        raise ValueError("--rerank llm needs --llm SPEC (local:PATH.gguf or openai:URL#MODEL)")
+    llm = None
+    if args.rerank == "llm":
+        from modrec.llm import open_llm
+
+        llm = open_llm(args.llm, threads=args.threads, context=args.context)
     dataset = load_dataset(_dataset_arg(args.dataset))
     store = EmbeddingStore.for_dataset(dataset, args.store)
     if args.labels:  # evaluate: every label is a query
-        result = search_map(dataset, args.labels, args.template, store, args.encoder)
+        result = search_map(dataset, args.labels, args.template, store, args.encoder,
+                            llm=llm, rerank_top=args.rerank_top, noun=args.noun)
         if not args.json:
             print(f"{result['queries']} label queries on {args.labels!r}: "
                   f"mAP {result['map']:.4f}")
         return result
     if not args.query:
         raise ValueError("give a query, or --labels FIELD to measure search quality")
-    hits = TextSearch(dataset, store, args.encoder).search(args.query, args.k)
+    hits = TextSearch(dataset, store, args.encoder).search(args.query, args.k, llm,
+                                                          args.rerank_top, args.noun)
     if not args.json:
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>2}. {hit.get('title') or hit['item_id']}  ({hit['score']:.3f})")
@@ -562,9 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("annotate", help="label items with a language model (zero- or "
                        "few-shot), resumably, into an annotation file")
     p.add_argument("-d", "--dataset", required=True)
-    p.add_argument("--task", choices=["labels"], default="labels")
-    p.add_argument("--labels", required=True, help="item column whose |-separated labels "
-                   "make the vocabulary to choose from")
+    p.add_argument("--task", choices=["labels", "relevance"], default="labels",
+                   help="labels: score each label of --labels per item; relevance: grade "
+                   "0-3 the top --top text-search results of each query")
+    p.add_argument("--labels", help="item column whose |-separated labels make the "
+                   "vocabulary (relevance: each label is a query, through --template)")
+    p.add_argument("--query", action="append", help="relevance: a query (repeatable)")
+    p.add_argument("--template", default="{label}", help="relevance: how a label becomes "
+                   "a query")
+    p.add_argument("--top", type=_at_least(1), default=20,
+                   help="relevance: search results graded per query")
     p.add_argument("--items", type=_at_least(1), help="a seeded sample of this many items "
                    "(default: every item)")
     p.add_argument("--seed", type=int, default=0)
@@ -605,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="measure instead: each label of this column is a query")
     p.add_argument("--template", default="{label}", help="how a label becomes a query")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    p.add_argument("--rerank", choices=["none", "llm"], default="none",
+                   help="llm: a language model grades the top --rerank-top items 0-3 and "
+                   "they are reordered by grade (graded pairs are cached)")
+    p.add_argument("--rerank-top", type=_at_least(1), default=50)
+    p.add_argument("--llm", metavar="SPEC", help="local:PATH.gguf or openai:URL#MODEL")
+    p.add_argument("--noun", default="item", help="what the prompt calls an item (movie)")
+    p.add_argument("--threads", type=_at_least(1), help="llama.cpp threads")
+    p.add_argument("--context", type=_at_least(256), default=4096)
     p.set_defaults(func=cmd_search)
 
     for verb in sub.choices.values():

@@ -142,3 +142,26 @@ def test_relevance_is_the_expected_grade(ml100k, tmp_path: Path):
     np.testing.assert_allclose(grades, [2.3, 2.3])
     record = AnnotationFile(tmp_path / "r.jsonl").records()["a comedy\t1"]
     assert record["prompt"] == "relevance-v1" and texts[1]
+
+
+def test_llm_rerank_reorders_the_top_of_search_by_grade(ml100k, ml100k_store):
+    from modrec.content.search import TextSearch, search_map
+
+    class Likes:  # grades 3 only what contains "Star", 0 otherwise
+        spec = fingerprint = "fake:likes-star"
+
+        def score(self, messages, options):
+            hit = "Star" in messages[1]["content"].split("Item: ")[-1]
+            return np.log([0.01, 0.01, 0.01, 0.97] if hit else [0.97, 0.01, 0.01, 0.01])
+
+    engine = TextSearch(ml100k, ml100k_store)
+    plain = engine.search("space adventure", k=20)
+    reranked = engine.search("space adventure", k=20, llm=Likes(), rerank_top=20)
+    assert {h["item"] for h in plain} == {h["item"] for h in reranked}  # same top 20
+    stars = [h for h in plain if "Star" in h["title"]]
+    assert stars and [h["item"] for h in reranked[:len(stars)]] == [h["item"] for h in stars]
+    rest = [h["item"] for h in plain if "Star" not in h["title"]]
+    assert [h["item"] for h in reranked[len(stars):]] == rest  # embedding order kept
+    result = search_map(ml100k, "genres", store=ml100k_store, min_count=100, llm=Likes(),
+                        rerank_top=5)
+    assert result["rerank"] == {"llm": "fake:likes-star", "top": 5} and 0 < result["map"] < 1

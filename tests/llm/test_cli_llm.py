@@ -38,3 +38,22 @@ def test_classify_llm_mode_misuse_is_one_message(capsys: pytest.CaptureFixture[s
     assert "needs --encoder" in capsys.readouterr().err
     assert main(["annotate", "-d", "ml-100k", "--labels", "genres", "--llm", "bogus"]) == 2
     assert "unknown language model" in capsys.readouterr().err
+
+
+def test_annotate_relevance_grades_the_top_search_results(
+        smollm_file: Path, ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]):
+    from modrec.content import EmbeddingStore, embed
+
+    monkeypatch.setenv("MODREC_EMBEDDINGS_DIR", str(tmp_path / "stores"))
+    embed(ml100k, ["text"], EmbeddingStore.for_dataset(ml100k), progress=False)
+    out = tmp_path / "relevance.jsonl"
+    assert main(["annotate", "-d", "ml-100k", "--task", "relevance", "--query",
+                 "a space adventure", "--top", "3", "--llm", f"local:{smollm_file}",
+                 "--threads", "1", "--out", str(out), "--no-progress", "--json"]) == 0
+    assert _last_json(capsys)["asked"] == 3
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(0 <= r["grade"] <= 3 and abs(sum(r["p"]) - 1) < 1e-4 for r in records)
+    assert main(["search", "-d", "ml-100k", "a space adventure", "-k", "3", "--rerank", "llm",
+                 "--rerank-top", "3", "--llm", f"local:{smollm_file}", "--json"]) == 0
+    assert len(_last_json(capsys)["items"]) == 3

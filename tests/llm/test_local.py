@@ -91,7 +91,7 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error(smollm_file):
 
 
 def test_missing_file_and_missing_runtime_are_clear_errors(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="local:PATH.gguf or openai:URL#MODEL"):
+    with pytest.raises(ValueError, match="local:PATH.gguf, openai:URL#MODEL or hf:NAME"):
         open_llm("nonsense")
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if it were not installed
     with pytest.raises(LLMError, match="pip install --no-cache-dir"):

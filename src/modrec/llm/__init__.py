@@ -4,6 +4,8 @@ opened from a spec string:
 * ``local:PATH.gguf``           llama.cpp in this process (llama-cpp-python)
 * ``openai:URL#MODEL``          an OpenAI-compatible chat API (vLLM, llama.cpp server,
                                 TGI, Ollama)
+* ``hf:NAME``                   a Hugging Face model through transformers (a hub name,
+                                downloaded where a network exists, or a local folder)
 
 Prompts are versioned templates in ``modrec/llm/prompts/`` (`load_prompt`). Imports
 nothing else of modrec; ``content.annotate`` puts it to work on a catalog.
@@ -40,7 +42,11 @@ def open_llm(spec: str, threads: int | None = None, context: int = 4096,
         if not url.startswith(("http://", "https://")) or not model:
             raise ValueError(f"--llm {spec!r}: expected openai:http(s)://HOST:PORT/v1#MODEL")
         return OpenAIModel(url, model, timeout=timeout, concurrency=concurrency)
+    if kind == "hf" and rest:
+        from modrec.llm.hf import HFModel
+
+        return HFModel(rest)
     if not sep and spec.endswith(".gguf"):
         return open_llm(f"local:{spec}", threads, context, timeout, concurrency)
-    raise ValueError(f"unknown language model {spec!r}; expected local:PATH.gguf or "
-                     "openai:URL#MODEL")
+    raise ValueError(f"unknown language model {spec!r}; expected local:PATH.gguf, "
+                     "openai:URL#MODEL or hf:NAME")

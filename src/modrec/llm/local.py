@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from modrec.llm.model import MISSING_LOGPROB, LLMError, Message, same_token
+from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class LlamaCppModel:
             raise LLMError(f"llama.cpp could not load {self.path}: {err}") from None
         self._lock = threading.Lock()
         self._formatter = self._chat_formatter(llama_cpp)
-        self._keys: dict[str, list[int]] | None = None  # same_token(text) -> token ids
+        self._options: OptionTokens | None = None
         self.stats = {"prompt_tokens": 0, "evaluated_tokens": 0, "generated_tokens": 0,
                       "seconds": 0.0}
 
@@ -107,42 +107,20 @@ class LlamaCppModel:
                                   add_bos=not rendered.added_special, special=True)
 
     def _option_ids(self, options: list[str]) -> list[list[int]]:
-        """Per option, the tokens that count for it: every token whose text (without
-        case and surrounding space) is the first token of the option as written,
-        capitalised or in lower case ("paris" is read from "Paris", " paris", ...)."""
-        if self._keys is None:  # the whole vocabulary once: ~1 s for 150k tokens
-            keys: dict[str, list[int]] = {}
-            for token in range(self._llm.n_vocab()):
-                keys.setdefault(self._text(token), []).append(token)
-            self._keys = keys
-        ids: list[list[int]] = []
-        owner: dict[str, str] = {}
-        for option in options:
-            firsts: set[str] = set()
-            for variant in dict.fromkeys([option, option.capitalize(), option.lower()]):
-                texts = [self._text(t) for t in self._llm.tokenize(variant.strip().encode(),
-                                                                    add_bos=False)]
-                firsts.update(t for t in texts[:1] if t)
-            if not firsts:
-                raise ValueError(f"option {option!r} has no token text to score")
-            for first in firsts:
-                if owner.setdefault(first, option) != option:
-                    raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
-                                     f"same token {first!r}; scoring cannot tell them apart")
-            ids.append(sorted({i for first in firsts for i in self._keys.get(first, [])}))
-        return ids
-
-    def _text(self, token: int) -> str:
-        return same_token(self._llm.detokenize([token]).decode("utf-8", errors="ignore"))
+        if self._options is None:  # the whole vocabulary once: ~1 s for 150k tokens
+            llm = self._llm
+            self._options = OptionTokens(
+                [llm.detokenize([t]).decode("utf-8", errors="ignore")
+                 for t in range(llm.n_vocab())],
+                lambda text: llm.tokenize(text.encode(), add_bos=False))
+        return self._options.ids(options)
 
     def score(self, messages: list[Message], options: list[str]) -> np.ndarray:
         with self._lock:
             tokens = self.tokens(messages)
             logits = self._last_logits(tokens)
             ids = self._option_ids(options)
-        logprobs = logits - _logsumexp(logits)
-        return np.array([_logsumexp(logprobs[i]) if i else MISSING_LOGPROB
-                         for i in ids])
+        return option_logprobs(logits, ids)
 
     def _last_logits(self, tokens: list[int]) -> np.ndarray:
         """``(V,)`` logits after ``tokens``, evaluating only the part not already cached."""
@@ -193,8 +171,3 @@ class LlamaCppModel:
                                "raise max_tokens") from None
         return text
 
-
-def _logsumexp(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    top = float(values.max())
-    return top + float(np.log(np.exp(values - top).sum()))

@@ -22,6 +22,7 @@ renders it exactly; over HTTP it is sent with vLLM's ``continue_final_message`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -72,3 +73,47 @@ def same_token(text: str) -> str:
     """The key under which token texts count as one option: no case, no surrounding
     whitespace (SentencePiece's ``▁`` and GPT-2's ``Ġ`` space markers included)."""
     return text.replace("\u2581", " ").replace("\u0120", " ").strip().lower()
+
+
+class OptionTokens:
+    """Which vocabulary tokens count for an option: every token whose text (without case
+    and surrounding space) is the first token of the option as written, capitalised or
+    in lower case ("paris" is read from "Paris", " paris", ...). ``texts[i]`` is token
+    i's text; ``tokenize`` turns a string into token ids (no special tokens)."""
+
+    def __init__(self, texts: list[str], tokenize: Callable[[str], list[int]]) -> None:
+        self._texts = [same_token(t) for t in texts]
+        self._keys: dict[str, list[int]] = {}
+        for token, key in enumerate(self._texts):
+            self._keys.setdefault(key, []).append(token)
+        self._tokenize = tokenize
+
+    def ids(self, options: list[str]) -> list[list[int]]:
+        ids: list[list[int]] = []
+        owner: dict[str, str] = {}
+        for option in options:
+            firsts: set[str] = set()
+            for variant in dict.fromkeys([option, option.capitalize(), option.lower()]):
+                tokens = self._tokenize(variant.strip())
+                firsts.update(self._texts[t] for t in tokens[:1] if self._texts[t])
+            if not firsts:
+                raise ValueError(f"option {option!r} has no token text to score")
+            for first in firsts:
+                if owner.setdefault(first, option) != option:
+                    raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
+                                     f"same token {first!r}; scoring cannot tell them apart")
+            ids.append(sorted({i for first in firsts for i in self._keys.get(first, [])}))
+        return ids
+
+
+def option_logprobs(logits: np.ndarray, ids: list[list[int]]) -> np.ndarray:
+    """``(K,)`` log-probabilities of the option token sets under ``(V,)`` logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    logprobs = logits - _logsumexp(logits)
+    return np.array([_logsumexp(logprobs[i]) if i else MISSING_LOGPROB for i in ids])
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max())
+    return top + float(np.log(np.exp(values - top).sum()))

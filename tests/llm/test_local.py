@@ -42,9 +42,8 @@ def test_scoring_ranks_an_obvious_option_above_an_absurd_one(smollm):
                    "Which of these is an animal: table or dog? Answer with one word."]:
         dog, table = option_probabilities(smollm.score(ask(animal), ["dog", "table"]))
         assert dog > table
-    # case does not matter: "paris" counts the tokens "Paris" and " Paris" too
-    lower = smollm.score(question, ["paris", "banana"])
-    assert lower[0] >= written[0] - 1e-6 and option_probabilities(lower)[0] > 0.9
+    # case does not matter: "paris" is read from the tokens "Paris", " Paris", ...
+    np.testing.assert_allclose(smollm.score(question, ["paris", "banana"]), written)
 
 
 def test_prefix_cache_evaluates_only_the_new_tail_and_changes_no_score(smollm_file):

@@ -77,9 +77,11 @@ def same_token(text: str) -> str:
 
 class OptionTokens:
     """Which vocabulary tokens count for an option: every token whose text (without case
-    and surrounding space) is the first token of the option as written, capitalised or
-    in lower case ("paris" is read from "Paris", " paris", ...). ``texts[i]`` is token
-    i's text; ``tokenize`` turns a string into token ids (no special tokens)."""
+    and surrounding space) equals the option's first token. Of the option as written,
+    capitalised and in lower case, the form whose first token covers most of it is
+    used: "paris" is read from "Paris", " paris", ... (not from "par"), and "Adventure"
+    not from "ad". ``texts[i]`` is token i's text; ``tokenize`` turns a string into
+    token ids (no special tokens)."""
 
     def __init__(self, texts: list[str], tokenize: Callable[[str], list[int]]) -> None:
         self._texts = [same_token(t) for t in texts]
@@ -92,17 +94,16 @@ class OptionTokens:
         ids: list[list[int]] = []
         owner: dict[str, str] = {}
         for option in options:
-            firsts: set[str] = set()
-            for variant in dict.fromkeys([option, option.capitalize(), option.lower()]):
-                tokens = self._tokenize(variant.strip())
-                firsts.update(self._texts[t] for t in tokens[:1] if self._texts[t])
-            if not firsts:
+            firsts = [self._texts[tokens[0]] for variant in
+                      dict.fromkeys([option, option.capitalize(), option.lower()])
+                      if (tokens := self._tokenize(variant.strip()))]
+            first = max(firsts, key=len, default="")  # the first form wins a tie
+            if not first:
                 raise ValueError(f"option {option!r} has no token text to score")
-            for first in firsts:
-                if owner.setdefault(first, option) != option:
-                    raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
-                                     f"same token {first!r}; scoring cannot tell them apart")
-            ids.append(sorted({i for first in firsts for i in self._keys.get(first, [])}))
+            if owner.setdefault(first, option) != option:
+                raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
+                                 f"same token {first!r}; scoring cannot tell them apart")
+            ids.append(self._keys[first])
         return ids
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import time
 from importlib import util
@@ -71,6 +72,8 @@ def main() -> None:
     parser.add_argument("--examples", default="0", help="comma-separated few-shot counts")
     parser.add_argument("--cache-items", type=int, default=2,
                         help="items timed with and without the KV prefix cache")
+    parser.add_argument("--cache-model", help="the GGUF the prefix cache is timed on "
+                        "(default: the labelling model)")
     parser.add_argument("--doc", default="docs/llm.md")
     args = parser.parse_args()
 
@@ -104,7 +107,7 @@ def main() -> None:
             seconds = stats["seconds"] - before["seconds"]
             tokens = stats["evaluated_tokens"] - before["evaluated_tokens"]
             speed = (f"{ann['asked'] / ann['seconds']:.3f} items/s, {tokens / seconds:.1f} "
-                     "tokens/s" if ann["asked"] and seconds else "cached")
+                     "tokens/s" if ann["asked"] and seconds else _file_speed(Path(ann["file"])))
             rows.append([f"{model_path.stem}, {method}, "
                          + (f"{examples}-shot" if examples else "zero-shot"),
                          r["items"]["test"], r["micro_f1"], r["macro_f1"], r["map"],
@@ -114,14 +117,17 @@ def main() -> None:
                 f" --method {method} --examples {examples} --noun movie --threads "
                 f"{args.threads} {sample} --valid-items {args.valid_items}")
 
-    cache_rows = _prefix_cache(dataset, model_path, args.threads, args.cache_items)
+    cache_model = Path(args.cache_model) if args.cache_model else model_path
+    cache_rows = _prefix_cache(dataset, cache_model, args.threads, args.cache_items)
     body = "\n".join([
         "### ML-1M genres from a language model (held-out items)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()} with `OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} python benchmarks/llm_labels.py "
         f"--threads {args.threads} --test-items {args.test_items} --valid-items "
-        f"{args.valid_items} --methods {args.methods} --examples {args.examples}`; "
+        f"{args.valid_items} --methods {args.methods} --examples {args.examples} "
+        f"--cache-items {args.cache_items}"
+        + (f" --cache-model {cache_model}" if args.cache_model else "") + "`; "
         f"llama.cpp with {args.threads} thread(s), load average "
         f"{min(load):.1f}-{max(load):.1f} (other benchmarks ran on this 2-core machine). "
         f"The test items are the first {args.test_items} of `modrec classify`'s seeded "
@@ -139,7 +145,7 @@ def main() -> None:
         "```",
         "",
         f"KV prefix cache, yes/no label scoring of {args.cache_items} items (18 prompts "
-        "each), one process, the same model:",
+        f"each), one process, `{cache_model.name}`, {args.threads} thread(s):",
         "",
         markdown_table(["prefix cache", "items/s", "tokens evaluated per item",
                         "tokens/s"], cache_rows),
@@ -147,6 +153,16 @@ def main() -> None:
     doc = Path(args.doc)
     write_section(doc, "llm-labels", body)
     print(body)
+
+
+def _file_speed(path: Path) -> str:
+    """Items per second of the run that asked, from the file's timestamps (a rerun finds
+    every answer cached)."""
+    stamps = sorted(time.mktime(time.strptime(json.loads(line)["time"], "%Y-%m-%dT%H:%M:%SZ"))
+                    for line in path.read_text().splitlines() if line.strip())
+    if len(stamps) < 2 or stamps[-1] == stamps[0]:
+        return "cached"
+    return f"{(len(stamps) - 1) / (stamps[-1] - stamps[0]):.3f} items/s (file timestamps)"
 
 
 def _prefix_cache(dataset, model_path: Path, threads: int, count: int) -> list[list[object]]:

@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--cache-model", help="the GGUF the prefix cache is timed on "
                         "(default: the labelling model)")
     parser.add_argument("--doc", default="docs/llm.md")
+    parser.add_argument("--section", default="llm-labels",
+                        help="the docs section written (another name keeps this one)")
     args = parser.parse_args()
 
     model_path = Path(args.model) if args.model else bundled_qwen()
@@ -118,15 +120,17 @@ def main() -> None:
                 f"{args.threads} {sample} --valid-items {args.valid_items}")
 
     cache_model = Path(args.cache_model) if args.cache_model else model_path
-    cache_rows = _prefix_cache(dataset, cache_model, args.threads, args.cache_items)
+    cache_rows = (_prefix_cache(dataset, cache_model, args.threads, args.cache_items)
+                  if args.cache_items else [])
     body = "\n".join([
-        "### ML-1M genres from a language model (held-out items)",
+        f"### ML-1M genres from a language model ({args.test_items} held-out items)",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()} with `OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')} python benchmarks/llm_labels.py "
         f"--threads {args.threads} --test-items {args.test_items} --valid-items "
         f"{args.valid_items} --methods {args.methods} --examples {args.examples} "
         f"--cache-items {args.cache_items}"
+        + (f" --section {args.section}" if args.section != "llm-labels" else "")
         + (f" --cache-model {cache_model}" if args.cache_model else "") + "`; "
         f"llama.cpp with {args.threads} thread(s), load average "
         f"{min(load):.1f}-{max(load):.1f} (other benchmarks ran on this 2-core machine). "
@@ -143,15 +147,18 @@ def main() -> None:
         "```",
         *commands,
         "```",
-        "",
-        f"KV prefix cache, yes/no label scoring of {args.cache_items} items (18 prompts "
-        f"each), one process, `{cache_model.name}`, {args.threads} thread(s):",
-        "",
-        markdown_table(["prefix cache", "items/s", "tokens evaluated per item",
-                        "tokens/s"], cache_rows),
     ])
+    if cache_rows:
+        body += "\n".join([
+            "", "",
+            f"KV prefix cache, yes/no label scoring of {args.cache_items} items (18 prompts "
+            f"each), one process, `{cache_model.name}`, {args.threads} thread(s):",
+            "",
+            markdown_table(["prefix cache", "items/s", "tokens evaluated per item",
+                            "tokens/s"], cache_rows),
+        ])
     doc = Path(args.doc)
-    write_section(doc, "llm-labels", body)
+    write_section(doc, args.section, body)
     print(body)
 
 

@@ -347,16 +347,94 @@ def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
             "encoders": [r.to_dict() for r in reports]}
 
 
+def _label_prompting(args: argparse.Namespace) -> Any:
+    """The language model and method the annotate and classify verbs were given."""
+    from modrec.content.annotate import LabelPrompting
+    from modrec.llm import open_llm
+
+    llm = open_llm(args.llm, threads=args.threads, context=args.context,
+                   concurrency=max(args.workers, 1))
+    return LabelPrompting(llm, method=args.method, noun=args.noun, examples=args.examples,
+                          encoder=args.example_encoder, workers=args.workers,
+                          progress=not args.no_progress,
+                          out=Path(args.out) if getattr(args, "out", None) else None)
+
+
+def cmd_annotate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from modrec.content.annotate import annotate_labels
+    from modrec.content.classify import label_matrix
+    from modrec.data import load_dataset
+
+    dataset = load_dataset(_dataset_arg(args.dataset))
+    if args.task == "relevance":
+        return _annotate_relevance(args, dataset)
+    if not args.labels:
+        raise ValueError("--task labels needs --labels COLUMN (the label vocabulary)")
+    vocabulary = label_matrix(dataset, args.labels, args.max_labels, args.min_count).labels
+    items = np.random.default_rng(args.seed).permutation(dataset.num_items)[:args.items] + 1
+    how = _label_prompting(args)
+    scores, report = annotate_labels(dataset, args.labels, vocabulary, np.sort(items), how)
+    if not args.json:
+        print(f"{report.task}: {report.asked} items asked, {report.cached} already in "
+              f"{report.path} ({report.seconds:.1f} s)")
+    return {"dataset": dataset.name, "labels_field": args.labels, "labels": vocabulary,
+            "llm": how.llm.spec, "method": how.method, "examples": how.examples,
+            **report.to_dict()}
+
+
+def _annotate_relevance(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
+    """Grade the top ``--top`` text-search results of every query (``--query``, or each
+    label of ``--labels`` through ``--template``)."""
+    import numpy as np
+
+    from modrec.content import EmbeddingStore
+    from modrec.content.annotate import grade_relevance
+    from modrec.content.classify import label_matrix
+    from modrec.content.search import TextSearch
+    from modrec.llm import open_llm
+
+    queries = list(args.query or [])
+    if args.labels:
+        queries += [args.template.format(label=label) for label in
+                    label_matrix(dataset, args.labels, args.max_labels, args.min_count).labels]
+    if not queries:
+        raise ValueError("--task relevance needs --query TEXT (repeatable) or --labels COLUMN")
+    engine = TextSearch(dataset, EmbeddingStore.for_dataset(dataset), args.example_encoder)
+    scores = engine.scores(queries)
+    pairs = [(query, int(i) + 1) for q, query in enumerate(queries)
+             for i in np.argsort(-scores[q], kind="stable")[:args.top]
+             if np.isfinite(scores[q, i])]
+    llm = open_llm(args.llm, threads=args.threads, context=args.context,
+                   concurrency=max(args.workers, 1))
+    grades, report = grade_relevance(dataset, llm, pairs, args.noun,
+                                     Path(args.out) if args.out else None, args.workers,
+                                     not args.no_progress)
+    if not args.json:
+        print(f"relevance: {report.asked} pairs graded, {report.cached} already in "
+              f"{report.path} ({report.seconds:.1f} s); mean grade {np.nanmean(grades):.2f}")
+    return {"dataset": dataset.name, "queries": len(queries), "llm": llm.spec,
+            **report.to_dict()}
+
+
 def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore
     from modrec.content.classify import classify
     from modrec.data import load_dataset
 
+    if args.mode == "llm" and not args.llm:
+        raise ValueError("--mode llm needs --llm SPEC (local:PATH.gguf or openai:URL#MODEL)")
+    if args.mode != "llm" and not args.encoder:
+        raise ValueError(f"--mode {args.mode} needs --encoder (the stored embeddings to use)")
     dataset = load_dataset(_dataset_arg(args.dataset))
-    result = classify(dataset, args.labels, args.encoder.split(","), args.mode,
+    how = _label_prompting(args) if args.mode == "llm" else None
+    encoders = args.encoder.split(",") if args.encoder and args.mode != "llm" else []
+    result = classify(dataset, args.labels, encoders, args.mode,
                       EmbeddingStore.for_dataset(dataset, args.store), head=args.head, k=args.k,
                       template=args.template, seed=args.seed, max_labels=args.max_labels,
-                      min_count=args.min_count)
+                      min_count=args.min_count, llm=how, test_items=args.test_items,
+                      valid_items=args.valid_items)
     if not args.json:
         print(f"{result['mode']} on {result['labels']} labels of {args.labels!r}, "
               f"{result['items']['test']} held-out items:")
@@ -370,21 +448,52 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.search import TextSearch, search_map
     from modrec.data import load_dataset
 
+    if args.rerank == "llm" and not args.llm:
+        raise ValueError("--rerank llm needs --llm SPEC (local:PATH.gguf or openai:URL#MODEL)")
+    llm = None
+    if args.rerank == "llm":
+        from modrec.llm import open_llm
+
+        llm = open_llm(args.llm, threads=args.threads, context=args.context)
     dataset = load_dataset(_dataset_arg(args.dataset))
     store = EmbeddingStore.for_dataset(dataset, args.store)
     if args.labels:  # evaluate: every label is a query
-        result = search_map(dataset, args.labels, args.template, store, args.encoder)
+        result = search_map(dataset, args.labels, args.template, store, args.encoder,
+                            llm=llm, rerank_top=args.rerank_top, noun=args.noun)
         if not args.json:
             print(f"{result['queries']} label queries on {args.labels!r}: "
                   f"mAP {result['map']:.4f}")
         return result
     if not args.query:
         raise ValueError("give a query, or --labels FIELD to measure search quality")
-    hits = TextSearch(dataset, store, args.encoder).search(args.query, args.k)
+    hits = TextSearch(dataset, store, args.encoder).search(args.query, args.k, llm,
+                                                          args.rerank_top, args.noun)
     if not args.json:
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>2}. {hit.get('title') or hit['item_id']}  ({hit['score']:.3f})")
     return {"dataset": dataset.name, "query": args.query, "items": hits}
+
+
+def _llm_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--llm", required=required, metavar="SPEC",
+                   help="local:PATH.gguf (llama.cpp in process) or openai:URL#MODEL (an "
+                   "OpenAI-compatible server: vLLM, llama.cpp, TGI, Ollama)")
+    p.add_argument("--method", choices=["yesno", "choice", "json"], default="yesno",
+                   help="yesno: P(yes) per label; choice: one pass per item over all "
+                   "labels; json: generated labels, schema-constrained")
+    p.add_argument("--examples", type=_at_least(0), default=0,
+                   help="few-shot: the N nearest labelled items (by stored text vectors) "
+                   "shown with their labels")
+    p.add_argument("--example-encoder", default="text",
+                   help="the stored text embeddings that find few-shot examples")
+    p.add_argument("--noun", default="item", help="what the prompt calls an item (movie)")
+    p.add_argument("--threads", type=_at_least(1), help="llama.cpp threads (1 when another "
+                   "process is busy: spinning threads slow each other down)")
+    p.add_argument("--context", type=_at_least(256), default=4096,
+                   help="llama.cpp context length in tokens")
+    p.add_argument("--workers", type=_at_least(1), default=1,
+                   help="requests in flight (a server answers several at once)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -499,11 +608,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("classify", help="multi-label item classification from embeddings")
+    p = sub.add_parser("annotate", help="label items with a language model (zero- or "
+                       "few-shot), resumably, into an annotation file")
+    p.add_argument("-d", "--dataset", required=True)
+    p.add_argument("--task", choices=["labels", "relevance"], default="labels",
+                   help="labels: score each label of --labels per item; relevance: grade "
+                   "0-3 the top --top text-search results of each query")
+    p.add_argument("--labels", help="item column whose |-separated labels make the "
+                   "vocabulary (relevance: each label is a query, through --template)")
+    p.add_argument("--query", action="append", help="relevance: a query (repeatable)")
+    p.add_argument("--template", default="{label}", help="relevance: how a label becomes "
+                   "a query")
+    p.add_argument("--top", type=_at_least(1), default=20,
+                   help="relevance: search results graded per query")
+    p.add_argument("--items", type=_at_least(1), help="a seeded sample of this many items "
+                   "(default: every item)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="annotation file (JSON lines; default: in the dataset's "
+                   "embedding store folder, named by model, prompt and task)")
+    p.add_argument("--max-labels", type=_at_least(1), default=50)
+    p.add_argument("--min-count", type=_at_least(1), default=10)
+    _llm_arguments(p, required=True)
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("classify", help="multi-label item classification from embeddings "
+                       "or a language model")
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("--labels", required=True, help="item column of |-separated labels")
-    p.add_argument("--encoder", required=True, help="comma-separated stored embeddings")
-    p.add_argument("--mode", choices=["trained", "zero-shot", "knn"], default="trained")
+    p.add_argument("--encoder", help="comma-separated stored embeddings (every mode but llm)")
+    p.add_argument("--mode", choices=["trained", "zero-shot", "knn", "llm"], default="trained")
+    p.add_argument("--test-items", type=_at_least(1), help="evaluate on a seeded sample of "
+                   "this many held-out items (the same for every mode)")
+    p.add_argument("--valid-items", type=_at_least(1), help="choose the threshold (and stop "
+                   "training) on a seeded sample of this many validation items")
     p.add_argument("--head", choices=["linear", "mlp"], default="mlp", help="trained mode")
     p.add_argument("-k", type=_at_least(1), default=20, help="neighbours in knn mode")
     p.add_argument("--template", default="{label}", help="zero-shot label phrasing, "
@@ -513,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=_at_least(1), default=10, help="items a label needs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    _llm_arguments(p, required=False)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("search", help="rank items by text relevance to a query")
@@ -523,6 +661,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="measure instead: each label of this column is a query")
     p.add_argument("--template", default="{label}", help="how a label becomes a query")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
+    p.add_argument("--rerank", choices=["none", "llm"], default="none",
+                   help="llm: a language model grades the top --rerank-top items 0-3 and "
+                   "they are reordered by grade (graded pairs are cached)")
+    p.add_argument("--rerank-top", type=_at_least(1), default=50)
+    p.add_argument("--llm", metavar="SPEC", help="local:PATH.gguf or openai:URL#MODEL")
+    p.add_argument("--noun", default="item", help="what the prompt calls an item (movie)")
+    p.add_argument("--threads", type=_at_least(1), help="llama.cpp threads")
+    p.add_argument("--context", type=_at_least(256), default=4096)
     p.set_defaults(func=cmd_search)
 
     for verb in sub.choices.values():

@@ -8,19 +8,26 @@ the rest is a validation part for early stopping and the decision threshold):
 * ``zero-shot`` cosine between an item's text vector and each label's name embedded by
                 the same text encoder (``template`` phrases the label);
 * ``knn``       labels of the k most similar labelled training items, weighted by
-                cosine similarity (retrieval-augmented).
+                cosine similarity (retrieval-augmented);
+* ``llm``       a language model reads each item's text and scores every label
+                (`modrec.content.annotate`: P("yes") per label, or one forward pass
+                per item, or generated JSON); few-shot examples come from the training
+                items only. Only the validation and test items are asked, and the
+                answers are cached, so ``test_items`` / ``valid_items`` (a seeded
+                sample: the first of the shuffled parts) bound the cost.
 
 Each predicts the labels scoring above one global threshold, chosen on the validation
 part to maximise micro-F1, plus the top-scoring label (every item has at least one).
 Reported on the held-out items: micro-F1, macro-F1 and mAP (mean over labels of the
-average precision of ranking the held-out items).
+average precision of ranking the held-out items). ``test_items`` limits every mode to
+the same sample of them, so a costly mode compares with the others on the same items.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -32,9 +39,12 @@ from modrec.content.metadata import split_tags
 from modrec.content.store import EmbeddingStore, content_matrix, normalize_rows
 from modrec.data import Dataset
 
+if TYPE_CHECKING:
+    from modrec.content.annotate import LabelPrompting
+
 log = logging.getLogger(__name__)
 
-Mode = Literal["trained", "zero-shot", "knn"]
+Mode = Literal["trained", "zero-shot", "knn", "llm"]
 
 
 @dataclass(frozen=True)
@@ -89,24 +99,44 @@ def split_items(count: int, seed: int, test_fraction: float = 0.2,
 def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "trained",
              store: EmbeddingStore | None = None, head: Literal["linear", "mlp"] = "mlp",
              k: int = 20, template: str = "{label}", seed: int = 0,
-             max_labels: int = 50, min_count: int = 10) -> dict[str, Any]:
+             max_labels: int = 50, min_count: int = 10, llm: LabelPrompting | None = None,
+             test_items: int | None = None, valid_items: int | None = None) -> dict[str, Any]:
+    if mode == "llm" and llm is None:
+        raise ValueError("the llm mode needs a language model (--llm SPEC)")
     store = store or EmbeddingStore.for_dataset(dataset)
     for name in encoders:
         if store.info(name).reads == field:
             raise ValueError(f"encoder {name!r} reads the label column {field!r} itself; "
                              "classifying from it would only copy the answer")
     data = label_matrix(dataset, field, max_labels, min_count)
-    x = features(store, encoders, data.items)
     train, valid, test = split_items(len(data.items), seed)
+    valid, test = valid[:valid_items], test[:test_items]  # seeded samples (shuffled parts)
     y = data.targets
-    if mode == "trained":
-        scores = _trained_scores(x, y, train, valid, head, seed)
-    elif mode == "knn":
-        scores = _knn_scores(x, y, train, k)
-    elif mode == "zero-shot":
-        scores = _zero_shot_scores(store, encoders, data, template)
+    extra: dict[str, Any] = {}
+    if mode == "llm":
+        assert llm is not None
+        from modrec.content.annotate import annotate_labels
+
+        rows = np.concatenate([valid, test])
+        if llm.store is None:
+            llm.store = store  # few-shot examples from the store being evaluated
+        scores = np.zeros(y.shape)
+        scores[rows], report = annotate_labels(dataset, field, data.labels, data.items[rows],
+                                               llm, pool=data.items[train],
+                                               pool_name=f"train-seed{seed}")
+        extra = {"llm": {"spec": llm.llm.spec, "fingerprint": llm.llm.fingerprint,
+                         "method": llm.method, "examples": llm.examples, "noun": llm.noun},
+                 "annotation": report.to_dict()}
     else:
-        raise ValueError(f"unknown mode {mode!r}; choose trained, zero-shot or knn")
+        x = features(store, encoders, data.items)
+        if mode == "trained":
+            scores = _trained_scores(x, y, train, valid, head, seed)
+        elif mode == "knn":
+            scores = _knn_scores(x, y, train, k)
+        elif mode == "zero-shot":
+            scores = _zero_shot_scores(store, encoders, data, template)
+        else:
+            raise ValueError(f"unknown mode {mode!r}; choose trained, zero-shot, knn or llm")
     threshold = _best_threshold(scores[valid], y[valid])
     predicted = _predict(scores[test], threshold)
     positives = y[test].sum(0) > 0
@@ -114,7 +144,7 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
         "dataset": dataset.name, "labels_field": field, "encoders": encoders, "mode": mode,
         "head": head if mode == "trained" else None, "labels": len(data.labels),
         "items": {"train": len(train), "valid": len(valid), "test": len(test)},
-        "threshold": threshold,
+        "threshold": threshold, **extra,
         "micro_f1": float(f1_score(y[test], predicted, average="micro", zero_division=0)),
         "macro_f1": float(f1_score(y[test], predicted, average="macro", zero_division=0)),
         "map": float(average_precision_score(y[test][:, positives], scores[test][:, positives],

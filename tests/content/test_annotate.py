@@ -1,0 +1,167 @@
+"""The annotation job on ml-100k with a scripted language model (no runtime needed):
+every method's plumbing, resuming after a kill, a rerun that asks nothing, few-shot
+examples drawn only from the allowed pool, and `classify --mode llm` evaluated like
+the other modes (an oracle model must score perfectly)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modrec.content.annotate import (
+    AnnotationFile,
+    LabelPrompting,
+    annotate_labels,
+    grade_relevance,
+    item_texts,
+)
+from modrec.content.classify import classify, label_matrix
+from modrec.content.metadata import split_tags
+
+
+class Oracle:
+    """Knows every item's labels from its text; counts what it is asked."""
+
+    spec = fingerprint = "fake:oracle"
+
+    def __init__(self, dataset, field: str = "genres", stop_after: int | None = None) -> None:
+        texts = item_texts(dataset)
+        column = dataset.items.set_index("item")[field]
+        self.truth = {texts[i]: set(split_tags(column[i])) for i in texts}
+        self.prompts: list[list[dict[str, str]]] = []
+        self.stop_after = stop_after
+
+    def _labels(self, messages) -> set[str]:
+        if self.stop_after is not None and len(self.prompts) >= self.stop_after:
+            raise KeyboardInterrupt  # as a user's Ctrl-C, mid-job
+        self.prompts.append(messages)
+        text = re.findall(r"Item: (.*)", messages[1]["content"])[-1]  # the item, not examples
+        return self.truth[text]
+
+    def score(self, messages, options):
+        labels = self._labels(messages)
+        if options == ["yes", "no"]:  # the label is the prefill "LABEL:"
+            yes = messages[-1]["content"].rstrip(":") in labels
+            return np.log([0.9, 0.1] if yes else [0.1, 0.9])
+        return np.log([0.9 if o in labels else 0.01 for o in options])
+
+    def complete(self, messages, schema=None, max_tokens=256):
+        return json.dumps({"labels": sorted(self._labels(messages))})
+
+
+def _items(dataset, n: int) -> np.ndarray:
+    return label_matrix(dataset, "genres", min_count=20).items[:n]
+
+
+@pytest.mark.parametrize("method", ["yesno", "choice", "json"])
+def test_every_method_reads_the_oracle(ml100k, tmp_path: Path, method: str):
+    labels = label_matrix(ml100k, "genres", min_count=20).labels
+    items = _items(ml100k, 6)
+    oracle = Oracle(ml100k)
+    scores, report = annotate_labels(ml100k, "genres", labels, items, LabelPrompting(
+        oracle, method=method, out=tmp_path / "a.jsonl", progress=False))
+    truth = label_matrix(ml100k, "genres", min_count=20).targets[:6]
+    assert scores.shape == (6, len(labels)) and report.asked == 6
+    assert (scores.argmax(1) == (truth * scores).argmax(1)).all()  # the top label is true
+    if method != "choice":  # independent per label: exactly the true ones score high
+        np.testing.assert_array_equal(scores > 0.5, truth > 0)
+    asked = {"yesno": 6 * len(labels), "choice": 6, "json": 6}[method]
+    assert len(oracle.prompts) == asked
+
+
+def test_a_killed_job_resumes_and_a_rerun_asks_nothing(ml100k, tmp_path: Path):
+    labels = label_matrix(ml100k, "genres", min_count=20).labels
+    items, out = _items(ml100k, 8), tmp_path / "labels.jsonl"
+    how = LabelPrompting(Oracle(ml100k, stop_after=3 * len(labels)), out=out, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_labels(ml100k, "genres", labels, items, how)
+    assert len(AnnotationFile(out).records()) == 3  # every finished item was kept
+    with out.open("a") as f:
+        f.write('{"key": "99", "scores": {"Dra')  # a record torn by the kill
+    oracle = Oracle(ml100k)
+    how = LabelPrompting(oracle, out=out, progress=False)
+    first, report = annotate_labels(ml100k, "genres", labels, items, how)
+    assert (report.cached, report.asked) == (3, 5)
+    assert len(oracle.prompts) == 5 * len(labels)
+    again, report = annotate_labels(ml100k, "genres", labels, items, how)
+    assert (report.cached, report.asked) == (8, 0) and len(oracle.prompts) == 5 * len(labels)
+    np.testing.assert_array_equal(first, again)
+    record = AnnotationFile(out).records()[str(items[0])]
+    assert record["model"] == "fake:oracle" and record["prompt"] == "labels-yesno-v2"
+
+
+def test_few_shot_examples_come_from_the_pool_and_never_the_item(ml100k, ml100k_store,
+                                                                 tmp_path: Path):
+    labels = label_matrix(ml100k, "genres", min_count=20).labels
+    items, pool = _items(ml100k, 4), _items(ml100k, 60)[10:]
+    oracle = Oracle(ml100k)
+    how = LabelPrompting(oracle, method="choice", examples=3, store=ml100k_store,
+                         out=tmp_path / "few.jsonl", progress=False)
+    annotate_labels(ml100k, "genres", labels, items, how, pool=pool)
+    texts = item_texts(ml100k)
+    allowed = {texts[int(i)] for i in pool}
+    for item, messages in zip(items, oracle.prompts, strict=True):
+        shown = re.findall(r"Item: (.*)", messages[1]["content"])
+        assert len(shown) == 4 and shown[-1] == texts[int(item)]
+        assert set(shown[:3]) <= allowed and texts[int(item)] not in shown[:3]
+        assert "Genres: " in messages[1]["content"]  # each example with its labels
+
+
+def test_classify_llm_mode_is_evaluated_like_the_others(ml100k, ml100k_store,
+                                                        tmp_path: Path):
+    oracle = Oracle(ml100k)
+    how = LabelPrompting(oracle, method="choice", out=tmp_path / "c.jsonl", progress=False)
+    result = classify(ml100k, "genres", [], "llm", ml100k_store, min_count=20, llm=how,
+                      test_items=30, valid_items=20)
+    assert result["items"]["test"] == 30 and result["items"]["valid"] == 20
+    assert len(oracle.prompts) == 50  # only the sampled validation and test items
+    assert result["map"] == pytest.approx(1.0) and result["micro_f1"] > 0.9
+    # the embedding modes are measured on the same sample
+    knn = classify(ml100k, "genres", ["text"], "knn", ml100k_store, min_count=20,
+                   test_items=30)
+    assert knn["items"]["test"] == 30 and knn["map"] < result["map"]
+    with pytest.raises(ValueError, match="needs a language model"):
+        classify(ml100k, "genres", [], "llm", ml100k_store)
+
+
+def test_relevance_is_the_expected_grade(ml100k, tmp_path: Path):
+    class Grader:
+        spec = fingerprint = "fake:grader"
+
+        def score(self, messages, options):
+            assert options == ["0", "1", "2", "3"]
+            return np.log([0.1, 0.1, 0.2, 0.6])  # expected grade 2.3
+
+    texts = item_texts(ml100k)
+    grades, report = grade_relevance(ml100k, Grader(), [("a comedy", 1), ("a war film", 2)],
+                                     out=tmp_path / "r.jsonl", progress=False)
+    np.testing.assert_allclose(grades, [2.3, 2.3])
+    record = AnnotationFile(tmp_path / "r.jsonl").records()["a comedy\t1"]
+    assert record["prompt"] == "relevance-v1" and texts[1]
+
+
+def test_llm_rerank_reorders_the_top_of_search_by_grade(ml100k, ml100k_store):
+    from modrec.content.search import TextSearch, search_map
+
+    class Likes:  # grades 3 only what contains "Star", 0 otherwise
+        spec = fingerprint = "fake:likes-star"
+
+        def score(self, messages, options):
+            hit = "Star" in messages[1]["content"].split("Item: ")[-1]
+            return np.log([0.01, 0.01, 0.01, 0.97] if hit else [0.97, 0.01, 0.01, 0.01])
+
+    engine = TextSearch(ml100k, ml100k_store)
+    plain = engine.search("space adventure", k=20)
+    reranked = engine.search("space adventure", k=20, llm=Likes(), rerank_top=20)
+    assert {h["item"] for h in plain} == {h["item"] for h in reranked}  # same top 20
+    stars = [h for h in plain if "Star" in h["title"]]
+    assert stars and [h["item"] for h in reranked[:len(stars)]] == [h["item"] for h in stars]
+    rest = [h["item"] for h in plain if "Star" not in h["title"]]
+    assert [h["item"] for h in reranked[len(stars):]] == rest  # embedding order kept
+    result = search_map(ml100k, "genres", store=ml100k_store, min_count=100, llm=Likes(),
+                        rerank_top=5)
+    assert result["rerank"] == {"llm": "fake:likes-star", "top": 5} and 0 < result["map"] < 1

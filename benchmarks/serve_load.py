@@ -964,6 +964,9 @@ def main() -> None:
             rows = []
             for label in ("first start (new state: seeds it)", "restart (seeded state)"):
                 server = Server(synthetic, state, cpus=None, name="synthetic")
+                log_file = ROOT / LOG / "synthetic.log"
+                built_before = len(re.findall(r"built \w+ item index", log_file.read_text())
+                                   ) if log_file.exists() else 0
                 usage = Usage({}).start()
                 seconds = server.start(timeout=7200)
                 u = usage.stop()
@@ -985,7 +988,8 @@ def main() -> None:
                 print(f"$ {shlex.join(server.command)}\n  ready after {seconds:.1f} s",
                       flush=True)
                 rows.append([label, f"{seconds:.0f}",
-                             f"{float(built[-1][4]):.0f} ({built[-1][1]})" if built else "?",
+                             f"{float(built[-1][4]):.0f} ({built[-1][1]})"
+                             if len(built) > built_before else "- (graph loaded)",
                              f"{float(loaded[-1][1]):.0f}" if loaded else "?",
                              f"{float(seeded[-1][2]):.1f}" if seeded and label.startswith(
                                  "first") else "-", f"{rss:.0f}",

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import traceback
@@ -323,6 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore, embed
+    from modrec.content.extract import extraction_world, open_store
     from modrec.data import NAMED, load_dataset
 
     source = _dataset_arg(args.dataset, args.format)
@@ -331,13 +333,15 @@ def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     if source not in NAMED or args.format is not None:  # a catalog file or folder
         media_root = Path(source) if Path(source).is_dir() else Path(source).parent
     folder = EmbeddingStore.folder_for(dataset, args.store)
+    world = extraction_world()  # under torchrun: the ranks share the items, rank 0 reports
     with _removed_on_failure(folder, lambda f: (f / "manifest.json").exists(),
                              "run the command again: it encodes only what is missing"):
-        store = EmbeddingStore.for_dataset(dataset, folder)
+        store = open_store(dataset, folder, world)
         reports = embed(dataset, args.encoder.split(","), store, batch_size=args.batch_size,
                         device=args.device, progress=not args.no_progress, dtype=args.dtype,
-                        allow_outside=args.allow_outside_paths, media_root=media_root)
-    if not args.json:
+                        allow_outside=args.allow_outside_paths, media_root=media_root,
+                        world=world)
+    if not args.json and world.is_main:
         for r in reports:
             print(f"  {r.encoder:<10} dim {r.dim:<5} encoded {r.encoded:>6} of {r.items} "
                   f"({r.already} already stored)  {r.items_per_second:8.1f} items/s  "
@@ -708,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         return 1
-    if args.json:
+    if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone
         print(text)
     return 0
 

@@ -18,6 +18,18 @@ path that leads elsewhere (``../``, an absolute path, a symbolic link out) is re
 for that item, which is flagged like any unreadable input, unless the caller allows
 it (``allow_outside=True``, ``modrec embed --allow-outside-paths``). A catalog is data
 from elsewhere; it should not choose which of the user's files get read.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m modrec embed ...``) the job is
+data-parallel over items: every rank computes the same missing rows and cuts them into
+the same batches; in each round rank r encodes batch ``round * N + r`` and writes its
+rows into the shared memory-mapped matrix (disjoint rows, flushed), then the ranks
+gather which rows they wrote and which failed, and rank 0 alone commits the masks (one
+writer: no lost updates). The gather comes after every rank's flush, so no row is
+marked done before it is on disk. Rank 0 alone creates the store's files (ids,
+manifest, a new matrix); the others wait at a barrier and then read them. An
+interrupted run resumes like a one-process run: rows written but not marked are
+encoded again. The ranks must share one file system with coherent memory maps (one
+machine).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,9 +49,12 @@ from tqdm import tqdm
 
 from modrec import paths
 from modrec.content.encoder import EncodeError, Encoder
-from modrec.content.store import EmbeddingStore, store_name
+from modrec.content.store import EmbeddingStore, StoreError, store_name
 from modrec.data import Dataset
 from modrec.data.public import NAMED
+
+if TYPE_CHECKING:
+    from modrec.train.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -171,36 +186,79 @@ class EmbedReport:
                 "failed_items": self.failed_items}
 
 
+def open_store(dataset: Dataset, folder: str | Path | None = None,
+               world: World | None = None) -> EmbeddingStore:
+    """`EmbeddingStore.for_dataset`, opened by rank 0 first under torchrun: opening
+    writes the ids file (and re-aligns matrices to a changed catalog), which one
+    process must do alone; the other ranks wait at a barrier, then open it."""
+    world = world or extraction_world()
+    if world.is_main:
+        store = EmbeddingStore.for_dataset(dataset, folder)
+        world.barrier()
+        return store
+    world.barrier()
+    return EmbeddingStore.for_dataset(dataset, folder)
+
+
+def extraction_world() -> World:
+    from modrec.train.distributed import World
+
+    # gloo even when encoding on GPUs: only row indices and failure flags travel
+    return World.from_env("cpu")
+
+
 def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = None,
           batch_size: int = 64, device: str = "cpu", progress: bool = True,
           dtype: str = "float32", allow_outside: bool = False,
-          media_root: Path | None = None) -> list[EmbedReport]:
+          media_root: Path | None = None, world: World | None = None) -> list[EmbedReport]:
     """Encode the items ``store`` lacks with each encoder. ``media_root``: the folder
     media paths are confined to (default `catalog_folder`); ``allow_outside`` lifts the
-    confinement (relative paths still start from ``media_root``)."""
+    confinement (relative paths still start from ``media_root``). ``world``: the ranks
+    to share the items among (default: torchrun's, or one process); every rank gets
+    the same reports, of the whole job."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    store = store or EmbeddingStore.for_dataset(dataset)
+    world = world or extraction_world()
+    device = world.device(device)
+    store = store or open_store(dataset, None, world)
     root = (media_root or catalog_folder(dataset)).resolve()
     reports = []
     for spec in encoders:
         encoder = build_encoder(spec, dataset, device)
-        store.prepare(encoder.name, encoder.dim, encoder.version, encoder.reads, dtype)
+        if world.is_main:
+            store.prepare(encoder.name, encoder.dim, encoder.version, encoder.reads, dtype)
+        world.barrier()  # rank 0 has prepared the matrix; the others read the manifest
+        if not world.is_main:
+            store.reload()
+            _check_prepared(store, encoder, dtype)
         inputs = item_inputs(dataset, encoder.reads)
         prepare = (media_resolver(root, allow_outside) if encoder.reads in MEDIA_COLUMNS
                    else None)
-        todo = store.missing(encoder.name)
+        todo = store.missing(encoder.name)  # the same on every rank
         report = EmbedReport(encoder.name, encoder.dim, dataset.num_items, 0,
                              dataset.num_items - len(todo), 0, 0.0)
-        log.info("%s: %d of %d items to encode (%d already stored) in %s", encoder.name,
-                 len(todo), dataset.num_items, report.already, store.folder)
+        if world.is_main:
+            log.info("%s: %d of %d items to encode (%d already stored) in %s%s",
+                     encoder.name, len(todo), dataset.num_items, report.already,
+                     store.folder, f" on {world.size} ranks" if world.distributed else "")
         started = time.perf_counter()
         bar = tqdm(total=len(todo), desc=f"embed {encoder.name}", unit="item",
-                   disable=not progress)
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start:start + batch_size]
-            vectors, failed = _encode_batch(encoder, inputs, rows, dataset, prepare)
-            store.write(encoder.name, rows, vectors, failed)
+                   disable=not (progress and world.is_main))
+        batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+        for first in range(0, len(batches), world.size):  # one round: a batch per rank
+            mine = first + world.rank
+            rows = batches[mine] if mine < len(batches) else todo[:0]
+            if len(rows):
+                vectors, failed = _encode_batch(encoder, inputs, rows, dataset, prepare)
+                store.write_rows(encoder.name, rows, vectors)  # flushed before marked
+            else:
+                failed = np.zeros(0, bool)
+            # After every rank's flush: then rank 0 alone replaces the masks.
+            parts = world.gather((rows, failed))
+            rows = np.concatenate([part[0] for part in parts])
+            failed = np.concatenate([part[1] for part in parts])
+            if world.is_main:
+                store.mark(encoder.name, rows, failed)
             report.encoded += int((~failed).sum())
             report.failures += int(failed.sum())
             for row in rows[failed]:
@@ -211,9 +269,18 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
             bar.set_postfix(items_per_s=f"{report.items_per_second:.1f}",
                             failures=report.failures)
         bar.close()
+        world.barrier()  # the masks are committed before any rank goes on
         report.seconds = time.perf_counter() - started
         reports.append(report)
     return reports
+
+
+def _check_prepared(store: EmbeddingStore, encoder: Encoder, dtype: str) -> None:
+    info = store.info(encoder.name)
+    if (info.dim, info.dtype, info.version) != (encoder.dim, dtype, encoder.version):
+        raise StoreError(f"{store.folder}: rank 0 prepared {info.name} as {info.dtype} "
+                         f"dim {info.dim} version {info.version}, this rank's encoder is "
+                         f"{dtype} dim {encoder.dim} version {encoder.version}")
 
 
 def _encode_batch(encoder: Encoder, inputs: pd.Series, rows: np.ndarray, dataset: Dataset,

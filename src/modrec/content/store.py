@@ -89,6 +89,11 @@ class EmbeddingStore:
             if info["ids"] != self.digest:
                 self._realign(name, info)
 
+    def reload(self) -> None:
+        """Read the manifest again: another process (rank 0 of a distributed
+        extraction) may have prepared a matrix since this store was opened."""
+        self._manifest = self._read_manifest()
+
     def _read_manifest(self) -> dict[str, dict[str, Any]]:
         path = self.folder / "manifest.json"
         if not path.exists():
@@ -228,13 +233,25 @@ class EmbeddingStore:
     def write(self, name: str, rows: np.ndarray, vectors: np.ndarray,
               failed: np.ndarray | None = None) -> None:
         """Store ``vectors`` at item indices ``rows`` and mark them done (and failed)."""
+        self.write_rows(name, rows, vectors)  # rows on disk before they are marked done
+        self.mark(name, rows, failed)
+
+    def write_rows(self, name: str, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Write ``vectors`` at item indices ``rows`` into the matrix and flush them,
+        without marking them done (`mark` does): several processes may each write
+        disjoint rows of one store at once (`modrec embed` under torchrun)."""
         try:
             array = np.load(self._file(name), mmap_mode="r+")
             array[rows] = vectors.astype(array.dtype)
-            array.flush()  # rows on disk before they are marked done
+            array.flush()
             del array
         except OSError as err:  # unmarked rows count as missing: nothing is lost
             raise WriteError(self._file(name), err) from err
+
+    def mark(self, name: str, rows: np.ndarray, failed: np.ndarray | None = None) -> None:
+        """Mark ``rows`` done (and ``failed``) by replacing both masks atomically; the
+        rows must already be flushed (`write_rows`). One process at a time: two
+        concurrent markers would each replace the masks and lose the other's rows."""
         done, flags = self.done(name), self.failed(name)
         done[rows] = True
         flags[rows] = False if failed is None else failed

@@ -6,6 +6,10 @@ Formats:
   ``recbole``    RecBole atomic files (``.inter`` with ``name:type`` headers, optional
                  ``.item``/``.user``; also pre-split ``X.train/valid/test.inter``)
   ``csv`` / ``parquet``  a table with a column mapping (user, item, [timestamp], [weight])
+  ``csv-large``  the same CSV/TSV table read by DuckDB under a memory limit (see
+                 `modrec.data.large`); chosen by itself for a detected CSV/TSV file of
+                 at least ``MODREC_LARGE_IMPORT_BYTES`` (1 GiB), ``--format csv`` forces
+                 the in-memory reader
   ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
                  ml-100k ``u.data``)
 
@@ -28,8 +32,9 @@ import pandas as pd
 import pyarrow as pa
 
 from modrec.data.dataset import DataFormatError, Dataset, build_dataset
+from modrec.data.large import large_threshold, read_table_large
 
-FORMATS = ("sequences", "pairs", "recbole", "csv", "parquet", "movielens")
+FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "movielens")
 
 # Column names that the table importer recognises when no mapping is given.
 _COLUMN_GUESSES = {
@@ -701,6 +706,8 @@ def import_path(
     """Read any supported file or folder into a Dataset."""
     path = Path(path)
     fmt = format or detect_format(path)
+    if format is None and fmt == "csv" and path.stat().st_size >= large_threshold():
+        fmt = "csv-large"
     if fmt == "modrec":
         return Dataset.read(path)
     readers: dict[str, Callable[[], Dataset]] = {
@@ -708,6 +715,7 @@ def import_path(
         "pairs": lambda: read_pairs(path),
         "recbole": lambda: read_recbole(path),
         "csv": lambda: read_table(path, columns),
+        "csv-large": lambda: read_table_large(path, columns),
         "parquet": lambda: read_table(path, columns),
         "movielens": lambda: read_movielens(path),
     }

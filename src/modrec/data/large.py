@@ -120,6 +120,7 @@ def read_table_large(
             con.execute(f"SET memory_limit = '{limit}'")
             con.execute(f"SET temp_directory = '{Path(tmp) / 'spill'}'")
             con.execute("SET preserve_insertion_order = true")
+            con.execute("SET enable_progress_bar = false")
             try:
                 con.execute(
                     f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM read_csv(?, "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,39 +13,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
 from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
 from modrec.data.batches import Shard, TrainingExamples
 from modrec.models import build_model
 from modrec.train.loop import BatchLoss, train_step
+from support import free_port, spawn_gloo
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "train.batch_size=64"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(worker: Any, *args: Any) -> None:
-    """Run ``worker(rank, *args)`` in two processes joined as a gloo world."""
-    load_dataset("ml-100k")  # converted and cached once, before two processes read it
-    port = _free_port()
-    mp.start_processes(_join, args=(port, worker, args), nprocs=2, start_method="spawn")
-
-
-def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    torch.set_num_threads(1)  # two processes on a 2-core machine
-    try:
-        worker(rank, *args)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def _step_weights(model: torch.nn.Module, batch: Any, loss: torch.nn.Module,
@@ -98,7 +73,7 @@ def test_ddp_gradient_equals_the_one_process_gradient(tmp_path: Path) -> None:
     """The global batch split over two ranks (rows 0, 2, ... and 1, 3, ..., each run
     in length slices) steps the weights exactly as one process on the whole batch:
     next-item (SASRec, HSTU) and cloze (BERT4Rec) training alike."""
-    _spawn(_gradient_worker, tmp_path)
+    spawn_gloo(_gradient_worker, tmp_path)
     for name in GRADIENT_MODELS:
         ranks = [torch.load(tmp_path / f"{name}-rank{r}.pt", weights_only=True)
                  for r in (0, 1)]
@@ -158,14 +133,14 @@ def _training_worker(rank: int, out: Path, overrides: list[str], resume: bool) -
 def test_ranks_decide_alike_rank_0_writes_and_a_distributed_run_resumes(
         tmp_path: Path) -> None:
     overrides = [*SMALL, "train.patience=2", "train.epochs=2"]
-    _spawn(_training_worker, tmp_path, overrides, False)
+    spawn_gloo(_training_worker, tmp_path, overrides, False)
     first = [json.loads((tmp_path / f"decisions{r}.json").read_text()) for r in (0, 1)]
     assert first[0] == first[1] and len(first[0]) == 2
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2]
     # Resume the two-process run for two more epochs.
-    _spawn(_training_worker, tmp_path, [*SMALL, "train.patience=2", "train.epochs=4"], True)
+    spawn_gloo(_training_worker, tmp_path, [*SMALL, "train.patience=2", "train.epochs=4"], True)
     again = [json.loads((tmp_path / f"decisions{r}.json").read_text()) for r in (0, 1)]
     assert again[0] == again[1] and [d["epoch"] for d in again[0]] == [3, 4]
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == [1, 2, 3, 4]
@@ -176,7 +151,7 @@ def test_ranks_decide_alike_rank_0_writes_and_a_distributed_run_resumes(
 def test_torchrun_trains_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()), "-m", "modrec", "train", "-d", "ml-100k",
+               "--master_port", str(free_port()), "-m", "modrec", "train", "-d", "ml-100k",
                "-m", "sasrec", "--epochs", "1", "--out", str(out), "--no-progress",
                *[arg for o in SMALL for arg in ("--set", o)]]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,

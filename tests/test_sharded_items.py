@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
+from support import spawn_gloo
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "model.dim=16", "train.batch_size=256",
          "model.item_table=sharded"]
@@ -29,33 +28,6 @@ SMALL = ["model.max_len=30", "model.num_blocks=1", "model.dim=16", "train.batch_
 @pytest.fixture
 def torchrec() -> Any:
     return pytest.importorskip("torchrec")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _spawn(worker: Any, *args: Any) -> None:
-    """Run ``worker(rank, *args)`` in two processes joined as a gloo world."""
-    load_dataset("ml-100k")  # converted and cached once, before two processes read it
-    mp.start_processes(_join, args=(_free_port(), worker, args), nprocs=2,
-                       start_method="spawn")
-
-
-def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    torch.set_num_threads(1)  # two processes on a 2-core machine
-    try:
-        worker(rank, *args)
-    finally:
-        if torch.distributed.is_initialized():
-            # Both ranks finish their collectives before either tears the group down
-            # (gloo aborts a process whose peer left mid-operation).
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
 
 
 def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
@@ -135,7 +107,7 @@ def test_the_sharded_tower_matches_the_local_one(
     blocks), and the one-process step when each rank steps on half the batch
     (TorchRec averages the table's gradient as DDP does the rest's, and the loop
     weights the losses for that); row-wise, neither rank holds the whole table."""
-    _spawn(_lookup_worker, tmp_path, sharding)
+    spawn_gloo(_lookup_worker, tmp_path, sharding)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert r["same_vectors"] and r["same_ranks"], r
@@ -165,7 +137,7 @@ def test_a_sharded_run_trains_evaluates_and_loads_on_one_process(
         torchrec: Any, tmp_path: Path) -> None:
     from modrec.runs import load_run
 
-    _spawn(_training_worker, tmp_path)
+    spawn_gloo(_training_worker, tmp_path)
     folder = tmp_path / "run"
     results = json.loads((folder / "results.json").read_text())
     assert results["epochs"] == 2 and 0 < results["ndcg@10"] < 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,9 @@ import torch
 import torch.multiprocessing as mp
 
 from modrec.content import EmbeddingStore, embed
+from support import free_port
 
 SPEC, NAME, BATCH = "tags:genres", "tags-genres", 100  # 1,682 items: 17 batches, 9 rounds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _join(rank: int, port: int, out: Path, env: dict[str, str]) -> None:
@@ -91,7 +85,7 @@ def test_two_ranks_fill_the_store_as_one_process_and_resume(ml100k, tmp_path: Pa
 
     env = {"OMP_NUM_THREADS": "1", "MODREC_CACHE_DIR": os.environ["MODREC_CACHE_DIR"],
            "MODREC_DATA_DIR": os.environ["MODREC_DATA_DIR"]}
-    mp.start_processes(_join, args=(_free_port(), tmp_path, env), nprocs=2,
+    mp.start_processes(_join, args=(free_port(), tmp_path, env), nprocs=2,
                        start_method="spawn")
 
     cli = EmbeddingStore.for_dataset(ml100k, tmp_path / "cli")

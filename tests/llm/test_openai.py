@@ -5,10 +5,8 @@ server on SmolLM2 in a subprocess."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 
 from modrec.llm import LLMError, open_llm, option_probabilities  # noqa: E402
 from modrec.llm.model import MISSING_LOGPROB  # noqa: E402
+from support import free_port, serve_in_thread
 
 ASK = [{"role": "user", "content": "Is this a comedy?"}]
 SCHEMA = {"type": "object", "properties": {"labels": {"type": "array"}},
@@ -75,21 +74,9 @@ def _app(canned: Canned) -> Any:
 
 @pytest.fixture
 def canned() -> Iterator[tuple[Canned, str]]:
-    import uvicorn
-
     canned = Canned()
-    server = uvicorn.Server(uvicorn.Config(_app(canned), host="127.0.0.1", port=0,
-                                           log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield canned, f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+    for address in serve_in_thread(_app(canned)):
+        yield canned, f"http://{address}/v1"
 
 
 def test_schema_falls_back_to_the_json_object_dialect_once(canned):
@@ -142,16 +129,10 @@ def test_a_hanging_server_times_out_with_a_clear_error(canned):
     assert time.monotonic() - started < 2.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_dead_server_is_a_clear_error_not_a_hang():
     from modrec.llm.openai import OpenAIModel
 
-    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(LLMError, match=f"no answer from {url}.*is the server running"):
         OpenAIModel(url, "tiny", timeout=2, retries=2, backoff=0.01).score(ASK, ["yes", "no"])
@@ -166,7 +147,7 @@ def llama_server(smollm_file: Path, tmp_path_factory: pytest.TempPathFactory
     """llama-cpp-python's OpenAI-compatible server on SmolLM2, on a free loopback port."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_file),

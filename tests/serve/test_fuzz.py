@@ -16,7 +16,6 @@ import logging
 import shutil
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +25,13 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from modrec.serve import ModelService, Request
 from modrec.serve.app import AppSettings, create_app
 from modrec.serve.errors import RequestError
 from modrec.serve.state import SQLiteUserState
+from support import serve_in_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -62,36 +61,21 @@ def client(service: ModelService) -> Iterator[TestClient]:
         yield client
 
 
-def _serve(app: Any) -> Iterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def server(service: ModelService) -> Iterator[str]:
     """A real uvicorn on a loopback port (a stalled body and a chunked one are about
     the socket), with an API key, a 0.3 s body timeout (1 s for a whole body) and a
     4000-byte body limit."""
-    yield from _serve(create_app(service, AppSettings(api_key=KEY, body_timeout_s=0.3,
-                                                      body_deadline_s=1.0,
-                                                      max_body_bytes=4000)))
+    settings = AppSettings(api_key=KEY, body_timeout_s=0.3, body_deadline_s=1.0,
+                           max_body_bytes=4000)
+    yield from serve_in_thread(create_app(service, settings))
 
 
 @pytest.fixture(scope="module")
 def keyed_server(service: ModelService) -> Iterator[str]:
     """The same with the default body timeouts: 80 requests at once on a loaded
     2-core machine can wait longer than 0.3 s for their turn to be read."""
-    yield from _serve(create_app(service, AppSettings(api_key=KEY)))
+    yield from serve_in_thread(create_app(service, AppSettings(api_key=KEY)))
 
 
 def _exchange(address: str, *parts: bytes, pause: float = 0.0) -> tuple[bytes, float, bool]:

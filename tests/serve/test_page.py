@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ import pytest
 
 from modrec.config import build_config
 from modrec.train import train
+from support import free_port, start_serve
 
 _BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -63,30 +60,6 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(run: Path, state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modrec", "serve", str(run), "--state", str(state),
-         "--port", str(port)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"modrec serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"modrec serve did not become ready:\n{log.read_text()}")
-
-
 def _ids(driver: Any, list_id: str) -> list[str]:
     """The item ids of a list, read in one script (no stale elements mid-redraw)."""
     return driver.execute_script(  # type: ignore[no-any-return]
@@ -107,8 +80,8 @@ def test_page_shows_and_updates_recommendations(tmp_path: Path, browser: Any) ->
     run = train(build_config("ml-100k", "sasrec", overrides=[
         "train.epochs=1", "model.max_len=30", "model.num_blocks=1"]), tmp_path / "run",
         progress=False)
-    port = _free_port()
-    server = _start(run, tmp_path / "state.db", port, tmp_path / "serve.log")
+    port = free_port()
+    server = start_serve(run, tmp_path / "state.db", port, tmp_path / "serve.log")
     wait = WebDriverWait(browser, 20)
     try:
         browser.get(f"http://127.0.0.1:{port}/")

@@ -1,0 +1,88 @@
+"""Helpers the tests share: free loopback ports, a `modrec serve` process, an ASGI app on
+a real uvicorn in a thread, and a two-process gloo world."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(run: Path, state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``modrec serve RUN --state STATE --port PORT`` as a process, once /readyz is 200
+    (its output appended to ``log``, shown if it exits or never gets ready)."""
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modrec", "serve", str(run), "--state", str(state),
+         "--port", str(port)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"modrec serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"modrec serve did not become ready:\n{log.read_text()}")
+
+
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a daemon thread; yields
+    ``host:port`` and stops the server afterwards (for use in a fixture)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def spawn_gloo(worker: Any, *args: Any) -> None:
+    """Run ``worker(rank, *args)`` in two processes joined as a gloo world."""
+    from modrec.data import load_dataset
+
+    load_dataset("ml-100k")  # converted and cached once, before two processes read it
+    mp.start_processes(_join, args=(free_port(), worker, args), nprocs=2,
+                       start_method="spawn")
+
+
+def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    torch.set_num_threads(1)  # two processes on a 2-core machine
+    try:
+        worker(rank, *args)
+    finally:
+        if torch.distributed.is_initialized():
+            # Both ranks finish their collectives before either tears the group down
+            # (gloo aborts a process whose peer left mid-operation).
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()

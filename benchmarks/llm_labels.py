@@ -74,6 +74,8 @@ def main() -> None:
                         help="items timed with and without the KV prefix cache")
     parser.add_argument("--cache-model", help="the GGUF the prefix cache is timed on "
                         "(default: the labelling model)")
+    parser.add_argument("--ensemble", action=argparse.BooleanOptionalAction, default=True,
+                        help="add an ensemble row (LLM + trained head) after each LLM row")
     parser.add_argument("--doc", default="docs/llm.md")
     parser.add_argument("--section", default="llm-labels",
                         help="the docs section written (another name keeps this one)")
@@ -118,6 +120,14 @@ def main() -> None:
                 f"modrec classify -d ml-1m --labels genres --mode llm --llm local:{model_path}"
                 f" --method {method} --examples {examples} --noun movie --threads "
                 f"{args.threads} {sample} --valid-items {args.valid_items}")
+            if args.ensemble:  # the same answers (cached) beside the trained head
+                r = classify(dataset, "genres", ["text"], "ensemble", store, llm=how,
+                             test_items=args.test_items, valid_items=args.valid_items)
+                rows.append([f"ensemble: MiniLM text trained + the row above (LLM weight "
+                             f"{r['ensemble_weight']:.1f})", r["items"]["test"], r["micro_f1"],
+                             r["macro_f1"], r["map"], f"{r['items']['valid']} valid", ""])
+                commands.append(commands[-1].replace("--mode llm", "--mode ensemble "
+                                                     "--encoder text"))
 
     cache_model = Path(args.cache_model) if args.cache_model else model_path
     cache_rows = (_prefix_cache(dataset, cache_model, args.threads, args.cache_items)
@@ -130,6 +140,7 @@ def main() -> None:
         f"--threads {args.threads} --test-items {args.test_items} --valid-items "
         f"{args.valid_items} --methods {args.methods} --examples {args.examples} "
         f"--cache-items {args.cache_items}"
+        + ("" if args.ensemble else " --no-ensemble")
         + (f" --section {args.section}" if args.section != "llm-labels" else "")
         + (f" --cache-model {cache_model}" if args.cache_model else "") + "`; "
         f"llama.cpp with {args.threads} thread(s), load average "
@@ -173,21 +184,24 @@ def _file_speed(path: Path) -> str:
 
 
 def _prefix_cache(dataset, model_path: Path, threads: int, count: int) -> list[list[object]]:
-    """The same items scored with the cache on and off (results to a scratch file)."""
+    """The same items scored with the cache on (label prompts batched or not) and off,
+    in one process, one after the other (results to a scratch file)."""
     import tempfile
 
     labels = label_matrix(dataset, "genres").labels
     items = np.arange(1, count + 1)
     rows: list[list[object]] = []
-    for on in (True, False):
+    for name, cache, batch in (("on, label prompts in one batch", True, True),
+                               ("on, label prompts one by one", True, False),
+                               ("off", False, False)):
         llm = open_llm(f"local:{model_path}", threads=threads)
-        llm.prefix_cache = on  # type: ignore[attr-defined]
+        llm.prefix_cache, llm.batch_prompts = cache, batch  # type: ignore[attr-defined]
         with tempfile.TemporaryDirectory() as folder:
             how = LabelPrompting(llm, method="yesno", noun="movie", progress=False,
                                  out=Path(folder) / "scratch.jsonl")
             _, report = annotate_labels(dataset, "genres", labels, items, how)
         stats = llm.stats  # type: ignore[attr-defined]
-        rows.append(["on" if on else "off", f"{count / report.seconds:.3f}",
+        rows.append([name, f"{count / report.seconds:.3f}",
                      f"{stats['evaluated_tokens'] / count:.0f}",
                      f"{stats['evaluated_tokens'] / stats['seconds']:.1f}"])
     return rows

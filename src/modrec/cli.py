@@ -427,12 +427,13 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.classify import classify
     from modrec.data import load_dataset
 
-    if args.mode == "llm" and not args.llm:
-        raise ValueError("--mode llm needs --llm SPEC (local:PATH.gguf or openai:URL#MODEL)")
+    if args.mode in ("llm", "ensemble") and not args.llm:
+        raise ValueError(f"--mode {args.mode} needs --llm SPEC (local:PATH.gguf or "
+                         "openai:URL#MODEL)")
     if args.mode != "llm" and not args.encoder:
         raise ValueError(f"--mode {args.mode} needs --encoder (the stored embeddings to use)")
     dataset = load_dataset(_dataset_arg(args.dataset))
-    how = _label_prompting(args) if args.mode == "llm" else None
+    how = _label_prompting(args) if args.mode in ("llm", "ensemble") else None
     encoders = args.encoder.split(",") if args.encoder and args.mode != "llm" else []
     result = classify(dataset, args.labels, encoders, args.mode,
                       EmbeddingStore.for_dataset(dataset, args.store), head=args.head, k=args.k,
@@ -640,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True)
     p.add_argument("--labels", required=True, help="item column of |-separated labels")
     p.add_argument("--encoder", help="comma-separated stored embeddings (every mode but llm)")
-    p.add_argument("--mode", choices=["trained", "zero-shot", "knn", "llm"], default="trained")
+    p.add_argument("--mode", choices=["trained", "zero-shot", "knn", "llm", "ensemble"],
+                   default="trained", help="ensemble: llm and trained averaged, the "
+                   "weight chosen on validation items")
     p.add_argument("--test-items", type=_at_least(1), help="evaluate on a seeded sample of "
                    "this many held-out items (the same for every mode)")
     p.add_argument("--valid-items", type=_at_least(1), help="choose the threshold (and stop "

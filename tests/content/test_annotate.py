@@ -91,7 +91,7 @@ def test_a_killed_job_resumes_and_a_rerun_asks_nothing(ml100k, tmp_path: Path):
     assert (report.cached, report.asked) == (8, 0) and len(oracle.prompts) == 5 * len(labels)
     np.testing.assert_array_equal(first, again)
     record = AnnotationFile(out).records()[str(items[0])]
-    assert record["model"] == "fake:oracle" and record["prompt"] == "labels-yesno-v2"
+    assert record["model"] == "fake:oracle" and record["prompt"] == "labels-yesno-v3"
 
 
 def test_few_shot_examples_come_from_the_pool_and_never_the_item(ml100k, ml100k_store,
@@ -126,6 +126,30 @@ def test_classify_llm_mode_is_evaluated_like_the_others(ml100k, ml100k_store,
     assert knn["items"]["test"] == 30 and knn["map"] < result["map"]
     with pytest.raises(ValueError, match="needs a language model"):
         classify(ml100k, "genres", [], "llm", ml100k_store)
+
+
+def test_ensemble_weighs_the_language_model_by_validation(ml100k, ml100k_store,
+                                                         tmp_path: Path):
+    class Coin(Oracle):  # scores unrelated to the item
+        spec = fingerprint = "fake:coin"
+
+        def score(self, messages, options):
+            self._labels(messages)
+            return np.log(np.random.default_rng(len(self.prompts)).uniform(0.05, 1, 2))
+
+    common = dict(min_count=20, test_items=40, valid_items=40)
+    trained = classify(ml100k, "genres", ["text"], "trained", ml100k_store,
+                       **{**common, "valid_items": None})
+    perfect = classify(ml100k, "genres", ["text"], "ensemble", ml100k_store, llm=LabelPrompting(
+        Oracle(ml100k), out=tmp_path / "o.jsonl", progress=False), **common)
+    noise = classify(ml100k, "genres", ["text"], "ensemble", ml100k_store, llm=LabelPrompting(
+        Coin(ml100k), out=tmp_path / "c.jsonl", progress=False), **common)
+    assert perfect["ensemble_weight"] >= 0.5 and perfect["micro_f1"] > 0.9
+    assert noise["ensemble_weight"] <= 0.3  # the coin barely counts
+    assert noise["map"] > 0.8 * trained["map"] and perfect["map"] > trained["map"]
+    with pytest.raises(ValueError, match="needs stored embeddings"):
+        classify(ml100k, "genres", [], "ensemble", ml100k_store, llm=LabelPrompting(
+            Oracle(ml100k), out=tmp_path / "x.jsonl", progress=False))
 
 
 def test_relevance_is_the_expected_grade(ml100k, tmp_path: Path):

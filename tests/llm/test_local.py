@@ -67,6 +67,34 @@ def test_prefix_cache_evaluates_only_the_new_tail_and_changes_no_score(smollm_fi
     assert cached.stats["evaluated_tokens"] == before + 1
 
 
+def test_batched_scoring_matches_one_by_one_and_leaves_the_cache_usable(smollm_file):
+    from modrec.llm.local import MAX_SEQUENCES, LlamaCppModel
+    from modrec.llm.model import score_all
+
+    batched = LlamaCppModel(smollm_file, threads=1, context=2048)
+    single = LlamaCppModel(smollm_file, threads=1, context=2048, prefix_cache=False)
+    words = ["Animation", "Comedy", "Horror", "War", "Drama", "Western", "Romance"]
+    # more prompts than the context's free sequences: scored in two batches
+    labels = [f"{w}{n}" for n in range(6) for w in words][:MAX_SEQUENCES + 5]
+    prompts = [[*ask("Movie: a cartoon about toys. Which genres apply?"),
+                {"role": "assistant", "content": f"{label}:"}] for label in labels]
+    together = score_all(batched, prompts, ["yes", "no"])
+    apart = np.stack([single.score(p, ["yes", "no"]) for p in prompts])
+    assert together.shape == (len(labels), 2)
+    # llama.cpp's kernels sum in another order for a batch of many short tails than
+    # for one prompt, which moves a 135M model's P(yes) by a few hundredths at most
+    difference = np.abs(option_probabilities(together) - option_probabilities(apart))
+    assert difference.max() < 0.1 and difference.mean() < 0.02
+    # the shared part was evaluated once, not once per prompt
+    assert batched.stats["evaluated_tokens"] < 0.2 * single.stats["evaluated_tokens"]
+    # afterwards one-by-one scoring continues from the shared part and agrees
+    before = batched.stats["evaluated_tokens"]
+    again = batched.score(prompts[3], ["yes", "no"])
+    np.testing.assert_allclose(option_probabilities(again), option_probabilities(apart[3]),
+                               atol=0.03)
+    assert batched.stats["evaluated_tokens"] - before < len(batched.tokens(prompts[3])) // 2
+
+
 def test_a_prefill_is_the_start_of_the_reply(smollm):
     plain = smollm.tokens(ask("Name a colour."))
     prefilled = smollm.tokens([*ask("Name a colour."),

@@ -5,9 +5,10 @@ Label methods (``labels`` task):
 
 * ``yesno``  per item and label, P("yes") against P("no") for "is LABEL one of this
              item's FIELD?" (prompt ``labels-yesno``). One short prompt tail per label
-             after a shared prefix, which a local model keeps in its KV cache. Best on
-             small models: the probability ranks where a generated answer only says yes
-             or no.
+             after a shared prefix, all of an item's labels scored together
+             (`score_all`: a local model decodes the tails as one batch after the
+             prefix in its KV cache). Best on small models: the probability ranks where
+             a generated answer only says yes or no.
 * ``choice`` one forward pass per item: the probability that the answer to "which of
              these labels fits best?" starts with each label (``labels-choice``). About
              labels-times cheaper; the labels compete for one distribution.
@@ -50,7 +51,14 @@ from modrec.content.extract import item_inputs
 from modrec.content.metadata import split_tags
 from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
-from modrec.llm import LanguageModel, Prompt, expected_grade, load_prompt, option_probabilities
+from modrec.llm import (
+    LanguageModel,
+    Prompt,
+    expected_grade,
+    load_prompt,
+    option_probabilities,
+    score_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +215,9 @@ def annotate_labels(dataset: Dataset, field_name: str, labels: list[str], items:
         shots = examples.block(item, prompt, values) if examples else ""
         base = {**values, "text": text, "examples": shots}
         if how.method == "yesno":
-            scores = [float(option_probabilities(
-                how.llm.score(prompt.render(**base, label=label), ["yes", "no"]))[0])
-                for label in labels]
+            logprobs = score_all(how.llm, [prompt.render(**base, label=label)
+                                           for label in labels], ["yes", "no"])
+            scores = [float(p) for p in option_probabilities(logprobs)[:, 0]]
         elif how.method == "choice":
             scores = [float(p) for p in option_probabilities(
                 how.llm.score(prompt.render(**base), labels))]

@@ -15,6 +15,11 @@ the rest is a validation part for early stopping and the decision threshold):
                 items only. Only the validation and test items are asked, and the
                 answers are cached, so ``test_items`` / ``valid_items`` (a seeded
                 sample: the first of the shuffled parts) bound the cost.
+* ``ensemble``  the ``llm`` scores and the ``trained`` head's probabilities averaged,
+                ``w * llm + (1 - w) * trained``, with the weight chosen on the
+                validation sample together with the threshold (the head itself stops
+                on the whole validation part, as in ``trained``). The language model
+                is asked only about validation and test items, as in ``llm``.
 
 Each predicts the labels scoring above one global threshold, chosen on the validation
 part to maximise micro-F1, plus the top-scoring label (every item has at least one).
@@ -44,7 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["trained", "zero-shot", "knn", "llm"]
+Mode = Literal["trained", "zero-shot", "knn", "llm", "ensemble"]
+MODES: tuple[Mode, ...] = ("trained", "zero-shot", "knn", "llm", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -101,19 +107,22 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
              k: int = 20, template: str = "{label}", seed: int = 0,
              max_labels: int = 50, min_count: int = 10, llm: LabelPrompting | None = None,
              test_items: int | None = None, valid_items: int | None = None) -> dict[str, Any]:
-    if mode == "llm" and llm is None:
-        raise ValueError("the llm mode needs a language model (--llm SPEC)")
+    if mode in ("llm", "ensemble") and llm is None:
+        raise ValueError(f"the {mode} mode needs a language model (--llm SPEC)")
+    if mode == "ensemble" and not encoders:
+        raise ValueError("the ensemble mode needs stored embeddings for its trained head "
+                         "(--encoder text)")
     store = store or EmbeddingStore.for_dataset(dataset)
     for name in encoders:
         if store.info(name).reads == field:
             raise ValueError(f"encoder {name!r} reads the label column {field!r} itself; "
                              "classifying from it would only copy the answer")
     data = label_matrix(dataset, field, max_labels, min_count)
-    train, valid, test = split_items(len(data.items), seed)
-    valid, test = valid[:valid_items], test[:test_items]  # seeded samples (shuffled parts)
+    train, whole_valid, test = split_items(len(data.items), seed)
+    valid, test = whole_valid[:valid_items], test[:test_items]  # seeded samples
     y = data.targets
     extra: dict[str, Any] = {}
-    if mode == "llm":
+    if mode in ("llm", "ensemble"):
         assert llm is not None
         from modrec.content.annotate import annotate_labels
 
@@ -127,6 +136,12 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
         extra = {"llm": {"spec": llm.llm.spec, "fingerprint": llm.llm.fingerprint,
                          "method": llm.method, "examples": llm.examples, "noun": llm.noun},
                  "annotation": report.to_dict()}
+        if mode == "ensemble":
+            trained = _trained_scores(features(store, encoders, data.items), y, train,
+                                      whole_valid, head, seed)
+            weight = _best_weight(scores[valid], trained[valid], y[valid])
+            scores = weight * scores + (1 - weight) * trained
+            extra["ensemble_weight"] = weight
     else:
         x = features(store, encoders, data.items)
         if mode == "trained":
@@ -142,7 +157,7 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
     positives = y[test].sum(0) > 0
     return {
         "dataset": dataset.name, "labels_field": field, "encoders": encoders, "mode": mode,
-        "head": head if mode == "trained" else None, "labels": len(data.labels),
+        "head": head if mode in ("trained", "ensemble") else None, "labels": len(data.labels),
         "items": {"train": len(train), "valid": len(valid), "test": len(test)},
         "threshold": threshold, **extra,
         "micro_f1": float(f1_score(y[test], predicted, average="micro", zero_division=0)),
@@ -156,6 +171,20 @@ def _predict(scores: np.ndarray, threshold: float) -> np.ndarray:
     predicted = scores >= threshold
     predicted[np.arange(len(scores)), scores.argmax(1)] = True
     return predicted.astype(np.float32)
+
+
+def _best_weight(first: np.ndarray, second: np.ndarray, targets: np.ndarray) -> float:
+    """The weight of ``first`` in ``w * first + (1 - w) * second`` (steps of 0.1) whose
+    best threshold gives the highest micro-F1 on ``targets``; ties go to the smaller
+    weight (the trained head's side)."""
+    best, best_f1 = 0.0, -1.0
+    for weight in np.linspace(0, 1, 11):
+        mixed = weight * first + (1 - weight) * second
+        f1 = f1_score(targets, _predict(mixed, _best_threshold(mixed, targets)),
+                      average="micro", zero_division=0)
+        if f1 > best_f1 + 1e-12:
+            best, best_f1 = float(weight), float(f1)
+    return best
 
 
 def _best_threshold(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -19,11 +19,12 @@ from modrec.llm.model import (
     Message,
     expected_grade,
     option_probabilities,
+    score_all,
 )
 from modrec.llm.prompts import Prompt, load_prompt
 
 __all__ = ["LLMError", "LanguageModel", "Message", "Prompt", "expected_grade", "load_prompt",
-           "open_llm", "option_probabilities"]
+           "open_llm", "option_probabilities", "score_all"]
 
 
 def open_llm(spec: str, threads: int | None = None, context: int = 4096,

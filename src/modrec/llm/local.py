@@ -19,11 +19,13 @@ process is busy, two spinning threads slowed generation about 30x here. Use
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,44 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+# Sequences a context can hold at once: sequence 0 (the shared prompt) plus one per
+# label prompt scored together in `LlamaCppModel.score_batch`.
+MAX_SEQUENCES = 32
+
+
+@contextlib.contextmanager
+def _parallel_sequences(bindings: Any, sequences: int) -> Iterator[None]:
+    """Contexts created inside hold ``sequences`` sequences in one unified KV cache
+    (cells shared by several sequences are stored once). ``Llama`` has no argument for
+    it, so the bindings' source of default context parameters (``llama_cpp.llama_cpp``,
+    which ``Llama`` reads) is wrapped for the construction."""
+    defaults = bindings.llama_context_default_params
+
+    def wider() -> Any:
+        params = defaults()
+        params.n_seq_max = sequences
+        params.kv_unified = True
+        return params
+
+    bindings.llama_context_default_params = wider
+    try:
+        yield
+    finally:
+        bindings.llama_context_default_params = defaults
+
+
+def _common_length(token_lists: list[list[int]]) -> int:
+    """How many leading tokens all lists share."""
+    first = token_lists[0]
+    common = min(len(t) for t in token_lists)
+    for tokens in token_lists[1:]:
+        n = 0
+        while n < common and tokens[n] == first[n]:
+            n += 1
+        common = n
+    return common
+
+
 def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
     """A cheap identity of a weights file: SHA-256 over its size and its first and last
     MiB (hashing a multi-gigabyte file in full on every start would cost seconds)."""
@@ -56,10 +96,11 @@ def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
 
 
 class LlamaCppModel:
-    """``local:PATH.gguf``. ``threads``: llama.cpp threads (default: its own choice)."""
+    """``local:PATH.gguf``. ``threads``: llama.cpp threads (default: its own choice).
+    ``prefix_cache`` and ``batch_prompts`` exist to measure what they save."""
 
     def __init__(self, path: str | Path, threads: int | None = None, context: int = 4096,
-                 seed: int = 0, prefix_cache: bool = True) -> None:
+                 seed: int = 0, prefix_cache: bool = True, batch_prompts: bool = True) -> None:
         try:
             import llama_cpp
         except ImportError as err:
@@ -71,13 +112,16 @@ class LlamaCppModel:
         self.spec = f"local:{self.path}"
         self.fingerprint = file_fingerprint(self.path)
         self.prefix_cache = prefix_cache
+        self.batch_prompts = batch_prompts  # False: score_batch scores one by one
         self.threads = threads
         try:
-            self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=context,
-                                        n_threads=threads, n_threads_batch=threads,
-                                        seed=seed, verbose=False)
+            with _parallel_sequences(llama_cpp.llama_cpp, MAX_SEQUENCES):
+                self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=context,
+                                            n_threads=threads, n_threads_batch=threads,
+                                            seed=seed, verbose=False)
         except (ValueError, RuntimeError) as err:
             raise LLMError(f"llama.cpp could not load {self.path}: {err}") from None
+        self.sequences = int(llama_cpp.llama_n_seq_max(self._llm._ctx.ctx))
         self._lock = threading.Lock()
         self._formatter = self._chat_formatter(llama_cpp)
         self._options: OptionTokens | None = None
@@ -121,6 +165,112 @@ class LlamaCppModel:
             logits = self._last_logits(tokens)
             ids = self._option_ids(options)
         return option_logprobs(logits, ids)
+
+    def score_batch(self, prompts: list[list[Message]], options: list[str]) -> np.ndarray:
+        """``(N, K)``: `score` of every prompt, in one pass over the weights per chunk.
+
+        The part all prompts share (the item's description) is evaluated once, as
+        sequence 0; each prompt's own tail (the label) becomes one more sequence of a
+        single llama.cpp batch that starts from the shared cells, so 18 label prompts
+        cost one forward pass over 18 short tails instead of 18 passes. The extra
+        sequences are dropped afterwards; sequence 0 keeps the shared part cached for
+        the next call."""
+        if not prompts:
+            return np.zeros((0, len(options)))
+        with self._lock:
+            ids = self._option_ids(options)
+            token_lists = [self.tokens(m) for m in prompts]
+            if (not (self.prefix_cache and self.batch_prompts) or self.sequences < 2
+                    or len(prompts) == 1):
+                return np.stack([option_logprobs(self._last_logits(t), ids)
+                                 for t in token_lists])
+            shared = _common_length(token_lists)
+            shared = min(shared, min(len(t) for t in token_lists) - 1)  # every tail >= 1
+            if shared == 0:
+                return np.stack([option_logprobs(self._last_logits(t), ids)
+                                 for t in token_lists])
+            self._evaluate_prefix(token_lists[0][:shared])
+            rows: list[np.ndarray] = []
+            for chunk in self._tail_chunks([t[shared:] for t in token_lists]):
+                rows.extend(option_logprobs(logits, ids)
+                            for logits in self._decode_tails(chunk, shared))
+            self.stats["prompt_tokens"] += sum(len(t) for t in token_lists)
+        return np.stack(rows)
+
+    def _evaluate_prefix(self, prefix: list[int]) -> None:
+        """Sequence 0 holds exactly ``prefix``, evaluating only what the cache lacks."""
+        llm = self._llm
+        if len(prefix) >= llm.n_ctx():
+            raise LLMError(f"a prompt of {len(prefix)} tokens does not fit the context of "
+                           f"{llm.n_ctx()}; shorten the item text or raise the context")
+        cached = llm.input_ids[:llm.n_tokens]
+        common = 0
+        limit = min(len(cached), len(prefix))
+        while common < limit and cached[common] == prefix[common]:
+            common += 1
+        started = time.perf_counter()
+        llm.n_tokens = common
+        if common < len(prefix):
+            llm.eval(prefix[common:])
+        else:  # all of it cached: drop anything cached beyond it
+            llm._ctx.kv_cache_seq_rm(0, common, -1)
+        self.stats["seconds"] += time.perf_counter() - started
+        self.stats["evaluated_tokens"] += len(prefix) - common
+
+    def _tail_chunks(self, tails: list[list[int]]) -> list[list[list[int]]]:
+        """Tails grouped so a group fits one batch and the free sequence ids."""
+        budget, most = self._llm.n_batch, self.sequences - 1
+        chunks: list[list[list[int]]] = [[]]
+        size = 0
+        for tail in tails:
+            if len(tail) > budget:
+                raise LLMError(f"a label prompt's own part is {len(tail)} tokens, more than "
+                               f"the batch of {budget}; shorten the label")
+            if chunks[-1] and (size + len(tail) > budget or len(chunks[-1]) == most):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(tail)
+            size += len(tail)
+        return chunks
+
+    def _decode_tails(self, tails: list[list[int]], start: int) -> list[np.ndarray]:
+        """The last-position logits of each tail, decoded as sequences 1..len(tails)
+        that continue sequence 0's first ``start`` cells."""
+        import llama_cpp
+
+        llm = self._llm
+        context, memory, batch = llm._ctx, llm._ctx.memory, llm._batch.batch
+        if start + max(len(t) for t in tails) >= llm.n_ctx():
+            raise LLMError(f"a prompt of {start + max(len(t) for t in tails)} tokens does "
+                           f"not fit the context of {llm.n_ctx()}")
+        started = time.perf_counter()
+        last: list[int] = []
+        n = 0
+        for seq, tail in enumerate(tails, start=1):
+            context.kv_cache_seq_cp(0, seq, 0, start)  # shares cells, copies nothing
+            for offset, token in enumerate(tail):
+                batch.token[n] = token
+                batch.pos[n] = start + offset
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = offset == len(tail) - 1
+                n += 1
+            last.append(n - 1)
+        batch.n_tokens = n
+        try:
+            code = llama_cpp.llama_decode(context.ctx, batch)
+            if code != 0:
+                raise LLMError(f"llama.cpp could not decode {len(tails)} label prompts "
+                               f"together (code {code}); the context may be full")
+            vocab = llm.n_vocab()
+            rows = [np.ctypeslib.as_array(context.get_logits_ith(i), shape=(vocab,))
+                    .astype(np.float64) for i in last]
+        finally:
+            for seq in range(1, len(tails) + 1):
+                llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+        self.stats["seconds"] += time.perf_counter() - started
+        self.stats["evaluated_tokens"] += n
+        return rows
 
     def _last_logits(self, tokens: list[int]) -> np.ndarray:
         """``(V,)`` logits after ``tokens``, evaluating only the part not already cached."""

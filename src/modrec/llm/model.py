@@ -54,6 +54,18 @@ class LanguageModel(Protocol):
         ...
 
 
+def score_all(llm: LanguageModel, prompts: list[list[Message]],
+              options: list[str]) -> np.ndarray:
+    """``(N, K)``: ``llm.score`` of every prompt, through the backend's ``score_batch``
+    when it has one (llama.cpp: one batch of the prompts' own parts after their shared
+    part; a server: the requests in flight together, for it to batch)."""
+    batched = getattr(llm, "score_batch", None)
+    if batched is not None:
+        return np.asarray(batched(prompts, options), dtype=np.float64)
+    return np.stack([llm.score(p, options) for p in prompts]) if prompts else \
+        np.zeros((0, len(options)))
+
+
 def option_probabilities(logprobs: np.ndarray) -> np.ndarray:
     """The options' probabilities renormalised among themselves (a softmax over the
     given log-probabilities), so that "yes" vs "no" sums to one whatever mass the model

@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ class OpenAIModel:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout,
                                     headers={"Authorization": f"Bearer {key}"} if key else {})
+        self.concurrency = concurrency
         self._slots = threading.Semaphore(concurrency)
         self._schema_style = "json_schema"
         self.stats = {"requests": 0, "retries": 0, "prompt_tokens": 0,
@@ -111,6 +113,14 @@ class OpenAIModel:
                                "response_format?") from None
             return text
         raise LLMError(f"{self.base_url} refused both json_schema and json_object formats")
+
+    def score_batch(self, prompts: list[list[Message]], options: list[str]) -> np.ndarray:
+        """``(N, K)``: the prompts' `score` requests in flight together (up to the
+        client's concurrency), for the server to batch."""
+        if not prompts:
+            return np.zeros((0, len(options)))
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            return np.stack(list(pool.map(lambda m: self.score(m, options), prompts)))
 
     def score(self, messages: list[Message], options: list[str]) -> np.ndarray:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.0,

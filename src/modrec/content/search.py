@@ -109,7 +109,11 @@ def search_map(dataset: Dataset, field: str, template: str = "{label}",
     ranked = np.isfinite(scores[0])
     per_label = {label: float(average_precision_score(relevant[i, ranked], scores[i, ranked]))
                  for i, label in enumerate(labelled.labels)}
+    # what a user sees first: the share of relevant items among each query's top 10
+    top10 = np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), axis=1,
+                       kind="stable")[:, :10]
+    precision = np.take_along_axis(relevant, top10, axis=1).mean(1)
     return {"dataset": dataset.name, "field": field, "template": template,
             "rerank": None if llm is None else {"llm": llm.spec, "top": rerank_top},
             "queries": len(per_label), "map": float(np.mean(list(per_label.values()))),
-            "ap": per_label}
+            "precision_at_10": float(precision.mean()), "ap": per_label}

@@ -222,7 +222,7 @@ def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: Labelled
                       template: str) -> np.ndarray:
     from modrec.content.text import TextEncoder
 
-    texts = [n for n in encoders if store.info(n).reads == "text"]
+    texts = [n for n in encoders if TextEncoder.made(store.info(n).version)]
     if not texts:
         raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text)")
     encoder = TextEncoder.matching(store.info(texts[0]).version)

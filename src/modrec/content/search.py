@@ -35,9 +35,10 @@ class TextSearch:
         self.dataset = dataset
         store = store or EmbeddingStore.for_dataset(dataset)
         info = store.info(encoder)
-        if info.reads != "text":
+        if not TextEncoder.made(info.version):
             raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
-                             "text encoder's vectors (modrec embed --encoder text)")
+                             "text encoder's vectors (modrec embed --encoder text, or "
+                             "text:COLUMN)")
         self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
         if not self.encoded.any():
             raise ValueError(

@@ -42,6 +42,12 @@ class TextEncoder:
         self.version = f"sentence-transformers:{self.model_name}:normalized"
         self.batch_size = batch_size
 
+    @staticmethod
+    def made(version: str) -> bool:
+        """Whether stored vectors of ``version`` are a text encoder's (whatever column
+        it read: ``text``, a title, a transcript), so queries can be embedded beside them."""
+        return version.startswith("sentence-transformers:")
+
     @classmethod
     def matching(cls, version: str) -> TextEncoder:
         """The encoder whose stored vectors carry ``version``, so that queries and label
@@ -49,7 +55,7 @@ class TextEncoder:
         prefix = "sentence-transformers:"
         if not version.startswith(prefix):
             raise ValueError(f"vectors of version {version!r} were not made by a text encoder")
-        model = version[len(prefix):].rsplit(":", 1)[0]
+        model = version[len(prefix):].split("|", 1)[0].rsplit(":", 1)[0]
         return cls(None if model == DEFAULT_MODEL else model)
 
     def encode(self, batch: list[Any]) -> np.ndarray:

@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench,large]'
+	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench,large,video]'
 ifeq ($(TORCHREC),1)
 	$(BIN)/pip install --quiet fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 \
 		pyre-extensions==0.0.32 torchmetrics==1.9.0

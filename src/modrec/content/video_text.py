@@ -203,7 +203,7 @@ def _transcribe(whisper: Any) -> Callable[[_Video], dict[str, Any]]:
         if sound is None:
             return {"value": "", "note": "no audio track", "seconds": 0.0}
         heard = whisper.transcribe(*sound)
-        return {"value": heard.text, "language": heard.language,
+        return {"value": heard.text, "whisper": whisper.model_name, "language": heard.language,
                 "seconds": round(heard.seconds, 3), "segments": heard.segments,
                 "dropped": heard.dropped}
     return make

@@ -10,7 +10,8 @@ Encoder specs (``--encoder``): ``text``, ``image``, ``video``, ``audio``, ``tags
 model after a colon (``text:sentence-transformers/all-mpnet-base-v2``,
 ``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``) and
 text (``text:transcript``, ``text:video_text:MODEL``; any item column, those computed
-by ``modrec transcribe`` included), a
+by ``modrec transcribe`` included), a CLIP-style model's image or text tower
+(``clip:PATH``, ``clip-text:PATH``: `modrec.content.clip`), a
 precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k), or the item
 vectors a trained run learned from interactions (``run:runs/ml-1m-sasrec``).
 
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "video", "audio", "tags")
+MODALITIES = ("text", "image", "video", "audio", "tags", "clip:MODEL", "clip-text:MODEL")
 MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
 
 
@@ -102,6 +103,11 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
 
         image = ImageEncoder(option or "efficientnet-lite0", device=device)
         return VideoEncoder(image=image, name=name)
+    if modality in ("clip", "clip-text") and option:
+        from modrec.content.clip import ClipEncoder
+
+        return ClipEncoder(option, reads="image" if modality == "clip" else "text",
+                           name=name, device=device)
     if modality == "audio":
         from modrec.content.audio import AudioEncoder
 

@@ -68,3 +68,19 @@ class TextEncoder:
                                      normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def embeds_queries(version: str) -> bool:
+    """Whether a query text can be embedded beside stored vectors of ``version``: a text
+    encoder's, or a CLIP-style model's (its text tower; images or texts stored)."""
+    return TextEncoder.made(version) or version.startswith("clip:")
+
+
+def query_encoder(version: str) -> Any:
+    """What embeds queries (``.encode(texts)``, L2-normalised) beside stored vectors of
+    ``version``: the same sentence-transformers model, or the CLIP model's text tower."""
+    if version.startswith("clip:"):
+        from modrec.content.clip import ClipEncoder, QueryTower
+
+        return QueryTower(ClipEncoder.matching(version))
+    return TextEncoder.matching(version)

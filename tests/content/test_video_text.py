@@ -312,3 +312,33 @@ def test_transcribe_refuses_a_catalog_without_videos(ml100k, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="unknown part"):
         describe_videos(ml100k, VideoTextSettings(parts=("subtitles",)),
                         ItemColumns(tmp_path / "columns"))
+
+
+def test_item_columns_keep_provenance_and_the_last_value(ml100k, tmp_path: Path) -> None:
+    from modrec.content.columns import Producer
+
+    columns = ItemColumns(tmp_path / "columns")
+    producer = Producer("mood", "model:abc", "v1", "video")
+    assert columns.names() == []
+    file = columns.file(producer)
+    first, second = ml100k.items["item_id"].astype(str).iloc[:2]
+    file.append(columns.record(producer, first, "calm"))
+    file.append(columns.record(producer, second, error="unreadable media x.mp4"))
+    columns.commit(producer, items=2)
+    assert columns.info("mood")["model"] == "model:abc"
+    assert columns.values("mood") == {first: "calm"}  # failures have no value
+    merged = with_item_columns(ml100k, columns)
+    assert merged.items["mood"].tolist()[:3] == ["calm", None, None]
+    assert merged.items["title"].equals(ml100k.items["title"])
+    before = merged.provenance["item_columns"]["mood"]["digest"]
+    file.append(columns.record(producer, first, "tense"))  # the last record wins
+    after = with_item_columns(ml100k, columns).provenance["item_columns"]["mood"]["digest"]
+    assert after != before  # an encoder reading the column sees that it changed
+    assert columns.values("mood") == {first: "tense"}
+    # a catalog's own column is never replaced by a computed one
+    own = Producer("title", "model:abc", "v1", "video")
+    columns.file(own).append(columns.record(own, first, "not the title"))
+    columns.commit(own)
+    assert with_item_columns(ml100k, columns).items["title"].equals(ml100k.items["title"])
+    with pytest.raises(KeyError, match="run `modrec transcribe` first"):
+        columns.info("nothing")

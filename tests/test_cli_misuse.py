@@ -199,6 +199,8 @@ def test_transcribe_refuses_bad_arguments(
     _fails([*transcribe, "--frames", "0"], "must be at least 1, got 0", capsys)
     _fails([*transcribe, "--top-labels", "x"], "expected a whole number", capsys)
     assert not (tmp_path / "store").exists()  # refused before anything was written
+    _fails(["embed", "-d", "ml-100k", "--store", str(tmp_path / "store"), "--encoder",
+            "text:video_text"], "run `modrec transcribe -d ml-100k` first", capsys)
 
 
 def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(

@@ -85,6 +85,12 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
         from modrec.content.text import TextEncoder
 
         column, model = _text_option(option, dataset)
+        from modrec.content.video_text import COLUMNS
+
+        if model in COLUMNS:  # not a model: a computed column not computed yet
+            raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
+                             f"`modrec transcribe -d {dataset.name}` first (with the same "
+                             "--store), then embed it")
         text = TextEncoder(model, name=name, device=device)
         if column != "text":
             text.reads = column

@@ -43,6 +43,7 @@ from modrec.data import Dataset
 log = logging.getLogger(__name__)
 
 PARTS = ("transcript", "frame_labels", "ocr")
+COLUMNS = (*PARTS, "video_text")
 VIDEO_TEXT_VERSION = "video-text-1"
 
 

@@ -9,7 +9,7 @@ DEMO_EPOCHS ?= 20
 # skips it (FBGEMM's CPU wheels are built for Linux only) and its tests are skipped.
 TORCHREC ?= 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install video-tools demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -23,13 +23,19 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench,large]'
+	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench,large,video]'
 ifeq ($(TORCHREC),1)
 	$(BIN)/pip install --quiet fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 \
 		pyre-extensions==0.0.32 torchmetrics==1.9.0
 	$(BIN)/pip install --quiet --no-deps torchrec==1.8.0
 endif
 	touch $@
+
+# Programs (not Python packages) that `modrec transcribe` and its tests use: Tesseract
+# reads on-screen text (skipped without it), espeak-ng speaks the test clips (those tests
+# skip without it). Debian/Ubuntu, as root; not part of `install`, which never runs apt.
+video-tools:
+	apt-get install -y --no-install-recommends tesseract-ocr espeak-ng
 
 demo: install
 	$(BIN)/modrec datasets

@@ -191,6 +191,18 @@ def test_embed_classify_search_refuse_bad_arguments(
     _fails(["fly"], "invalid choice: 'fly'", capsys)
 
 
+def test_transcribe_refuses_bad_arguments(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    transcribe = ["transcribe", "-d", "ml-100k", "--store", str(tmp_path / "store")]
+    _fails(transcribe, "no item column 'video'", capsys)
+    _fails([*transcribe, "--parts", "subtitles"], "unknown part subtitles", capsys)
+    _fails([*transcribe, "--frames", "0"], "must be at least 1, got 0", capsys)
+    _fails([*transcribe, "--top-labels", "x"], "expected a whole number", capsys)
+    assert not (tmp_path / "store").exists()  # refused before anything was written
+    _fails(["embed", "-d", "ml-100k", "--store", str(tmp_path / "store"), "--encoder",
+            "text:video_text"], "run `modrec transcribe -d ml-100k` first", capsys)
+
+
 def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def broken(args: object) -> dict[str, object]:

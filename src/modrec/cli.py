@@ -322,16 +322,24 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     return {"served": list(models)}
 
 
+def _media_root(source: str, format: str | None) -> Path | None:
+    """The folder a catalog's media paths start from: None for a named dataset (its
+    media live in the data directory), else the catalog file's folder."""
+    from modrec.data import NAMED
+
+    if source in NAMED and format is None:
+        return None
+    return Path(source) if Path(source).is_dir() else Path(source).parent
+
+
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore, embed
     from modrec.content.extract import extraction_world, open_store
-    from modrec.data import NAMED, load_dataset
+    from modrec.data import load_dataset
 
     source = _dataset_arg(args.dataset, args.format)
     dataset = load_dataset(source, args.format, _columns(args.columns))
-    media_root = None  # a named dataset's media live in the data directory
-    if source not in NAMED or args.format is not None:  # a catalog file or folder
-        media_root = Path(source) if Path(source).is_dir() else Path(source).parent
+    media_root = _media_root(source, args.format)
     folder = EmbeddingStore.folder_for(dataset, args.store)
     world = extraction_world()  # under torchrun: the ranks share the items, rank 0 reports
     with _removed_on_failure(folder, lambda f: (f / "manifest.json").exists(),
@@ -349,6 +357,44 @@ def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
         print(f"store: {store.folder}")
     return {"dataset": dataset.name, "store": str(store.folder),
             "encoders": [r.to_dict() for r in reports]}
+
+
+def cmd_transcribe(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.content.columns import ItemColumns
+    from modrec.content.video_text import VideoTextSettings, describe_videos
+    from modrec.data import load_dataset
+
+    source = _dataset_arg(args.dataset, args.format)
+    dataset = load_dataset(source, args.format, _columns(args.columns))
+    settings = VideoTextSettings(
+        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
+        model=args.model, language=args.language, threads=args.threads or 0,
+        device=args.device, frames=args.frames, top_labels=args.top_labels,
+        ocr_lang=args.ocr_lang, allow_outside=args.allow_outside_paths,
+        media_root=_media_root(source, args.format), progress=not args.no_progress)
+    columns = ItemColumns.for_dataset(dataset, args.store)
+    reports = describe_videos(dataset, settings, columns)
+    if not args.json:
+        for r in reports:
+            if r.skipped:
+                print(f"  {r.column:<13} skipped: {r.skipped}")
+                continue
+            speed = (f"  {r.media_seconds / r.seconds:.1f}x real time"
+                     if r.media_seconds and r.seconds else "")
+            print(f"  {r.column:<13} made {r.made:>5} of {r.items} ({r.cached} already "
+                  f"made)  {r.seconds:7.1f} s{speed}  failures {r.failures}")
+        print(f"columns: {columns.folder} (read by `modrec embed --encoder text:video_text`)")
+    return {"dataset": dataset.name, "folder": str(columns.folder),
+            "columns": [r.to_dict() for r in reports]}
+
+
+def _with_computed(dataset: Any, store: str | None = None) -> Any:
+    """The dataset with the item columns `modrec transcribe` computed into its store
+    folder, so that --labels and text encoders name them like the catalog's own."""
+    from modrec.content import EmbeddingStore
+    from modrec.content.extract import with_computed_columns
+
+    return with_computed_columns(dataset, EmbeddingStore.folder_for(dataset, store))
 
 
 def _label_prompting(args: argparse.Namespace) -> Any:
@@ -371,7 +417,7 @@ def cmd_annotate(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content.classify import label_matrix
     from modrec.data import load_dataset
 
-    dataset = load_dataset(_dataset_arg(args.dataset))
+    dataset = _with_computed(load_dataset(_dataset_arg(args.dataset)))
     if args.task == "relevance":
         return _annotate_relevance(args, dataset)
     if not args.labels:
@@ -432,7 +478,7 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
                          "openai:URL#MODEL)")
     if args.mode != "llm" and not args.encoder:
         raise ValueError(f"--mode {args.mode} needs --encoder (the stored embeddings to use)")
-    dataset = load_dataset(_dataset_arg(args.dataset))
+    dataset = _with_computed(load_dataset(_dataset_arg(args.dataset)), args.store)
     how = _label_prompting(args) if args.mode in ("llm", "ensemble") else None
     encoders = args.encoder.split(",") if args.encoder and args.mode != "llm" else []
     result = classify(dataset, args.labels, encoders, args.mode,
@@ -460,7 +506,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         from modrec.llm import open_llm
 
         llm = open_llm(args.llm, threads=args.threads, context=args.context)
-    dataset = load_dataset(_dataset_arg(args.dataset))
+    dataset = _with_computed(load_dataset(_dataset_arg(args.dataset)), args.store)
     store = EmbeddingStore.for_dataset(dataset, args.store)
     if args.labels:  # evaluate: every label is a query
         result = search_map(dataset, args.labels, args.template, store, args.encoder,
@@ -601,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", metavar="ROLE=COLUMN,...",
                    help="user=uid,item=iid,...: a table's columns, when not recognised")
     p.add_argument("--encoder", required=True, help="comma-separated: text, image, video, "
-                   "audio, tags[:COLUMN], a dataset's precomputed vectors (vggish), or "
-                   "MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")
+                   "audio, tags[:COLUMN], text:COLUMN[:MODEL] (any item column, a computed "
+                   "transcript or video_text included), a dataset's precomputed vectors "
+                   "(vggish), or MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
@@ -612,6 +659,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "inside the catalog's own folder; relative paths start there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("transcribe", help="what videos say and show as item columns: "
+                       "transcript, frame_labels, ocr, video_text (resumable, cached)")
+    p.add_argument("-d", "--dataset", required=True, help="named dataset or path (its "
+                   "items need a video column of file paths)")
+    p.add_argument("--format", help="importer format of a path")
+    p.add_argument("--columns", metavar="ROLE=COLUMN,...",
+                   help="user=uid,item=iid,...: a table's columns, when not recognised")
+    p.add_argument("--parts", default="transcript,frame_labels,ocr",
+                   help="comma-separated: transcript (Whisper), frame_labels (ImageNet "
+                   "labels of sampled frames), ocr (Tesseract; skipped when absent)")
+    p.add_argument("--model", help="Whisper model: a size faster-whisper downloads (base, "
+                   "small, large-v3, ...), a Hugging Face repository, or a local folder "
+                   "(default: the bundled tiny.en, English only)")
+    p.add_argument("--language", help="spoken language code (default: detected; an .en "
+                   "model hears English only)")
+    p.add_argument("--threads", type=_at_least(1), help="Whisper's CPU threads")
+    p.add_argument("--frames", type=_at_least(1), default=4,
+                   help="frames sampled per video for labels and OCR")
+    p.add_argument("--top-labels", type=_at_least(1), default=5,
+                   help="most ImageNet labels kept per video")
+    p.add_argument("--ocr-lang", default="eng", help="Tesseract language(s), e.g. eng+chi_sim")
+    p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>); "
+                   "the columns go to its columns/ folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="read media files wherever the catalog's paths lead (by default only "
+                   "inside the catalog's own folder; relative paths start there)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("annotate", help="label items with a language model (zero- or "
                        "few-shot), resumably, into an annotation file")

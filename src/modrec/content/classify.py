@@ -249,12 +249,13 @@ def _knn_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, k: int) -> np.n
 
 def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: LabelledItems,
                       template: str) -> np.ndarray:
-    from modrec.content.text import TextEncoder
+    from modrec.content.text import embeds_queries, query_encoder
 
-    texts = [n for n in encoders if store.info(n).reads == "text"]
+    texts = [n for n in encoders if embeds_queries(store.info(n).version)]
     if not texts:
-        raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text)")
-    encoder = TextEncoder.matching(store.info(texts[0]).version)
+        raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text) "
+                         "or a CLIP-style model's (clip:MODEL)")
+    encoder = query_encoder(store.info(texts[0]).version)
     label_vectors = encoder.encode([template.format(label=label) for label in data.labels])
     items = normalize_rows(np.asarray(store.matrix(texts[0])[data.items], dtype=np.float32))
     return items @ label_vectors.T  # (M, C) cosine

@@ -8,7 +8,10 @@ and a failure flag, and the job goes on.
 
 Encoder specs (``--encoder``): ``text``, ``image``, ``video``, ``audio``, ``tags``, a
 model after a colon (``text:sentence-transformers/all-mpnet-base-v2``,
-``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``), a
+``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``) and
+text (``text:transcript``, ``text:video_text:MODEL``; any item column, those computed
+by ``modrec transcribe`` included), a CLIP-style model's image or text tower
+(``clip:PATH``, ``clip-text:PATH``: `modrec.content.clip`), a
 precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k), or the item
 vectors a trained run learned from interactions (``run:runs/ml-1m-sasrec``).
 
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("text", "image", "video", "audio", "tags")
+MODALITIES = ("text", "image", "video", "audio", "tags", "clip:MODEL", "clip-text:MODEL")
 MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
 
 
@@ -81,7 +84,21 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
     if modality == "text":
         from modrec.content.text import TextEncoder
 
-        return TextEncoder(option or None, name=name, device=device)
+        column, model = _text_option(option, dataset)
+        from modrec.content.video_text import COLUMNS
+
+        if model in COLUMNS:  # not a model: a computed column not computed yet
+            raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
+                             f"`modrec transcribe -d {dataset.name}` first (with the same "
+                             "--store), then embed it")
+        text = TextEncoder(model, name=name, device=device)
+        if column != "text":
+            text.reads = column
+            # a computed column (a transcript) changes when its producer does: so do
+            # the vectors, and the store re-encodes them
+            made = dataset.provenance.get("item_columns", {}).get(column)
+            text.version += f"|{column}" + (f"@{made['digest']}" if made else "")
+        return text
     if modality == "image":
         from modrec.content.image import ImageEncoder
 
@@ -92,6 +109,11 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
 
         image = ImageEncoder(option or "efficientnet-lite0", device=device)
         return VideoEncoder(image=image, name=name)
+    if modality in ("clip", "clip-text") and option:
+        from modrec.content.clip import ClipEncoder
+
+        return ClipEncoder(option, reads="image" if modality == "clip" else "text",
+                           name=name, device=device)
     if modality == "audio":
         from modrec.content.audio import AudioEncoder
 
@@ -109,6 +131,16 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
     known = list(MODALITIES) + sorted(precomputed)
     raise ValueError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
                      "(optionally NAME:MODEL)")
+
+
+def _text_option(option: str, dataset: Dataset) -> tuple[str, str | None]:
+    """``text:OPTION`` as (column, model): ``COLUMN`` or ``COLUMN:MODEL`` when OPTION
+    starts with one of the dataset's item columns (``text:transcript``), else OPTION
+    is a sentence-transformers model read from the ``text`` column."""
+    column, _, model = option.partition(":")
+    if column and column in dataset.items.columns and column not in ("item", "item_id"):
+        return column, model or None
+    return "text", option or None
 
 
 def item_inputs(dataset: Dataset, column: str) -> pd.Series:
@@ -221,6 +253,7 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
     world = world or extraction_world()
     device = world.device(device)
     store = store or open_store(dataset, None, world)
+    dataset = with_computed_columns(dataset, store.folder)
     root = (media_root or catalog_folder(dataset)).resolve()
     reports = []
     for spec in encoders:
@@ -273,6 +306,15 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
         report.seconds = time.perf_counter() - started
         reports.append(report)
     return reports
+
+
+def with_computed_columns(dataset: Dataset, store_folder: Path) -> Dataset:
+    """The dataset with the item columns computed into ``store_folder`` (transcripts,
+    frame labels: `modrec.content.columns`) added, so that encoders read them by name."""
+    from modrec.content.columns import ItemColumns, with_item_columns
+
+    columns = ItemColumns(Path(store_folder) / "columns")
+    return with_item_columns(dataset, columns) if columns.names() else dataset
 
 
 def _check_prepared(store: EmbeddingStore, encoder: Encoder, dtype: str) -> None:

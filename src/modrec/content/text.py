@@ -42,6 +42,12 @@ class TextEncoder:
         self.version = f"sentence-transformers:{self.model_name}:normalized"
         self.batch_size = batch_size
 
+    @staticmethod
+    def made(version: str) -> bool:
+        """Whether stored vectors of ``version`` are a text encoder's (whatever column
+        it read: ``text``, a title, a transcript), so queries can be embedded beside them."""
+        return version.startswith("sentence-transformers:")
+
     @classmethod
     def matching(cls, version: str) -> TextEncoder:
         """The encoder whose stored vectors carry ``version``, so that queries and label
@@ -49,7 +55,7 @@ class TextEncoder:
         prefix = "sentence-transformers:"
         if not version.startswith(prefix):
             raise ValueError(f"vectors of version {version!r} were not made by a text encoder")
-        model = version[len(prefix):].rsplit(":", 1)[0]
+        model = version[len(prefix):].split("|", 1)[0].rsplit(":", 1)[0]
         return cls(None if model == DEFAULT_MODEL else model)
 
     def encode(self, batch: list[Any]) -> np.ndarray:
@@ -62,3 +68,19 @@ class TextEncoder:
                                      normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def embeds_queries(version: str) -> bool:
+    """Whether a query text can be embedded beside stored vectors of ``version``: a text
+    encoder's, or a CLIP-style model's (its text tower; images or texts stored)."""
+    return TextEncoder.made(version) or version.startswith("clip:")
+
+
+def query_encoder(version: str) -> Any:
+    """What embeds queries (``.encode(texts)``, L2-normalised) beside stored vectors of
+    ``version``: the same sentence-transformers model, or the CLIP model's text tower."""
+    if version.startswith("clip:"):
+        from modrec.content.clip import ClipEncoder, QueryTower
+
+        return QueryTower(ClipEncoder.matching(version))
+    return TextEncoder.matching(version)

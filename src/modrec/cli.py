@@ -405,7 +405,8 @@ def _label_prompting(args: argparse.Namespace) -> Any:
     llm = open_llm(args.llm, threads=args.threads, context=args.context,
                    concurrency=max(args.workers, 1))
     return LabelPrompting(llm, method=args.method, noun=args.noun, examples=args.examples,
-                          encoder=args.example_encoder, workers=args.workers,
+                          encoder=args.example_encoder, text=args.text,
+                          workers=args.workers,
                           progress=not args.no_progress,
                           out=Path(args.out) if getattr(args, "out", None) else None)
 
@@ -460,7 +461,7 @@ def _annotate_relevance(args: argparse.Namespace, dataset: Any) -> dict[str, Any
                    concurrency=max(args.workers, 1))
     grades, report = grade_relevance(dataset, llm, pairs, args.noun,
                                      Path(args.out) if args.out else None, args.workers,
-                                     not args.no_progress)
+                                     not args.no_progress, text=args.text)
     if not args.json:
         print(f"relevance: {report.asked} pairs graded, {report.cached} already in "
               f"{report.path} ({report.seconds:.1f} s); mean grade {np.nanmean(grades):.2f}")
@@ -538,6 +539,9 @@ def _llm_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--example-encoder", default="text",
                    help="the stored text embeddings that find few-shot examples")
     p.add_argument("--noun", default="item", help="what the prompt calls an item (movie)")
+    p.add_argument("--text", default="text", metavar="COLUMN", help="the item column the "
+                   "model reads (default: text, else the title; video_text after "
+                   "modrec transcribe)")
     p.add_argument("--threads", type=_at_least(1), help="llama.cpp threads (1 when another "
                    "process is busy: spinning threads slow each other down)")
     p.add_argument("--context", type=_at_least(256), default=4096,

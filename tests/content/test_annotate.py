@@ -5,6 +5,7 @@ the other modes (an oracle model must score perfectly)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -126,6 +127,35 @@ def test_classify_llm_mode_is_evaluated_like_the_others(ml100k, ml100k_store,
     assert knn["items"]["test"] == 30 and knn["map"] < result["map"]
     with pytest.raises(ValueError, match="needs a language model"):
         classify(ml100k, "genres", [], "llm", ml100k_store)
+
+
+def test_the_model_reads_the_text_column_it_is_given(ml100k, tmp_path: Path):
+    class Recorder:
+        spec = fingerprint = "fake:recorder"
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def score(self, messages, options):
+            self.seen.append(messages[1]["content"])
+            return np.log(np.full(len(options), 1 / len(options)))
+
+    # as `modrec transcribe` leaves it: a computed column beside the title
+    dataset = dataclasses.replace(ml100k, items=ml100k.items.assign(
+        video_text=[f"spoken words {n}" for n in range(len(ml100k.items))]))
+    items, labels = _items(dataset, 2), ["Comedy", "Drama"]
+    spoken = dataset.items.set_index("item")["video_text"]
+    default, by_column = Recorder(), Recorder()
+    _, first = annotate_labels(dataset, "genres", labels, items, LabelPrompting(
+        default, method="choice", out=None, progress=False))
+    _, second = annotate_labels(dataset, "genres", labels, items, LabelPrompting(
+        by_column, method="choice", text="video_text", progress=False))
+    assert all(spoken[int(i)] in seen and "spoken" not in plain for i, seen, plain in
+               zip(items, by_column.seen, default.seen, strict=True))
+    assert first.path != second.path  # answers about other texts are cached apart
+    with pytest.raises(ValueError, match="no item column 'transcript'"):
+        annotate_labels(dataset, "genres", labels, items, LabelPrompting(
+            default, text="transcript", progress=False))
 
 
 def test_ensemble_weighs_the_language_model_by_validation(ml100k, ml100k_store,

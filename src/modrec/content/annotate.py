@@ -80,6 +80,7 @@ class LabelPrompting:
     noun: str = "item"
     examples: int = 0
     encoder: str = "text"
+    text: str = "text"  # the item column the model reads
     store: EmbeddingStore | None = None
     out: Path | None = None
     workers: int = 1
@@ -141,10 +142,17 @@ class AnnotateReport:
                 "llm": self.llm_stats}
 
 
-def item_texts(dataset: Dataset) -> dict[int, str]:
-    """Each item's text (the ``text`` column, else the title) by item index."""
-    return {int(i): str(v) for i, v in item_inputs(dataset, "text").items()
+def item_texts(dataset: Dataset, column: str = "text") -> dict[int, str]:
+    """Each item's text by item index: ``column`` (``text`` falls back to the title; a
+    computed column such as ``video_text`` once `with_item_columns` added it)."""
+    return {int(i): str(v) for i, v in item_inputs(dataset, column).items()
             if isinstance(v, str) and v.strip()}
+
+
+def _text_part(column: str) -> list[str]:
+    """What a text column other than ``text`` adds to an annotation file's key, so that
+    answers about different texts of the same items never share a file."""
+    return [] if column == "text" else [f"text={column}"]
 
 
 def _run(keys: list[str], ask: Callable[[str], dict[str, Any]], file: AnnotationFile,
@@ -194,13 +202,14 @@ def annotate_labels(dataset: Dataset, field_name: str, labels: list[str], items:
     if how.method not in METHODS:
         raise ValueError(f"unknown method {how.method!r}; choose {', '.join(METHODS)}")
     prompt = load_prompt(f"labels-{how.method}")
-    texts = item_texts(dataset)
+    texts = item_texts(dataset, how.text)
     truth = {int(i): [t for t in split_tags(v) if t in set(labels)]
              for i, v in dataset.items.set_index("item")[field_name].items()}
     examples = _ExampleFinder(dataset, how, truth, texts, pool) if how.examples else None
     out = how.out or annotation_path(
         dataset, f"labels-{field_name}-{how.method}", how.llm, prompt,
-        ["\t".join(labels), f"examples={how.examples}:{pool_name if how.examples else ''}"])
+        ["\t".join(labels), f"examples={how.examples}:{pool_name if how.examples else ''}",
+         *_text_part(how.text)])
     file = AnnotationFile(out)
     report = AnnotateReport(f"labels {field_name} ({how.method})", str(out), len(items))
     values = {"noun": how.noun, "Noun": how.noun[:1].upper() + how.noun[1:],
@@ -275,11 +284,13 @@ class _ExampleFinder:
 
 def grade_relevance(dataset: Dataset, llm: LanguageModel, pairs: list[tuple[str, int]],
                     noun: str = "item", out: Path | None = None, workers: int = 1,
-                    progress: bool = True) -> tuple[np.ndarray, AnnotateReport]:
-    """Expected grades in [0, 3] of (query, item index) pairs, cached like labels."""
+                    progress: bool = True, text: str = "text",
+                    ) -> tuple[np.ndarray, AnnotateReport]:
+    """Expected grades in [0, 3] of (query, item index) pairs, cached like labels;
+    the model reads the item column ``text``."""
     prompt = load_prompt("relevance")
-    texts = item_texts(dataset)
-    out = out or annotation_path(dataset, "relevance", llm, prompt)
+    texts = item_texts(dataset, text)
+    out = out or annotation_path(dataset, "relevance", llm, prompt, _text_part(text))
     file = AnnotationFile(out)
     report = AnnotateReport("relevance", str(out), len(pairs))
     Noun = noun[:1].upper() + noun[1:]

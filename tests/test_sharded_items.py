@@ -1,8 +1,9 @@
 """The ID item table sharded by TorchRec (``model.item_table=sharded``), on two gloo
 processes spawned inside the test: the sharded tower returns the local tower's
 vectors, full-ranking evaluation read in blocks gives the local ranks, a step on two
-ranks is the one-process step, no rank holds the whole table (row-wise), and a sharded
-run trains, evaluates and loads back."""
+ranks is the one-process step, no rank holds the whole table (row-wise), a sharded run
+trains, evaluates and loads back, and it resumes from its checkpoint as if it had not
+stopped."""
 
 from __future__ import annotations
 
@@ -127,18 +128,38 @@ def test_the_sharded_tower_matches_the_local_one(
 
 
 def _training_worker(rank: int, out: Path) -> None:
+    """Two epochs straight into ``run``; one, a stop and a resume to two into ``resumed``
+    (past the parts an interrupted save of epoch 2 left behind)."""
     from modrec.train import train
 
-    config = build_config("ml-100k", "sasrec", overrides=[*SMALL, "train.epochs=2"])
-    train(config, out / "run", progress=False)
+    def config(epochs: int) -> Any:
+        return build_config("ml-100k", "sasrec", overrides=[*SMALL, f"train.epochs={epochs}"])
+
+    train(config(2), out / "run", progress=False)
+    train(config(1), out / "resumed", progress=False)
+    if rank == 0:  # what a kill while epoch 2's checkpoint was saved would leave behind:
+        # rank 1's part written, rank 0's a temporary file, checkpoint.pt still at epoch 1
+        torn = out / "resumed" / "checkpoint_table" / "000002"
+        torn.mkdir(parents=True)
+        (torn / "rank00001.pt").write_bytes(b"torn")
+        (torn / ".rank00000.pt.tmp").write_bytes(b"torn")
+    torch.distributed.barrier()
+    train(config(2), out / "resumed", resume=True, progress=False)
 
 
-def test_a_sharded_run_trains_evaluates_and_loads_on_one_process(
-        torchrec: Any, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runs of `_training_worker`, made once for the tests that read them."""
+    pytest.importorskip("torchrec")
+    out = tmp_path_factory.mktemp("sharded-runs")
+    spawn_gloo(_training_worker, out)
+    return out
+
+
+def test_a_sharded_run_trains_evaluates_and_loads_on_one_process(trained: Path) -> None:
     from modrec.runs import load_run
 
-    spawn_gloo(_training_worker, tmp_path)
-    folder = tmp_path / "run"
+    folder = trained / "run"
     results = json.loads((folder / "results.json").read_text())
     assert results["epochs"] == 2 and 0 < results["ndcg@10"] < 1
     parts = sorted((folder / "item_table").glob("*.pt"))
@@ -148,6 +169,67 @@ def test_a_sharded_run_trains_evaluates_and_loads_on_one_process(
     assert run.item_vectors().shape == (run.dataset.num_items + 1, 16)
     again = run.evaluate(run.split.test)
     assert again["ndcg@10"] == pytest.approx(results["ndcg@10"], abs=1e-6)
+
+
+def _close(a: Any, b: Any, where: str) -> None:
+    """Equal tensors (to float tolerance) in equal containers."""
+    if isinstance(a, torch.Tensor):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{k}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7), where
+    else:
+        assert a == b, where
+
+
+def test_a_sharded_run_resumes_as_if_it_had_not_stopped(trained: Path) -> None:
+    """Two ranks: two epochs straight, or one, a stop and a resume to two (past the parts
+    an interrupted save of epoch 2 left): the same table rows and Adagrad state, dense
+    weights and AdamW moments, metrics and test results. One process may not resume it."""
+    from modrec.runs import load_tensors
+    from modrec.train import setup
+
+    straight, resumed = trained / "run", trained / "resumed"
+    for name in ("rank00000.pt", "rank00001.pt"):  # each rank's rows and their state
+        parts = [load_tensors(run / "checkpoint_table" / "000002" / name)
+                 for run in (straight, resumed)]
+        _close(parts[0], parts[1], name)
+        assert [name for name, _, _ in parts[0]["optimizer"]] == [
+            "model.encoder.item_tower.embedding.collection.embeddings.item_ids.weight"
+            "/item_ids.momentum1"]
+        assert parts[0]["optimizer"][0][2].abs().max() > 0  # Adagrad has accumulated
+    for run in (straight, resumed):
+        assert [p.name for p in (run / "checkpoint_table").iterdir()] == ["000002"]
+    saved = [load_tensors(run / "checkpoint.pt") for run in (straight, resumed)]
+    assert saved[0]["table_parts"] == {"epoch": 2, "world_size": 2}
+    _close(saved[0]["model"], saved[1]["model"], "dense weights")
+    _close(saved[0]["optimizer"], saved[1]["optimizer"], "AdamW")
+    _close(saved[0]["rank_rngs"], saved[1]["rank_rngs"], "random streams")
+    for name in ("model.pt", "item_table/000000000000.pt"):  # the best weights
+        _close(load_tensors(straight / name), load_tensors(resumed / name), name)
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").open()]
+               for run in (straight, resumed)]
+    assert [r["epoch"] for r in records[1]] == [1, 2]
+    for a, b in zip(*records, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        _close(a["valid"], b["valid"], f"epoch {a['epoch']} validation")
+    results = [json.loads((run / "results.json").read_text()) for run in (straight, resumed)]
+    for key in ("ndcg@10", "hr@10", "mrr", "best_epoch", "epochs"):
+        _close(results[0][key], results[1][key], key)
+    # One process cannot take over two ranks' parts, and says so before touching the run.
+    before = (resumed / "checkpoint.pt").read_bytes()
+    config = build_config("ml-100k", "sasrec", overrides=[*SMALL, "train.epochs=3"])
+    with pytest.raises(ValueError, match=r"written by 2 processes and this run has 1.*"
+                                         r"--nproc_per_node 2"):
+        setup(config, resumed, resume=True, show_progress=False)
+    assert (resumed / "checkpoint.pt").read_bytes() == before
 
 
 def test_a_sharded_table_refuses_what_needs_the_whole_table(

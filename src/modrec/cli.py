@@ -569,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_at_least(1),
                    help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
-                   "csv, csv-large (DuckDB, out of core), parquet, movielens")
+                   "csv, csv-large (DuckDB, out of core), parquet, parquet-large (DuckDB; "
+                   "a file or a folder of them), movielens; the -large ones are chosen "
+                   "by themselves from 1 GiB")
     p.add_argument("--columns", metavar="ROLE=COLUMN,...",
                    help="which columns of a table hold the user, item, timestamp and rating, "
                    "when their names are not recognised: user=uid,item=iid,timestamp=ts")

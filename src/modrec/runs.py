@@ -17,6 +17,10 @@ A run folder::
     item_table/      only with model.item_table=sharded: the best ID item table in
                      parts, ``<first row>.pt``, each written by the rank that holds those
                      rows (model.pt then holds every other weight)
+    checkpoint_table/<epoch>/rank<r>.pt
+                     only with model.item_table=sharded: rank r's rows of the latest
+                     checkpoint's table and their optimiser state (checkpoint.pt names
+                     the epoch; parts of other epochs are left by an interrupted save)
 
 `load_run` reads only this folder: a run copied to a machine without the data
 directory loads, recommends and evaluates (the split is recomputed from the snapshot).
@@ -94,6 +98,7 @@ class RunDir:
     dataset_folder = property(lambda self: self.folder / "dataset")
     known_file = property(lambda self: self.folder / "known.npy")
     table_folder = property(lambda self: self.folder / "item_table")
+    checkpoint_parts_folder = property(lambda self: self.folder / "checkpoint_table")
 
     @property
     def finished(self) -> bool:
@@ -200,6 +205,36 @@ class RunDir:
             raise RunError(f"{self.table_folder} does not hold rows 0..{num_rows - 1} of the "
                            f"item table in consecutive parts (found {starts})")
         return torch.cat(rows)
+
+    # ---- a sharded run's checkpoint: each rank's rows and their optimiser state ------
+    def _checkpoint_part(self, epoch: int, rank: int) -> Path:
+        return self.checkpoint_parts_folder / f"{epoch:06d}" / f"rank{rank:05d}.pt"
+
+    def save_checkpoint_part(self, epoch: int, rank: int, part: dict[str, Any]) -> None:
+        """Rank ``rank``'s part of the checkpoint after ``epoch`` (its own file, so ranks
+        never write the same one)."""
+        path = self._checkpoint_part(epoch, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(part, path)
+
+    def load_checkpoint_part(self, epoch: int, rank: int) -> dict[str, Any]:
+        path = self._checkpoint_part(epoch, rank)
+        if not path.exists():
+            raise RunError(f"{path} is missing: the checkpoint of this sharded run is "
+                           "incomplete and cannot be resumed; train into a new --out")
+        part = load_tensors(path)
+        if not isinstance(part, dict) or not {"rows", "optimizer"} <= part.keys():
+            raise RunError(f"{path} is not a part of a modrec checkpoint (expected rows and "
+                           "optimizer); train into a new --out")
+        return part
+
+    def drop_checkpoint_parts(self, keep: int) -> None:
+        """The parts of every checkpoint but epoch ``keep``'s (call once checkpoint.pt
+        names ``keep``: nothing reads the others again)."""
+        if self.checkpoint_parts_folder.is_dir():
+            for folder in self.checkpoint_parts_folder.iterdir():
+                if folder.name != f"{keep:06d}":
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         append_line(self.metrics_file, json.dumps(record))

@@ -1,17 +1,23 @@
-"""The DuckDB (out-of-core) table importer gives the same Dataset as the pandas one."""
+"""The DuckDB (out-of-core) table importers give the same Dataset as the pandas one."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandas.testing as pdt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modrec.data import DataFormatError
 from modrec.data.importers import import_path, read_table
-from modrec.data.large import read_table_large
+from modrec.data.large import read_parquet_large, read_table_large
+
+from .fuzz_cases import FAMILIES, cases, materialize
 
 
 def _same(path: Path, columns: dict[str, str] | None = None) -> None:
@@ -111,3 +117,188 @@ def test_errors_name_the_file(tmp_path: Path, text: str, columns: dict[str, str]
         read_table_large(path, columns)
     with pytest.raises(DataFormatError):
         read_table(path, columns)  # the pandas path refuses the same files
+
+
+# ---- Parquet (--format parquet-large) ----------------------------------------------------
+def _same_parquet(path: Path, columns: dict[str, str] | None = None) -> None:
+    a = read_table(path, columns)
+    b = read_parquet_large(path, columns)
+    assert a.fingerprint() == b.fingerprint()
+    pdt.assert_frame_equal(a.interactions, b.interactions)
+    pdt.assert_frame_equal(a.items, b.items)
+    pdt.assert_frame_equal(a.users, b.users)
+    assert (a.name, a.provenance) == (b.name, b.provenance)
+
+
+def test_parquet_ml20m_shaped_logs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for n, users, items in ((1, 1, 1), (5_000, 50, 300), (200_000, 2_000, 20_000)):
+        path = tmp_path / f"log-{n}.parquet"
+        log = _log(rng, n, users, items)
+        log.to_parquet(path, index=False, row_group_size=max(1, n // 7))  # several groups
+        _same_parquet(path)
+        log.drop(columns="timestamp").to_parquet(path, index=False)  # file order instead
+        _same_parquet(path)
+
+
+def test_parquet_column_types(tmp_path: Path) -> None:
+    """Ids of every type become the strings read_table makes of them; timestamps typed
+    as TIMESTAMP (each unit, with a time zone) are counts of their unit; weights."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = np.array([5, 5, 3, 9, 1, 5], dtype=np.int64) * 1_000
+    cases: dict[str, dict[str, pa.Array]] = {
+        "strings": {"user": pa.array([" 7", "07", "7", "x", "7", "\u00a0x\u3000"]),
+                    "item": pa.array(["a", "b ", " c", "a", "a", "b"]),
+                    "timestamp": pa.array(["5", "5.0", " +5", "1", "3", "1"]),
+                    "rating": pa.array([1, 2.5, 3, 4, 5, 100], pa.float32())},
+        "dictionary": {"user": pa.array(["u2", "u1", "u2", "u10", "u1", "u2"]
+                                        ).dictionary_encode(),
+                       "item": pa.array([3, 1, 2, 3, 1, 2], pa.uint32()),
+                       "timestamp": pa.array(base, pa.int64()).cast(pa.timestamp("ms")),
+                       "rating": pa.array([1, 2, 3, 4, 5, 6], pa.int8())},
+        "floats": {"user": pa.array([1.0, 2.5, 1.0, 1e20, 2.5, 1.0]),
+                   "item": pa.array([3, 4, 5, 3, 4, 5], pa.uint64()),
+                   "timestamp": pa.array(base.astype(np.float64))},
+        "ns-tz": {"user": pa.array([1, 2, 1, 2, 1, 2], pa.int32()),
+                  "item": pa.array([10, 20, 30, 10, 20, 30], pa.int16()),
+                  "timestamp": pa.array(base + 1, pa.int64()).cast(
+                      pa.timestamp("ns", tz="Europe/Berlin"))},
+        "us-bool": {"user": pa.array([True, False, True, True, False, True]),
+                    "item": pa.array(["i1", "i2", "i3", "i1", "i2", "i3"]),
+                    "timestamp": pa.array(base, pa.int64()).cast(pa.timestamp("us")),
+                    "rating": pa.array([True, False, True, True, False, True])},
+    }
+    for label, table in cases.items():
+        path = tmp_path / f"{label}.parquet"
+        pq.write_table(pa.table(table), path, row_group_size=4)
+        _same_parquet(path)
+    # pandas' own files (with an index column pandas reads back as the index)
+    frame = pd.DataFrame({"uid": ["b", "a", "b"], "iid": [2, 1, 2],
+                          "ts": pd.to_datetime([3, 1, 2], unit="s")}, index=[7, 8, 9])
+    frame.to_parquet(tmp_path / "pandas.parquet")
+    _same_parquet(tmp_path / "pandas.parquet", {"user": "uid", "item": "iid", "timestamp": "ts"})
+
+
+def test_parquet_ml100k_and_a_folder_of_parts(tmp_path: Path, data_dir: Path) -> None:
+    raw = pd.read_csv(data_dir / "ml-100k" / "u.data", sep="\t", header=None,
+                      names=["userId", "movieId", "rating", "timestamp"])
+    path = tmp_path / "ml-100k.parquet"
+    raw.to_parquet(path, index=False)
+    _same_parquet(path)
+    assert import_path(path, "parquet-large").fingerprint() == read_table(path).fingerprint()
+    # The same rows in three parts (one of them in a subfolder): the files in path order.
+    parts = tmp_path / "parts"
+    (parts / "b").mkdir(parents=True)
+    cuts = [0, 30_000, 70_000, len(raw)]
+    for k, name in enumerate(["a-0.parquet", "a-1.parquet", "b/part-0.parquet"]):
+        raw.iloc[cuts[k]:cuts[k + 1]].to_parquet(parts / name, index=False)
+    (parts / "_SUCCESS").write_text("")  # what Spark leaves beside its parts
+    whole = read_table(path)
+    assert read_parquet_large(parts).fingerprint() == whole.fingerprint()
+    assert import_path(parts).fingerprint() == whole.fingerprint()  # detected as parquet-large
+
+
+def test_parquet_chosen_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"user": [1], "item": [2], "timestamp": [3]}).to_parquet(path)
+    calls = []
+    import modrec.data.importers as importers
+
+    monkeypatch.setattr(importers, "read_parquet_large",
+                        lambda p, c: calls.append(p) or read_parquet_large(p, c))
+    import_path(path)
+    assert calls == []
+    monkeypatch.setenv("MODREC_LARGE_IMPORT_BYTES", "1")
+    import_path(path)
+    assert calls == [path]
+    import_path(path, "parquet")  # an explicit format is obeyed
+    assert calls == [path]
+
+
+@pytest.mark.parametrize(("frame", "columns", "message"), [
+    (pd.DataFrame({"user": [1, 2], "thing": [2, 3]}), None,
+     r"bad\.parquet: no item column among \['user', 'thing'\]"),
+    (pd.DataFrame({"user": [1], "item": [2]}), {"timestamp": "when"},
+     r"bad\.parquet: column 'when' \(for timestamp\) not found"),
+    (pd.DataFrame({"user": ["a", None, "c"], "item": [1, 2, 3]}), None,
+     r"bad\.parquet: row 2: column 'user' has a missing id"),
+    (pd.DataFrame({"user": [1, 2, 3], "item": [1.0, 2.0, np.nan]}), None,
+     r"bad\.parquet: row 3: column 'item' has a missing id"),
+    (pd.DataFrame({"user": ["a", "NA"], "item": [1, 2]}), None,
+     r"bad\.parquet: row 2: column 'user' has a missing id"),
+    (pd.DataFrame({"user": [1, 2], "item": [1, 2], "timestamp": [1.0, 1.5]}), None,
+     r"bad\.parquet: row 2: column 'timestamp' must be numeric"),
+    (pd.DataFrame({"user": [1, 2], "item": [1, 2],
+                   "timestamp": pd.to_datetime([1, None], unit="s")}), None,
+     r"bad\.parquet: row 2: column 'timestamp' must be numeric.*NaT"),
+    (pd.DataFrame({"user": [1, 2], "item": [1, 2], "timestamp": ["3", "soon"]}), None,
+     r"bad\.parquet: row 2: column 'timestamp' must be numeric.*'soon'"),
+    (pd.DataFrame({"user": [1, 2], "item": [1, 2], "rating": [1.0, np.inf]}), None,
+     r"bad\.parquet: row 2: column 'rating' must be numeric"),
+    (pd.DataFrame({"user": pd.Series([], dtype=int), "item": pd.Series([], dtype=int)}), None,
+     r"bad\.parquet: table has a header but no rows"),
+])
+def test_parquet_errors_name_the_file(tmp_path: Path, frame: pd.DataFrame,
+                                      columns: dict[str, str] | None, message: str) -> None:
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(DataFormatError, match=message):
+        read_parquet_large(path, columns)
+    with pytest.raises(DataFormatError):
+        read_table(path, columns)  # the pandas path refuses the same files
+
+
+def test_parquet_unreadable_files_are_named(tmp_path: Path) -> None:
+    text = tmp_path / "text.parquet"
+    text.write_text("user,item\n1,2\n")
+    good = tmp_path / "good.parquet"
+    pd.DataFrame({"user": range(1000), "item": range(1000)}).to_parquet(good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-100])  # a kill mid-write: no footer
+    for path in (text, cut):
+        with pytest.raises(DataFormatError, match=rf"{path.name}: not a readable Parquet"):
+            read_parquet_large(path)
+        with pytest.raises(DataFormatError, match=rf"{path.name}: not a readable Parquet"):
+            read_table(path)
+    with pytest.raises(DataFormatError, match=r"missing\.parquet: file not found"):
+        read_parquet_large(tmp_path / "missing.parquet")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataFormatError, match=r"empty: no \.parquet files in this folder"):
+        read_parquet_large(empty)
+    # A folder whose parts disagree: the part without the column is named.
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pd.DataFrame({"user": [1], "item": [2]}).to_parquet(parts / "0.parquet")
+    pd.DataFrame({"user": [1], "thing": [2]}).to_parquet(parts / "1.parquet")
+    with pytest.raises(DataFormatError, match=r"1\.parquet: column 'item' not found"):
+        read_parquet_large(parts)
+    with pytest.raises(DataFormatError, match=r"parts: is a folder.*parquet-large"):
+        read_table(parts)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=4, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_parquet_fuzz_cases_read_alike(family: str, data: st.DataObject) -> None:
+    """The importer fuzzer's Parquet inputs (tests/data/fuzz_cases.py): DuckDB reads what
+    pandas reads, to the same fingerprint, and refuses what it refuses, naming the row."""
+    case = data.draw(cases("parquet", family), label="case")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = materialize(case, Path(tmp) / "data")
+        try:
+            expected: str | Exception = read_table(path, case.columns).fingerprint()
+        except DataFormatError as err:
+            expected = err
+        if isinstance(expected, str):
+            assert read_parquet_large(path, case.columns).fingerprint() == expected
+        else:
+            with pytest.raises(DataFormatError) as caught:
+                read_parquet_large(path, case.columns)
+            row = re.search(r": row (\d+)", str(expected))
+            if row is not None:  # the same row, if pandas named one
+                assert f"t.parquet: row {row.group(1)}:" in str(caught.value), (
+                    f"{expected}\n{caught.value}")

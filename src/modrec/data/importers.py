@@ -6,10 +6,11 @@ Formats:
   ``recbole``    RecBole atomic files (``.inter`` with ``name:type`` headers, optional
                  ``.item``/``.user``; also pre-split ``X.train/valid/test.inter``)
   ``csv`` / ``parquet``  a table with a column mapping (user, item, [timestamp], [weight])
-  ``csv-large``  the same CSV/TSV table read by DuckDB under a memory limit (see
-                 `modrec.data.large`); chosen by itself for a detected CSV/TSV file of
-                 at least ``MODREC_LARGE_IMPORT_BYTES`` (1 GiB), ``--format csv`` forces
-                 the in-memory reader
+  ``csv-large`` / ``parquet-large``  the same tables read by DuckDB under a memory
+                 limit (see `modrec.data.large`); chosen by itself for a detected
+                 CSV/TSV or Parquet file of at least ``MODREC_LARGE_IMPORT_BYTES``
+                 (1 GiB), and for a folder of Parquet files; ``--format csv`` or
+                 ``--format parquet`` forces the in-memory reader
   ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
                  ml-100k ``u.data``)
 
@@ -32,9 +33,10 @@ import pandas as pd
 import pyarrow as pa
 
 from modrec.data.dataset import DataFormatError, Dataset, build_dataset
-from modrec.data.large import large_threshold, read_table_large
+from modrec.data.large import large_threshold, read_parquet_large, read_table_large
 
-FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "movielens")
+FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "parquet-large",
+           "movielens")
 
 # Column names that the table importer recognises when no mapping is given.
 _COLUMN_GUESSES = {
@@ -208,6 +210,9 @@ def read_table(
     """CSV/TSV or Parquet with a column mapping ``{"user": ..., "item": ..., ...}``;
     known names (userId, item_id, timestamp, rating, ...) are found without one."""
     path = Path(path)
+    if path.is_dir():
+        raise DataFormatError(f"{path}: is a folder; expected a CSV/TSV or Parquet file (a "
+                              "folder of Parquet files is read with --format parquet-large)")
     lines: np.ndarray | None = None
     if path.suffix == ".parquet":
         frame = _read_parquet(path)
@@ -661,9 +666,11 @@ def detect_format(path: str | Path) -> str:
             return "movielens"
         if any(path.glob("*.inter")):
             return "recbole"
+        if any(path.rglob("*.parquet")):  # a table written in parts (Spark, DuckDB, ...)
+            return "parquet-large"
         raise DataFormatError(
             f"{path}: cannot tell the format of this folder; expected a modrec dataset, "
-            "an unpacked MovieLens archive or RecBole .inter files"
+            "an unpacked MovieLens archive, RecBole .inter files or Parquet files"
         )
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
@@ -706,8 +713,8 @@ def import_path(
     """Read any supported file or folder into a Dataset."""
     path = Path(path)
     fmt = format or detect_format(path)
-    if format is None and fmt == "csv" and path.stat().st_size >= large_threshold():
-        fmt = "csv-large"
+    if format is None and fmt in ("csv", "parquet") and path.stat().st_size >= large_threshold():
+        fmt = f"{fmt}-large"
     if fmt == "modrec":
         return Dataset.read(path)
     readers: dict[str, Callable[[], Dataset]] = {
@@ -717,6 +724,7 @@ def import_path(
         "csv": lambda: read_table(path, columns),
         "csv-large": lambda: read_table_large(path, columns),
         "parquet": lambda: read_table(path, columns),
+        "parquet-large": lambda: read_parquet_large(path, columns),
         "movielens": lambda: read_movielens(path),
     }
     if fmt not in readers:

@@ -1,9 +1,11 @@
-"""Out-of-core import of large CSV/TSV interaction tables through DuckDB.
+"""Out-of-core import of large interaction tables (CSV/TSV and Parquet) through DuckDB.
 
 `read_table` parses the whole file into Python strings (about 630 bytes an event);
-`read_table_large` lets DuckDB read it under a memory limit, spilling to a temporary
-folder, and gives back the same `Dataset` (equal `fingerprint()`): ids are the field
-text stripped of surrounding blanks (Python's ``str.strip``), numbered by the same
+`read_table_large` (CSV/TSV) and `read_parquet_large` (a Parquet file, or a folder of
+them) let DuckDB read it under a memory limit, spilling to a temporary folder, and give
+back the same `Dataset` as `read_table` on the same file (equal `fingerprint()`): ids
+are the strings `read_table` makes of them (text stripped of surrounding blanks as by
+Python's ``str.strip``; numbers as pandas prints them), numbered by the same
 `_sorted_vocab`, and rows ordered by (user, timestamp, row of the file).
 
 Only the distinct user and item ids pass through Python; the interactions stay in
@@ -18,15 +20,17 @@ import csv
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from modrec.data.dataset import DataFormatError, Dataset, _sorted_vocab
 
-# Files at least this big (bytes) that are detected as CSV go through DuckDB;
-# MODREC_LARGE_IMPORT_BYTES changes it.
+# Files (or folders of Parquet files) at least this big (bytes) go through DuckDB when
+# no format is given; MODREC_LARGE_IMPORT_BYTES changes it.
 LARGE_IMPORT_BYTES = 1 << 30
 # DuckDB's memory limit for the import; MODREC_IMPORT_MEMORY changes it.
 IMPORT_MEMORY = "2GB"
@@ -36,10 +40,29 @@ IMPORT_MEMORY = "2GB"
 _WS = (r"[\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
        r"\x{202f}\x{205f}\x{3000}]")
 _FLOAT32_OVERFLOW = 3.4028235677973366e38  # 2**128 - 2**103: rounds to inf as float32
+_INTEGER = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "UHUGEINT"}
+_FLOAT = {"FLOAT", "DOUBLE"}
 
 
 def large_threshold() -> int:
     return int(os.environ.get("MODREC_LARGE_IMPORT_BYTES", LARGE_IMPORT_BYTES))
+
+
+def _duckdb() -> Any:
+    try:
+        import duckdb
+    except ImportError:
+        raise ImportError("the out-of-core importer needs DuckDB: pip install 'modrec[large]'"
+                          ) from None
+    return duckdb
+
+
+def _memory_limit(memory_limit: str | None) -> str:
+    limit = memory_limit or os.environ.get("MODREC_IMPORT_MEMORY", IMPORT_MEMORY)
+    if not limit.replace(".", "").isalnum():
+        raise ValueError(f"memory limit {limit!r}; expected something like '2GB'")
+    return limit
 
 
 def _header(path: Path, sep: str) -> list[str]:
@@ -69,8 +92,24 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _trimmed(column: str) -> str:
     return f"regexp_replace({column}, '^{_WS}+|{_WS}+$', '', 'g')"
+
+
+def _text_timestamp(t: str) -> list[str]:
+    """``ts`` and ``ts_bad`` of a text column: an ASCII integer (``.0`` allowed) after
+    stripping, within int64, as `importers._timestamp_column` reads text."""
+    ts = (f"TRY_CAST(CASE WHEN regexp_full_match({_trimmed(t)}, '[+-]?[0-9]+(\\.0*)?') "
+          f"THEN split_part({_trimmed(t)}, '.', 1) END AS BIGINT)")
+    return [f"{ts} AS ts", f"CASE WHEN {ts} IS NULL THEN coalesce({t}, '') END AS ts_bad"]
+
+
+def _text_weight(w: str) -> list[str]:
+    return [f"TRY_CAST({_trimmed(w)} AS DOUBLE) AS w", f"{w} AS w_raw"]
 
 
 def read_table_large(
@@ -81,39 +120,201 @@ def read_table_large(
 ) -> Dataset:
     """A CSV/TSV table read by DuckDB under ``memory_limit``; the same Dataset as
     `read_table` on the same file."""
-    try:
-        import duckdb
-    except ImportError:
-        raise ImportError("the out-of-core importer needs DuckDB: pip install 'modrec[large]'"
-                          ) from None
-
-    from modrec.data.importers import _MISSING, _require_file, _resolve_columns, _where
+    duckdb = _duckdb()
+    from modrec.data.importers import _require_file, _resolve_columns, _where
 
     path = Path(path)
     _require_file(path)
     if path.suffix.lower() == ".parquet":
         raise DataFormatError(
-            f"{path}: the DuckDB importer reads CSV/TSV only; expected a .csv or .tsv file "
-            "(read Parquet with --format parquet)"
+            f"{path}: the CSV importer reads CSV/TSV only; expected a .csv or .tsv file "
+            "(read Parquet with --format parquet-large)"
         )
     sep = "\t" if path.suffix in (".tsv", ".inter") else ","
     names = _header(path, sep)
     mapping = _resolve_columns(path, names, columns or {})
-    limit = memory_limit or os.environ.get("MODREC_IMPORT_MEMORY", IMPORT_MEMORY)
-    if not limit.replace(".", "").isalnum():
-        raise ValueError(f"memory limit {limit!r}; expected something like '2GB'")
+    limit = _memory_limit(memory_limit)
 
     select = [f"{_quote(mapping['user'])} AS u", f"{_quote(mapping['item'])} AS i"]
     if "timestamp" in mapping:
-        t = _quote(mapping["timestamp"])
-        ts = (f"TRY_CAST(CASE WHEN regexp_full_match({_trimmed(t)}, '[+-]?[0-9]+(\\.0*)?') "
-              f"THEN split_part({_trimmed(t)}, '.', 1) END AS BIGINT)")
-        select += [f"{ts} AS ts", f"CASE WHEN {ts} IS NULL THEN coalesce({t}, '') END AS ts_bad"]
+        select += _text_timestamp(_quote(mapping["timestamp"]))
     if "weight" in mapping:
-        w = _quote(mapping["weight"])
-        select += [f"TRY_CAST({_trimmed(w)} AS DOUBLE) AS w", f"{w} AS w_raw"]
+        select += _text_weight(_quote(mapping["weight"]))
     types = ", ".join(f"{_quote(n)}: 'VARCHAR'" for n in names)
 
+    def load(con: Any) -> None:
+        try:
+            con.execute(
+                f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM read_csv(?, "
+                f"delim = ?, header = true, quote = '\"', escape = '\"', "
+                f"auto_detect = false, columns = {{{types}}}, strict_mode = true)",
+                [str(path), sep],
+            )
+        except duckdb.Error as err:
+            first = str(err).strip().split("\n")[0]
+            raise DataFormatError(
+                f"{path}: not a readable {sep!r}-separated table ({first}); expected a "
+                "header row and the same number of fields on every line"
+            ) from None
+
+    return _import(path, mapping, load, lambda row: _where(path, None, row),
+                   name or path.stem, limit)
+
+
+# ---- Parquet ---------------------------------------------------------------------------
+def parquet_files(path: Path) -> list[Path]:
+    """``path`` itself, or the ``.parquet`` files in a folder (and its subfolders), in
+    the order of their paths: the rows of the table, file after file."""
+    from modrec.data.importers import _require_file
+
+    if not path.is_dir():
+        _require_file(path)
+        return [path]
+    files = sorted(p for p in path.rglob("*.parquet") if p.is_file()
+                   and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    if not files:
+        raise DataFormatError(f"{path}: no .parquet files in this folder; expected a Parquet "
+                              "file or a folder of them")
+    return files
+
+
+def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any], int]:
+    """The columns `pd.read_parquet` makes of a file (a pandas index is not one), the
+    pandas dtype of each, and the number of rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+        dtypes = schema.empty_table().to_pandas().dtypes
+        rows = file.metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise DataFormatError(
+            f"{path}: not a readable Parquet file ({err}); expected a complete Parquet table"
+        ) from None
+    return list(dtypes.index), {str(k): v for k, v in dtypes.items()}, int(rows)
+
+
+def _epoch(column: str, dtype: Any) -> str:
+    """A timestamp column as `read_table` has it: the integer count of its unit (the
+    unit pandas reads the file with) since 1970, UTC."""
+    unit = getattr(dtype, "unit", None) or np.datetime_data(dtype)[0]
+    if unit == "s":
+        return f"(epoch_us({column}) // 1000000)"
+    if unit not in ("ms", "us", "ns"):
+        raise DataFormatError(f"timestamps in unit {unit!r}; expected s, ms, us or ns")
+    return f"epoch_{unit}({column})"
+
+
+def read_parquet_large(
+    path: str | Path,
+    columns: dict[str, str] | None = None,
+    name: str | None = None,
+    memory_limit: str | None = None,
+) -> Dataset:
+    """A Parquet file, or a folder of Parquet files (their rows one after the other,
+    files in path order), read by DuckDB under ``memory_limit``; for a file, the same
+    Dataset as `read_table`.
+
+    Timestamps are taken as `read_table` takes them: integers as written, a float only
+    when it is an integer, a TIMESTAMP column as the count of its unit since 1970 (what
+    pandas reads; INT96 timestamps, which DuckDB reads to the microsecond, lose their
+    nanoseconds), text as an ASCII integer."""
+    duckdb = _duckdb()
+    from modrec.data.importers import _resolve_columns
+
+    path = Path(path)
+    files = parquet_files(path)
+    schemas = [_parquet_schema(f) for f in files]
+    names, dtypes, _ = schemas[0]
+    mapping = _resolve_columns(files[0] if len(files) == 1 else path, names, columns or {})
+    for file, (present, _, _) in zip(files, schemas, strict=True):
+        missing = [c for c in mapping.values() if c not in present]
+        if missing:
+            raise DataFormatError(
+                f"{file}: column {missing[0]!r} not found; expected every file of {path} to "
+                f"hold the columns {sorted(set(mapping.values()))} (it has {present})")
+    limit = _memory_limit(memory_limit)
+    starts = np.cumsum([0] + [rows for _, _, rows in schemas])
+
+    def where(row: int) -> str:
+        k = int(np.searchsorted(starts, row, side="right")) - 1
+        return f"{files[k]}: row {row - int(starts[k]) + 1}"
+
+    source = (f"read_parquet([{', '.join(_literal(str(f)) for f in files)}], "
+              "hive_partitioning = false, union_by_name = true)")
+    with tempfile.TemporaryDirectory(prefix="modrec-duckdb-") as tmp:
+        con = duckdb.connect(str(Path(tmp) / "types.duckdb"))
+        try:
+            kinds = {str(n): str(t) for n, t, *_ in
+                     con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        except duckdb.Error as err:
+            first = str(err).strip().split("\n")[0]
+            raise DataFormatError(f"{path}: not a readable Parquet table ({first}); expected "
+                                  "complete Parquet files with the same columns") from None
+        finally:
+            con.close()
+
+    select = [f"{_quote(mapping['user'])} AS u", f"{_quote(mapping['item'])} AS i"]
+    if "timestamp" in mapping:
+        t, kind = _quote(mapping["timestamp"]), kinds[mapping["timestamp"]]
+        if kind in _INTEGER:
+            select += [f"TRY_CAST({t} AS BIGINT) AS ts",
+                       f"CASE WHEN TRY_CAST({t} AS BIGINT) IS NULL THEN "
+                       f"coalesce(CAST({t} AS VARCHAR), 'null') END AS ts_bad"]
+        elif kind in _FLOAT:
+            d = f"CAST({t} AS DOUBLE)"
+            ok = (f"({d} IS NOT NULL AND isfinite({d}) AND {d} = floor({d}) AND "
+                  f"{d} >= -9223372036854775808.0 AND {d} < 9223372036854775808.0)")
+            select += [f"CASE WHEN {ok} THEN CAST({d} AS BIGINT) END AS ts",
+                       f"CASE WHEN NOT {ok} THEN coalesce(CAST({t} AS VARCHAR), 'nan') "
+                       "END AS ts_bad"]
+        elif kind.startswith("TIMESTAMP"):
+            epoch = _epoch(t, dtypes[mapping["timestamp"]])
+            select += [f"{epoch} AS ts", f"CASE WHEN {t} IS NULL THEN 'NaT' END AS ts_bad"]
+        else:  # text, or what pandas reads as objects and prints (dates, decimals)
+            select += _text_timestamp(f"CAST({t} AS VARCHAR)")
+    if "weight" in mapping:
+        w, kind = _quote(mapping["weight"]), kinds[mapping["weight"]]
+        if kind == "VARCHAR":
+            select += _text_weight(w)
+        else:
+            number = (_epoch(w, dtypes[mapping["weight"]]) if kind.startswith("TIMESTAMP")
+                      else w)
+            select += [f"TRY_CAST({number} AS DOUBLE) AS w",
+                       f"coalesce(CAST({w} AS VARCHAR), 'null') AS w_raw"]
+
+    def load(con: Any) -> None:
+        try:
+            con.execute(f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM {source}")
+        except duckdb.Error as err:
+            first = str(err).strip().split("\n")[0]
+            raise DataFormatError(
+                f"{path}: not a readable Parquet table ({first}); expected complete "
+                "Parquet files") from None
+
+    return _import(path, mapping, load, where, name or path.stem, limit)
+
+
+# ---- the shared part: ids, checks, sorted columns ----------------------------------------
+def _id_strings(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct raw ids as `read_table` turns them into strings (numbers printed by
+    pandas, text stripped), and which of them are missing (null, NaN, "", "NA", ...)."""
+    from modrec.data.importers import _MISSING
+
+    text = values.astype(str).str.strip()
+    missing = values.isna().to_numpy() | text.isin(_MISSING).to_numpy()
+    ids = values.astype(str) if values.dtype.kind in "iuf" else text
+    return ids.to_numpy(dtype=object), missing
+
+
+def _import(path: Path, mapping: dict[str, str], load: Callable[[Any], None],
+            where: Callable[[int], str], name: str, limit: str) -> Dataset:
+    """Run ``load`` (which creates the table ``raw``: ``u``, ``i`` and, as mapped,
+    ``ts``/``ts_bad``, ``w``/``w_raw``, in file order) in a fresh DuckDB, check it, and
+    build the Dataset."""
+    duckdb = _duckdb()
     with tempfile.TemporaryDirectory(prefix="modrec-duckdb-") as tmp:
         con = duckdb.connect(str(Path(tmp) / "import.duckdb"))
         try:
@@ -121,19 +322,7 @@ def read_table_large(
             con.execute(f"SET temp_directory = '{Path(tmp) / 'spill'}'")
             con.execute("SET preserve_insertion_order = true")
             con.execute("SET enable_progress_bar = false")
-            try:
-                con.execute(
-                    f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM read_csv(?, "
-                    f"delim = ?, header = true, quote = '\"', escape = '\"', "
-                    f"auto_detect = false, columns = {{{types}}}, strict_mode = true)",
-                    [str(path), sep],
-                )
-            except duckdb.Error as err:
-                first = str(err).strip().split("\n")[0]
-                raise DataFormatError(
-                    f"{path}: not a readable {sep!r}-separated table ({first}); expected a "
-                    "header row and the same number of fields on every line"
-                ) from None
+            load(con)
             (count,) = con.execute("SELECT count(*) FROM raw").fetchone() or (0,)
             if count == 0:
                 raise DataFormatError(
@@ -141,30 +330,37 @@ def read_table_large(
                 )
             maps = {}
             for col, role in (("u", "user"), ("i", "item")):
-                rows = con.execute(
-                    f"SELECT {col}, min(rowid) AS first FROM raw GROUP BY {col} ORDER BY first"
-                ).fetchall()
-                for value, first in rows:
-                    if value is None or value.strip() in _MISSING:
-                        raise DataFormatError(
-                            f"{_where(path, None, int(first))}: column {mapping[role]!r} has a "
-                            f"missing id ({value or ''!r}); expected a user or item id"
-                        )
-                stripped = np.array([v.strip() for v, _ in rows], dtype=object)
-                vocab = _sorted_vocab(stripped)
-                index = pd.Index(vocab).get_indexer(stripped) + (1 if role == "item" else 0)
-                con.register(f"{col}_map_df", pd.DataFrame(
-                    {"v": [v for v, _ in rows], "idx": index.astype(np.int32)}))
-                con.execute(f"CREATE TEMP TABLE {col}_map AS SELECT * FROM {col}_map_df")
-                con.unregister(f"{col}_map_df")
+                # Each distinct raw value once, with the row it first appears in (which
+                # also keys it below: the first rows of distinct values differ).
+                con.execute(f"CREATE TEMP TABLE {col}_first AS SELECT {col} AS v, "
+                            f"min(rowid) AS first FROM raw GROUP BY {col}")
+                distinct = con.sql(f"SELECT v, first FROM {col}_first ORDER BY first"
+                                   ).to_arrow_table().to_pandas()
+                ids, missing = _id_strings(distinct["v"])
+                if missing.any():
+                    k = int(np.flatnonzero(missing)[0])
+                    raise DataFormatError(
+                        f"{where(int(distinct['first'].iloc[k]))}: column {mapping[role]!r} "
+                        f"has a missing id ({distinct['v'].iloc[k]!r}); expected a user or "
+                        "item id"
+                    )
+                vocab = _sorted_vocab(ids)
+                index = pd.Index(vocab).get_indexer(ids) + (1 if role == "item" else 0)
+                con.register(f"{col}_index_df", pd.DataFrame(
+                    {"first": distinct["first"].to_numpy(np.int64),
+                     "idx": index.astype(np.int32)}))
+                con.execute(f"CREATE TEMP TABLE {col}_map AS SELECT f.v, x.idx FROM "
+                            f"{col}_first f JOIN {col}_index_df x ON f.first = x.first")
+                con.unregister(f"{col}_index_df")
                 maps[role] = vocab
+                del distinct, ids
             if "timestamp" in mapping:
                 bad = con.execute("SELECT rowid, ts_bad FROM raw WHERE ts_bad IS NOT NULL "
                                   "ORDER BY rowid LIMIT 1").fetchone()
                 if bad is not None:
                     raise DataFormatError(
-                        f"{_where(path, None, int(bad[0]))}: column {mapping['timestamp']!r} "
-                        "must be numeric: expected an integer timestamp within int64, got "
+                        f"{where(int(bad[0]))}: column {mapping['timestamp']!r} must be "
+                        "numeric: expected an integer timestamp within int64, got "
                         f"{bad[1]!r}"
                     )
             if "weight" in mapping:
@@ -173,8 +369,8 @@ def read_table_large(
                     f"abs(w) >= {_FLOAT32_OVERFLOW!r} ORDER BY rowid LIMIT 1").fetchone()
                 if bad is not None:
                     raise DataFormatError(
-                        f"{_where(path, None, int(bad[0]))}: column {mapping['weight']!r} must "
-                        "be numeric: expected a finite number within float32, got "
+                        f"{where(int(bad[0]))}: column {mapping['weight']!r} must be "
+                        "numeric: expected a finite number within float32, got "
                         f"{bad[1]!r}"
                     )
             out = ["um.idx AS user", "im.idx AS item"]
@@ -203,7 +399,7 @@ def read_table_large(
     del result
     items, users = maps["item"], maps["user"]
     return Dataset(
-        name or path.stem,
+        name,
         frame,
         pd.DataFrame({"item": np.arange(1, len(items) + 1, dtype=np.int32), "item_id": items}),
         pd.DataFrame({"user": np.arange(len(users), dtype=np.int32), "user_id": users}),

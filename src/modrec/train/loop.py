@@ -148,8 +148,12 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
             config, model=dataclasses.replace(config.model, content_dim=content.shape[1]))
     model = build_model(config.model, dataset.num_items, content, dataset.has_timestamps)
     table = sharded.table_of(model)
+    checkpoint = Checkpoint(run.checkpoint_file)
+    resuming = resume and checkpoint.exists()
     if config.model.item_table == "sharded":
-        _check_sharded(config, model, resume and Checkpoint(run.checkpoint_file).exists())
+        _check_sharded(config, model)
+        if resuming:
+            _check_sharded_resume(checkpoint, world)
     else:  # a sharded table is still on "meta": DistributedModelParallel places it below
         model = model.to(device)
     if world.distributed:
@@ -162,8 +166,6 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     if split.cold_items is not None:  # withheld items stay unseen, even as negatives
         pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(device)
 
-    checkpoint = Checkpoint(run.checkpoint_file)
-    resuming = resume and checkpoint.exists()
     resumed = (resume_history(run, config, dataset, checkpoint.progress().epoch)
                if resuming else [])
     if world.is_main:
@@ -173,7 +175,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
             "protocol": split.protocol, "world_size": world.size,
             **({"resumed": resumed} if resumed else {})})
         run.write_snapshot(dataset, known)
-        if table is not None:  # parts an earlier, killed run left (maybe from other ranks)
+        if table is not None and not resuming:  # parts an earlier, killed run left
             run.clear_table()
 
     optimizer, averaged = None, None
@@ -189,20 +191,28 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         if tc.ema_decay is not None:
             averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
     progress = Progress()
-    if resuming and optimizer is not None:
+    if resuming and optimizer is not None and table is None:
         progress = checkpoint.restore(model, optimizer, averaged, rng, generator, world.rank)
         log.info("resumed %s at epoch %d", run.folder, progress.epoch)
-    if world.is_main:
-        run.keep_metrics_until(progress.epoch if resuming else -1)
     loss: nn.Module = BatchLoss(model, config.loss, by_lookup=table is not None)
     if table is not None:
         loss = sharded.shard(loss, world, device, config.model.item_sharding, tc.table_lr)
         log.info("item table shard on rank %d: %s", world.rank, sharded.shard_sizes(table))
+        if resuming and optimizer is not None:  # the table exists only now, sharded
+            progress = checkpoint.restore(
+                model, optimizer, averaged, rng, generator, world.rank,
+                load_weights=lambda state: sharded.load_dense_state(model, state))
+            parts = checkpoint.table_parts() or {}
+            sharded.restore_part(loss, table,
+                                 run.load_checkpoint_part(parts["epoch"], world.rank))
+            log.info("resumed %s at epoch %d", run.folder, progress.epoch)
     elif world.distributed and optimizer is not None:
         # Buffers (the known mask, a content matrix) are alike on every rank already.
         loss = DistributedDataParallel(
             loss, device_ids=[world.local_rank] if device.startswith("cuda") else None,
             broadcast_buffers=False)
+    if world.is_main:
+        run.keep_metrics_until(progress.epoch if resuming else -1)
     return Session(config, run, dataset, split, model,
                    model if averaged is None else averaged.module, optimizer, averaged,
                    TrainingExamples.of(split.train, config.model.max_len), pool, rng,
@@ -210,7 +220,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    show_progress and world.is_main, table)
 
 
-def _check_sharded(config: RunConfig, model: nn.Module, resuming: bool) -> None:
+def _check_sharded(config: RunConfig, model: nn.Module) -> None:
     """What a sharded item table cannot do yet, said before anything runs."""
     problems = []
     if sharded.table_of(model) is None:
@@ -223,11 +233,26 @@ def _check_sharded(config: RunConfig, model: nn.Module, resuming: bool) -> None:
                         "item at every step, which needs the whole table)")
     if config.train.ema_decay is not None:
         problems.append("train.ema_decay would copy the whole table; leave it unset")
-    if resuming:
-        problems.append("a sharded run writes no checkpoint to resume from; train into a "
-                        "new --out")
     if problems:
         raise ValueError("model.item_table=sharded: " + "; ".join(problems))
+
+
+def _check_sharded_resume(checkpoint: Checkpoint, world: World) -> None:
+    """A sharded run resumes on as many processes as wrote its checkpoint: each rank's
+    rows and their optimiser state are a part of their own, cut by that world's plan."""
+    parts = checkpoint.table_parts()
+    if parts is None:
+        raise ValueError(
+            f"{checkpoint.path} holds no sharded item table (it was written by a run "
+            "without model.item_table=sharded); resume with that run's settings, or train "
+            "into a new --out")
+    if parts["world_size"] != world.size:
+        raise ValueError(
+            f"{checkpoint.path} was written by {parts['world_size']} processes and this run "
+            f"has {world.size}: each process saved its own rows of the item table, so the "
+            f"run resumes on {parts['world_size']} (torchrun --nproc_per_node "
+            f"{parts['world_size']} ... --resume; --nnodes x --nproc_per_node in all), or "
+            "trains into a new --out")
 
 
 def content_for(model: ModelConfig, dataset: Dataset) -> torch.Tensor | None:
@@ -459,15 +484,27 @@ def evaluate_on(session: Session, model: nn.Module, evalset: EvalSet) -> dict[st
 
 
 def save_checkpoint(session: Session) -> None:
-    """Rank 0 writes the checkpoint, with every rank's random generators."""
+    """Rank 0 writes the checkpoint, with every rank's random generators. With a sharded
+    table every rank first writes its rows and their optimiser state as a part of the
+    epoch's checkpoint; checkpoint.pt, written once all parts are on disk, names them,
+    and only then are the previous epoch's parts deleted: a run killed while it saves
+    resumes from the checkpoint before."""
     s = session
-    if s.optimizer is None or s.table is not None:  # a sharded run is not resumable yet
+    if s.optimizer is None:
         return
     rngs = s.world.gather((s.rng.bit_generator.state, s.generator.get_state(),
                            torch.get_rng_state()))
+    epoch, parts = s.progress.epoch, None
+    if s.table is not None:
+        s.run.save_checkpoint_part(epoch, s.world.rank, sharded.checkpoint_part(s.loss, s.table))
+        s.world.barrier()  # every part is written before checkpoint.pt names them
+        parts = {"epoch": epoch, "world_size": s.world.size}
     if s.world.is_main:
         s.checkpoint.save(s.model, s.optimizer, s.averaged, s.progress, s.rng, s.generator,
-                          rngs if s.world.distributed else None)
+                          rngs if s.world.distributed else None,
+                          None if parts is None else sharded.dense_state(s.model), parts)
+        if parts is not None:
+            s.run.drop_checkpoint_parts(keep=epoch)
 
 
 # ---- finish ------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ each rank allocates only its own rows, and everything else in the model is wrapp
   the world size as DDP averages the rest, so the loop's loss weighting holds for both;
 * evaluation reads the catalog in blocks (`rank_targets_blockwise`), every rank its
   own users;
-* the best table is saved in parts, each rank writing its rows (`save_table`).
+* the best table is saved in parts, each rank writing its rows (`save_table`), and so
+  is the checkpoint's: each rank its rows and the fused optimiser's state for them
+  (`checkpoint_part`), which a resume on as many ranks puts back (`restore_part`).
 
 Without torchrun this is a world of one: a one-process group is made for TorchRec.
 TorchRec logs "optimizer already collected" at ERROR level when it shards a model: the
@@ -37,7 +39,7 @@ from torch import nn
 from modrec.data.splits import EvalSet
 from modrec.eval.evaluator import LookupScorer, rank_targets_blockwise
 from modrec.models.sharded_items import TABLE, ShardableTable, require_torchrec
-from modrec.runs import RunDir
+from modrec.runs import RunDir, RunError
 from modrec.train.distributed import World
 
 EVAL_BLOCK = 65536  # catalog rows per evaluation block: 16 MiB of vectors at D = 64
@@ -128,6 +130,64 @@ def load_table(table: ShardableTable, run: RunDir) -> None:
     """Every rank reads back the rows it holds (the same plan wrote them)."""
     for start, rows in table.local_rows():
         rows.copy_(run.load_table_rows(start, rows.device))
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A view's values alone (saving a view would save its whole storage), on the CPU."""
+    tensor = tensor.detach()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes:
+        tensor = tensor.clone()
+    return tensor.cpu()
+
+
+def _optimizer_shards(loss: nn.Module) -> list[tuple[str, int, torch.Tensor]]:
+    """The fused optimiser's state held by this rank: (name, first row, tensor) for each
+    local shard of each state (row-wise Adagrad: one sum of squared gradients a row).
+    The tensors are views of the state FBGEMM steps: writing them writes the state."""
+    fused = getattr(loss, "fused_optimizer", None)
+    if fused is None:
+        raise TypeError("expected the DistributedModelParallel that `shard` returns")
+    found = []
+    for param, states in fused.state_dict()["state"].items():
+        for key, value in states.items():
+            name = f"{param}/{key}"
+            if hasattr(value, "local_shards"):  # a ShardedTensor
+                found += [(name, int(shard.metadata.shard_offsets[0]), shard.tensor)
+                          for shard in value.local_shards()]
+            elif isinstance(value, torch.Tensor):
+                found.append((name, 0, value))
+            else:
+                raise TypeError(f"the table's optimiser state {name} is a "
+                                f"{type(value).__name__}; expected tensors to checkpoint")
+    return found
+
+
+def checkpoint_part(loss: nn.Module, table: ShardableTable) -> dict[str, Any]:
+    """This rank's part of a checkpoint: its rows of the table and the fused optimiser's
+    state for them, each with its first row (``loss``: what `shard` returned)."""
+    return {"rows": [(start, _own(rows)) for start, rows in table.local_rows()],
+            "optimizer": [(name, start, _own(t)) for name, start, t in _optimizer_shards(loss)]}
+
+
+@torch.no_grad()
+def restore_part(loss: nn.Module, table: ShardableTable, part: dict[str, Any]) -> None:
+    """Put `checkpoint_part`'s rows and optimiser state back into this rank's shard; the
+    shard must be the one that wrote it (same rows, same shapes)."""
+    saved_rows = {int(start): rows for start, rows in part["rows"]}
+    saved_states = {(name, int(start)): t for name, start, t in part["optimizer"]}
+    here = [(f"rows {start}", rows, saved_rows.pop(start, None))
+            for start, rows in table.local_rows()]
+    here += [(f"{name} {start}", t, saved_states.pop((name, start), None))
+             for name, start, t in _optimizer_shards(loss)]
+    wrong = [what for what, t, saved in here if saved is None or saved.shape != t.shape]
+    if wrong or saved_rows or saved_states:
+        raise RunError(
+            "the checkpoint's table parts do not match this rank's shard (the sharding "
+            f"plan changed: {', '.join(wrong) or 'parts this rank no longer holds'}); "
+            "resume with the settings and number of processes the run was trained with, "
+            "or train into a new --out")
+    for _, tensor, saved in here:
+        tensor.copy_(saved)
 
 
 def shard_sizes(table: ShardableTable) -> dict[str, float]:

@@ -426,13 +426,26 @@ def cmd_annotate(args: argparse.Namespace) -> dict[str, Any]:
     vocabulary = label_matrix(dataset, args.labels, args.max_labels, args.min_count).labels
     items = np.random.default_rng(args.seed).permutation(dataset.num_items)[:args.items] + 1
     how = _label_prompting(args)
-    scores, report = annotate_labels(dataset, args.labels, vocabulary, np.sort(items), how)
+    items = np.sort(items)
+    scores, report = annotate_labels(dataset, args.labels, vocabulary, items, how)
     if not args.json:
         print(f"{report.task}: {report.asked} items asked, {report.cached} already in "
               f"{report.path} ({report.seconds:.1f} s)")
-    return {"dataset": dataset.name, "labels_field": args.labels, "labels": vocabulary,
-            "llm": how.llm.spec, "method": how.method, "examples": how.examples,
-            **report.to_dict()}
+    result = {"dataset": dataset.name, "labels_field": args.labels, "labels": vocabulary,
+              "llm": how.llm.spec, "method": how.method, "examples": how.examples,
+              **report.to_dict()}
+    if args.column:  # the answers as an item column the other verbs read
+        from modrec.content.columns import write_label_column
+        from modrec.llm import load_prompt
+
+        version = (f"{load_prompt(f'labels-{how.method}').version}:examples={how.examples}")
+        result["item_column"] = write_label_column(
+            dataset, args.column, vocabulary, items, scores, how.llm.fingerprint, version,
+            how.text, args.threshold)
+        if not args.json:
+            print(f"item column {args.column!r}: {len(items)} items "
+                  f"(e.g. --encoder tags:{args.column}, --labels {args.column})")
+    return result
 
 
 def _annotate_relevance(args: argparse.Namespace, dataset: Any) -> dict[str, Any]:
@@ -716,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "embedding store folder, named by model, prompt and task)")
     p.add_argument("--max-labels", type=_at_least(1), default=50)
     p.add_argument("--min-count", type=_at_least(1), default=10)
+    p.add_argument("--column", help="labels: also keep the labels scoring at least "
+                   "--threshold (and each item's best) as this computed item column, "
+                   "read by tags:COLUMN, --labels COLUMN and the other verbs")
+    p.add_argument("--threshold", type=float, default=0.5, help="labels: the score a "
+                   "label needs to enter --column (classify --mode llm reports a threshold "
+                   "chosen on validation items)")
     _llm_arguments(p, required=True)
     p.set_defaults(func=cmd_annotate)
 

@@ -158,6 +158,29 @@ def test_the_model_reads_the_text_column_it_is_given(ml100k, tmp_path: Path):
             default, text="transcript", progress=False))
 
 
+def test_label_scores_become_an_item_column(ml100k, tmp_path: Path):
+    from modrec.content.columns import ItemColumns, with_item_columns, write_label_column
+
+    labels = label_matrix(ml100k, "genres", min_count=20).labels
+    items = _items(ml100k, 5)
+    scores, _ = annotate_labels(ml100k, "genres", labels, items, LabelPrompting(
+        Oracle(ml100k), out=tmp_path / "a.jsonl", progress=False))
+    columns = ItemColumns(tmp_path / "columns")
+    write_label_column(ml100k, "llm_genres", labels, items, scores, "fake:oracle",
+                       "labels-yesno-v3", "text", columns=columns)
+    table = with_item_columns(ml100k, columns).items.set_index("item")
+    for item in items:  # exactly the true labels among those kept
+        truth = set(split_tags(table.loc[int(item), "genres"])) & set(labels)
+        assert set(table.loc[int(item), "llm_genres"].split("|")) == truth
+    assert table["llm_genres"].isna().sum() == len(table) - len(items)
+    with pytest.raises(ValueError, match="already has a column 'genres'"):
+        write_label_column(ml100k, "genres", labels, items, scores, "x", "v", "text",
+                           columns=columns)
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        write_label_column(ml100k, "llm2", labels, items, scores, "x", "v", "text",
+                           threshold=2.0, columns=columns)
+
+
 def test_ensemble_weighs_the_language_model_by_validation(ml100k, ml100k_store,
                                                          tmp_path: Path):
     class Coin(Oracle):  # scores unrelated to the item

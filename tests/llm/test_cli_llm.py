@@ -31,6 +31,29 @@ def test_annotate_writes_a_resumable_file(smollm_file: Path, tmp_path: Path,
     assert (_last_json(capsys)["asked"], len(out.read_text().splitlines())) == (0, 2)
 
 
+def test_annotate_keeps_the_labels_as_an_item_column(smollm_file: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    from modrec.content.columns import ItemColumns, with_item_columns
+    from modrec.data import load_dataset
+
+    monkeypatch.setenv("MODREC_EMBEDDINGS_DIR", str(tmp_path / "store"))
+    args = ["annotate", "-d", "ml-100k", "--labels", "genres", "--llm", f"local:{smollm_file}",
+            "--items", "3", "--threads", "1", "--min-count", "100", "--column", "llm_genres",
+            "--threshold", "0.4", "--no-progress", "--json"]
+    assert main(args) == 0
+    result = _last_json(capsys)
+    assert result["item_column"]["items"] == 3
+    dataset = with_item_columns(load_dataset("ml-100k"))
+    labelled = dataset.items["llm_genres"].dropna()
+    assert len(labelled) == 3 and all(set(v.split("|")) <= set(result["labels"])
+                                      for v in labelled)
+    record = next(iter(ItemColumns.for_dataset(dataset).records("llm_genres").values()))
+    assert set(record["scores"]) == set(result["labels"]) and "threshold=0.4" in record["version"]
+    # the column feeds the other verbs: embedded as tags
+    assert main(["embed", "-d", "ml-100k", "--encoder", "tags:llm_genres", "--json"]) == 0
+
+
 def test_classify_llm_mode_misuse_is_one_message(capsys: pytest.CaptureFixture[str]):
     assert main(["classify", "-d", "ml-100k", "--labels", "genres", "--mode", "llm"]) == 2
     assert "needs --llm" in capsys.readouterr().err

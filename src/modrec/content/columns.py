@@ -165,3 +165,36 @@ def with_item_columns(dataset: Dataset, columns: ItemColumns | None = None) -> D
     provenance = {**dataset.provenance,
                   "item_columns": {**dataset.provenance.get("item_columns", {}), **added}}
     return dataclasses.replace(dataset, items=items, provenance=provenance)
+
+
+def write_label_column(dataset: Dataset, column: str, labels: list[str], items: Any,
+                       scores: Any, llm_fingerprint: str, version: str, reads: str,
+                       threshold: float = 0.5, columns: ItemColumns | None = None,
+                       ) -> dict[str, Any]:
+    """Language-model label scores as a computed column of ``|``-separated labels
+    (those scoring at least ``threshold``, and always the item's best one), so that the
+    ``tags:`` encoder, `label_matrix` and the classifiers read them like any catalog
+    column. Each record keeps every label's score. ``version`` names the prompt and
+    method; the threshold joins it, so another threshold is another file."""
+    import numpy as np
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the label threshold must lie in [0, 1], not {threshold}")
+    columns = columns or ItemColumns.for_dataset(dataset)
+    if column in dataset.items.columns and column not in columns.names():
+        raise ValueError(f"the catalog already has a column {column!r}; name the "
+                         "language model's labels another way (--column)")
+    producer = Producer(column, llm_fingerprint, f"{version}:threshold={threshold:g}", reads)
+    file = columns.file(producer)
+    ids = dataset.items.set_index("item")["item_id"].astype(str)
+    written = 0
+    for item, row in zip(np.asarray(items), np.asarray(scores, dtype=np.float64),
+                         strict=True):
+        chosen = [label for label, score in zip(labels, row, strict=True)
+                  if score >= threshold] or [labels[int(np.argmax(row))]]
+        file.append(columns.record(producer, ids[int(item)], "|".join(chosen),
+                                   scores={label: round(float(score), 6) for label, score
+                                           in zip(labels, row, strict=True)}))
+        written += 1
+    columns.commit(producer, labels=labels, threshold=threshold)
+    return {"column": column, "file": str(file.path), "items": written}

@@ -358,6 +358,8 @@ def train_epoch(session: Session) -> dict[str, Any]:
         examples = s.world.sum_int(examples)
         shard = Shard(s.world.rank, s.world.size,
                       np.random.default_rng([tc.seed, epoch, s.world.rank]), steps)
+        log.info("epoch %d: rank %d takes %d local batches of its %d training windows",
+                 epoch, s.world.rank, steps, len(s.examples))
     elif s.world.distributed:
         shard = Shard(s.world.rank, s.world.size, np.random.default_rng([tc.seed, epoch]))
     batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng, shard)

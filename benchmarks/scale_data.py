@@ -308,9 +308,9 @@ writing the run folder.
 The import is the memory peak: {rows[-1]['import_mib'] * 2**20 / rows[-1]['events']:.0f}
 bytes per event at {rows[-1]['events']:,} events, from parsing the whole CSV with pandas;
 training and full evaluation then hold the canonical arrays ({rows[-1]['run_mib']:,.0f} MiB
-at that size). Everything here is in memory: each process holds every sequence.
-Out-of-core import (DuckDB/Polars/pyarrow streaming) and per-rank loading of only a
-rank's users are not built yet.
+at that size). Everything here is in memory: this one process holds every sequence.
+Out-of-core import: the sections below; a data-parallel run whose ranks each hold only
+their own users (`data.rank_users`): "Each rank its own users".
 """
     write_section(ROOT / "docs" / "scaling.md", "scale-data", body)
     print(body)

@@ -35,6 +35,9 @@ class DataConfig:
     # "cold-items": leave-one-out with 10% of the items withheld from training;
     # "loo-no-valid": the HSTU repository's protocol (no validation, fixed epochs)
     split: Literal["loo", "temporal", "cold-items", "loo-no-valid"] = "loo"
+    # Under torchrun: each rank reads only its block of users from the cached dataset
+    # instead of the whole dataset (see train/distributed.py); one process ignores it.
+    rank_users: bool = False
 
 
 @dataclass(config=_STRICT)

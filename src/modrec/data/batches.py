@@ -111,18 +111,41 @@ def _learnable_users(train: Sequences) -> np.ndarray:
 class Shard:
     """Under data parallelism, this process's part of every global batch: rows
     ``rank``, ``rank + world``, ... of it, the batches drawn from ``order`` (a generator
-    seeded alike on every rank, so that all ranks cut the same global batches)."""
+    seeded alike on every rank, so that all ranks cut the same global batches).
+
+    With ``steps`` (``data.rank_users``: each rank holds only its own users' examples)
+    the rank instead cuts its own examples, shuffled by ``order``, into batches of
+    `local_batch_size` and takes the first ``steps`` of them (the same number on every
+    rank; see `local_batches`)."""
 
     rank: int
     world: int
     order: np.random.Generator
+    steps: int | None = None
+
+
+def local_batch_size(batch_size: int, rank: int, world: int) -> int:
+    """Rank ``rank``'s share of a global batch of ``batch_size``: together, the batch."""
+    if batch_size < world:
+        raise ValueError(f"train.batch_size {batch_size} is smaller than the {world} "
+                         "processes; each needs at least one sequence a step")
+    return batch_size // world + (rank < batch_size % world)
+
+
+def local_batches(count: int, batch_size: int, rank: int, world: int) -> int:
+    """How many local batches ``count`` examples make on rank ``rank``."""
+    return -(-count // local_batch_size(batch_size, rank, world))
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
                 shard: Shard | None = None) -> list[np.ndarray]:
     """Which examples go in which batch, for one epoch: shuffled, cut into batches of
-    ``batch_size`` (with a ``shard``: this rank's rows of each such global batch)."""
+    ``batch_size`` (with a ``shard``: this rank's rows of each such global batch, or
+    with ``shard.steps`` its own local batches)."""
     order = (rng if shard is None else shard.order).permutation(len(lengths))
+    if shard is not None and shard.steps is not None:
+        size = local_batch_size(batch_size, shard.rank, shard.world)
+        return np.split(order, range(size, len(order), size))[:shard.steps]
     batches = np.split(order, range(batch_size, len(order), batch_size))
     if shard is None:
         return batches

@@ -11,7 +11,9 @@ Layout on disk::
 Item index 0 is reserved for padding, so items are numbered 1..N. Interactions are
 stored sorted by user and, within a user, in chronological order (by timestamp when
 there is one, otherwise in the order of the source file); every sequence model relies
-on that order.
+on that order. Interactions and users are written in row groups of at most
+`ROW_GROUP` rows, so a process can read one block of users by row-group pruning
+(`read_user_block`) without reading the others.
 """
 
 from __future__ import annotations
@@ -29,8 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 FORMAT_VERSION = 1
+# Rows per Parquet row group of interactions.parquet and users.parquet. Both are sorted
+# by user, so each row group covers a narrow range of users (its min/max statistics say
+# which) and a block of users is read from the row groups that overlap it.
+ROW_GROUP = 1_000_000
 
 
 class DataFormatError(ValueError):
@@ -160,16 +167,7 @@ class Dataset:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         old = None
         try:
-            self.interactions.to_parquet(tmp / "interactions.parquet", index=False)
-            self.items.to_parquet(tmp / "items.parquet", index=False)
-            self.users.to_parquet(tmp / "users.parquet", index=False)
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                **self.describe(),
-                "fingerprint": self.fingerprint(),
-                "provenance": self.provenance,
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            self._write_files(tmp)
             # Swap by two renames: the old folder stays whole until the new one is in
             # place, and is deleted only after.
             if folder.exists():
@@ -187,6 +185,20 @@ class Dataset:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return folder
+
+    def _write_files(self, tmp: Path) -> None:
+        """The folder's four files, into the (new, empty) folder ``tmp``."""
+        self.interactions.to_parquet(tmp / "interactions.parquet", index=False,
+                                     row_group_size=ROW_GROUP)
+        self.items.to_parquet(tmp / "items.parquet", index=False)
+        self.users.to_parquet(tmp / "users.parquet", index=False, row_group_size=ROW_GROUP)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            **self.describe(),
+            "fingerprint": self.fingerprint(),
+            "provenance": self.provenance,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     @staticmethod
     def read(folder: str | Path) -> Dataset:
@@ -208,6 +220,109 @@ class Dataset:
                 f"{folder}: damaged modrec dataset ({type(err).__name__}: {err}); expected the "
                 "complete folder Dataset.save writes"
             ) from err
+
+
+@dataclass
+class DatasetPart(Dataset):
+    """One block of users of a saved dataset (`read_user_block`): the interactions and
+    user rows of users ``start..stop - 1`` only, the whole item table, and the whole
+    dataset's manifest. User indices stay global, so `sequences()` has a (possibly
+    empty) sequence for every user and every split cuts this block's users exactly as
+    it would in the whole dataset. ``describe()`` and ``fingerprint()`` are the whole
+    dataset's, and ``save`` copies the whole folder's files (it never holds them)."""
+
+    folder: Path = Path()
+    manifest: dict[str, Any] = field(default_factory=dict)
+    start: int = 0
+    stop: int = 0
+
+    @property
+    def num_users(self) -> int:
+        return int(self.manifest["users"])
+
+    def describe(self) -> dict[str, Any]:
+        keys = ("name", "users", "items", "interactions", "timestamps", "item_columns")
+        return {key: self.manifest[key] for key in keys}
+
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    def _write_files(self, tmp: Path) -> None:
+        for name in ("interactions.parquet", "items.parquet", "users.parquet",
+                     "manifest.json"):
+            try:  # the files are never changed in place (saving replaces the folder)
+                os.link(self.folder / name, tmp / name)
+            except OSError:
+                shutil.copy2(self.folder / name, tmp / name)
+
+
+def user_block(num_users: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s users of ``world``: the contiguous block ``start..stop - 1``."""
+    return num_users * rank // world, num_users * (rank + 1) // world
+
+
+def read_user_block(folder: str | Path, start: int, stop: int) -> DatasetPart:
+    """Users ``start..stop - 1`` of the dataset saved in ``folder``, reading only the row
+    groups of interactions.parquet and users.parquet whose user range overlaps them
+    (a file written in one big row group is read whole, a group at a time: see
+    `ensure_row_groups`)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return DatasetPart(
+            name=manifest["name"],
+            interactions=_user_rows(folder / "interactions.parquet", start, stop),
+            items=pd.read_parquet(folder / "items.parquet"),
+            users=_user_rows(folder / "users.parquet", start, stop),
+            provenance=manifest.get("provenance", {}),
+            folder=folder, manifest=manifest, start=start, stop=stop)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as err:
+        raise DataFormatError(
+            f"{folder}: damaged modrec dataset ({type(err).__name__}: {err}); expected the "
+            "complete folder Dataset.save writes") from err
+
+
+def _user_rows(path: Path, start: int, stop: int) -> pd.DataFrame:
+    """The rows of ``path`` whose ``user`` is in [start, stop), in file order."""
+    file = pq.ParquetFile(path)
+    column = file.schema_arrow.get_field_index("user")
+    parts = []
+    for group in range(file.metadata.num_row_groups):
+        stats = file.metadata.row_group(group).column(column).statistics
+        if stats is not None and stats.has_min_max and (stats.max < start
+                                                        or stats.min >= stop):
+            continue  # no user of the block in this row group
+        table = file.read_row_group(group)
+        users = table.column("user").to_numpy()
+        parts.append(table.filter(pa.array((users >= start) & (users < stop))))
+    if not parts:
+        return file.schema_arrow.empty_table().to_pandas()
+    return pa.concat_tables(parts).to_pandas()
+
+
+def ensure_row_groups(folder: str | Path) -> bool:
+    """Rewrite interactions.parquet and users.parquet of a dataset folder in row groups
+    of at most `ROW_GROUP` rows if an older `Dataset.save` wrote bigger ones (one
+    group per file), streaming a group at a time; the rows, their order and so the
+    fingerprint are unchanged. Each file is replaced atomically. Returns whether
+    anything was rewritten."""
+    changed = False
+    for name in ("interactions.parquet", "users.parquet"):
+        path = Path(folder) / name
+        file = pq.ParquetFile(path)
+        meta = file.metadata
+        if all(meta.row_group(g).num_rows <= ROW_GROUP for g in range(meta.num_row_groups)):
+            continue
+        tmp = path.with_name(f".{name}.{os.getpid()}")
+        try:
+            with pq.ParquetWriter(tmp, file.schema_arrow) as writer:
+                for batch in file.iter_batches(batch_size=ROW_GROUP):
+                    writer.write_batch(batch, row_group_size=ROW_GROUP)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        changed = True
+    return changed
 
 
 def build_dataset(

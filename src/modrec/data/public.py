@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from modrec import paths
-from modrec.data.dataset import DataFormatError, Dataset, build_dataset
+from modrec.data.dataset import DataFormatError, Dataset, build_dataset, ensure_row_groups
 from modrec.data.importers import (
     import_path,
     read_movielens,
@@ -271,16 +271,49 @@ def load_dataset(
     name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
 ) -> Dataset:
     """A named dataset (see `NAMED`) or a path to any supported file/folder."""
+    key, sources, build, extra = _source(name_or_path, format, columns)
+    return _cached(key, sources, build, extra)
+
+
+def dataset_folder(
+    name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+) -> Path:
+    """The cached canonical folder of what `load_dataset` reads, converted first if the
+    cache does not hold it, in row groups (`ensure_row_groups`), without reading the
+    interactions when it is already there: for readers of a part of it
+    (`read_user_block`). The cache must be writable."""
+    key, sources, build, extra = _source(name_or_path, format, columns)
+    folder = paths.cache_dir() / key
+    stamp = _stamp(sources, extra)
+    stamp_file = folder / "source.json"
+    if not (stamp_file.exists() and stamp_file.read_text() == stamp
+            and (folder / "manifest.json").exists()):
+        build().save(folder)
+        stamp_file.write_text(stamp)
+    ensure_row_groups(folder)
+    return folder
+
+
+def _source(name_or_path: str | Path, format: str | None,
+            columns: dict[str, str] | None
+            ) -> tuple[str, list[Path], Callable[[], Dataset], object]:
+    """Cache key, source files, converter and extra cache key of a dataset name or path."""
     key = str(name_or_path)
     if key in NAMED and format is None:
-        return _load_named(NAMED[key])
+        spec = NAMED[key]
+        root = paths.data_dir()
+        if not spec.present(root):
+            _download(spec, root)
+        sources = [root / f for f in spec.files + spec.alternatives + spec.extras
+                   if (root / f).exists()]
+        return spec.name, sources, lambda: spec.reader(root), None
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise DatasetUnavailable(
             f"{key!r} is neither a named dataset ({', '.join(NAMED)}) nor an existing path"
         )
-    return _cached(_cache_key(path), [path], lambda: import_path(path, format, columns),
-                   extra={"format": format, "columns": columns})
+    return (_cache_key(path), [path], lambda: import_path(path, format, columns),
+            {"format": format, "columns": columns})
 
 
 def _cache_key(path: Path) -> str:
@@ -292,27 +325,11 @@ def _cache_key(path: Path) -> str:
     return f"{name}-{hashlib.sha256(str(absolute).encode()).hexdigest()[:12]}"
 
 
-def _load_named(spec: NamedDataset) -> Dataset:
-    root = paths.data_dir()
-    if not spec.present(root):
-        _download(spec, root)
-    sources = [root / f for f in spec.files + spec.alternatives + spec.extras
-               if (root / f).exists()]
-    return _cached(spec.name, sources, lambda: spec.reader(root))
-
-
 def _cached(
     key: str, sources: list[Path], build: Callable[[], Dataset], extra: object = None
 ) -> Dataset:
     """Reuse the converted dataset while the sources' sizes and mtimes are unchanged."""
-    stamp = json.dumps(
-        {
-            "sources": [_fingerprint(p) for p in sources],
-            "extra": extra,
-            "format_version": 1,
-        },
-        sort_keys=True,
-    )
+    stamp = _stamp(sources, extra)
     folder = paths.cache_dir() / key
     stamp_file = folder / "source.json"
     if stamp_file.exists() and stamp_file.read_text() == stamp:
@@ -327,6 +344,11 @@ def _cached(
     except OSError as err:  # a read-only cache only costs speed
         log.warning("could not cache dataset %s in %s: %s", key, folder, err)
     return ds
+
+
+def _stamp(sources: list[Path], extra: object) -> str:
+    return json.dumps({"sources": [_fingerprint(p) for p in sources], "extra": extra,
+                       "format_version": 1}, sort_keys=True)
 
 
 def _fingerprint(path: Path) -> list[object]:

@@ -20,6 +20,17 @@ How a run divides among ranks (`modrec.train.loop` calls these):
   computes the same metrics, so learning-rate, selection and early-stopping decisions
   are identical everywhere;
 * only rank 0 writes the run folder.
+
+With ``data.rank_users=true`` a rank holds only its own users instead of all of them
+(`modrec.data.dataset.read_user_block`: a contiguous block of user indices, read from
+the cached dataset's row groups), and the first rule changes: each rank draws *local*
+batches of about ``batch_size / W`` of its own training sequences, in an order seeded by
+(seed, epoch, rank), and every rank takes the same number of steps, the **smallest**
+of the ranks' local batch counts (`min_int`), so a rank with more sequences leaves
+the end of its shuffled order out of that epoch (other sequences each epoch). The loss
+weighting, and so the rule that the averaged gradient is the mean over the global
+batch (all ranks' local batches together), is unchanged. The items seen in training
+are the union over ranks (`union`), and each rank evaluates its own users.
 """
 
 from __future__ import annotations
@@ -71,6 +82,26 @@ class World:
             total = total.cuda(self.local_rank)
         dist.all_reduce(total)
         return int(total.item())
+
+    def min_int(self, value: int) -> int:
+        """The smallest ``value`` of any rank."""
+        if not self.distributed:
+            return value
+        least = torch.tensor([value], dtype=torch.int64)
+        if self.backend == "nccl":
+            least = least.cuda(self.local_rank)
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+        return int(least.item())
+
+    def union(self, mask: np.ndarray) -> np.ndarray:
+        """Element-wise OR of every rank's boolean ``mask`` (all of the same shape)."""
+        if not self.distributed:
+            return mask
+        flags = torch.from_numpy(mask.astype(np.int32))
+        if self.backend == "nccl":
+            flags = flags.cuda(self.local_rank)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return flags.cpu().numpy().astype(bool)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -46,7 +47,15 @@ from modrec.config import (
 )
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
-from modrec.data.batches import SequenceBatch, Shard, TrainingExamples, split_by_length
+from modrec.data.batches import (
+    SequenceBatch,
+    Shard,
+    TrainingExamples,
+    local_batches,
+    split_by_length,
+)
+from modrec.data.dataset import read_user_block, user_block
+from modrec.data.public import dataset_folder
 from modrec.data.splits import EvalSet
 from modrec.eval import evaluate, rank_targets, ranking_metrics
 from modrec.models import RetrievalModel, Scorer, Trainable, build_model
@@ -85,6 +94,8 @@ class Session:
     device: str = "cpu"  # train.device, this rank's own GPU under torchrun
     show_progress: bool = True
     table: ShardableTable | None = None  # model.item_table=sharded: this rank's shard
+    # data.rank_users under torchrun: `dataset` and `split` hold this rank's users only
+    rank_users: bool = False
 
     @property
     def trainable(self) -> Trainable:
@@ -136,9 +147,13 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     generator = torch.Generator(device=device).manual_seed(
         tc.seed + 1_000_003 * world.rank)
 
+    rank_users = config.data.rank_users and world.distributed
+    if rank_users:
+        _check_rank_users(config)
     if not world.is_main:
         world.barrier()  # rank 0 converts and caches the dataset; the others then read it
-    dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns)
+    dataset = (_user_block(config, world) if rank_users else
+               load_dataset(config.data.dataset, config.data.format, config.data.columns))
     if world.is_main:
         world.barrier()
     split = make_split(dataset, config.data.split)
@@ -158,7 +173,12 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         model = model.to(device)
     if world.distributed:
         torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
+    if rank_users and getattr(model, "fit", None) is not None:
+        raise ValueError(f"data.rank_users: model {config.model.name!r} is fitted from "
+                         "counts over all users, which no rank holds; fit it in one process")
     known = split.known_items()
+    if rank_users:  # every rank's training items
+        known = world.union(known)
     set_known = getattr(model, "set_known", None)  # an item tower's untrained rows
     if set_known is not None:
         set_known(torch.from_numpy(known).to(device))
@@ -217,7 +237,27 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    model if averaged is None else averaged.module, optimizer, averaged,
                    TrainingExamples.of(split.train, config.model.max_len), pool, rng,
                    generator, checkpoint, progress, loss, world, device,
-                   show_progress and world.is_main, table)
+                   show_progress and world.is_main, table, rank_users)
+
+
+def _user_block(config: RunConfig, world: World) -> Dataset:
+    """This rank's block of users, read from the cached dataset folder (rank 0, first,
+    converts the dataset or lays the folder out in row groups)."""
+    folder = dataset_folder(config.data.dataset, config.data.format, config.data.columns)
+    num_users = int(json.loads((folder / "manifest.json").read_text())["users"])
+    part = read_user_block(folder, *user_block(num_users, world.rank, world.size))
+    log.info("rank %d holds users %d..%d: %d interactions", world.rank, part.start,
+             part.stop - 1, len(part.interactions))
+    return part
+
+
+def _check_rank_users(config: RunConfig) -> None:
+    """What data.rank_users cannot do, said before any data is read."""
+    if config.data.split == "temporal":
+        raise ValueError(
+            "data.rank_users: the temporal split cuts at time quantiles of all interactions, "
+            "which no rank holds; use --split loo (or cold-items, loo-no-valid), or train "
+            "without data.rank_users")
 
 
 def _check_sharded(config: RunConfig, model: nn.Module) -> None:
@@ -309,11 +349,21 @@ def train_epoch(session: Session) -> dict[str, Any]:
     started = time.perf_counter()
     losses, seen = [], 0
     # Data-parallel: every rank cuts the same global batches (an order seeded by the
-    # epoch) and steps on its rows of each.
-    shard = (Shard(s.world.rank, s.world.size, np.random.default_rng([tc.seed, epoch]))
-             if s.world.distributed else None)
+    # epoch) and steps on its rows of each; with rank_users, every rank cuts its own
+    # examples into local batches and all take the smallest rank's number of them.
+    shard, steps, examples = None, math.ceil(len(s.examples) / tc.batch_size), len(s.examples)
+    if s.rank_users:
+        steps = s.world.min_int(local_batches(len(s.examples), tc.batch_size, s.world.rank,
+                                              s.world.size))
+        examples = s.world.sum_int(examples)
+        shard = Shard(s.world.rank, s.world.size,
+                      np.random.default_rng([tc.seed, epoch, s.world.rank]), steps)
+        log.info("epoch %d: rank %d takes %d local batches of its %d training windows",
+                 epoch, s.world.rank, steps, len(s.examples))
+    elif s.world.distributed:
+        shard = Shard(s.world.rank, s.world.size, np.random.default_rng([tc.seed, epoch]))
     batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng, shard)
-    bar = tqdm(batches, total=math.ceil(len(s.examples) / tc.batch_size), desc=f"epoch {epoch}",
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}",
                disable=not s.show_progress, leave=False, unit="batch")
     # A sharded table steps in every backward (its optimiser is fused into it), so a
     # batch runs as one slice: slices would make one table step each.
@@ -332,7 +382,7 @@ def train_epoch(session: Session) -> dict[str, Any]:
     # Each rank's step losses are its shares of the global batch's mean: they add up.
     loss = float(sum(s.world.gather(float(np.mean(losses)))))
     return {"epoch": epoch, "loss": loss, "lr": epoch_lr(tc, epoch),
-            "epoch_seconds": seconds, "sequences_per_second": len(s.examples) / seconds}
+            "epoch_seconds": seconds, "sequences_per_second": examples / seconds}
 
 
 def epoch_lr(tc: TrainConfig, epoch: int) -> float:
@@ -465,21 +515,26 @@ def save_kept(session: Session) -> None:
 
 def evaluate_on(session: Session, model: nn.Module, evalset: EvalSet) -> dict[str, float]:
     """Full-ranking metrics of ``model`` on ``evalset``; data-parallel, each rank ranks
-    its shard of the users and every rank gets the metrics of all of them. With a
+    its shard of the users (with rank_users, ``evalset`` is already just its own users)
+    and every rank gets the metrics of all of them. With a
     sharded table every rank reads the catalog in blocks (`sharded`)."""
     s, tc = session, session.config.train
     scorer = cast(Scorer, model)
     if not s.world.distributed and s.table is None:
         return evaluate(scorer, evalset, s.config.model.max_len, tc.eval_batch_size, s.device)
-    mine = np.zeros(len(evalset), dtype=bool)
-    mine[s.world.shard(len(evalset))] = True
+    if s.rank_users:  # the evaluation set holds this rank's users only
+        mine = evalset
+    else:
+        keep = np.zeros(len(evalset), dtype=bool)
+        keep[s.world.shard(len(evalset))] = True
+        mine = evalset.subset(keep)
     if s.table is not None:
-        ranks = sharded.rank_targets_sharded(model, evalset.subset(mine), s.dataset.num_items,
+        ranks = sharded.rank_targets_sharded(model, mine, s.dataset.num_items,
                                              s.config.model.max_len, tc.eval_batch_size,
                                              s.device, s.world)
     else:
-        ranks = rank_targets(scorer, evalset.subset(mine), s.config.model.max_len,
-                             tc.eval_batch_size, s.device)
+        ranks = rank_targets(scorer, mine, s.config.model.max_len, tc.eval_batch_size,
+                             s.device)
     return ranking_metrics(np.concatenate(s.world.gather(ranks)))
 
 
@@ -529,7 +584,8 @@ def finish(session: Session) -> Path:
         cold = s.split.cold_items[s.split.test.targets]
         for name, keep in (("warm", ~cold), ("cold", cold)):
             part = s.split.test.subset(keep)
-            slices[name] = {"users": len(part), **scores(part)}
+            users = s.world.sum_int(len(part)) if s.rank_users else len(part)
+            slices[name] = {"users": users, **scores(part)}
     test = scores(s.split.test)
     if s.world.is_main:
         s.run.write_results({

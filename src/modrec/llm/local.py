@@ -180,16 +180,15 @@ class LlamaCppModel:
         with self._lock:
             ids = self._option_ids(options)
             token_lists = [self.tokens(m) for m in prompts]
-            if (not (self.prefix_cache and self.batch_prompts) or self.sequences < 2
-                    or len(prompts) == 1):
+            shared = 0  # tokens every prompt shares, leaving each a tail of at least one
+            if (self.prefix_cache and self.batch_prompts and self.sequences > 1
+                    and len(prompts) > 1):
+                shared = min(_common_length(token_lists),
+                             min(len(t) for t in token_lists) - 1)
+            if shared == 0:  # one by one
                 return np.stack([option_logprobs(self._last_logits(t), ids)
                                  for t in token_lists])
-            shared = _common_length(token_lists)
-            shared = min(shared, min(len(t) for t in token_lists) - 1)  # every tail >= 1
-            if shared == 0:
-                return np.stack([option_logprobs(self._last_logits(t), ids)
-                                 for t in token_lists])
-            self._evaluate_prefix(token_lists[0][:shared])
+            self._hold(token_lists[0][:shared], evaluate_last=False)
             rows: list[np.ndarray] = []
             for chunk in self._tail_chunks([t[shared:] for t in token_lists]):
                 rows.extend(option_logprobs(logits, ids)
@@ -197,25 +196,28 @@ class LlamaCppModel:
             self.stats["prompt_tokens"] += sum(len(t) for t in token_lists)
         return np.stack(rows)
 
-    def _evaluate_prefix(self, prefix: list[int]) -> None:
-        """Sequence 0 holds exactly ``prefix``, evaluating only what the cache lacks."""
+    def _hold(self, tokens: list[int], evaluate_last: bool) -> None:
+        """Sequence 0 holds exactly ``tokens``, evaluating only what the KV cache lacks
+        (with ``evaluate_last``, at least the last token, so that its logits are fresh;
+        without the prefix cache, all of them)."""
         llm = self._llm
-        if len(prefix) >= llm.n_ctx():
-            raise LLMError(f"a prompt of {len(prefix)} tokens does not fit the context of "
+        if len(tokens) >= llm.n_ctx():
+            raise LLMError(f"a prompt of {len(tokens)} tokens does not fit the context of "
                            f"{llm.n_ctx()}; shorten the item text or raise the context")
-        cached = llm.input_ids[:llm.n_tokens]
         common = 0
-        limit = min(len(cached), len(prefix))
-        while common < limit and cached[common] == prefix[common]:
-            common += 1
+        if self.prefix_cache:
+            cached = llm.input_ids[:llm.n_tokens]
+            limit = min(len(cached), len(tokens) - (1 if evaluate_last else 0))
+            while common < limit and cached[common] == tokens[common]:
+                common += 1
         started = time.perf_counter()
-        llm.n_tokens = common
-        if common < len(prefix):
-            llm.eval(prefix[common:])
+        llm.n_tokens = common  # eval drops the cache beyond n_tokens first
+        if common < len(tokens):
+            llm.eval(tokens[common:])
         else:  # all of it cached: drop anything cached beyond it
             llm._ctx.kv_cache_seq_rm(0, common, -1)
         self.stats["seconds"] += time.perf_counter() - started
-        self.stats["evaluated_tokens"] += len(prefix) - common
+        self.stats["evaluated_tokens"] += len(tokens) - common
 
     def _tail_chunks(self, tails: list[list[int]]) -> list[list[list[int]]]:
         """Tails grouped so a group fits one batch and the free sequence ids."""
@@ -274,23 +276,10 @@ class LlamaCppModel:
 
     def _last_logits(self, tokens: list[int]) -> np.ndarray:
         """``(V,)`` logits after ``tokens``, evaluating only the part not already cached."""
-        llm = self._llm
-        if len(tokens) >= llm.n_ctx():
-            raise LLMError(f"a prompt of {len(tokens)} tokens does not fit the context of "
-                           f"{llm.n_ctx()}; shorten the item text or raise the context")
-        common = 0
-        if self.prefix_cache:
-            cached = llm.input_ids[:llm.n_tokens]
-            limit = min(len(cached), len(tokens) - 1)  # at least one token is evaluated
-            while common < limit and cached[common] == tokens[common]:
-                common += 1
-        started = time.perf_counter()
-        llm.n_tokens = common  # eval drops the cache beyond n_tokens first
-        llm.eval(tokens[common:])
-        self.stats["seconds"] += time.perf_counter() - started
+        self._hold(tokens, evaluate_last=True)
         self.stats["prompt_tokens"] += len(tokens)
-        self.stats["evaluated_tokens"] += len(tokens) - common
         # Only the last position's logits are computed (logits_all=False).
+        llm = self._llm
         return np.ctypeslib.as_array(llm._ctx.get_logits(),
                                      shape=(llm.n_vocab(),)).astype(np.float64)
 

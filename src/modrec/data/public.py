@@ -285,11 +285,9 @@ def dataset_folder(
     key, sources, build, extra = _source(name_or_path, format, columns)
     folder = paths.cache_dir() / key
     stamp = _stamp(sources, extra)
-    stamp_file = folder / "source.json"
-    if not (stamp_file.exists() and stamp_file.read_text() == stamp
-            and (folder / "manifest.json").exists()):
+    if not (_current(folder, stamp) and (folder / "manifest.json").exists()):
         build().save(folder)
-        stamp_file.write_text(stamp)
+        (folder / "source.json").write_text(stamp)
     ensure_row_groups(folder)
     return folder
 
@@ -331,8 +329,7 @@ def _cached(
     """Reuse the converted dataset while the sources' sizes and mtimes are unchanged."""
     stamp = _stamp(sources, extra)
     folder = paths.cache_dir() / key
-    stamp_file = folder / "source.json"
-    if stamp_file.exists() and stamp_file.read_text() == stamp:
+    if _current(folder, stamp):
         try:
             return Dataset.read(folder)
         except DataFormatError as err:  # damaged on disk: convert again, as if missing
@@ -340,10 +337,16 @@ def _cached(
     ds = build()
     try:
         ds.save(folder)
-        stamp_file.write_text(stamp)
+        (folder / "source.json").write_text(stamp)
     except OSError as err:  # a read-only cache only costs speed
         log.warning("could not cache dataset %s in %s: %s", key, folder, err)
     return ds
+
+
+def _current(folder: Path, stamp: str) -> bool:
+    """Whether the cached ``folder`` was converted from the sources ``stamp`` describes."""
+    stamp_file = folder / "source.json"
+    return stamp_file.exists() and stamp_file.read_text() == stamp
 
 
 def _stamp(sources: list[Path], extra: object) -> str:

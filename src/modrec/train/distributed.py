@@ -75,33 +75,26 @@ class World:
         return f"cuda:{self.local_rank}" if device == "cuda" and self.distributed else device
 
     def sum_int(self, value: int) -> int:
-        if not self.distributed:
-            return value
-        total = torch.tensor([value], dtype=torch.int64)
-        if self.backend == "nccl":
-            total = total.cuda(self.local_rank)
-        dist.all_reduce(total)
-        return int(total.item())
+        return int(self._all_reduce(np.array([value], np.int64), dist.ReduceOp.SUM)[0])
 
     def min_int(self, value: int) -> int:
         """The smallest ``value`` of any rank."""
-        if not self.distributed:
-            return value
-        least = torch.tensor([value], dtype=torch.int64)
-        if self.backend == "nccl":
-            least = least.cuda(self.local_rank)
-        dist.all_reduce(least, op=dist.ReduceOp.MIN)
-        return int(least.item())
+        return int(self._all_reduce(np.array([value], np.int64), dist.ReduceOp.MIN)[0])
 
     def union(self, mask: np.ndarray) -> np.ndarray:
         """Element-wise OR of every rank's boolean ``mask`` (all of the same shape)."""
+        return self._all_reduce(mask.astype(np.int32), dist.ReduceOp.MAX).astype(bool)
+
+    def _all_reduce(self, values: np.ndarray, op: Any) -> np.ndarray:
+        """``values`` reduced element-wise over the ranks by ``op`` (through this rank's
+        GPU under NCCL, which reduces GPU tensors only)."""
         if not self.distributed:
-            return mask
-        flags = torch.from_numpy(mask.astype(np.int32))
+            return values
+        tensor = torch.from_numpy(values)
         if self.backend == "nccl":
-            flags = flags.cuda(self.local_rank)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return flags.cpu().numpy().astype(bool)
+            tensor = tensor.cuda(self.local_rank)
+        dist.all_reduce(tensor, op=op)
+        return tensor.cpu().numpy()
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""

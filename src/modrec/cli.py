@@ -539,6 +539,12 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     return {"dataset": dataset.name, "query": args.query, "items": hits}
 
 
+def _outside_paths_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="read media files wherever the catalog's paths lead (by default only "
+                   "inside the catalog's own folder; relative paths start there)")
+
+
 def _llm_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--llm", required=required, metavar="SPEC",
                    help="local:PATH.gguf (llama.cpp in process) or openai:URL#MODEL (an "
@@ -673,9 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--allow-outside-paths", action="store_true",
-                   help="read media files wherever the catalog's paths lead (by default only "
-                   "inside the catalog's own folder; relative paths start there)")
+    _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
@@ -703,9 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>); "
                    "the columns go to its columns/ folder")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--allow-outside-paths", action="store_true",
-                   help="read media files wherever the catalog's paths lead (by default only "
-                   "inside the catalog's own folder; relative paths start there)")
+    _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe)
 

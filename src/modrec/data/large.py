@@ -151,7 +151,7 @@ def read_table_large(
                 [str(path), sep],
             )
         except duckdb.Error as err:
-            first = str(err).strip().split("\n")[0]
+            first = _first_line(err)
             raise DataFormatError(
                 f"{path}: not a readable {sep!r}-separated table ({first}); expected a "
                 "header row and the same number of fields on every line"
@@ -250,7 +250,7 @@ def read_parquet_large(
             kinds = {str(n): str(t) for n, t, *_ in
                      con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         except duckdb.Error as err:
-            first = str(err).strip().split("\n")[0]
+            first = _first_line(err)
             raise DataFormatError(f"{path}: not a readable Parquet table ({first}); expected "
                                   "complete Parquet files with the same columns") from None
         finally:
@@ -289,7 +289,7 @@ def read_parquet_large(
         try:
             con.execute(f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM {source}")
         except duckdb.Error as err:
-            first = str(err).strip().split("\n")[0]
+            first = _first_line(err)
             raise DataFormatError(
                 f"{path}: not a readable Parquet table ({first}); expected complete "
                 "Parquet files") from None
@@ -298,6 +298,11 @@ def read_parquet_large(
 
 
 # ---- the shared part: ids, checks, sorted columns ----------------------------------------
+def _first_line(err: Exception) -> str:
+    """DuckDB's message without the context lines it appends."""
+    return str(err).strip().split("\n")[0]
+
+
 def _id_strings(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Distinct raw ids as `read_table` turns them into strings (numbers printed by
     pandas, text stripped), and which of them are missing (null, NaN, "", "NA", ...)."""

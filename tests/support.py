@@ -3,6 +3,7 @@ a real uvicorn in a thread, and a two-process gloo world."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -63,6 +64,19 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+def torchrun_train(out: Path, overrides: list[str]) -> dict[str, Any]:
+    """``torchrun --nproc_per_node 2 -m modrec train`` of SASRec on ml-100k for one epoch
+    into ``out`` with ``--set`` ``overrides``; the run's results.json, once it succeeded."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), "-m", "modrec", "train", "-d", "ml-100k",
+               "-m", "sasrec", "--epochs", "1", "--out", str(out), "--no-progress",
+               *[arg for o in overrides for arg in ("--set", o)]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads((out / "results.json").read_text()))
 
 
 def spawn_gloo(worker: Any, *args: Any) -> None:

@@ -5,9 +5,6 @@ distributed run resumes, and ``torchrun -m modrec train`` runs end to end."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from modrec.data import leave_one_out, load_dataset
 from modrec.data.batches import Shard, TrainingExamples
 from modrec.models import build_model
 from modrec.train.loop import BatchLoss, train_step
-from support import free_port, spawn_gloo
+from support import spawn_gloo, torchrun_train
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "train.batch_size=64"]
 
@@ -150,13 +147,6 @@ def test_ranks_decide_alike_rank_0_writes_and_a_distributed_run_resumes(
 
 def test_torchrun_trains_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), "-m", "modrec", "train", "-d", "ml-100k",
-               "-m", "sasrec", "--epochs", "1", "--out", str(out), "--no-progress",
-               *[arg for o in SMALL for arg in ("--set", o)]]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = torchrun_train(out, SMALL)
     assert results["epochs"] == 1 and results["ndcg@10"] > 0.01
     assert json.loads((out / "config.json").read_text())["world_size"] == 2

@@ -6,9 +6,6 @@ and ``torchrun -m modrec train`` with the setting writes a loadable run folder."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from modrec.data import Dataset, leave_one_out
 from modrec.data import dataset as dataset_module
 from modrec.data.batches import Shard, batch_order, local_batch_size, local_batches
 from modrec.data.dataset import ensure_row_groups, read_user_block, user_block
-from support import free_port, spawn_gloo
+from support import spawn_gloo, torchrun_train
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "train.batch_size=64",
          "train.eval_batch_size=256"]
@@ -153,14 +150,7 @@ def test_torchrun_trains_with_rank_users_end_to_end(ml100k: Dataset, tmp_path: P
     from modrec.runs import load_run
 
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), "-m", "modrec", "train", "-d", "ml-100k",
-               "-m", "sasrec", "--epochs", "1", "--out", str(out), "--no-progress",
-               *[arg for o in [*SMALL, "data.rank_users=true"] for arg in ("--set", o)]]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = torchrun_train(out, [*SMALL, "data.rank_users=true"])
     assert results["epochs"] == 1 and results["ndcg@10"] > 0.01
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["data"]["rank_users"] is True

@@ -183,11 +183,14 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     command: list[str] = field(default_factory=list)
     log: Path | None = None
+    # how to start modrec (another revision: python -m modrec with its src on PYTHONPATH)
+    launcher: list[str] = field(default_factory=lambda: [str(BIN / "modrec")])
+    env: dict[str, str] | None = None
 
     def start(self, timeout: float = 3600.0) -> float:
         """Launch ``modrec serve``; seconds until /readyz answered 200."""
         self.port = free_port()
-        self.command = [*taskset(self.cpus), str(BIN / "modrec"), "serve", str(self.run),
+        self.command = [*taskset(self.cpus), *self.launcher, "serve", str(self.run),
                         "--state", str(self.state), "--port", str(self.port),
                         "--batch-window-ms", f"{self.window_ms:g}",
                         "--max-batch", str(self.max_batch), "--log-level", "warning"]
@@ -198,7 +201,7 @@ class Server:
         out.flush()
         started = time.perf_counter()
         self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, start_new_session=True)
+                                     cwd=ROOT, start_new_session=True, env=self.env)
         out.close()
         while True:
             if self.proc.poll() is not None:

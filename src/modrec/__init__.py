@@ -3,7 +3,16 @@
 The public surface is small on purpose; everything else is reachable through the
 subpackages (`modrec.data`, `modrec.models`, `modrec.train`, `modrec.eval`,
 `modrec.serve`) and the run-directory owner `modrec.runs`.
+
+Importing modrec before torch makes torch's idle OpenMP threads sleep instead of spin
+(``OMP_WAIT_POLICY=PASSIVE`` unless already set): see `modrec.threads` for why.
 """
+
+from modrec.threads import prepare_openmp
+
+prepare_openmp()  # before anything below imports torch
+
+# ruff: noqa: E402 - the imports below must follow prepare_openmp
 
 from modrec.config import RunConfig, build_config
 from modrec.data import Dataset, leave_one_out, load_dataset

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from modrec.threads import apply_threads, thread_summary
+
 log = logging.getLogger("modrec")
 
 # What misuse and the world (missing files, full disks, corrupt folders, an optional
@@ -315,8 +317,9 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGHUP, reload_all)
     app = create_app(load, AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
                                        max_batch=args.max_batch, max_k=args.max_k))
-    log.info("serving %s on http://%s:%d (state %s)", ", ".join(
-        f"{n}={f}" for n, f in models.items()), args.host, args.port, state_path)
+    log.info("serving %s on http://%s:%d (state %s; %s)", ", ".join(
+        f"{n}={f}" for n, f in models.items()), args.host, args.port, state_path,
+        thread_summary())
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.access_log)
     return {"served": list(models)}
@@ -782,7 +785,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=_at_least(256), default=4096)
     p.set_defaults(func=cmd_search)
 
-    for verb in sub.choices.values():
+    for name, verb in sub.choices.items():
+        if name in ("train", "refit", "evaluate", "recommend", "serve", "embed"):
+            verb.add_argument("--threads", type=_at_least(1), help=(
+                "torch's CPU threads: default 1 for serve (a worker per core scales "
+                "better), else the cores this process may use; MODREC_THREADS sets "
+                "the default (see modrec.threads)"))
         verb.add_argument("--json", action="store_true",
                           help="print the results as one JSON object on the last line")
         # -v after the verb too; SUPPRESS keeps `modrec -v VERB` from being reset
@@ -801,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # FAISS logs which CPU builds it could not load, as exceptions
         logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
+        # llama.cpp's and Whisper's --threads (annotate, transcribe...) bound torch too
+        threads = apply_threads(getattr(args, "threads", None), serving=args.verb == "serve")
+        log.debug("torch computes with %d threads", threads)
         result = args.func(args)
         # strict JSON: no NaN or Infinity, which many parsers reject
         text = json.dumps(_json_safe(result), default=str, allow_nan=False) if args.json else ""

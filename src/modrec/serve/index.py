@@ -51,6 +51,7 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from modrec import paths
+from modrec.threads import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,6 @@ def _omp_threads(n: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class ItemIndex:
     """Inner-product top-k over the rows 1..N of an item matrix ``(N + 1, D)``.
 
@@ -127,7 +121,7 @@ class ItemIndex:
         else:
             index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.ef_construction
-        with _omp_threads(_cores()):  # this thread may have been limited by a search
+        with _omp_threads(usable_cores()):  # this thread may have been limited by a search
             index.add(vectors)
         self._adopt(index, config)
         log.info("built %s item index over %d items (dim %d) in %.1f s", self.kind, n, d,

@@ -1,0 +1,128 @@
+"""How many CPU threads a modrec process computes with, and how its idle threads wait.
+
+Why this exists: torch's intra-op pool is OpenMP (libgomp), whose idle threads spin
+for a while before sleeping, and every parallel region ends at a barrier where the
+fastest thread waits for the slowest. On an otherwise idle machine that is fastest. On
+a shared one it is a cliff: when another process holds a core, a descheduled pool
+thread holds up the region for a whole scheduler slice while its spinning siblings
+burn the CPU the other process needed. Measured here on 2 cores beside one CPU-bound
+job (issue 40; `benchmarks/shared_cpu.py` has the before/after): the model service fell
+from about 600 to 10-21 requests/s, and a SASRec training epoch took 5-7x as long.
+
+The policy, applied by the ``modrec`` command before torch is imported:
+
+- idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), unless
+  the user has set ``OMP_WAIT_POLICY`` themselves;
+- a service worker computes with one thread: its requests are small, it answers several
+  at once by batching, and more workers (not more threads per worker) use more cores;
+- anything else uses the cores this process may run on (its CPU affinity, capped by a
+  container's CPU quota), divided among the processes torchrun started on this machine;
+- ``--threads N`` (or ``MODREC_THREADS``) chooses another number.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV = "MODREC_THREADS"
+# OpenMP reads its settings once, when the runtime is loaded (with torch or faiss).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
+    (what ``docker --cpus`` and Kubernetes limits set) rounded up to whole cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup may use per period, or None when unlimited or
+    unknown. cgroup v2 writes ``"<quota> <period>"`` (or ``"max <period>"``) in
+    ``cpu.max``; v1 writes the two numbers in ``cpu/cpu.cfs_quota_us`` (-1: none) and
+    ``cpu/cpu.cfs_period_us``."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def prepare_openmp() -> bool:
+    """Make OpenMP runtimes loaded after this call sleep while idle. Returns whether the
+    policy can still take effect: False when torch was imported before (its runtime has
+    already read the environment), which is logged at debug level."""
+    for name, value in WAIT_POLICY.items():
+        os.environ.setdefault(name, value)
+    if "torch" in sys.modules:
+        log.debug("torch was imported before the thread policy; OMP_WAIT_POLICY is "
+                  "whatever it was then")
+        return False
+    return True
+
+
+def default_threads(serving: bool) -> int:
+    """1 for a service worker; otherwise this process's share of the usable cores when
+    torchrun started ``LOCAL_WORLD_SIZE`` processes on this machine."""
+    if serving:
+        return 1
+    local_processes = _positive_int(os.environ.get("LOCAL_WORLD_SIZE"), "LOCAL_WORLD_SIZE") or 1
+    return max(1, usable_cores() // local_processes)
+
+
+def choose_threads(requested: int | None, serving: bool) -> int:
+    """``requested`` (``--threads``), else ``MODREC_THREADS``, else the default."""
+    if requested is not None:
+        return requested
+    return _positive_int(os.environ.get(ENV), ENV) or default_threads(serving)
+
+
+def apply_threads(requested: int | None = None, serving: bool = False) -> int:
+    """Set torch's intra-op thread count by the policy above and return it."""
+    import torch
+
+    threads = choose_threads(requested, serving)
+    if threads > usable_cores():
+        log.warning("%d threads on %d usable cores: the threads will take turns; "
+                    "fewer is usually faster", threads, usable_cores())
+    torch.set_num_threads(threads)
+    return threads
+
+
+def thread_summary() -> str:
+    """What torch computes with now, as a log line says it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset").lower()
+    return f"{threads} torch thread{'s' if threads > 1 else ''}, OpenMP wait policy {wait}"
+
+
+def _positive_int(text: str | None, name: str) -> int | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r}: expected a whole number of threads, at least 1")
+    return value

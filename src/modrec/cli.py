@@ -101,7 +101,8 @@ def _removed_on_failure(folder: Path, worth_keeping: Callable[[Path], bool],
 
 
 def _resumable(folder: Path) -> bool:
-    return (folder / "checkpoint.pt").exists() or (folder / "model.pt").exists()
+    """--resume continues from checkpoint.pt alone (without it, it starts over)."""
+    return (folder / "checkpoint.pt").exists()
 
 
 def _columns(text: str | None) -> dict[str, str] | None:
@@ -231,12 +232,15 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.runs import export_bundle
 
-    out = export_bundle(args.run_dir, args.out)
+    out = export_bundle(args.run_dir, args.out, unfinished=args.unfinished)
     bundle = json.loads((out / "bundle.json").read_text())
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     if not args.json:
         print(f"bundle: {out} ({size / 1e6:.1f} MB; embeddings: "
               f"{', '.join(bundle['embeddings']) or 'none'})")
+        if not bundle["finished"]:
+            print(f"unfinished: training had reached epoch {bundle['epoch_reached']}; the "
+                  "bundle records it, and loading it warns")
         print(f"serve it: modrec serve {out}")
     return {"bundle": str(out), "bytes": size, **bundle}
 
@@ -628,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a self-contained bundle of a run for serving")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="the bundle folder (new or empty)")
+    p.add_argument("--unfinished", action="store_true", help="export a run whose training "
+                   "has not finished (its best weights so far; bundle.json records it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

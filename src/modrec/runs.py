@@ -35,6 +35,7 @@ with the full unpickler.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,7 +44,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from modrec.atomic import WriteError, append_line, replace_atomic, write_text_at
 from modrec.config import RUN_FORMAT, RunConfig, load_config
 from modrec.data import Dataset, EvalSet, Split, load_dataset, make_split
 from modrec.data.dataset import DataFormatError
-from modrec.eval import evaluate
+from modrec.eval import NonFiniteScores, evaluate
 from modrec.models import Scorer, build_model
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,39 @@ def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> Any:
 
 
 def save_tensors(obj: Any, path: Path) -> None:
-    replace_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``obj`` into ``path`` atomically. torch.save writes through its own C++ writer,
+    which turns the failed write of a full disk into a RuntimeError about stream
+    positions ("unexpected pos ..."); it writes through `_Sink` here, which keeps the
+    OSError to raise instead, so that `replace_atomic` names the file and the cause."""
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as file:
+            sink = _Sink(file)
+            try:
+                torch.save(obj, cast(BinaryIO, sink))
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+    replace_atomic(path, write)
+
+
+class _Sink:
+    """The file-like object torch.save writes to: ``file``, remembering the first
+    OSError a write raised (torch's writer reports only that the write came up short)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 class RunDir:
@@ -103,6 +136,34 @@ class RunDir:
     @property
     def finished(self) -> bool:
         return self.results_file.exists()
+
+    @property
+    def trained(self) -> bool:
+        """Training has written weights here (a checkpoint, best weights or results),
+        finished or not: only ``--resume`` trains into such a folder again."""
+        return any(f.exists() for f in (self.results_file, self.checkpoint_file,
+                                        self.weights_file))
+
+    def epoch_reached(self) -> int | None:
+        """The last epoch training recorded: metrics.jsonl's last record, or what
+        bundle.json recorded for an exported unfinished run (None: none)."""
+        epoch = max((int(r.get("epoch", 0)) for r in self.metrics()), default=None)
+        if epoch is None and (self.folder / "bundle.json").exists():
+            with contextlib.suppress(RunError, KeyError, TypeError, ValueError):
+                epoch = int(_read_json(self.folder / "bundle.json")["epoch_reached"])
+        return epoch
+
+    def unfinished(self) -> str | None:
+        """None for a finished run (results.json); else how far its training got, as
+        words for a message: "stopped after epoch 2 of 5"."""
+        if self.finished:
+            return None
+        epoch, planned = self.epoch_reached(), None
+        with contextlib.suppress(RunError, KeyError, TypeError, ValueError):
+            planned = int(_read_json(self.config_file)["train"]["epochs"])
+        if epoch is None:
+            return "stopped before its first epoch ended"
+        return f"stopped after epoch {epoch}" + (f" of {planned}" if planned else "")
 
     def create(self) -> None:
         """Make the folder, or take over one a killed run left: its snapshot put back
@@ -371,15 +432,39 @@ class Run:
 
     def evaluate(self, evalset: EvalSet, device: str = "cpu") -> dict[str, float]:
         """Full-ranking metrics on one of the split's evaluation sets."""
-        return evaluate(self.scorer, evalset, self.config.model.max_len,
-                        self.config.train.eval_batch_size, device)
+        try:
+            return evaluate(self.scorer, evalset, self.config.model.max_len,
+                            self.config.train.eval_batch_size, device)
+        except NonFiniteScores as err:
+            raise RunError(f"{self.folder}: {err}; such scores cannot be ranked. Retrain "
+                           "it into a new --out with a lower learning rate "
+                           "(--set train.lr=...).") from None
 
 
 def load_run(folder: str | Path, device: str = "cpu") -> Run:
-    """Read a run folder back: config, snapshot and the best weights, on ``device``."""
+    """Read a run folder back: config, snapshot and the best weights, on ``device``.
+    Weights that hold NaN or infinite values are refused (they would score every item
+    NaN); a run whose training has not finished is loaded with a warning saying so."""
     run_dir = RunDir(folder)
     config = run_dir.read_config()
     state = run_dir.load_weights(device)
+    broken = [key for key, value in state.items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point()
+              and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise RunError(
+            f"{run_dir.weights_file} holds NaN or infinite weights ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}): the training that wrote them diverged, "
+            "and they would score every item NaN. Retrain into a new --out with a lower "
+            "learning rate (--set train.lr=...).")
+    stopped = run_dir.unfinished()
+    if stopped is not None:
+        finish = ("finish that run and export it again"
+                  if (run_dir.folder / "bundle.json").exists() else
+                  f"finish it with modrec train ... --out {run_dir.folder} --resume")
+        log.warning("%s: training has not finished (no results.json; it %s), so these are "
+                    "the best weights up to then, not a finished model; %s",
+                    run_dir.folder, stopped, finish)
     dataset, known = run_dir.snapshot(config)
     model_config = config.model
     if model_config.item_table == "sharded":
@@ -409,11 +494,15 @@ BUNDLE_FOLDERS = ("dataset", "item_table")
 
 
 def export_bundle(folder: str | Path, out: str | Path,
-                  embeddings: tuple[str, ...] = ("text",)) -> Path:
+                  embeddings: tuple[str, ...] = ("text",), unfinished: bool = False) -> Path:
     """A self-contained copy of a run for serving: its config, best weights, results,
     dataset snapshot and known mask (no checkpoint, no metrics), plus the dataset's
     stored ``embeddings`` that exist (text search reads them), and ``bundle.json``
-    naming the source and each file's SHA-256. ``out`` must not exist or be empty."""
+    naming the source and each file's SHA-256. ``out`` must not exist or be empty.
+
+    A run whose training has not finished (no results.json) is refused unless
+    ``unfinished``: serving a half-trained model by accident is the harm; with it, the
+    bundle records ``"finished": false`` and the epoch reached, and loading it warns."""
     import hashlib
     import shutil
     from datetime import UTC, datetime
@@ -421,8 +510,15 @@ def export_bundle(folder: str | Path, out: str | Path,
     from modrec import paths
     from modrec.content.store import EmbeddingStore
 
-    run = load_run(folder)  # also makes a format-1 folder's snapshot
     source, target = RunDir(folder), Path(out)
+    stopped = source.unfinished() if source.config_file.exists() else None
+    if stopped is not None and not unfinished:
+        raise RunError(
+            f"{source.folder} has not finished training (no results.json; it {stopped}): "
+            "a bundle of it would serve a half-trained model. Finish it first (modrec "
+            f"train ... --out {source.folder} --resume), or pass --unfinished to export its "
+            "best weights so far (the bundle then records that it is unfinished).")
+    run = load_run(folder)  # also makes a format-1 folder's snapshot
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and is not empty; choose a new --out")
     tmp = target.with_name(f".{target.name}.partial")
@@ -453,6 +549,8 @@ def export_bundle(folder: str | Path, out: str | Path,
         (tmp / "bundle.json").write_text(json.dumps({
             "exported_from": str(source.folder.resolve()),
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "finished": stopped is None,
+            **({} if stopped is None else {"epoch_reached": source.epoch_reached()}),
             "embeddings": carried, "files": digests}, indent=2))
         if target.exists():
             target.rmdir()

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from modrec.atomic import append_line
 from modrec.content.extract import item_inputs
@@ -59,6 +58,7 @@ from modrec.llm import (
     option_probabilities,
     score_all,
 )
+from modrec.progress import Bar, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def _run(keys: list[str], ask: Callable[[str], dict[str, Any]], file: Annotation
     todo = [k for k in dict.fromkeys(keys) if k not in records]
     report.cached = len(set(keys)) - len(todo)
     started = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=report.task, unit="item", disable=not progress)
+    bar: Bar[object] = progress_bar(total=len(todo), desc=report.task, unit="item",
+                                    enabled=progress)
 
     def keep(key: str, answer: dict[str, Any]) -> None:
         record = {"key": key, **answer, "model": llm.fingerprint,

@@ -48,13 +48,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from modrec import paths
 from modrec.content.encoder import EncodeError, Encoder
 from modrec.content.store import EmbeddingStore, StoreError, store_name
 from modrec.data import Dataset
 from modrec.data.public import NAMED
+from modrec.progress import Bar, progress_bar
 
 if TYPE_CHECKING:
     from modrec.train.distributed import World
@@ -275,8 +275,8 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
                      encoder.name, len(todo), dataset.num_items, report.already,
                      store.folder, f" on {world.size} ranks" if world.distributed else "")
         started = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"embed {encoder.name}", unit="item",
-                   disable=not (progress and world.is_main))
+        bar: Bar[object] = progress_bar(total=len(todo), desc=f"embed {encoder.name}",
+                                        unit="item", enabled=progress and world.is_main)
         batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
         for first in range(0, len(batches), world.size):  # one round: a batch per rank
             mine = first + world.rank

@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from modrec.content.columns import ItemColumns, Producer
 from modrec.content.encoder import EncodeError
 from modrec.content.extract import catalog_folder, item_inputs, media_resolver
 from modrec.content.media import decode_audio, sample_frames
 from modrec.data import Dataset
+from modrec.progress import Bar, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,8 @@ def describe_videos(dataset: Dataset, settings: VideoTextSettings | None = None,
         part.report.cached = sum(item_id in part.records for item_id in ids)
     log.info("video text: %d of %d videos to describe (%s) into %s", len(todo), len(ids),
              ", ".join(p.producer.column for p in parts), columns.folder)
-    bar = tqdm(total=len(todo), desc="transcribe", unit="video", disable=not settings.progress)
+    bar: Bar[object] = progress_bar(total=len(todo), desc="transcribe", unit="video",
+                                    enabled=settings.progress)
     try:
         for row, item_id in todo:
             _describe_one(parts, item_id, inputs.get(row), resolve, settings.frames, columns)

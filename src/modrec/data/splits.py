@@ -166,6 +166,46 @@ SPLITS = {"loo": leave_one_out, "temporal": temporal_split, "cold-items": cold_i
           "loo-no-valid": leave_one_out_without_validation}
 
 
+def check_split(split: Split, ds: Dataset, name: str, trained: bool = True) -> None:
+    """Refuse a split that leaves nothing to train on or to evaluate, before any
+    training, saying what the data lacks and what to do (otherwise training fails
+    later with an error about empty arrays). ``trained``: the model learns from next-item
+    pairs (a fitted one, popularity, only counts items)."""
+    lengths = ds.sequences().lengths()
+    users = len(lengths)
+    if name == "temporal":
+        more = ("Use a file with more users and events spread over time, or --split loo "
+                "(each user's own last events are the targets).")
+        for part, evalset, window in (
+                ("validation", split.valid, "before the 80% time quantile and their next "
+                 "one before the 90% quantile"),
+                ("test", split.test, "before the 90% time quantile and another after it")):
+            if evalset is not None and len(evalset) == 0:
+                raise ValueError(
+                    f"after the temporal split no user has a {part} target: a user needs "
+                    f"an event {window}, and none of the {users} users of {ds.name!r} "
+                    f"has. {more}")
+    else:
+        more = "Use a file with more events per user."
+        if len(split.test) == 0:
+            short = int((lengths < 3).sum())
+            targets = ("a test target: every user needs at least 3 events (the last is the "
+                       "test target, and the rest are trained on" if split.valid is None
+                       else "a validation target: every user needs at least 3 events (the "
+                       "last is the test target, the one before it the validation target, "
+                       "the rest are trained on")
+            raise ValueError(
+                f"after the {name} split no user has {targets}); {short} of the {users} "
+                f"users of {ds.name!r} have fewer. {more}")
+    if trained and not (split.train.lengths() >= 2).any():
+        kept = ("the events before the 80% time quantile" if name == "temporal" else
+                "all but each user's last two events")
+        raise ValueError(
+            f"after the {name} split no user of {ds.name!r} has two or more events to "
+            f"train on (training keeps {kept}, and a model learns each next item from the "
+            f"ones before it). {more}")
+
+
 def make_split(ds: Dataset, name: str) -> Split:
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")

@@ -18,6 +18,23 @@ from modrec.eval.metrics import ranking_metrics
 from modrec.models.retrieval import Scorer
 
 
+class NonFiniteScores(ValueError):
+    """The model scored items NaN or infinite: its weights hold such values (a training
+    run that diverged) or its products overflow. A NaN compares false with everything,
+    so it would rank every target first; the evaluation stops instead."""
+
+    def __init__(self) -> None:
+        super().__init__("the model's scores are NaN or infinite (its weights hold NaN or "
+                         "infinite values, or their products overflow)")
+
+
+def check_finite(scores: torch.Tensor) -> None:
+    """Raise `NonFiniteScores` unless every score of the ``(B, K)`` block is finite (call
+    it before masking, which writes -inf)."""
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteScores
+
+
 class LookupScorer(Protocol):
     """A model whose item vectors are looked up by index (`RetrievalModel`)."""
 
@@ -76,6 +93,7 @@ def rank_targets(
         users = user_vectors(model, last_items(evalset.histories, index, max_len), device,
                              last_times(evalset.histories, index, max_len))
         scores = users @ items.T  # (B, N + 1)
+        check_finite(scores)  # a NaN target would rank first: no rival compares above it
         target_scores = scores[rows, targets].unsqueeze(1)  # (B, 1)
         mask_seen(scores, evalset.histories, index)
         scores[rows, targets] = -torch.inf  # the target is not its own rival
@@ -116,6 +134,7 @@ def rank_targets_blockwise(
         users[torch.from_numpy(index).to(device)] = vectors
     targets = torch.from_numpy(evalset.targets).to(device)  # (U,)
     target_scores = (users * model.item_vectors_of(targets)).sum(-1, keepdim=True)  # (U, 1)
+    check_finite(target_scores)
     # What is never a rival, as (user, item) pairs ordered by item: the history (as
     # `mask_seen`) and the target itself; padding (item 0) is in no block.
     lengths = evalset.histories.lengths()
@@ -132,6 +151,7 @@ def rank_targets_blockwise(
         for first in range(0, count, batch_size):
             last = min(first + batch_size, count)
             scores = users[first:last] @ vectors.T  # (B, K)
+            check_finite(scores)
             mine = (rows[lo:hi] >= first) & (rows[lo:hi] < last)
             r = torch.from_numpy(rows[lo:hi][mine] - first).to(device)
             c = torch.from_numpy(cols[lo:hi][mine] - start).to(device)

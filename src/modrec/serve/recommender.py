@@ -30,13 +30,15 @@ from pydantic.dataclasses import dataclass
 
 from modrec import paths
 from modrec.eval.evaluator import user_vectors
-from modrec.runs import Run, load_run
+from modrec.runs import Run, RunError, load_run
 from modrec.serve.errors import RequestError
 from modrec.serve.index import IndexConfig, ItemIndex
 
 log = logging.getLogger(__name__)
 
 Source = Literal["history", "user", "popularity"]
+
+RETRAIN = "retrain it into a new --out with a lower learning rate (--set train.lr=...)"
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -121,6 +123,9 @@ class Recommender:
         self.model = run.model.to(self.config.device).eval()
         # Items are scored through the index, so their vectors are computed once.
         self.item_matrix = run.item_vectors()  # (N + 1, D)
+        if not np.isfinite(self.item_matrix).all():
+            raise RunError(f"{run.folder}: the model's item vectors hold NaN or infinite "
+                           f"values, so its scores cannot be ranked; {RETRAIN}")
         self.index = ItemIndex.cached(self.item_matrix, self.config.index)
         encoder = getattr(run.model, "encoder", None)
         self.needs_times = bool(getattr(encoder, "time_bias", False))
@@ -170,6 +175,9 @@ class Recommender:
                                       max(queries[i].k for i in with_history), excluded)
             for i, (items, scores) in zip(with_history, found, strict=True):
                 k = queries[i].k
+                if not np.isfinite(scores[:k]).all():  # a NaN would sort anywhere
+                    raise RunError(f"{self.folder}: the model scores this history's items "
+                                   f"NaN or infinite, which cannot be ranked; {RETRAIN}")
                 answers[i] = Answer([self.catalog.describe(int(item), float(score))
                                      for item, score in zip(items[:k], scores[:k],
                                                             strict=True)],

@@ -9,7 +9,10 @@
 
 `train` is exactly that. Early stopping is on validation NDCG@10; the run directory
 (see `modrec.runs`) keeps the best weights, the latest checkpoint, one metrics line
-per validation pass and the test results. Benchmark scripts build on the same pieces.
+per validation pass and the test results. An epoch whose loss, weights or validation
+scores are NaN or infinite stops the run (`Diverged`) before anything of it is saved;
+a folder that already holds trained weights is trained into again only with
+``resume``. Benchmark scripts build on the same pieces.
 Under ``torchrun`` the same pieces train data-parallel (`train/distributed.py` says
 how the work and the writing divide among ranks).
 
@@ -34,7 +37,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from modrec.config import (
     RESUMABLE_SECTIONS,
@@ -56,11 +58,12 @@ from modrec.data.batches import (
 )
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
-from modrec.data.splits import EvalSet
-from modrec.eval import evaluate, rank_targets, ranking_metrics
+from modrec.data.splits import EvalSet, check_split
+from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
 from modrec.models import RetrievalModel, Scorer, Trainable, build_model
 from modrec.models.sharded_items import ShardableTable
-from modrec.runs import RunDir
+from modrec.progress import progress_bar
+from modrec.runs import RunDir, RunError
 from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
 from modrec.train.distributed import World
@@ -133,9 +136,8 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     ``resume`` and a checkpoint there, everything as the checkpoint left it. Writes the
     run's config.json and dataset snapshot. ``config`` itself is never changed."""
     run = RunDir(out_dir)
-    if run.finished and not resume:
-        raise FileExistsError(
-            f"{run.folder} already holds a finished run; choose another --out or pass --resume")
+    if not resume:
+        _check_new(run)
     tc = config.train
     world = World.from_env(tc.device)
     device = world.device(tc.device)
@@ -162,6 +164,8 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, content_dim=content.shape[1]))
     model = build_model(config.model, dataset.num_items, content, dataset.has_timestamps)
+    if not rank_users:  # a rank's block of users may hold no targets; the others do
+        check_split(split, dataset, config.data.split, getattr(model, "fit", None) is None)
     table = sharded.table_of(model)
     checkpoint = Checkpoint(run.checkpoint_file)
     resuming = resume and checkpoint.exists()
@@ -238,6 +242,27 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
                    TrainingExamples.of(split.train, config.model.max_len), pool, rng,
                    generator, checkpoint, progress, loss, world, device,
                    show_progress and world.is_main, table, rank_users)
+
+
+def _check_new(run: RunDir) -> None:
+    """One rule for a folder training has written to, finished or not: only --resume
+    trains into it again. Without it a run would start over in it and replace its
+    checkpoint, weights and metrics (with any model and data)."""
+    if not run.trained:
+        return
+    start_over = ("choose another --out, or delete the folder to start over "
+                  f"(rm -r {run.folder})")
+    stopped = run.unfinished()
+    if stopped is None:
+        raise RunError(
+            f"{run.folder} already holds a finished run; training into it would replace "
+            f"its weights and results. To train it further, pass --resume (with a larger "
+            f"--epochs); to train another, {start_over}.")
+    raise RunError(
+        f"{run.folder} holds a run that has not finished (its training {stopped}); "
+        "training into it without --resume would start it over and replace its "
+        f"checkpoint and metrics. To continue it, run the same command plus --resume; "
+        f"to train another, {start_over}.")
 
 
 def _user_block(config: RunConfig, world: World) -> Dataset:
@@ -363,26 +388,69 @@ def train_epoch(session: Session) -> dict[str, Any]:
     elif s.world.distributed:
         shard = Shard(s.world.rank, s.world.size, np.random.default_rng([tc.seed, epoch]))
     batches = s.trainable.training_batches(s.examples, tc.batch_size, s.rng, shard)
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}",
-               disable=not s.show_progress, leave=False, unit="batch")
+    bar = progress_bar(batches, total=steps, desc=f"epoch {epoch}", unit="batch",
+                       enabled=s.show_progress, leave=False)
     # A sharded table steps in every backward (its optimiser is fused into it), so a
     # batch runs as one slice: slices would make one table step each.
     slices = tc.length_slices if s.table is None else 1
     for batch in bar:
         losses.append(train_step(s.loss, s.optimizer, batch.to(s.device), slices,
                                  s.generator, s.pool, s.world))
+        if not math.isfinite(losses[-1]) and not s.world.distributed:
+            break  # diverged: no use going on (under torchrun every rank ends the epoch)
         if s.averaged is not None:
             s.averaged.update_parameters(s.model)
         seen += len(batch.lengths)
         bar.set_postfix(loss=f"{losses[-1]:.3f}",
                         seq_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+    bar.close()
     seconds = time.perf_counter() - started
-    s.progress.train_seconds += seconds
-    s.progress.epoch = epoch
     # Each rank's step losses are its shares of the global batch's mean: they add up.
     loss = float(sum(s.world.gather(float(np.mean(losses)))))
+    _check_diverged(s, epoch, losses, loss)
+    s.progress.train_seconds += seconds
+    s.progress.epoch = epoch
     return {"epoch": epoch, "loss": loss, "lr": epoch_lr(tc, epoch),
             "epoch_seconds": seconds, "sequences_per_second": examples / seconds}
+
+
+class Diverged(RunError):
+    """Training produced a NaN or infinite loss, weights or scores. The message says
+    which epoch, what was kept and how to go on with a lower learning rate."""
+
+
+def _check_diverged(session: Session, epoch: int, losses: list[float], loss: float) -> None:
+    """Stop a run whose ``epoch`` ended with a non-finite step loss (``losses``, this
+    rank's) or weights, before anything of it is validated or saved: the checkpoint and
+    best weights of the epochs before stay as they were. One all-reduce decides alike
+    on every rank; ``loss`` is the epoch's, for the message."""
+    s = session
+    finite = all(math.isfinite(x) for x in losses)
+    weights = all(bool(torch.isfinite(p).all()) for p in sharded.dense_parameters(s.model))
+    if s.world.min_int(int(finite and weights)):
+        return
+    raise _diverged(s, epoch, f"the loss became {loss}" if not math.isfinite(loss)
+                    else "the weights became NaN or infinite")
+
+
+def _diverged(session: Session, epoch: int, what: str) -> Diverged:
+    """The error for a run that diverged in ``epoch`` (its checkpoint, if any, is of the
+    epoch before: checkpoints are written after every epoch)."""
+    s, tc = session, session.config.train
+    lr = epoch_lr(tc, epoch)
+    lower = f"--set train.lr={tc.lr / 10:g}"
+    head = f"training diverged in epoch {epoch} of {s.run.folder}: {what} (learning rate {lr:g})"
+    last = epoch - 1
+    if last >= 1 and s.optimizer is not None:
+        best = f"; model.pt holds the best weights so far (epoch {s.progress.best_epoch})" \
+            if s.progress.best_epoch >= 1 else ""
+        return Diverged(
+            f"{head}. Nothing of epoch {epoch} was saved: the checkpoint of epoch {last} is "
+            f"kept{best}. Continue from it with a lower learning rate: --resume {lower} "
+            "(or lower).")
+    return Diverged(
+        f"{head}. No epoch had finished, so there is no checkpoint to continue from: train "
+        f"again with a lower learning rate, e.g. {lower}.")
 
 
 def epoch_lr(tc: TrainConfig, epoch: int) -> float:
@@ -482,10 +550,15 @@ def validate_and_select(session: Session, record: dict[str, Any]) -> None:
         log.info("epoch %d loss %.4f %.1fs", epoch, record.get("loss", math.nan),
                  record.get("epoch_seconds", 0.0))
         return
-    if epoch % tc.eval_every and epoch != tc.epochs:
+    if epoch % tc.eval_every and epoch != tc.epochs:  # a line per epoch all the same
+        log.info("epoch %d loss %.4f %.1fs", epoch, record.get("loss", math.nan),
+                 record.get("epoch_seconds", 0.0))
         return
     started = time.perf_counter()
-    valid = evaluate_on(s, s.kept, s.split.valid)
+    try:
+        valid = evaluate_on(s, s.kept, s.split.valid)
+    except NonFiniteScores as err:  # finite weights whose products overflow
+        raise _diverged(s, epoch, str(err)) from None
     record |= {"valid": valid, "eval_seconds": time.perf_counter() - started,
                "train_seconds": p.train_seconds}
     if valid[SELECT_ON] > p.best:

@@ -460,7 +460,16 @@ def cases(draw: st.DrawFn, fmt: str, family: str) -> Case:
     if guessed and fmt == "pairs" and family in ("wrong_columns", "odd_width_line") and len(
             case.files[0].rows) < 3:
         case.expect = "either"  # of two lines of different widths, neither is the odd one
+    if guessed and _ambiguous(case.files[0]):
+        case.expect = "either"  # 'user item timestamp' or 'user item item': refused
     return case
+
+
+def _ambiguous(f: TextFile) -> bool:
+    """Lines that read as pairs with timestamps and as sequences of two items alike:
+    every one of them has 3 fields, and no user appears twice (guessing refuses them)."""
+    return (len(f.rows) > 1 and all(len(row) == 3 for row in f.rows)
+            and len({row[0] for row in f.rows}) == len(f.rows))
 
 
 def _mutate_text(draw: st.DrawFn, case: Case, family: str) -> None:

@@ -334,11 +334,13 @@ def build_dataset(
     weights: np.ndarray | None = None,
     item_table: pd.DataFrame | None = None,
     provenance: dict[str, Any] | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> Dataset:
     """Turn raw (user id, item id[, timestamp]) columns into a canonical Dataset.
 
     Rows must already be in the source's order; within each user that order is kept
-    (a stable sort by timestamp is applied when timestamps are given). ``item_table``
+    (a stable sort by timestamp is applied when timestamps are given, and then by
+    ``tiebreak``, a finer time such as a datetime's nanoseconds). ``item_table``
     may carry content columns keyed by an ``item_id`` column of external ids; catalog
     items that never occur in interactions are kept too, so a new item is still known.
     """
@@ -364,7 +366,12 @@ def build_dataset(
         sort_keys.append("timestamp")
     if weights is not None:
         frame["weight"] = np.asarray(weights, dtype=np.float32)
+    if tiebreak is not None:
+        frame["_tiebreak"] = np.asarray(tiebreak)
+        sort_keys.append("_tiebreak")
     frame = frame.sort_values(sort_keys, kind="stable").reset_index(drop=True)
+    if tiebreak is not None:
+        frame = frame.drop(columns="_tiebreak")
 
     item_frame = pd.DataFrame(
         {"item": np.arange(1, len(item_vocab) + 1, dtype=np.int32), "item_id": item_vocab}

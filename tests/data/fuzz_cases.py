@@ -738,7 +738,7 @@ def _source_tokens(case: Case) -> set[str]:
 def _reference(case: Case) -> Reading:
     """What a correct importer makes of the (field-mutated) rows."""
     if case.truth is not None:
-        return case.truth
+        return {user: _without_repeats(seq) for user, seq in case.truth.items()}
     seqs: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     if case.frame is not None:
         roles = case.frame_roles
@@ -760,7 +760,14 @@ def _reference(case: Case) -> Reading:
             for row in f.rows:
                 t = int(row[col["ts"]].split(".")[0]) if "ts" in col else None
                 seqs[norm(row[col["user"]])].append((norm(row[col["item"]]), t))
-    return {user: sorted(seq, key=lambda x: x[1] or 0) for user, seq in seqs.items() if seq}
+    return {user: _without_repeats(sorted(seq, key=lambda x: x[1] or 0))
+            for user, seq in seqs.items() if seq}
+
+
+def _without_repeats(seq: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
+    """A sequence as the importers leave it by default: an event that repeats the item
+    just before it is dropped (the first of each run stays)."""
+    return [event for k, event in enumerate(seq) if k == 0 or event[0] != seq[k - 1][0]]
 
 
 def _observed(ds: Dataset) -> Reading:

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modrec.data.dataset import DataFormatError, Dataset, build_dataset
+from modrec.data.dataset import DataFormatError, Dataset, build_dataset, settle_repeats
 from modrec.data.large import (
     check_parquet_types,
     large_threshold,
@@ -896,9 +896,12 @@ def _pairs_shaped(widths: Counter[int]) -> bool:
 
 
 def import_path(
-    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
+    repeats: str = "drop",
 ) -> Dataset:
-    """Read any supported file or folder into a Dataset."""
+    """Read any supported file or folder into a Dataset; its consecutive repeated
+    events (the same user and item back to back) are dropped or kept as ``repeats``
+    says (`settle_repeats`), whichever reader read it."""
     path = Path(path)
     fmt = format or detect_format(path)
     if format is None and fmt in ("csv", "parquet") and path.stat().st_size >= large_threshold():
@@ -917,10 +920,11 @@ def import_path(
     if fmt not in readers:
         raise DataFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     try:
-        return readers[fmt]()
+        dataset = readers[fmt]()
     except DataFormatError as err:
         if format is None and fmt in ("pairs", "sequences"):
             raise DataFormatError(
                 f"{err} (read as {fmt}, guessed from its lines; --format chooses)"
             ) from None
         raise
+    return settle_repeats(dataset, repeats)

@@ -14,8 +14,10 @@ Formats:
   ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
                  ml-100k ``u.data``)
 
-Every importer fails with a `DataFormatError` naming the file, the line and what it
-expected; none of them writes anything.
+A gzip-compressed file is read as the file it holds (``x.csv.gz`` is a CSV). Every
+importer fails with a `DataFormatError` naming the file, the line and what it
+expected; none of them writes anything. `import_path` then drops (or keeps) the
+consecutive repeats of the result (`settle_repeats`).
 """
 
 from __future__ import annotations

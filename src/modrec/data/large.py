@@ -10,7 +10,8 @@ Python's ``str.strip``; numbers as pandas prints them), numbered by the same
 
 Only the distinct user and item ids pass through Python; the interactions stay in
 DuckDB until the final, sorted, fixed-width columns are fetched. Errors name the file
-and the data row (1-based, header not counted), not the line.
+and the data row (1-based, header not counted), not the line; except a NUL byte or
+invalid UTF-8, which a scan before DuckDB reports as `read_table` does, by line.
 """
 
 from __future__ import annotations

@@ -189,7 +189,9 @@ def test_gzip_files_are_read_as_what_they_hold(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(gzip.compress(text.encode()))
         for read in (lambda p: import_path(p), read_table, read_table_large):
-            assert read(path).fingerprint() == plain.fingerprint()
+            ds = read(path)
+            assert ds.fingerprint() == plain.fingerprint()
+            assert ds.name == ("t" if name == "t.csv.gz" else "misnamed")
     tsv = tmp_path / "t.tsv.gz"
     tsv.write_bytes(gzip.compress(text.replace(",", "\t").encode()))
     assert import_path(tsv, "csv-large").fingerprint() == plain.fingerprint()

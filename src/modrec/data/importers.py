@@ -286,7 +286,7 @@ def read_sequences(path: str | Path, name: str | None = None) -> Dataset:
         _raise_overflow(path, rows, linenos, "integer ids")
         raise
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         np.repeat(users, [len(ids) - 1 for ids in rows]),
         items,
         provenance={"format": "sequences", "source": str(path)},
@@ -320,7 +320,7 @@ def read_pairs(path: str | Path, name: str | None = None) -> Dataset:
         linenos.append(lineno)
     table = _int64_rows(path, rows, linenos, "ids and timestamps")
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         table[:, 0],
         table[:, 1],
         timestamps=table[:, 2] if width == 3 else None,
@@ -363,7 +363,7 @@ def read_table(
     if "weight" in mapping:
         weights = _numeric_column(path, frame, mapping["weight"], lines)
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         users,
         items,
         timestamps=ts,
@@ -839,6 +839,11 @@ def format_suffix(path: Path) -> str:
     """The suffix that tells a file's format: ``.csv`` for ``x.csv`` and ``x.csv.gz``
     (a gzip-compressed file is read as the file it holds)."""
     return Path(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix
+
+
+def dataset_name(path: Path) -> str:
+    """The name of a dataset read from a file: ``x`` for ``x.csv`` and ``x.csv.gz``."""
+    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
 
 
 _HEAD = 1000  # lines whose widths decide whether a text file has the shape of pairs

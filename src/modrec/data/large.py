@@ -131,6 +131,7 @@ def read_table_large(
         _where,
         check_text,
         compression,
+        dataset_name,
         format_suffix,
     )
 
@@ -192,7 +193,7 @@ def read_table_large(
                 f"fields like the header, got {bad[1]}")
 
     return _import(path, mapping, load, lambda row: _where(path, None, row),
-                   name or path.stem, limit)
+                   name or dataset_name(path), limit)
 
 
 # ---- Parquet ---------------------------------------------------------------------------

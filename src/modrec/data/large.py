@@ -159,16 +159,20 @@ def read_table_large(
     # fields after the last column without a word, so one spare column more is read,
     # rows that end early are padded with NULL, and no field reads as NULL (nullstr is
     # a NUL, which check_text has ruled out; an empty field is ''): a NULL in the last
-    # column is a field too few, a value in the spare one a field too many. Padding
-    # rows whose quoted fields hold line breaks needs the single-threaded reader.
+    # column is a field too few, a value in the spare one a field too many; a line of
+    # blanks alone is skipped, as read_table skips it. Padding rows whose quoted fields
+    # hold line breaks needs the single-threaded reader.
     spare = "modrec_spare"
     while spare in names:
         spare += "_"
     declared = [*names, spare]
     types = ", ".join(f"{_quote(n)}: 'VARCHAR'" for n in declared)
     width = " + ".join(f"CAST({_quote(n)} IS NOT NULL AS INTEGER)" for n in declared)
-    select.append(f"CASE WHEN {_quote(names[-1])} IS NULL OR {_quote(spare)} IS NOT NULL "
-                  f"THEN {width} END AS bad_width")
+    blank = (f"({_quote(declared[1])} IS NULL AND {_trimmed(_quote(names[0]))} = '')"
+             if len(names) > 1 else "false")
+    select += [f"{blank} AS blank",
+               f"CASE WHEN NOT {blank} AND ({_quote(names[-1])} IS NULL OR {_quote(spare)} "
+               f"IS NOT NULL) THEN {width} END AS bad_width"]
 
     def load(con: Any) -> None:
         try:
@@ -191,6 +195,7 @@ def read_table_large(
             raise DataFormatError(
                 f"{_where(path, None, int(bad[0]))}: expected {len(names)} {sep!r}-separated "
                 f"fields like the header, got {bad[1]}")
+        con.execute("DELETE FROM raw WHERE blank")
 
     return _import(path, mapping, load, lambda row: _where(path, None, row),
                    name or dataset_name(path), limit)

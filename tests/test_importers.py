@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import bz2
+import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from modrec.data.importers import (
     read_sequences,
     read_table,
 )
+from modrec.data.large import read_table_large
 
 
 def test_recbole_atomic_ml100k(data_dir: Path) -> None:
@@ -143,3 +147,78 @@ def test_table_missing_column(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"t.csv:3: column 'b' must be numeric"):
         read_table(_write(tmp_path, "t.csv", "u,i,b\n1,2,3\n1,3,oops\n"),
                    {"user": "u", "item": "i", "timestamp": "b"})
+
+
+# ---- issue 40: hostile inputs ---------------------------------------------------------
+def test_interleaved_pairs_are_read_as_pairs(tmp_path: Path) -> None:
+    """A pairs file written in time order interleaves its users: 1,200 users, 4 rows
+    each, round robin, so no user appears twice in the first 1,000 lines. Guessed as
+    sequences, its timestamps became items."""
+    rows = [f"{user} {100 + (user * 7 + k) % 50} {1_000_000 + k * 10_000 + user}"
+            for k in range(4) for user in range(1, 1201)]
+    path = _write(tmp_path, "log.txt", "\n".join(rows) + "\n")
+    assert detect_format(path) == "pairs"
+    ds = import_path(path)
+    assert (ds.num_users, len(ds.interactions), ds.has_timestamps) == (1200, 4800, True)
+    assert ds.num_items == 50  # items, not timestamps
+    first = ds.sequences()[ds.user_index("1")]
+    assert ds.items["item_id"].to_numpy()[first - 1].tolist() == ["107", "108", "109", "110"]
+    assert len(load_dataset(path).interactions) == 4800
+
+
+def test_three_fields_and_no_repeated_user_is_ambiguous(tmp_path: Path) -> None:
+    """'user item timestamp' with one row per user, or 'user item item': refused, with
+    the --format that decides."""
+    path = _write(tmp_path, "odd.txt", "1 10 978300760\n2 11 978300761\n3 10 978300762\n")
+    with pytest.raises(DataFormatError, match=r"odd\.txt: cannot tell pairs from sequences: "
+                       r"all 3 lines have 3 fields .* --format pairs or --format sequences"):
+        import_path(path)
+    assert len(import_path(path, "pairs").interactions) == 3
+    assert len(import_path(path, "sequences").interactions) == 6
+    # Lines of varying length are sequences; pairs repeat a user: both still guessed.
+    assert detect_format(_write(tmp_path, "s.txt", "1 10 11\n2 11 12 13\n")) == "sequences"
+    assert detect_format(_write(tmp_path, "p.txt", "1 10 5\n2 11 6\n1 12 7\n")) == "pairs"
+
+
+def test_gzip_files_are_read_as_what_they_hold(tmp_path: Path) -> None:
+    """Both table readers read a gzip-compressed CSV (by its bytes, whatever its name),
+    and so do the text formats; a damaged stream and other compressions are named."""
+    text = "user_id,item_id,timestamp\n1,10,5\n1,11,6\n2,10,7\n"
+    plain = read_table(_write(tmp_path, "t.csv", text))
+    for name in ("t.csv.gz", "misnamed.csv"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()))
+        for read in (lambda p: import_path(p), read_table, read_table_large):
+            ds = read(path)
+            assert ds.fingerprint() == plain.fingerprint()
+            assert ds.name == ("t" if name == "t.csv.gz" else "misnamed")
+    tsv = tmp_path / "t.tsv.gz"
+    tsv.write_bytes(gzip.compress(text.replace(",", "\t").encode()))
+    assert import_path(tsv, "csv-large").fingerprint() == plain.fingerprint()
+    pairs = tmp_path / "pairs.txt.gz"
+    pairs.write_bytes(gzip.compress(b"1 10\n1 11\n2 10\n"))
+    assert detect_format(pairs) == "pairs" and len(import_path(pairs).interactions) == 3
+
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes((tmp_path / "t.csv.gz").read_bytes()[:-12])
+    for fmt in ("csv", "csv-large"):
+        with pytest.raises(DataFormatError, match=r"cut\.csv\.gz: damaged or truncated gzip"):
+            import_path(cut, fmt)
+    packed = tmp_path / "t.csv.bz2"
+    packed.write_bytes(bz2.compress(text.encode()))
+    for fmt in (None, "csv", "csv-large"):
+        with pytest.raises(DataFormatError, match=r"t\.csv\.bz2: the file is bzip2-compressed; "
+                           r"expected text .* bunzip2"):
+            import_path(packed, fmt)
+
+
+def test_movielens_ratings_file_names_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    ratings = _write(folder, "ratings.dat", "1::2::5::978300760\n1::3::4::978300761\n")
+    for fmt in ("movielens", None):
+        with pytest.raises(DataFormatError, match=rf"ratings\.dat: is the ratings file of a "
+                           rf"MovieLens archive; expected the folder that holds it: pass "
+                           rf"{re.escape(str(folder))} instead"):
+            import_path(ratings, fmt)
+    assert len(import_path(folder, "movielens").interactions) == 2

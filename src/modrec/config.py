@@ -38,6 +38,11 @@ class DataConfig:
     # Under torchrun: each rank reads only its block of users from the cached dataset
     # instead of the whole dataset (see train/distributed.py); one process ignores it.
     rank_users: bool = False
+    # Consecutive repeated events (the same user and item back to back), which make an
+    # item its own next target: "drop" all but the first of each run, or "keep" them.
+    # None: drop them from a file, keep them in a named dataset (its published numbers
+    # were measured with them: yelp and amazon-scientific have some).
+    consecutive_repeats: Literal["drop", "keep"] | None = None
 
 
 @dataclass(config=_STRICT)

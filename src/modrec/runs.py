@@ -376,7 +376,8 @@ class RunDir:
         # Format 1: rebuild from the named dataset, then keep it for next time.
         log.info("%s predates run snapshots: reading %s to make one", self.folder,
                  config.data.dataset)
-        dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns)
+        dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns,
+                               config.data.consecutive_repeats)
         known = make_split(dataset, config.data.split).known_items()
         try:
             self.write_snapshot(dataset, known)

@@ -460,7 +460,16 @@ def cases(draw: st.DrawFn, fmt: str, family: str) -> Case:
     if guessed and fmt == "pairs" and family in ("wrong_columns", "odd_width_line") and len(
             case.files[0].rows) < 3:
         case.expect = "either"  # of two lines of different widths, neither is the odd one
+    if guessed and _ambiguous(case.files[0]):
+        case.expect = "either"  # 'user item timestamp' or 'user item item': refused
     return case
+
+
+def _ambiguous(f: TextFile) -> bool:
+    """Lines that read as pairs with timestamps and as sequences of two items alike:
+    every one of them has 3 fields, and no user appears twice (guessing refuses them)."""
+    return (len(f.rows) > 1 and all(len(row) == 3 for row in f.rows)
+            and len({row[0] for row in f.rows}) == len(f.rows))
 
 
 def _mutate_text(draw: st.DrawFn, case: Case, family: str) -> None:
@@ -729,7 +738,7 @@ def _source_tokens(case: Case) -> set[str]:
 def _reference(case: Case) -> Reading:
     """What a correct importer makes of the (field-mutated) rows."""
     if case.truth is not None:
-        return case.truth
+        return {user: _without_repeats(seq) for user, seq in case.truth.items()}
     seqs: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
     if case.frame is not None:
         roles = case.frame_roles
@@ -751,7 +760,14 @@ def _reference(case: Case) -> Reading:
             for row in f.rows:
                 t = int(row[col["ts"]].split(".")[0]) if "ts" in col else None
                 seqs[norm(row[col["user"]])].append((norm(row[col["item"]]), t))
-    return {user: sorted(seq, key=lambda x: x[1] or 0) for user, seq in seqs.items() if seq}
+    return {user: _without_repeats(sorted(seq, key=lambda x: x[1] or 0))
+            for user, seq in seqs.items() if seq}
+
+
+def _without_repeats(seq: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
+    """A sequence as the importers leave it by default: an event that repeats the item
+    just before it is dropped (the first of each run stays)."""
+    return [event for k, event in enumerate(seq) if k == 0 or event[0] != seq[k - 1][0]]
 
 
 def _observed(ds: Dataset) -> Reading:

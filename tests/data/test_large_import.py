@@ -105,7 +105,9 @@ def test_chosen_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     ("user,item\n1,2\n,3\n", None, r"bad\.csv: row 2: column 'user' has a missing id"),
     ("user,item\n1,2\nNaN,3\n", None, r"bad\.csv: row 2: column 'user' has a missing id"),
     ("user,item,rating\n1,2,x\n", None, r"bad\.csv: row 1: column 'rating' must be numeric"),
-    ("user,item\n1,2\n3,4,5\n", None, r"bad\.csv: not a readable ','-separated table"),
+    ("user,item\n1,2\n3,4,5\n", None, r"bad\.csv: row 2: expected 2 ','-separated fields "
+     r"like the header, got 3"),
+    ("user,item\n1,2\n3,4,5,6\n", None, r"bad\.csv: not a readable ','-separated table"),
     ("user,item\n", None, r"bad\.csv: table has a header but no rows"),
     ("", None, r"bad\.csv: file is empty"),
 ])
@@ -143,7 +145,7 @@ def test_parquet_ml20m_shaped_logs(tmp_path: Path) -> None:
 
 def test_parquet_column_types(tmp_path: Path) -> None:
     """Ids of every type become the strings read_table makes of them; timestamps typed
-    as TIMESTAMP (each unit, with a time zone) are counts of their unit; weights."""
+    as TIMESTAMP (each unit, with a time zone) are whole seconds since 1970; weights."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,7 +167,7 @@ def test_parquet_column_types(tmp_path: Path) -> None:
                   "item": pa.array([10, 20, 30, 10, 20, 30], pa.int16()),
                   "timestamp": pa.array(base + 1, pa.int64()).cast(
                       pa.timestamp("ns", tz="Europe/Berlin"))},
-        "us-bool": {"user": pa.array([True, False, True, True, False, True]),
+        "us-bool": {"user": pa.array(["u1", "u2", "u1", "u1", "u2", "u1"]),  # (bool ids: refused)
                     "item": pa.array(["i1", "i2", "i3", "i1", "i2", "i3"]),
                     "timestamp": pa.array(base, pa.int64()).cast(pa.timestamp("us")),
                     "rating": pa.array([True, False, True, True, False, True])},
@@ -302,3 +304,136 @@ def test_parquet_fuzz_cases_read_alike(family: str, data: st.DataObject) -> None
             if row is not None:  # the same row, if pandas named one
                 assert f"t.parquet: row {row.group(1)}:" in str(caught.value), (
                     f"{expected}\n{caught.value}")
+
+
+# ---- issue 40: what one reader took and the other refused ------------------------------
+@pytest.mark.parametrize(("blob", "line"), [
+    (b"user_id,item_id\n1,10\n1,\x00\x0030\n2,20\n", 3),  # inside an id
+    (b"user_id,item_id,note\n1,10,a\x00b\n", 2),  # in a column no role reads
+    (b"user_\x00id,item_id\n1,10\n", 1),  # in the header
+    (b"user_id,item_id\r\n1,10\r\n2,20\r\n" + b"\x00" * 40, 4),  # a zero-filled tail
+    (b"user_id,item_id\r1,10\r\xff2,20\r", 3),  # invalid UTF-8, lone CR endings
+])
+def test_nul_and_invalid_bytes_are_refused_alike(tmp_path: Path, blob: bytes,
+                                                 line: int) -> None:
+    """The DuckDB reader took a NUL for a character of an id (item '\\x00\\x0030')
+    where read_table refused the file; both now say the same, naming file and line."""
+    path = tmp_path / "t.csv"
+    path.write_bytes(blob)
+    with pytest.raises(DataFormatError) as pandas:
+        read_table(path)
+    with pytest.raises(DataFormatError) as duck:
+        read_table_large(path)
+    assert str(duck.value) == str(pandas.value)
+    assert re.match(rf"{re.escape(str(path))}:{line}: (NUL byte|invalid UTF-8)", str(duck.value))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(blob=st.lists(st.sampled_from([b"a", b"1", b",", b"\n", b"\r", b"\r\n", b"\x00",
+                                      b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80",
+                                      b"\xc3", b"\xff", b"\x80", b"\xef\xbb\xbf"]),
+                     max_size=12).map(b"".join),
+       chunk=st.integers(1, 8))
+def test_the_streaming_check_matches_the_whole_file_one(blob: bytes, chunk: int) -> None:
+    """check_text reads in blocks (here 1 to 8 bytes, so that line breaks, CRLF pairs
+    and characters fall across them) and says what _read_text says of the whole."""
+    from modrec.data import importers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        path.write_bytes(blob)
+        try:
+            importers._read_text(path)
+            expected = None
+        except DataFormatError as err:
+            expected = str(err)
+        saved, importers._CHUNK = importers._CHUNK, chunk
+        try:
+            importers.check_text(path)
+            got = None
+        except DataFormatError as err:
+            got = str(err)
+        finally:
+            importers._CHUNK = saved
+    assert got == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_csv_fuzz_cases_read_alike(family: str, data: st.DataObject) -> None:
+    """The importer fuzzer's CSV/TSV inputs: DuckDB reads what read_table reads, to the
+    same fingerprint, and refuses what it refuses (NUL bytes and invalid UTF-8 with the
+    same message; a row of another width naming its row)."""
+    case = data.draw(cases("csv", family), label="case")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = materialize(case, Path(tmp) / "data")
+        try:
+            expected: str | Exception = read_table(path, case.columns).fingerprint()
+        except DataFormatError as err:
+            expected = err
+        if isinstance(expected, str):
+            assert read_table_large(path, case.columns).fingerprint() == expected
+        else:
+            with pytest.raises(DataFormatError) as caught:
+                read_table_large(path, case.columns)
+            if "NUL byte" in str(expected) or "invalid UTF-8" in str(expected):
+                assert str(caught.value) == str(expected)
+
+
+def test_a_row_of_another_width_names_its_row(tmp_path: Path) -> None:
+    """DuckDB dropped empty fields after the last column ('1,2,'), which read_table
+    refuses; a row too short or too long is named by both."""
+    for text, row, got in (("user,item\n1,2\n3,4,\n", 2, 3), ("user,item\n1,2,,\n", 1, None),
+                           ("user,item,ts\n1,2,3\n4,5\n", 2, 2), ("user,item\n1,2\n3,4,5\n", 2, 3)):
+        path = tmp_path / "t.csv"
+        path.write_text(text)
+        with pytest.raises(DataFormatError, match=r"t\.csv:\d+: expected \d+ ','-separated"):
+            read_table(path)
+        message = (rf"t\.csv: row {row}: expected \d+ ','-separated fields like the header, "
+                   rf"got {got}" if got is not None else r"t\.csv: not a readable")
+        with pytest.raises(DataFormatError, match=message):
+            read_table_large(path)
+    path = tmp_path / "t.csv"
+    path.write_text('user,item\n1,"a\nb"\n2,""\n')  # a line break inside quotes, an empty id
+    with pytest.raises(DataFormatError, match=r"t\.csv:4: column 'item' has a missing id"):
+        read_table(path)
+    with pytest.raises(DataFormatError, match=r"t\.csv: row 2: column 'item' has a missing id"):
+        read_table_large(path)
+    for text in ('user,item\n1,"a\nb"\n', "user,item\n1,2\n \t \n3,4\n  \n"):  # blanks alone
+        path.write_text(text)
+        assert read_table_large(path).fingerprint() == read_table(path).fingerprint()
+
+
+def test_parquet_datetimes_are_seconds_and_odd_types_refused(tmp_path: Path) -> None:
+    """A datetime64 column read as microseconds, bool items read as the items 'True'
+    and 'False', a list-typed user column read as ids like '[10]': now seconds since
+    1970 (rounded down; the exact time orders a second's events), and refusals naming
+    the column and file, alike in both Parquet readers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    exact = np.array([978300760_900, 978300760_100, 978300761_000, -1_500], dtype=np.int64)
+    pq.write_table(pa.table({"user_id": [1, 1, 1, 2], "item_id": [10, 11, 12, 10],
+                             "timestamp": pa.array(exact).cast(pa.timestamp("ms"))}), path)
+    for read in (read_table, read_parquet_large):
+        ds = read(path)
+        assert ds.interactions["timestamp"].tolist() == [978300760, 978300760, 978300761, -2]
+        assert ds.interactions["item"].tolist() == [2, 1, 3, 1]  # item 11 came first
+    _same_parquet(path)
+    for types, message in (
+            ({"user_id": pa.array([1, 1, 2]), "item_id": pa.array([True, False, True])},
+             r"t\.parquet: column 'item_id' \(item\) holds booleans; expected an item id"),
+            ({"user_id": pa.array([[10], [10], [11]]), "item_id": pa.array([1, 2, 3])},
+             r"t\.parquet: column 'user_id' \(user\) holds nested values \(list<"),
+            ({"user_id": pa.array([1, 2]), "item_id": pa.array([1, 2]),
+              "timestamp": pa.array([{"s": 1}, {"s": 2}])},
+             r"t\.parquet: column 'timestamp' \(timestamp\) holds nested values \(struct<"),
+            ({"user_id": pa.array([True, False]).dictionary_encode(), "item_id": [1, 2]},
+             r"t\.parquet: column 'user_id' \(user\) holds booleans")):
+        pq.write_table(pa.table(types), path)
+        for read in (read_table, read_parquet_large):
+            with pytest.raises(DataFormatError, match=message):
+                read(path)

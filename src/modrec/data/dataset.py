@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Rows per Parquet row group of interactions.parquet and users.parquet. Both are sorted
@@ -256,6 +259,71 @@ class DatasetPart(Dataset):
                 shutil.copy2(self.folder / name, tmp / name)
 
 
+# What to do with consecutive repeats (`settle_repeats`): "drop" all but the first of
+# each run, or "keep" them.
+REPEATS = ("drop", "keep")
+
+
+def consecutive_repeats(dataset: Dataset) -> np.ndarray:
+    """Which interactions repeat the one just before them: the same user and the same
+    item, back to back in the user's chronological order (whatever their timestamps)."""
+    users = dataset.interactions["user"].to_numpy()
+    items = dataset.interactions["item"].to_numpy()
+    repeats = np.zeros(len(users), dtype=bool)
+    repeats[1:] = (users[1:] == users[:-1]) & (items[1:] == items[:-1])
+    return repeats
+
+
+def settle_repeats(dataset: Dataset, policy: str, why: str = "") -> Dataset:
+    """``dataset`` with its consecutive repeats dropped (the first event of each run
+    stays, with its timestamp and weight) or kept, as ``policy`` says; how many there
+    were and what was done is logged and recorded in the provenance.
+
+    A repeat makes an item its own next target: a model learns to predict the last item
+    again and leave-one-out rewards it (a file with every event written twice gave
+    SASRec a test HR@1 of 0.85 against 0.025 without the repeats). Dropping them is what
+    the common preprocessing does; ``why`` says why they are kept, when they are."""
+    if policy not in REPEATS:
+        raise ValueError(f"consecutive_repeats {policy!r}; expected one of {', '.join(REPEATS)}")
+    repeats = consecutive_repeats(dataset)
+    found = int(repeats.sum())
+    users = int(len(np.unique(dataset.interactions["user"].to_numpy()[repeats])))
+    record: dict[str, Any] = {"policy": policy, "found": found, "users": users}
+    if why:
+        record["why"] = why
+    if found and policy == "drop":
+        dataset = replace(dataset,
+                          interactions=dataset.interactions[~repeats].reset_index(drop=True))
+    dataset = replace(dataset, provenance={**dataset.provenance, "consecutive_repeats": record})
+    report_repeats(dataset)
+    return dataset
+
+
+def report_repeats(dataset: Dataset) -> None:
+    """Log what `settle_repeats` found and did, as its provenance records it (nothing
+    when it found none): at conversion, and again whenever a cached copy is used."""
+    record = dataset.provenance.get("consecutive_repeats")
+    if isinstance(record, dict) and record.get("found"):
+        log.warning("%s", repeats_message(dataset.name, int(record["found"]),
+                                          int(record.get("users", 0)),
+                                          str(record.get("policy")), str(record.get("why", ""))))
+
+
+def repeats_message(name: str, found: int, users: int, policy: str, why: str = "") -> str:
+    """What `settle_repeats` did, for the log."""
+    what = (f"{name}: {_count(found, 'consecutive repeated event')} (the same user and item "
+            f"back to back, in {_count(users, 'user')})")
+    if policy == "drop":
+        return (f"{what} dropped, keeping the first of each run; --set "
+                "data.consecutive_repeats=keep keeps them")
+    return (f"{what} kept{f' ({why})' if why else ''}; --set data.consecutive_repeats=drop "
+            "drops them")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def user_block(num_users: int, rank: int, world: int) -> tuple[int, int]:
     """Rank ``rank``'s users of ``world``: the contiguous block ``start..stop - 1``."""
     return num_users * rank // world, num_users * (rank + 1) // world
@@ -334,11 +402,13 @@ def build_dataset(
     weights: np.ndarray | None = None,
     item_table: pd.DataFrame | None = None,
     provenance: dict[str, Any] | None = None,
+    tiebreak: np.ndarray | None = None,
 ) -> Dataset:
     """Turn raw (user id, item id[, timestamp]) columns into a canonical Dataset.
 
     Rows must already be in the source's order; within each user that order is kept
-    (a stable sort by timestamp is applied when timestamps are given). ``item_table``
+    (a stable sort by timestamp is applied when timestamps are given, and then by
+    ``tiebreak``, a finer time such as a datetime's nanoseconds). ``item_table``
     may carry content columns keyed by an ``item_id`` column of external ids; catalog
     items that never occur in interactions are kept too, so a new item is still known.
     """
@@ -364,7 +434,12 @@ def build_dataset(
         sort_keys.append("timestamp")
     if weights is not None:
         frame["weight"] = np.asarray(weights, dtype=np.float32)
+    if tiebreak is not None:
+        frame["_tiebreak"] = np.asarray(tiebreak)
+        sort_keys.append("_tiebreak")
     frame = frame.sort_values(sort_keys, kind="stable").reset_index(drop=True)
+    if tiebreak is not None:
+        frame = frame.drop(columns="_tiebreak")
 
     item_frame = pd.DataFrame(
         {"item": np.arange(1, len(item_vocab) + 1, dtype=np.int32), "item_id": item_vocab}

@@ -14,26 +14,38 @@ Formats:
   ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
                  ml-100k ``u.data``)
 
-Every importer fails with a `DataFormatError` naming the file, the line and what it
-expected; none of them writes anything.
+A gzip-compressed file is read as the file it holds (``x.csv.gz`` is a CSV). Every
+importer fails with a `DataFormatError` naming the file, the line and what it
+expected; none of them writes anything. `import_path` then drops (or keeps) the
+consecutive repeats of the result (`settle_repeats`).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import gzip
 import io
 import re
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from modrec.data.dataset import DataFormatError, Dataset, build_dataset
-from modrec.data.large import large_threshold, read_parquet_large, read_table_large
+from modrec.data.dataset import DataFormatError, Dataset, build_dataset, settle_repeats
+from modrec.data.large import (
+    check_parquet_types,
+    large_threshold,
+    read_parquet_large,
+    read_table_large,
+)
 
 FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "parquet-large",
            "movielens")
@@ -66,32 +78,145 @@ def _require_file(path: Path) -> None:
 
 def _line_at(raw: bytes, offset: int) -> int:
     """1-based line of a byte offset, counting CRLF, LF and lone CR as one break each."""
-    head = raw[:offset].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    return head.count(b"\n") + 1
+    return _breaks(raw[:offset]) + 1
+
+
+def _breaks(data: bytes, after_cr: bool = False) -> int:
+    """Line breaks in ``data`` (CRLF, LF and lone CR one each); ``after_cr``: the bytes
+    before ``data`` ended with a CR, which a leading LF completes rather than repeats."""
+    count = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return count - 1 if after_cr and data.startswith(b"\n") else count
+
+
+# Files compressed by a tool other than gzip, by their first bytes: (name, how to unpack).
+_PACKED = ((b"PK\x03\x04", "a zip archive", "unzip it"),
+           (b"BZh", "bzip2-compressed", "decompress it with bunzip2"),
+           (b"\xfd7zXZ\x00", "xz-compressed", "decompress it with unxz"),
+           (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it with unzstd"))
+_CHUNK = 1 << 24  # bytes a streaming check reads at a time
+
+
+def compression(path: Path) -> str | None:
+    """``"gzip"`` for a gzip-compressed file (read as if it were decompressed, by every
+    text reader and by DuckDB), None for a plain one. Another compression is refused:
+    its bytes would otherwise be reported as a NUL byte or invalid text."""
+    with path.open("rb") as f:
+        magic = f.read(10)
+    if magic.startswith(b"\x1f\x8b"):
+        return "gzip"
+    for prefix, what, how in _PACKED:
+        if magic.startswith(prefix) and (prefix != b"BZh" or magic[4:10] == b"1AY&SY"):
+            raise DataFormatError(
+                f"{path}: the file is {what}; expected text (or gzip-compressed text, which "
+                f"is read as it is): {how} and pass the file it holds")
+    return None
+
+
+def _gzip_error(path: Path, err: Exception) -> DataFormatError:
+    return DataFormatError(
+        f"{path}: damaged or truncated gzip file ({err}); expected a complete gzip stream "
+        "(`gzip -t FILE` checks one)")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip-compressed."""
+    raw = path.read_bytes()
+    if compression(path) == "gzip":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise _gzip_error(path, err) from None
+    return raw
+
+
+@contextlib.contextmanager
+def _open_bytes(path: Path) -> Iterator[BinaryIO]:
+    """The file's bytes as a stream, decompressed when it is gzip-compressed; a damaged
+    gzip stream is a `DataFormatError` naming the file."""
+    if compression(path) != "gzip":
+        with path.open("rb") as f:
+            yield f
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            yield cast(BinaryIO, f)
+    except (OSError, EOFError, zlib.error) as err:
+        raise _gzip_error(path, err) from None
+
+
+@contextlib.contextmanager
+def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict",
+              newline: str | None = None) -> Iterator[io.TextIOWrapper]:
+    """The file as text, decompressed on the fly when it is gzip-compressed."""
+    with _open_bytes(path) as f:
+        yield io.TextIOWrapper(f, encoding=encoding, errors=errors, newline=newline)
+
+
+def _nul_error(path: Path, line: int, offset: int) -> DataFormatError:
+    return DataFormatError(
+        f"{path}:{line}: NUL byte at byte {offset}; expected text (is the file truncated or "
+        "binary?)")
+
+
+def _decode_error(path: Path, line: int, encoding: str, err: UnicodeDecodeError, offset: int
+                  ) -> DataFormatError:
+    return DataFormatError(
+        f"{path}:{line}: invalid {encoding.upper()} ({err.reason} at byte {offset}); expected "
+        f"{encoding.upper()} text")
 
 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text, without a byte-order mark and with every line ending as "\\n".
+    """The file's text (decompressed if it is gzip-compressed), without a byte-order
+    mark and with every line ending as "\\n".
 
     A NUL byte or bytes that are not valid in ``encoding`` are reported with their line:
     both mean a truncated, binary or mis-encoded file, whose fields must not be read as
     data (a zero-filled tail is what a crash mid-write often leaves)."""
     _require_file(path)
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    raw = _read_bytes(path).removeprefix(codecs.BOM_UTF8)
     nul = raw.find(b"\x00")
     if nul >= 0:
-        raise DataFormatError(
-            f"{path}:{_line_at(raw, nul)}: NUL byte at byte {nul}; expected text (is the "
-            "file truncated or binary?)"
-        )
+        raise _nul_error(path, _line_at(raw, nul), nul)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as err:
-        raise DataFormatError(
-            f"{path}:{_line_at(raw, err.start)}: invalid {encoding.upper()} ({err.reason} at "
-            f"byte {err.start}); expected {encoding.upper()} text"
-        ) from None
+        raise _decode_error(path, _line_at(raw, err.start), encoding, err, err.start) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_text(path: Path) -> None:
+    """What `_read_text` refuses in a file, found without holding the file: a NUL byte
+    (anywhere, first) or else invalid UTF-8, with the same message, line and byte
+    (counted after a byte-order mark). For readers that hand the file to another parser
+    (DuckDB), which would take a NUL for a character of an id."""
+    _require_file(path)
+    start = 0  # offset of ``data`` in the (decompressed) text
+    line = 1  # the line ``data`` starts on
+    after_cr = False
+    carry = b""  # the start of a character that the previous block cut in two
+    invalid: DataFormatError | None = None  # the first, reported if there is no NUL
+    with _open_bytes(path) as f:
+        block = f.read(_CHUNK).removeprefix(codecs.BOM_UTF8)
+        while block or carry:
+            data, carry = carry + block, b""
+            nul = data.find(b"\x00")
+            if nul >= 0:
+                raise _nul_error(path, line + _breaks(data[:nul], after_cr), start + nul)
+            if invalid is None:
+                try:
+                    data.decode()
+                except UnicodeDecodeError as err:
+                    if block and err.reason == "unexpected end of data":
+                        data, carry = data[:err.start], data[err.start:]
+                    else:
+                        invalid = _decode_error(path, line + _breaks(data[:err.start], after_cr),
+                                                "utf-8", err, start + err.start)
+            line += _breaks(data, after_cr)
+            after_cr = data.endswith(b"\r") if data else after_cr
+            start += len(data)
+            block = f.read(_CHUNK)
+    if invalid is not None:
+        raise invalid
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -161,7 +286,7 @@ def read_sequences(path: str | Path, name: str | None = None) -> Dataset:
         _raise_overflow(path, rows, linenos, "integer ids")
         raise
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         np.repeat(users, [len(ids) - 1 for ids in rows]),
         items,
         provenance={"format": "sequences", "source": str(path)},
@@ -195,7 +320,7 @@ def read_pairs(path: str | Path, name: str | None = None) -> Dataset:
         linenos.append(lineno)
     table = _int64_rows(path, rows, linenos, "ids and timestamps")
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         table[:, 0],
         table[:, 1],
         timestamps=table[:, 2] if width == 3 else None,
@@ -214,38 +339,45 @@ def read_table(
         raise DataFormatError(f"{path}: is a folder; expected a CSV/TSV or Parquet file (a "
                               "folder of Parquet files is read with --format parquet-large)")
     lines: np.ndarray | None = None
+    schema = None
     if path.suffix == ".parquet":
-        frame = _read_parquet(path)
+        frame, schema = _read_parquet(path)
     else:
-        sep = "\t" if path.suffix in (".tsv", ".inter") else ","
+        sep = "\t" if format_suffix(path) in (".tsv", ".inter") else ","
         frame, lines = _read_delimited(path, sep, "a header row")
     if frame.empty:
         raise DataFormatError(
             f"{path}: table has a header but no rows; expected at least one interaction"
         )
     mapping = _resolve_columns(path, list(frame.columns), columns or {})
+    if schema is not None:
+        check_parquet_types(path, schema, mapping)
     users = _id_column(path, frame, mapping["user"], lines)
     items = _id_column(path, frame, mapping["item"], lines)
-    ts = None
+    ts = exact = None
     if "timestamp" in mapping:
         ts = _timestamp_column(path, frame, mapping["timestamp"], lines)
+        if pd.api.types.is_datetime64_any_dtype(frame[mapping["timestamp"]]):
+            exact = frame[mapping["timestamp"]].array.asi8  # orders a second's events
     weights = None
     if "weight" in mapping:
         weights = _numeric_column(path, frame, mapping["weight"], lines)
     return build_dataset(
-        name or path.stem,
+        name or dataset_name(path),
         users,
         items,
         timestamps=ts,
         weights=weights,
         provenance={"format": "table", "source": str(path), "columns": mapping},
+        tiebreak=exact,
     )
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, pa.Schema]:
+    """The table and its Arrow schema (the types pandas' dtypes no longer tell apart)."""
     _require_file(path)
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path), pq.read_schema(path)
     except (OSError, ValueError, pa.ArrowException) as err:  # ValueError: bad metadata
         raise DataFormatError(
             f"{path}: not a readable Parquet file ({err}); expected a complete Parquet table"
@@ -259,9 +391,11 @@ def _read_delimited(path: Path, sep: str, header: str, quotes: bool = True
     Python's csv module rather than pandas: pandas pads a short row with NaN, takes a
     first row with one field too many as an index (shifting every column) and skips
     blank lines, all without a word, so neither field counts nor line numbers could be
-    checked. Every row here has the header's width or is an error naming its line.
+    checked. Every row here has the header's width or is an error naming its line, and
+    so is a quoted field the file ends in (a truncated file) or one followed by more
+    than a separator (``"a"b``), as DuckDB's reader has them.
     ``quotes=False`` for RecBole, whose fields are never quoted."""
-    reader = csv.reader(io.StringIO(_read_text(path)), delimiter=sep,
+    reader = csv.reader(io.StringIO(_read_text(path)), delimiter=sep, strict=True,
                         quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE)
     names: list[str] | None = None
     header_line = 0
@@ -324,7 +458,9 @@ def _timestamp_column(path: Path, frame: pd.DataFrame, column: str, lines: np.nd
                       ) -> np.ndarray:
     """Timestamps as int64, exactly as written. Text must be an ASCII integer (``.0``
     allowed); a number beyond int64 or with a fraction is an error, never rounded or
-    wrapped around, and so is a float column holding such a number."""
+    wrapped around, and so is a float column holding such a number. A datetime column
+    (Parquet) becomes whole seconds since 1970, UTC, rounded down, the unit every
+    other source has."""
     values = frame[column]
     expected = "expected an integer timestamp within int64"
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -334,7 +470,8 @@ def _timestamp_column(path: Path, frame: pd.DataFrame, column: str, lines: np.nd
                 f"{_where(path, lines, int(bad[0]))}: column {column!r} must be numeric: "
                 f"{expected}, got NaT"
             )
-        return pd.to_numeric(values).to_numpy(np.int64)
+        per_second = 10 ** {"s": 0, "ms": 3, "us": 6, "ns": 9}[values.dt.unit]
+        return values.array.asi8 // per_second
     kind = values.dtype.kind
     if kind in "iuf":
         numbers = values.to_numpy()
@@ -586,6 +723,10 @@ def read_movielens(folder: str | Path, name: str | None = None) -> Dataset:
     """An unpacked GroupLens archive: ml-1m (``ratings.dat``, ``movies.dat``) or
     ml-100k (``u.data``, ``u.item``). Ratings become interactions ordered by time."""
     folder = Path(folder)
+    if folder.is_file() and folder.name in ("ratings.dat", "u.data"):
+        raise DataFormatError(
+            f"{folder}: is the ratings file of a MovieLens archive; expected the folder that "
+            f"holds it: pass {folder.parent} instead")
     if (folder / "ratings.dat").exists():
         ratings = _read_separated(folder / "ratings.dat", "::", ["user", "item", "rating", "ts"])
         movies = folder / "movies.dat"
@@ -674,7 +815,9 @@ def detect_format(path: str | Path) -> str:
         )
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
-    suffix = path.suffix.lower()
+    if path.name in ("ratings.dat", "u.data"):
+        return "movielens"  # whose reader says to pass the folder
+    suffix = format_suffix(path).lower()
     if suffix == ".inter":
         return "recbole"
     if suffix == ".parquet":
@@ -684,40 +827,94 @@ def detect_format(path: str | Path) -> str:
     if suffix in (".txt", ".dat", ""):
         if not path.is_file():
             raise DataFormatError(f"{path}: not a regular file; expected a file or a folder")
-        head = []
-        with path.open(encoding="utf-8-sig", errors="replace") as f:
-            for line in f:
-                if line.strip():
-                    head.append(line.split())
-                if len(head) >= 1000:
-                    break
-        if not head:
-            raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
-        width, count = Counter(len(t) for t in head).most_common(1)[0]
-        users = [t[0] for t in head]
-        # Pair files repeat the user on consecutive lines; sequence files do not. A pairs
-        # file with a stray line of another width is still a pairs file (most lines share
-        # one width, where sequence lengths vary): read_pairs then names that line, where
-        # reading it as sequences would silently turn its timestamps into items.
-        if width in (2, 3) and 2 * count > len(head) and len(set(users)) < len(users):
-            return "pairs"
-        return "sequences"
+        return _detect_text(path)
+    if path.is_file():
+        compression(path)  # an archive (.zip, .bz2, ...): says how to unpack it
     raise DataFormatError(
-        f"{path}: unknown format {suffix!r}; pass --format with one of {', '.join(FORMATS)}"
+        f"{path}: unknown format {path.suffix!r}; pass --format with one of {', '.join(FORMATS)}"
     )
 
 
+def format_suffix(path: Path) -> str:
+    """The suffix that tells a file's format: ``.csv`` for ``x.csv`` and ``x.csv.gz``
+    (a gzip-compressed file is read as the file it holds)."""
+    return Path(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix
+
+
+def dataset_name(path: Path) -> str:
+    """The name of a dataset read from a file: ``x`` for ``x.csv`` and ``x.csv.gz``."""
+    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
+
+
+_HEAD = 1000  # lines whose widths decide whether a text file has the shape of pairs
+
+
+def _detect_text(path: Path) -> str:
+    """``pairs`` or ``sequences`` for a whitespace-separated text file.
+
+    A pairs file has one width (2 or 3 fields) and names a user on several lines;
+    a sequences file names each user once, on a line of any length. Most of the first
+    `_HEAD` lines must share a width of 2 or 3 (a stray line of another width keeps a
+    pairs file one, so that `read_pairs` names that line, where reading it as
+    sequences would turn its timestamps into items), and some user must appear twice:
+    anywhere in the file, since a pairs file written in time order interleaves its
+    users. A file whose every line has 3 fields and names a user of its own reads
+    either way (one 'user item timestamp' each, or two items each) and is refused."""
+    widths: Counter[int] = Counter()
+    seen: set[str] = set()
+    repeated = False
+    all_three = True
+    lines = 0
+    shaped = None  # whether the first lines have the shape of pairs, once they are read
+    with open_text(path, "utf-8-sig", errors="replace") as f:
+        for line in f:
+            tokens = line.split()
+            if not tokens:
+                continue
+            lines += 1
+            if lines <= _HEAD:
+                widths[len(tokens)] += 1
+            else:
+                shaped = _pairs_shaped(widths) if shaped is None else shaped
+                if not shaped:
+                    return "sequences"  # the lengths vary
+                if repeated:
+                    return "pairs"
+            all_three = all_three and len(tokens) == 3
+            repeated = repeated or tokens[0] in seen
+            seen.add(tokens[0])
+    if not lines:
+        raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
+    if repeated and _pairs_shaped(widths):
+        return "pairs"
+    if all_three and lines > 1:
+        raise DataFormatError(
+            f"{path}: cannot tell pairs from sequences: all {lines} lines have 3 fields and "
+            "no user appears on two of them, so the file reads as 'user item timestamp' "
+            "pairs (one interaction per user) or as 'user item item' sequences (two per "
+            "user); expected --format pairs or --format sequences to say which")
+    return "sequences"
+
+
+def _pairs_shaped(widths: Counter[int]) -> bool:
+    """Most lines share one width, of 2 or 3 fields."""
+    width, count = widths.most_common(1)[0]
+    return width in (2, 3) and 2 * count > sum(widths.values())
+
+
 def import_path(
-    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
+    repeats: str = "drop",
 ) -> Dataset:
-    """Read any supported file or folder into a Dataset."""
+    """Read any supported file or folder into a Dataset; its consecutive repeated
+    events (the same user and item back to back) are dropped or kept as ``repeats``
+    says (`settle_repeats`), whichever reader read it."""
     path = Path(path)
     fmt = format or detect_format(path)
     if format is None and fmt in ("csv", "parquet") and path.stat().st_size >= large_threshold():
         fmt = f"{fmt}-large"
-    if fmt == "modrec":
-        return Dataset.read(path)
     readers: dict[str, Callable[[], Dataset]] = {
+        "modrec": lambda: Dataset.read(path),
         "sequences": lambda: read_sequences(path),
         "pairs": lambda: read_pairs(path),
         "recbole": lambda: read_recbole(path),
@@ -730,10 +927,11 @@ def import_path(
     if fmt not in readers:
         raise DataFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     try:
-        return readers[fmt]()
+        dataset = readers[fmt]()
     except DataFormatError as err:
         if format is None and fmt in ("pairs", "sequences"):
             raise DataFormatError(
-                f"{err} (read as {fmt}, guessed from the first lines; --format chooses)"
+                f"{err} (read as {fmt}, guessed from its lines; --format chooses)"
             ) from None
         raise
+    return settle_repeats(dataset, repeats)

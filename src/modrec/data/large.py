@@ -10,7 +10,8 @@ Python's ``str.strip``; numbers as pandas prints them), numbered by the same
 
 Only the distinct user and item ids pass through Python; the interactions stay in
 DuckDB until the final, sorted, fixed-width columns are fetched. Errors name the file
-and the data row (1-based, header not counted), not the line.
+and the data row (1-based, header not counted), not the line; except a NUL byte or
+invalid UTF-8, which a scan before DuckDB reports as `read_table` does, by line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from modrec.data.dataset import DataFormatError, Dataset, _sorted_vocab
 
@@ -67,8 +70,10 @@ def _memory_limit(memory_limit: str | None) -> str:
 
 def _header(path: Path, sep: str) -> list[str]:
     """The header's column names, read as the csv module reads them."""
+    from modrec.data.importers import open_text
+
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with open_text(path, newline="") as f:
             head = ""
             for line in f:
                 if line.strip():
@@ -121,16 +126,26 @@ def read_table_large(
     """A CSV/TSV table read by DuckDB under ``memory_limit``; the same Dataset as
     `read_table` on the same file."""
     duckdb = _duckdb()
-    from modrec.data.importers import _require_file, _resolve_columns, _where
+    from modrec.data.importers import (
+        _resolve_columns,
+        _where,
+        check_text,
+        compression,
+        dataset_name,
+        format_suffix,
+    )
 
     path = Path(path)
-    _require_file(path)
     if path.suffix.lower() == ".parquet":
         raise DataFormatError(
             f"{path}: the CSV importer reads CSV/TSV only; expected a .csv or .tsv file "
             "(read Parquet with --format parquet-large)"
         )
-    sep = "\t" if path.suffix in (".tsv", ".inter") else ","
+    # What read_table refuses before parsing (DuckDB would take a NUL for a character
+    # of an id), with the same message; a pass over the file, in blocks.
+    check_text(path)
+    packed = compression(path) or "none"
+    sep = "\t" if format_suffix(path) in (".tsv", ".inter") else ","
     names = _header(path, sep)
     mapping = _resolve_columns(path, names, columns or {})
     limit = _memory_limit(memory_limit)
@@ -140,15 +155,33 @@ def read_table_large(
         select += _text_timestamp(_quote(mapping["timestamp"]))
     if "weight" in mapping:
         select += _text_weight(_quote(mapping["weight"]))
-    types = ", ".join(f"{_quote(n)}: 'VARCHAR'" for n in names)
+    # Every row must have the header's width, as read_table checks. DuckDB drops empty
+    # fields after the last column without a word, so one spare column more is read,
+    # rows that end early are padded with NULL, and no field reads as NULL (nullstr is
+    # a NUL, which check_text has ruled out; an empty field is ''): a NULL in the last
+    # column is a field too few, a value in the spare one a field too many; a line of
+    # blanks alone is skipped, as read_table skips it. Padding rows whose quoted fields
+    # hold line breaks needs the single-threaded reader.
+    spare = "modrec_spare"
+    while spare in names:
+        spare += "_"
+    declared = [*names, spare]
+    types = ", ".join(f"{_quote(n)}: 'VARCHAR'" for n in declared)
+    width = " + ".join(f"CAST({_quote(n)} IS NOT NULL AS INTEGER)" for n in declared)
+    blank = (f"({_quote(declared[1])} IS NULL AND {_trimmed(_quote(names[0]))} = '')"
+             if len(names) > 1 else "false")
+    select += [f"{blank} AS blank",
+               f"CASE WHEN NOT {blank} AND ({_quote(names[-1])} IS NULL OR {_quote(spare)} "
+               f"IS NOT NULL) THEN {width} END AS bad_width"]
 
     def load(con: Any) -> None:
         try:
             con.execute(
                 f"CREATE TABLE raw AS SELECT {', '.join(select)} FROM read_csv(?, "
                 f"delim = ?, header = true, quote = '\"', escape = '\"', "
-                f"auto_detect = false, columns = {{{types}}}, strict_mode = true)",
-                [str(path), sep],
+                f"auto_detect = false, columns = {{{types}}}, strict_mode = true, "
+                "null_padding = true, nullstr = ?, parallel = false, compression = ?)",
+                [str(path), sep, "\x00", packed],
             )
         except duckdb.Error as err:
             first = _first_line(err)
@@ -156,9 +189,16 @@ def read_table_large(
                 f"{path}: not a readable {sep!r}-separated table ({first}); expected a "
                 "header row and the same number of fields on every line"
             ) from None
+        bad = con.execute("SELECT rowid, bad_width FROM raw WHERE bad_width IS NOT NULL "
+                          "ORDER BY rowid LIMIT 1").fetchone()
+        if bad is not None:
+            raise DataFormatError(
+                f"{_where(path, None, int(bad[0]))}: expected {len(names)} {sep!r}-separated "
+                f"fields like the header, got {bad[1]}")
+        con.execute("DELETE FROM raw WHERE blank")
 
     return _import(path, mapping, load, lambda row: _where(path, None, row),
-                   name or path.stem, limit)
+                   name or dataset_name(path), limit)
 
 
 # ---- Parquet ---------------------------------------------------------------------------
@@ -178,12 +218,9 @@ def parquet_files(path: Path) -> list[Path]:
     return files
 
 
-def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any], int]:
+def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any], int, pa.Schema]:
     """The columns `pd.read_parquet` makes of a file (a pandas index is not one), the
-    pandas dtype of each, and the number of rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pandas dtype of each, the number of rows and the Arrow schema."""
     try:
         file = pq.ParquetFile(path)
         schema = file.schema_arrow
@@ -193,12 +230,37 @@ def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any], int]:
         raise DataFormatError(
             f"{path}: not a readable Parquet file ({err}); expected a complete Parquet table"
         ) from None
-    return list(dtypes.index), {str(k): v for k, v in dtypes.items()}, int(rows)
+    return list(dtypes.index), {str(k): v for k, v in dtypes.items()}, int(rows), schema
+
+
+def check_parquet_types(path: Path, schema: pa.Schema, mapping: dict[str, str]) -> None:
+    """Refuse what no reader could make sense of, before anything is read: a column of
+    lists, structs or maps in any role (its values would become ids like "[10]"), and
+    booleans as user or item ids (True and False would become two users or items).
+    Both Parquet readers call this, so they refuse the same files."""
+    for role, column in mapping.items():
+        index = schema.get_field_index(column)
+        if index < 0:
+            continue  # absent or named twice: the reader says so
+        kind = schema.field(index).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        what = {"user": "a user id", "item": "an item id", "timestamp": "a timestamp",
+                "weight": "a number"}[role]
+        if pa.types.is_nested(kind):
+            raise DataFormatError(
+                f"{path}: column {column!r} ({role}) holds nested values ({kind}); expected "
+                f"{what} in each row: flatten the column first (one row per element)")
+        if role in ("user", "item") and pa.types.is_boolean(kind):
+            raise DataFormatError(
+                f"{path}: column {column!r} ({role}) holds booleans; expected {what} in "
+                "each row (an integer or text), not true or false; if another column holds "
+                f"the ids, name it with --columns {role}=COLUMN")
 
 
 def _epoch(column: str, dtype: Any) -> str:
-    """A timestamp column as `read_table` has it: the integer count of its unit (the
-    unit pandas reads the file with) since 1970, UTC."""
+    """A TIMESTAMP weight column as `read_table` has it (pandas' to_numeric): the
+    integer count of its unit (the unit pandas reads the file with) since 1970, UTC."""
     unit = getattr(dtype, "unit", None) or np.datetime_data(dtype)[0]
     if unit == "s":
         return f"(epoch_us({column}) // 1000000)"
@@ -218,25 +280,27 @@ def read_parquet_large(
     Dataset as `read_table`.
 
     Timestamps are taken as `read_table` takes them: integers as written, a float only
-    when it is an integer, a TIMESTAMP column as the count of its unit since 1970 (what
-    pandas reads; INT96 timestamps, which DuckDB reads to the microsecond, lose their
-    nanoseconds), text as an ASCII integer."""
+    when it is an integer, a TIMESTAMP column as whole seconds since 1970 (UTC), the
+    events of one second in the order of their exact time (INT96 timestamps, which
+    DuckDB reads to the microsecond, lose their nanoseconds), text as an ASCII integer.
+    Lists, structs and maps, and booleans as ids, are refused (`check_parquet_types`)."""
     duckdb = _duckdb()
     from modrec.data.importers import _resolve_columns
 
     path = Path(path)
     files = parquet_files(path)
     schemas = [_parquet_schema(f) for f in files]
-    names, dtypes, _ = schemas[0]
+    names, dtypes, _, _ = schemas[0]
     mapping = _resolve_columns(files[0] if len(files) == 1 else path, names, columns or {})
-    for file, (present, _, _) in zip(files, schemas, strict=True):
+    for file, (present, _, _, schema) in zip(files, schemas, strict=True):
         missing = [c for c in mapping.values() if c not in present]
         if missing:
             raise DataFormatError(
                 f"{file}: column {missing[0]!r} not found; expected every file of {path} to "
                 f"hold the columns {sorted(set(mapping.values()))} (it has {present})")
+        check_parquet_types(file, schema, mapping)
     limit = _memory_limit(memory_limit)
-    starts = np.cumsum([0] + [rows for _, _, rows in schemas])
+    starts = np.cumsum([0] + [rows for _, _, rows, _ in schemas])
 
     def where(row: int) -> str:
         k = int(np.searchsorted(starts, row, side="right")) - 1
@@ -271,8 +335,13 @@ def read_parquet_large(
                        f"CASE WHEN NOT {ok} THEN coalesce(CAST({t} AS VARCHAR), 'nan') "
                        "END AS ts_bad"]
         elif kind.startswith("TIMESTAMP"):
-            epoch = _epoch(t, dtypes[mapping["timestamp"]])
-            select += [f"{epoch} AS ts", f"CASE WHEN {t} IS NULL THEN 'NaT' END AS ts_bad"]
+            # Seconds since 1970 (UTC), rounded down, as read_table has them; the exact
+            # count orders the events of one second.
+            exact, per = ((f"epoch_ns({t})", 10**9) if kind.endswith("_NS")
+                          else (f"epoch_us({t})", 10**6))
+            select += [f"({exact} // {per} - CASE WHEN {exact} % {per} < 0 THEN 1 ELSE 0 "
+                       "END) AS ts", f"{exact} AS ts_exact",
+                       f"CASE WHEN {t} IS NULL THEN 'NaT' END AS ts_bad"]
         else:  # text, or what pandas reads as objects and prints (dates, decimals)
             select += _text_timestamp(f"CAST({t} AS VARCHAR)")
     if "weight" in mapping:
@@ -383,6 +452,9 @@ def _import(path: Path, mapping: dict[str, str], load: Callable[[Any], None],
             if "timestamp" in mapping:
                 out.append("raw.ts AS timestamp")
                 order.append("raw.ts")
+                described = con.execute("DESCRIBE raw").fetchall()
+                if any(column == "ts_exact" for column, *_ in described):
+                    order.append("raw.ts_exact")  # a datetime's events within a second
             if "weight" in mapping:
                 out.append("raw.w AS weight")
             order.append("raw.rowid")

@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from modrec import paths
-from modrec.data.dataset import DataFormatError, Dataset, build_dataset, ensure_row_groups
+from modrec.data.dataset import (
+    REPEATS,
+    DataFormatError,
+    Dataset,
+    build_dataset,
+    ensure_row_groups,
+    report_repeats,
+    settle_repeats,
+)
 from modrec.data.importers import (
     import_path,
     read_movielens,
@@ -268,21 +276,28 @@ NAMED: dict[str, NamedDataset] = {
 
 # ---- loading, caching, downloading ----------------------------------------------------
 def load_dataset(
-    name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+    name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
+    repeats: str | None = None,
 ) -> Dataset:
-    """A named dataset (see `NAMED`) or a path to any supported file/folder."""
-    key, sources, build, extra = _source(name_or_path, format, columns)
+    """A named dataset (see `NAMED`) or a path to any supported file/folder.
+
+    ``repeats`` says what becomes of consecutive repeated events, the same user and item
+    back to back (`settle_repeats`): "drop" or "keep"; None (the default) drops them
+    from a path and keeps them in a named dataset, whose published benchmark numbers
+    were measured with them (yelp has 3,873, amazon-scientific 141; the others none)."""
+    key, sources, build, extra = _source(name_or_path, format, columns, repeats)
     return _cached(key, sources, build, extra)
 
 
 def dataset_folder(
-    name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+    name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
+    repeats: str | None = None,
 ) -> Path:
     """The cached canonical folder of what `load_dataset` reads, converted first if the
     cache does not hold it, in row groups (`ensure_row_groups`), without reading the
     interactions when it is already there: for readers of a part of it
     (`read_user_block`). The cache must be writable."""
-    key, sources, build, extra = _source(name_or_path, format, columns)
+    key, sources, build, extra = _source(name_or_path, format, columns, repeats)
     folder = paths.cache_dir() / key
     stamp = _stamp(sources, extra)
     if not (_current(folder, stamp) and (folder / "manifest.json").exists()):
@@ -293,9 +308,15 @@ def dataset_folder(
 
 
 def _source(name_or_path: str | Path, format: str | None,
-            columns: dict[str, str] | None
+            columns: dict[str, str] | None, repeats: str | None = None,
             ) -> tuple[str, list[Path], Callable[[], Dataset], object]:
-    """Cache key, source files, converter and extra cache key of a dataset name or path."""
+    """Cache key, source files, converter and extra cache key of a dataset name or path.
+    The choice about repeats (`load_dataset`) keys the cache: a dataset converted with
+    the other one is never served, and one made by a choice other than the default is
+    kept beside the default's."""
+    if repeats is not None and repeats not in REPEATS:
+        raise ValueError(f"consecutive repeats {repeats!r}; expected one of "
+                         f"{', '.join(REPEATS)} (or None: the dataset's default)")
     key = str(name_or_path)
     if key in NAMED and format is None:
         spec = NAMED[key]
@@ -304,14 +325,21 @@ def _source(name_or_path: str | Path, format: str | None,
             _download(spec, root)
         sources = [root / f for f in spec.files + spec.alternatives + spec.extras
                    if (root / f).exists()]
-        return spec.name, sources, lambda: spec.reader(root), None
+        policy = repeats or "keep"
+        why = "" if repeats else f"the published {spec.name} benchmark has them"
+        return (spec.name if policy == "keep" else f"{spec.name}-{policy}-repeats", sources,
+                lambda: settle_repeats(spec.reader(root), policy, why),
+                None if policy == "keep" else {"consecutive_repeats": policy})
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise DatasetUnavailable(
             f"{key!r} is neither a named dataset ({', '.join(NAMED)}) nor an existing path"
         )
-    return (_cache_key(path), [path], lambda: import_path(path, format, columns),
-            {"format": format, "columns": columns})
+    policy = repeats or "drop"
+    key = _cache_key(path)
+    return (key if policy == "drop" else f"{key}-{policy}-repeats", [path],
+            lambda: import_path(path, format, columns, policy),
+            {"format": format, "columns": columns, "consecutive_repeats": policy})
 
 
 def _cache_key(path: Path) -> str:
@@ -331,7 +359,9 @@ def _cached(
     folder = paths.cache_dir() / key
     if _current(folder, stamp):
         try:
-            return Dataset.read(folder)
+            ds = Dataset.read(folder)
+            report_repeats(ds)
+            return ds
         except DataFormatError as err:  # damaged on disk: convert again, as if missing
             log.warning("cached dataset %s is unreadable, converting again: %s", key, err)
     ds = build()

@@ -155,7 +155,8 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     if not world.is_main:
         world.barrier()  # rank 0 converts and caches the dataset; the others then read it
     dataset = (_user_block(config, world) if rank_users else
-               load_dataset(config.data.dataset, config.data.format, config.data.columns))
+               load_dataset(config.data.dataset, config.data.format, config.data.columns,
+                            config.data.consecutive_repeats))
     if world.is_main:
         world.barrier()
     split = make_split(dataset, config.data.split)
@@ -268,7 +269,8 @@ def _check_new(run: RunDir) -> None:
 def _user_block(config: RunConfig, world: World) -> Dataset:
     """This rank's block of users, read from the cached dataset folder (rank 0, first,
     converts the dataset or lays the folder out in row groups)."""
-    folder = dataset_folder(config.data.dataset, config.data.format, config.data.columns)
+    folder = dataset_folder(config.data.dataset, config.data.format, config.data.columns,
+                            config.data.consecutive_repeats)
     num_users = int(json.loads((folder / "manifest.json").read_text())["users"])
     part = read_user_block(folder, *user_block(num_users, world.rank, world.size))
     log.info("rank %d holds users %d..%d: %d interactions", world.rank, part.start,

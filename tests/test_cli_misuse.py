@@ -160,6 +160,43 @@ def test_recommend_export_serve_refuse_bad_arguments(
     assert not (tmp_path / "state.db").exists()  # refused before anything was started
 
 
+def test_device_and_store_are_checked_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device cuda`` on a torch without CUDA was ``internal error: AssertionError``,
+    an unknown device printed torch's whole device list, and a --store naming a file
+    ``[Errno 17]``."""
+    if torch.version.cuda is None and torch.version.hip is None:
+        missing, why = "cuda", "has no CUDA support; install a CUDA build of PyTorch"
+    elif torch.cuda.device_count() == 0:
+        missing, why = "cuda", "sees no GPU"
+    else:
+        missing, why = f"cuda:{torch.cuda.device_count()}", "visible here (cuda:0 to"
+    store = tmp_path / "store"
+    a_file = tmp_path / "vectors.npy"
+    a_file.write_text("x")
+    verbs = [["embed", "-d", "ml-100k", "--encoder", "text", "--store", str(store)],
+             ["transcribe", "-d", "ml-100k", "--store", str(store)]]
+    for verb in verbs:
+        err = _fails([*verb, "--device", missing], f"argument --device: {missing}: ", capsys)
+        assert why in err and "AssertionError" not in err
+        err = _fails([*verb, "--device", "banana"], "argument --device: unknown device "
+                     "'banana'; expected cpu, cuda, cuda:N (the N-th GPU) or mps", capsys)
+        assert "privateuseone" not in err  # not torch's list of every device type
+        for odd in ("cuda:x", "gpu", "CPU", "cuda:-1"):
+            _fails([*verb, "--device", odd], f"unknown device '{odd}'", capsys)
+        if not torch.backends.mps.is_available():
+            _fails([*verb, "--device", "mps"], "mps: no Apple GPU here", capsys)
+        assert not store.exists()
+    for verb in ("embed", "classify", "search"):
+        argv = [verb, "-d", "ml-100k", "--store", str(a_file)]
+        argv += {"embed": ["--encoder", "tags:genres"], "classify": [
+            "--labels", "genres", "--encoder", "tags-genres"], "search": ["star wars"]}[verb]
+        _fails(argv, f"the store {a_file} is a file, not a folder; pass a folder", capsys)
+    _fails(["transcribe", "-d", "ml-100k", "--store", str(a_file)],
+           f"the store {a_file} is a file, not a folder", capsys)
+    assert a_file.read_text() == "x"
+
+
 def test_embed_classify_search_refuse_bad_arguments(
         store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     new = tmp_path / "new-store"

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -62,6 +63,39 @@ def _milliseconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
     return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps), checked
+    before any work, so that a missing GPU is named at once, not deep inside an encoder."""
+    form = re.fullmatch(r"cpu|mps|cuda(?::(\d+))?", text)
+    if form is None:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, "
+                                         "cuda:N (the N-th GPU) or mps")
+    if text == "cpu":
+        return text
+    import torch
+
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(
+                "mps: no Apple GPU here (MPS needs macOS on Apple silicon); use cpu or cuda")
+        return text
+    if torch.version.cuda is None and torch.version.hip is None:
+        raise argparse.ArgumentTypeError(
+            f"{text}: this torch build ({torch.__version__}) has no CUDA support; install a "
+            "CUDA build of PyTorch (https://pytorch.org/get-started/locally/ gives the pip "
+            "command for your CUDA version), or use --device cpu")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text}: torch {torch.__version__} has CUDA support but sees no GPU (check the "
+            "driver with nvidia-smi, and CUDA_VISIBLE_DEVICES), or use --device cpu")
+    if form.group(1) is not None and int(form.group(1)) >= count:
+        raise argparse.ArgumentTypeError(
+            f"{text}: {count} GPU{'s' if count > 1 else ''} visible here (cuda:0 to "
+            f"cuda:{count - 1})")
+    return text
 
 
 def _dataset_arg(text: str, format: str | None = None) -> str:
@@ -678,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda, cuda:N or mps")
     _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
@@ -706,7 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ocr-lang", default="eng", help="Tesseract language(s), e.g. eng+chi_sim")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>); "
                    "the columns go to its columns/ folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda, cuda:N or mps")
     _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe)

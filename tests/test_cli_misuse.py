@@ -5,6 +5,7 @@ run records its dataset by absolute path and a fingerprint (issue 30, promise 6)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import modrec.cli as cli
 from modrec.cli import main
 from modrec.config import build_config
 from modrec.train import train
+from support import craft_weights, free_port
 
 SMALL = ["model.max_len=20", "model.num_blocks=1"]
 
@@ -158,6 +160,56 @@ def test_recommend_export_serve_refuse_bad_arguments(
     _fails(["serve", str(broken), "--state", str(tmp_path / "state.db")],
            "not a readable run configuration", capsys)
     assert not (tmp_path / "state.db").exists()  # refused before anything was started
+
+
+def test_serve_refuses_a_state_it_cannot_use_at_start_up(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, each was ``internal error: OperationalError: unable to open database
+    file`` (or a service that never got ready), without the path."""
+    import sqlite3
+
+    folder = tmp_path / "states"
+    folder.mkdir()
+    text = tmp_path / "notes.db"
+    text.write_text("not a database, just notes\n" * 20)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE events (id INTEGER, payload TEXT)")
+    db.close()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # Permissions do not bind root: a folder of /proc is read-only to everyone.
+    read_only = (Path("/proc/modrec-state.db") if os.geteuid() == 0
+                 else locked / "state.db")
+    before = {p: p.read_bytes() for p in (text, foreign, a_file)}
+    for state, expected in [
+        (folder, f"user state {folder} is a folder, not an SQLite file; pass a file path"),
+        (text, f"user state {text} is not an SQLite database"),
+        (foreign, f"user state {foreign} is an SQLite database of something else"),
+        (a_file / "state.db", f"user state {a_file / 'state.db'}: cannot make its folder"),
+        (read_only, f"user state {read_only} cannot be opened or created"),
+    ]:
+        for extra in ([], ["--seed-state"]):
+            err = _fails(["serve", str(run), "--state", str(state), "--port",
+                          str(free_port()), *extra], expected, capsys)
+            assert "file path" in err and "internal error" not in err
+    assert not list(folder.iterdir()) and not list(locked.iterdir())
+    assert {p: p.read_bytes() for p in before} == before  # nothing written to them
+
+
+def test_serve_exits_at_start_up_when_it_refuses_the_weights(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted model.pt: exit 2 with the reason once, not a service answering 503 on
+    /readyz forever."""
+    crafted = _damaged(run, tmp_path, "crafted",
+                       lambda f: craft_weights(f / "model.pt", tmp_path / "pwned"))
+    err = _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
+                  str(free_port())], f"{crafted / 'model.pt'} is not a weights file", capsys)
+    assert err.count("is not a weights file") == 1
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_device_and_store_are_checked_before_any_work(

@@ -321,20 +321,20 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
                                            ef_search=args.ef_search), max_k=args.max_k)
     state_path = Path(args.state)
+    state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything
     if args.seed_state:  # seed and exit: a deploy step before the first start
-        state = SQLiteUserState(state_path)
-        written = ModelService.from_runs(models, state, config, seed=False).seed_state()
-        events = state.events()
-        state.close()
+        with state:
+            written = ModelService.from_runs(models, state, config, seed=False).seed_state()
+            events = state.events()
         if not args.json:
             print(f"user state {state_path}: {written} events seeded, {events} in all")
         return {"state": str(state_path), "seeded": written, "events": events}
 
     holder: dict[str, ModelService] = {}
+    failed: list[Exception] = []
 
     def load() -> ModelService:
-        service = ModelService.from_runs(models, SQLiteUserState(state_path), config,
-                                         seed=not args.no_seed)
+        service = ModelService.from_runs(models, state, config, seed=not args.no_seed)
         holder["service"] = service
         return service
 
@@ -343,16 +343,29 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         if service is None:
             return
         log.info("SIGHUP: reloading %s", ", ".join(service.models))
-        threading.Thread(target=lambda: [service.reload(n) for n in list(service.models)],
-                         name="modrec-reload", daemon=True).start()
+        # one model that fails to load keeps its old weights; the others still reload
+        threading.Thread(target=service.reload_all, name="modrec-reload", daemon=True).start()
 
-    signal.signal(signal.SIGHUP, reload_all)
+    def stop(err: Exception) -> None:  # nothing to serve: stop, and say why below
+        failed.append(err)
+        server.should_exit = True
+
     app = create_app(load, AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
-                                       max_batch=args.max_batch, max_k=args.max_k))
+                                       max_batch=args.max_batch, max_k=args.max_k,
+                                       on_failure=[stop]))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level,
+                                           access_log=args.access_log))
+    previous = signal.signal(signal.SIGHUP, reload_all)
     log.info("serving %s on http://%s:%d (state %s)", ", ".join(
         f"{n}={f}" for n, f in models.items()), args.host, args.port, state_path)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        state.close()
+    if failed:  # e.g. weights it refuses to load: exit with the reason, not a 503 forever
+        raise failed[0]
     return {"served": list(models)}
 
 
@@ -666,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve trained runs over HTTP: POST /v1/recommend, /v1/events, "
         "/v1/search; GET /v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
         "/healthz, /readyz, /metrics; the schema at /openapi.json, interactive docs at "
-        "/docs, a page to try it at /. SIGHUP reloads every model from its folder.")
+        "/docs, a page to try it at /. SIGHUP reloads every model from its folder (one "
+        "that no longer loads keeps serving its old weights).")
     p.add_argument("run_dir", nargs="?", help="a run folder or bundle (the default model, "
                    "named after its folder)")
     p.add_argument("--model", action="append", metavar="NAME=RUN_DIR",

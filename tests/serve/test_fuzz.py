@@ -31,7 +31,7 @@ from modrec.serve import ModelService, Request
 from modrec.serve.app import AppSettings, create_app
 from modrec.serve.errors import RequestError
 from modrec.serve.state import SQLiteUserState
-from support import serve_in_thread
+from support import craft_weights, serve_in_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -357,14 +357,19 @@ def test_a_failed_reload_answers_422_and_keeps_the_old_model(
     misshapen = tmp_path / "misshapen"  # a known.npy of the wrong length
     shutil.copytree(runs["sasrec"], misshapen)
     np.save(misshapen / "known.npy", np.ones(7, dtype=bool))
+    crafted = tmp_path / "crafted"  # weights that would run code when unpickled
+    shutil.copytree(runs["sasrec"], crafted)
+    craft_weights(crafted / "model.pt", tmp_path / "pwned")
     kept = service.models["sasrec"]
     for run_dir in ("r" * 300, f"{tmp_path}/{'r' * 300}/run", str(broken), str(garbled),
-                    str(misshapen), str(broken / "model.pt"), "/dev/null", "\x00"):
+                    str(misshapen), str(crafted), str(broken / "model.pt"), "/dev/null",
+                    "\x00"):
         response = client.post("/v1/admin/reload", json={"model": "sasrec",
                                                         "run_dir": run_dir})
         assert response.status_code == 422, (run_dir[:40], response.text)
         assert service.models["sasrec"] is kept
     assert client.post("/v1/recommend", json={"user_id": "196"}).status_code == 200
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_one_bad_request_does_not_fail_its_batch(service: ModelService) -> None:

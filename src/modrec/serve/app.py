@@ -86,6 +86,9 @@ class AppSettings:
     max_k: int = 1000
     max_history: int = 10_000
     on_ready: list[Callable[[ModelService], None]] = field(default_factory=list)
+    # Called with the error when loading fails, instead of the app's own error log line
+    # (``modrec serve`` stops and exits with it rather than answer 503 forever).
+    on_failure: list[Callable[[Exception], None]] = field(default_factory=list)
 
 
 # ---- the schema ------------------------------------------------------------------------
@@ -312,7 +315,10 @@ def create_app(load: ModelService | Callable[[], ModelService],
             ready(load() if callable(load) else load)
         except Exception as err:  # noqa: BLE001 - reported on /readyz and in the log
             holder["error"] = f"{type(err).__name__}: {err}"
-            log.error("loading the models failed: %s", holder["error"])
+            for callback in settings.on_failure:
+                callback(err)
+            if not settings.on_failure:
+                log.error("loading the models failed: %s", holder["error"])
 
     def answer(requests: Sequence[ServiceRequest]) -> Sequence[Reply | RequestError]:
         return service().recommend(requests)

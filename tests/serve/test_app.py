@@ -130,7 +130,7 @@ def test_a_time_aware_model_needs_timestamps(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("body", "status", "says"), [
     ({"user_id": "196", "k": 0}, 422, "k"),
-    ({"user_id": "196", "k": 5000}, 422, "at most 1000"),
+    ({"user_id": "196", "k": 5000}, 422, "less than or equal to 1000"),
     ({"user_id": "196", "k": "ten"}, 422, "k"),
     ({"k": 3}, 422, "user_id or a history"),
     ({"user_id": "196", "model": "gpt"}, 404, "no model named 'gpt'"),
@@ -264,3 +264,40 @@ def test_search_without_text_embeddings_is_a_clear_404(client: TestClient) -> No
 
 def test_service_config_bounds_come_from_settings() -> None:
     assert ServeConfig().max_k == AppSettings().max_k == 1000
+
+
+def test_the_schema_declares_every_limit_the_service_enforces(runs, tmp_path: Path) -> None:
+    """k at most max_k (a server option, so per app), histories and exclusions at most
+    max_history items, events at most max_events: in /openapi.json, and enforced by it.
+    Before, k over max_k was refused by a check the schema did not show."""
+    settings = {"max_k": 5, "max_history": 20, "max_events": 3}
+    with _client(runs, tmp_path, **settings) as client:
+        schema = client.get("/openapi.json").json()
+        bodies = schema["components"]["schemas"]
+        recommend = bodies["RecommendIn"]["properties"]
+        assert (recommend["k"]["maximum"], recommend["k"]["default"]) == (5, 5)
+        assert bodies["SearchIn"]["properties"]["k"]["maximum"] == 5
+        [k] = [p for p in schema["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]
+               if p["name"] == "k"]
+        assert k["schema"]["maximum"] == 5
+        for name in ("history", "timestamps"):
+            assert recommend[name]["anyOf"][0]["maxItems"] == 20
+        assert recommend["exclude"]["maxItems"] == 20
+        assert bodies["EventsIn"]["properties"]["events"]["maxItems"] == 3
+        assert {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}} in \
+            bodies["RecommendIn"]["anyOf"]  # a user_id or a history
+        assert "over 1000000 bytes" in \
+            schema["paths"]["/v1/events"]["post"]["responses"]["413"]["description"]
+
+        assert len(client.post("/v1/recommend", json={"user_id": "196"}).json()["items"]) == 5
+        for path, body, field in [
+                ("/v1/recommend", {"user_id": "196", "k": 6}, "k"),
+                ("/v1/recommend", {"history": ["50"] * 21}, "history"),
+                ("/v1/recommend", {"user_id": "196", "exclude": ["50"] * 21}, "exclude"),
+                ("/v1/search", {"query": "space", "k": 6}, "k"),
+                ("/v1/events", {"events": [{"user_id": "u", "item_id": "50"}] * 4}, "events")]:
+            response = client.post(path, json=body)
+            assert response.status_code == 422, (path, body)
+            assert field in json.dumps(response.json()["detail"])
+        similar = client.get("/v1/items/50/similar", params={"k": 6})
+        assert similar.status_code == 422 and "less than or equal to 5" in similar.text

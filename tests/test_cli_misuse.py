@@ -386,8 +386,13 @@ def test_the_installed_command_prints_no_traceback(run: Path, tmp_path: Path) ->
     for argv, expected in [
         (["evaluate", str(broken)], "model.pt is not a weights file"),
         (["train", "-d", "ml-100k", "--epochs", "0"], "must be at least 1"),
+        # the server starts, its loader fails, it stops: the reason once, at the end
+        (["serve", str(broken), "--state", str(tmp_path / "state.db"), "--port",
+          str(free_port())], "model.pt is not a weights file"),
     ]:
         done = subprocess.run([sys.executable, "-m", "modrec", *argv], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr and "Traceback" not in done.stderr
+        assert done.stderr.count(expected) == 1, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"modrec {argv[0]}: error: ")

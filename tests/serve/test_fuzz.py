@@ -254,7 +254,7 @@ def test_extremely_long_ids_are_refused(client: TestClient, service: ModelServic
     ("/v1/recommend", {"user_id": "196", "exclude_seen": "false"}),
     ("/v1/events", {"user_id": "typed", "item_id": "50", "timestamp": True}),
     ("/v1/events", {"user_id": "typed", "item_id": "50", "timestamp": "7"}),
-    ("/v1/search", {"query": "space", "k": False}),
+    ("/v1/search", {"query": "space", "k": True}),
 ])
 def test_wrong_numbers_and_shapes_get_422_and_write_nothing(
         client: TestClient, service: ModelService, path: str, body: Any) -> None:

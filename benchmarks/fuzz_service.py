@@ -26,10 +26,13 @@ its own run folder and answers a recommendation).
 
 Checks on every response: ``not_a_server_error`` (no 5xx), ``response_schema_conformance``
 (the body fits the documented schema of its status), ``status_code_conformance`` (the
-status is documented); an exception out of the app or a request over ``--timeout``
-seconds is a failure too. Prints the requests sent, the status histogram (overall and per
-operation), each failure with a curl line to reproduce it, the command, and one JSON line;
-exits 1 on any failure.
+status is documented), and `schema_valid_accepted`: a request that fits the schema is not
+refused with a 4xx for a reason the schema does not state (schemathesis's
+``positive_data_acceptance``, less the few refusals the schema states in words because
+JSON Schema cannot, `STATED_REJECTIONS`); an exception out of the app or a request over
+``--timeout`` seconds is a failure too. Prints the requests sent, the status histogram
+(overall and per operation), each failure with a curl line to reproduce it, the command,
+and one JSON line; exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -67,8 +71,38 @@ from modrec.serve.state import SQLiteUserState
 
 log = logging.getLogger("fuzz_service")
 
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]
 WRITES = ("/v1/events", "/v1/admin/reload")
+
+# Schema-valid requests the service may still refuse, each for a reason the schema states
+# in words because JSON Schema cannot express it: (operation, or None for any; status;
+# what the answer says). Any other refusal of a schema-valid request is a limit missing
+# from the schema, which a client generated from it would meet by surprise.
+STATED_REJECTIONS: list[tuple[str | None, int, str]] = [
+    # as many timestamps as history items: JSON Schema cannot compare two lengths
+    ("POST /v1/recommend", 422, "timestamps must come with a history, one per item"),
+    # whether the model needs timestamps depends on the model named
+    ("POST /v1/recommend", 422, "learned from elapsed time"),
+    # whether an item exists depends on the catalogs served
+    ("POST /v1/events", 422, "no served model has them"),
+    # whether a folder holds a loadable run depends on the disk
+    ("POST /v1/admin/reload", 422, "could not load"),
+    # the body limit is in bytes, not in JSON Schema's terms (the 413's description)
+    (None, 413, "request body over"),
+]
+
+
+def schema_valid_accepted(ctx: Any, response: Any, case: Case) -> bool | None:
+    """``positive_data_acceptance`` (a schema-valid request gets 2xx, 401, 403, 404, 409,
+    429 or a 5xx, which ``not_a_server_error`` fails), less `STATED_REJECTIONS`."""
+    for operation, status, says in STATED_REJECTIONS:
+        if (operation in (None, case.operation.label) and response.status_code == status
+                and says in response.text):
+            return True
+    return positive_data_acceptance(ctx, response, case)
+
+
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
+          schema_valid_accepted]
 API_KEY = "fuzz-s3cret"
 
 
@@ -109,6 +143,11 @@ class Report:
     def undocumented_statuses(self) -> int:
         return self.count("Undocumented status code")
 
+    @property
+    def valid_rejected(self) -> int:
+        """Schema-valid requests refused for a reason the schema does not state."""
+        return self.count("Schema-valid request rejected")
+
     def add(self, other: Report) -> None:
         self.requests += other.requests
         self.seconds += other.seconds
@@ -126,6 +165,7 @@ class Report:
                 "server_errors": self.server_errors,
                 "schema_violations": self.schema_violations,
                 "undocumented_statuses": self.undocumented_statuses,
+                "valid_rejected": self.valid_rejected,
                 "findings": dict(kinds), "slowest_s": round(self.slowest_s, 3),
                 "notes": self.notes}
 
@@ -369,12 +409,13 @@ def print_report(reports: dict[str, Report], command: str) -> Report:
         total.add(report)
     print(f"# fuzz_service: {total.requests} requests in {total.seconds:.1f} s")
     print(f"command: {command}\n")
-    print("| pass | requests | 2xx | 4xx | 5xx | schema violations | undocumented status |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pass | requests | 2xx | 4xx | 5xx | schema violations | undocumented status "
+          "| valid requests refused |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in reports.items():
         band = collections.Counter(f"{s // 100}xx" for s in r.statuses.elements())
         print(f"| {name} | {r.requests} | {band['2xx']} | {band['4xx']} | {band['5xx']} | "
-              f"{r.schema_violations} | {r.undocumented_statuses} |")
+              f"{r.schema_violations} | {r.undocumented_statuses} | {r.valid_rejected} |")
     print("\nstatus histogram: " + ", ".join(f"{s}: {n}" for s, n in
                                               sorted(total.statuses.items())))
     print("\n| operation | requests | statuses |\n|---|---|---|")
@@ -383,7 +424,8 @@ def print_report(reports: dict[str, Report], command: str) -> Report:
               + ", ".join(f"{s}: {n}" for s, n in sorted(counts.items())) + " |")
     print(f"\n5xx responses: {total.server_errors}; schema violations: "
           f"{total.schema_violations}; undocumented status codes: "
-          f"{total.undocumented_statuses}; exceptions: {total.count('exception')}; "
+          f"{total.undocumented_statuses}; schema-valid requests refused: "
+          f"{total.valid_rejected}; exceptions: {total.count('exception')}; "
           f"timeouts: {total.count('timeout')}; slowest answer {total.slowest_s:.3f} s")
     for note in total.notes:
         print(f"- {note}")

@@ -1,16 +1,19 @@
 """Helpers the tests share: free loopback ports, a `modrec serve` process, an ASGI app on
-a real uvicorn in a thread, and a two-process gloo world."""
+a real uvicorn in a thread, a two-process gloo world, the comparison of two rankings
+computed in batches of different sizes, and a weights file that would run code."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +22,66 @@ import torch
 import torch.multiprocessing as mp
 
 
+def assert_same_ranking(got: Sequence[Mapping[str, Any]],
+                        expected: Sequence[Mapping[str, Any]], rel: float = 1e-5) -> None:
+    """``got`` and ``expected`` (items as the service answers them: ``item_id`` and
+    ``score``) are the same ranking: the same items in the same order, each score within
+    ``rel`` of the other (1e-6 absolute near zero). A matrix product over a batch sums in
+    another order than over one row, so on some CPUs a batched score differs from the
+    lone one in the 8th digit (0.2688426375 against 0.2688426077); two neighbouring items
+    may then trade places, which is accepted only when their scores tie within ``rel``."""
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
+
+    ids = [item["item_id"] for item in got]
+    want = [item["item_id"] for item in expected]
+    assert len(ids) == len(want), f"{len(ids)} items, expected {len(want)}: {ids} != {want}"
+    i = 0
+    while i < len(ids):
+        if ids[i] != want[i]:  # only a near-tie may swap two neighbours
+            swapped = ids[i:i + 2] == want[i:i + 2][::-1] and len(want[i:i + 2]) == 2
+            assert swapped and close(expected[i]["score"], expected[i + 1]["score"]), (
+                f"position {i}: {ids} != {want} (not two neighbours that tie)")
+            pairs = [(got[i], expected[i + 1]), (got[i + 1], expected[i])]
+        else:
+            pairs = [(got[i], expected[i])]
+        for mine, theirs in pairs:
+            assert close(mine["score"], theirs["score"]), (
+                f"item {mine['item_id']}: score {mine['score']!r} != {theirs['score']!r}")
+        i += len(pairs)
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch MARKER``: what a crafted .pt file can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def craft_weights(path: Path, marker: Path) -> None:
+    """Write a .pt file at ``path`` that creates ``marker`` if it is ever unpickled."""
+    with path.open("wb") as f:
+        pickle.dump({"model": _RunsCode(marker)}, f)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def start_serve(run: Path, state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``modrec serve RUN --state STATE --port PORT`` as a process, once /readyz is 200
-    (its output appended to ``log``, shown if it exits or never gets ready)."""
+def start_serve(run: Path, state: Path, port: int, log: Path,
+                *extra: str) -> subprocess.Popen[bytes]:
+    """``modrec serve RUN --state STATE --port PORT EXTRA...`` as a process, once /readyz
+    is 200 (its output appended to ``log``, shown if it exits or never gets ready)."""
     import httpx
 
     process = subprocess.Popen(
         [sys.executable, "-m", "modrec", "serve", str(run), "--state", str(state),
-         "--port", str(port)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+         "--port", str(port), *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -5,6 +5,7 @@ run records its dataset by absolute path and a fingerprint (issue 30, promise 6)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import modrec.cli as cli
 from modrec.cli import main
 from modrec.config import build_config
 from modrec.train import train
+from support import craft_weights, free_port
 
 SMALL = ["model.max_len=20", "model.num_blocks=1"]
 
@@ -160,6 +162,93 @@ def test_recommend_export_serve_refuse_bad_arguments(
     assert not (tmp_path / "state.db").exists()  # refused before anything was started
 
 
+def test_serve_refuses_a_state_it_cannot_use_at_start_up(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, each was ``internal error: OperationalError: unable to open database
+    file`` (or a service that never got ready), without the path."""
+    import sqlite3
+
+    folder = tmp_path / "states"
+    folder.mkdir()
+    text = tmp_path / "notes.db"
+    text.write_text("not a database, just notes\n" * 20)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE events (id INTEGER, payload TEXT)")
+    db.close()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # Permissions do not bind root: a folder of /proc is read-only to everyone.
+    read_only = (Path("/proc/modrec-state.db") if os.geteuid() == 0
+                 else locked / "state.db")
+    before = {p: p.read_bytes() for p in (text, foreign, a_file)}
+    for state, expected in [
+        (folder, f"user state {folder} is a folder, not an SQLite file; pass a file path"),
+        (text, f"user state {text} is not an SQLite database"),
+        (foreign, f"user state {foreign} is an SQLite database of something else"),
+        (a_file / "state.db", f"user state {a_file / 'state.db'}: cannot make its folder"),
+        (read_only, f"user state {read_only} cannot be opened or created"),
+    ]:
+        for extra in ([], ["--seed-state"]):
+            err = _fails(["serve", str(run), "--state", str(state), "--port",
+                          str(free_port()), *extra], expected, capsys)
+            assert "file path" in err and "internal error" not in err
+    assert not list(folder.iterdir()) and not list(locked.iterdir())
+    assert {p: p.read_bytes() for p in before} == before  # nothing written to them
+
+
+def test_serve_exits_at_start_up_when_it_refuses_the_weights(
+        run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted model.pt: exit 2 with the reason once, not a service answering 503 on
+    /readyz forever."""
+    crafted = _damaged(run, tmp_path, "crafted",
+                       lambda f: craft_weights(f / "model.pt", tmp_path / "pwned"))
+    err = _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
+                  str(free_port())], f"{crafted / 'model.pt'} is not a weights file", capsys)
+    assert err.count("is not a weights file") == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_device_and_store_are_checked_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--device cuda`` on a torch without CUDA was ``internal error: AssertionError``,
+    an unknown device printed torch's whole device list, and a --store naming a file
+    ``[Errno 17]``."""
+    if torch.version.cuda is None and torch.version.hip is None:
+        missing, why = "cuda", "has no CUDA support; install a CUDA build of PyTorch"
+    elif torch.cuda.device_count() == 0:
+        missing, why = "cuda", "sees no GPU"
+    else:
+        missing, why = f"cuda:{torch.cuda.device_count()}", "visible here (cuda:0 to"
+    store = tmp_path / "store"
+    a_file = tmp_path / "vectors.npy"
+    a_file.write_text("x")
+    verbs = [["embed", "-d", "ml-100k", "--encoder", "text", "--store", str(store)],
+             ["transcribe", "-d", "ml-100k", "--store", str(store)]]
+    for verb in verbs:
+        err = _fails([*verb, "--device", missing], f"argument --device: {missing}: ", capsys)
+        assert why in err and "AssertionError" not in err
+        err = _fails([*verb, "--device", "banana"], "argument --device: unknown device "
+                     "'banana'; expected cpu, cuda, cuda:N (the N-th GPU) or mps", capsys)
+        assert "privateuseone" not in err  # not torch's list of every device type
+        for odd in ("cuda:x", "gpu", "CPU", "cuda:-1"):
+            _fails([*verb, "--device", odd], f"unknown device '{odd}'", capsys)
+        if not torch.backends.mps.is_available():
+            _fails([*verb, "--device", "mps"], "mps: no Apple GPU here", capsys)
+        assert not store.exists()
+    for verb in ("embed", "classify", "search"):
+        argv = [verb, "-d", "ml-100k", "--store", str(a_file)]
+        argv += {"embed": ["--encoder", "tags:genres"], "classify": [
+            "--labels", "genres", "--encoder", "tags-genres"], "search": ["star wars"]}[verb]
+        _fails(argv, f"the store {a_file} is a file, not a folder; pass a folder", capsys)
+    _fails(["transcribe", "-d", "ml-100k", "--store", str(a_file)],
+           f"the store {a_file} is a file, not a folder", capsys)
+    assert a_file.read_text() == "x"
+
+
 def test_embed_classify_search_refuse_bad_arguments(
         store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     new = tmp_path / "new-store"
@@ -297,8 +386,13 @@ def test_the_installed_command_prints_no_traceback(run: Path, tmp_path: Path) ->
     for argv, expected in [
         (["evaluate", str(broken)], "model.pt is not a weights file"),
         (["train", "-d", "ml-100k", "--epochs", "0"], "must be at least 1"),
+        # the server starts, its loader fails, it stops: the reason once, at the end
+        (["serve", str(broken), "--state", str(tmp_path / "state.db"), "--port",
+          str(free_port())], "model.pt is not a weights file"),
     ]:
         done = subprocess.run([sys.executable, "-m", "modrec", *argv], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr and "Traceback" not in done.stderr
+        assert done.stderr.count(expected) == 1, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"modrec {argv[0]}: error: ")

@@ -4,8 +4,6 @@ path that names the cache itself, lists padded with seen items, an empty store."
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import shutil
 from pathlib import Path
 
@@ -19,21 +17,7 @@ from modrec.content.search import TextSearch
 from modrec.data import load_dataset
 from modrec.runs import RunError, load_run
 from modrec.train import train
-
-
-class _RunsCode:
-    """Unpickling this runs ``touch MARKER``: what a crafted .pt file can do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (f"touch {self.marker}",)
-
-
-def _craft(path: Path, marker: Path) -> None:
-    with path.open("wb") as f:
-        pickle.dump({"model": _RunsCode(marker)}, f)
+from support import craft_weights
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +31,7 @@ def test_a_crafted_checkpoint_is_refused_not_run(small_run: Path, tmp_path: Path
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     marker = tmp_path / "pwned"
-    _craft(run / "checkpoint.pt", marker)
+    craft_weights(run / "checkpoint.pt", marker)
     config = build_config("ml-100k", "sasrec", overrides=[
         "train.epochs=2", "model.max_len=20", "model.num_blocks=1"])
     with pytest.raises(RunError, match="checkpoint.pt is not a weights file"):
@@ -60,7 +44,7 @@ def test_a_crafted_model_file_is_refused_with_a_clear_error(
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     marker = tmp_path / "pwned"
-    _craft(run / "model.pt", marker)
+    craft_weights(run / "model.pt", marker)
     with pytest.raises(RunError, match="model.pt is not a weights file"):
         load_run(run)
     assert main(["recommend", str(run), "--user", "196"]) == 2

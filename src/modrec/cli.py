@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -64,6 +65,39 @@ def _milliseconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
     return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps), checked
+    before any work, so that a missing GPU is named at once, not deep inside an encoder."""
+    form = re.fullmatch(r"cpu|mps|cuda(?::(\d+))?", text)
+    if form is None:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, "
+                                         "cuda:N (the N-th GPU) or mps")
+    if text == "cpu":
+        return text
+    import torch
+
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(
+                "mps: no Apple GPU here (MPS needs macOS on Apple silicon); use cpu or cuda")
+        return text
+    if torch.version.cuda is None and torch.version.hip is None:
+        raise argparse.ArgumentTypeError(
+            f"{text}: this torch build ({torch.__version__}) has no CUDA support; install a "
+            "CUDA build of PyTorch (https://pytorch.org/get-started/locally/ gives the pip "
+            "command for your CUDA version), or use --device cpu")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise argparse.ArgumentTypeError(
+            f"{text}: torch {torch.__version__} has CUDA support but sees no GPU (check the "
+            "driver with nvidia-smi, and CUDA_VISIBLE_DEVICES), or use --device cpu")
+    if form.group(1) is not None and int(form.group(1)) >= count:
+        raise argparse.ArgumentTypeError(
+            f"{text}: {count} GPU{'s' if count > 1 else ''} visible here (cuda:0 to "
+            f"cuda:{count - 1})")
+    return text
 
 
 def _dataset_arg(text: str, format: str | None = None) -> str:
@@ -293,20 +327,20 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
                                            ef_search=args.ef_search), max_k=args.max_k)
     state_path = Path(args.state)
+    state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything
     if args.seed_state:  # seed and exit: a deploy step before the first start
-        state = SQLiteUserState(state_path)
-        written = ModelService.from_runs(models, state, config, seed=False).seed_state()
-        events = state.events()
-        state.close()
+        with state:
+            written = ModelService.from_runs(models, state, config, seed=False).seed_state()
+            events = state.events()
         if not args.json:
             print(f"user state {state_path}: {written} events seeded, {events} in all")
         return {"state": str(state_path), "seeded": written, "events": events}
 
     holder: dict[str, ModelService] = {}
+    failed: list[Exception] = []
 
     def load() -> ModelService:
-        service = ModelService.from_runs(models, SQLiteUserState(state_path), config,
-                                         seed=not args.no_seed)
+        service = ModelService.from_runs(models, state, config, seed=not args.no_seed)
         holder["service"] = service
         return service
 
@@ -315,17 +349,30 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         if service is None:
             return
         log.info("SIGHUP: reloading %s", ", ".join(service.models))
-        threading.Thread(target=lambda: [service.reload(n) for n in list(service.models)],
-                         name="modrec-reload", daemon=True).start()
+        # one model that fails to load keeps its old weights; the others still reload
+        threading.Thread(target=service.reload_all, name="modrec-reload", daemon=True).start()
 
-    signal.signal(signal.SIGHUP, reload_all)
+    def stop(err: Exception) -> None:  # nothing to serve: stop, and say why below
+        failed.append(err)
+        server.should_exit = True
+
     app = create_app(load, AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
-                                       max_batch=args.max_batch, max_k=args.max_k))
+                                       max_batch=args.max_batch, max_k=args.max_k,
+                                       on_failure=[stop]))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level,
+                                           access_log=args.access_log))
+    previous = signal.signal(signal.SIGHUP, reload_all)
     log.info("serving %s on http://%s:%d (state %s; %s)", ", ".join(
         f"{n}={f}" for n, f in models.items()), args.host, args.port, state_path,
         thread_summary())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=args.access_log)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        state.close()
+    if failed:  # e.g. weights it refuses to load: exit with the reason, not a 503 forever
+        raise failed[0]
     return {"served": list(models)}
 
 
@@ -641,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve trained runs over HTTP: POST /v1/recommend, /v1/events, "
         "/v1/search; GET /v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
         "/healthz, /readyz, /metrics; the schema at /openapi.json, interactive docs at "
-        "/docs, a page to try it at /. SIGHUP reloads every model from its folder.")
+        "/docs, a page to try it at /. SIGHUP reloads every model from its folder (one "
+        "that no longer loads keeps serving its old weights).")
     p.add_argument("run_dir", nargs="?", help="a run folder or bundle (the default model, "
                    "named after its folder)")
     p.add_argument("--model", action="append", metavar="NAME=RUN_DIR",
@@ -687,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>)")
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda, cuda:N or mps")
     _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
@@ -715,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ocr-lang", default="eng", help="Tesseract language(s), e.g. eng+chi_sim")
     p.add_argument("--store", help="store folder (default $MODREC_EMBEDDINGS_DIR/<dataset>); "
                    "the columns go to its columns/ folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda, cuda:N or mps")
     _outside_paths_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe)

@@ -1,24 +1,31 @@
 """`modrec serve` as a real process on a loopback port: it starts from one command,
-and after ``kill -9`` every acknowledged event is still there and the answers are the
-same."""
+after ``kill -9`` every acknowledged event is still there and the answers are the same,
+and SIGHUP reloads every model that still loads."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from modrec.config import build_config
 from modrec.train import train
-from support import free_port, start_serve
+from support import craft_weights, free_port, start_serve
 
 
-def test_killed_server_keeps_every_acknowledged_event(tmp_path: Path) -> None:
-    run = train(build_config("ml-100k", "sasrec", overrides=[
-        "train.epochs=1", "model.max_len=30", "model.num_blocks=1"]), tmp_path / "run",
-        progress=False)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(build_config("ml-100k", "sasrec", overrides=[
+        "train.epochs=1", "model.max_len=30", "model.num_blocks=1"]),
+        tmp_path_factory.mktemp("served") / "run", progress=False)
+
+
+def test_killed_server_keeps_every_acknowledged_event(run: Path, tmp_path: Path) -> None:
     state, log, port = tmp_path / "state.db", tmp_path / "serve.log", free_port()
     server = start_serve(run, state, port, log)
     url = f"http://127.0.0.1:{port}"
@@ -49,3 +56,38 @@ def test_killed_server_keeps_every_acknowledged_event(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_sighup_keeps_a_model_whose_weights_are_refused_and_reloads_the_others(
+        run: Path, tmp_path: Path) -> None:
+    """Weights swapped for a crafted file, then SIGHUP: one log line names the model and
+    why, it keeps answering from its old weights, and the next model is reloaded. (The
+    reload thread used to die on the first failure with a raw traceback.)"""
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(run, first)
+    shutil.copytree(run, second)
+    log, port = tmp_path / "serve.log", free_port()
+    server = start_serve(first, tmp_path / "state.db", port, log, "--model",
+                         f"second={second}")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        before = httpx.get(f"{url}/readyz").json()["models"]
+        answer = httpx.post(f"{url}/v1/recommend", json={"user_id": "196"}).json()
+        craft_weights(first / "model.pt", tmp_path / "pwned")
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/readyz").json()["models"]["second"]["loaded_at"] == \
+                before["second"]["loaded_at"]:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        now = httpx.get(f"{url}/readyz").json()["models"]
+        assert now["first"]["loaded_at"] == before["first"]["loaded_at"]  # kept
+        assert httpx.post(f"{url}/v1/recommend", json={"user_id": "196"}).json() == answer
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    text = log.read_text()
+    [line] = [t for t in text.splitlines() if "reloading model 'first'" in t]
+    assert f"{first}" in line and "model.pt is not a weights file" in line
+    assert "keeps serving the weights loaded before" in line
+    assert "Traceback" not in text and not (tmp_path / "pwned").exists()

@@ -73,11 +73,19 @@ def _digest(item_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(item_ids).encode()).hexdigest()[:12]
 
 
+def _a_folder(path: Path) -> Path:
+    """``path``, unless it names a file: a store is a folder."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"the store {path} is a file, not a folder; pass a folder for the "
+                         "store (a new one, or one `modrec embed` wrote)")
+    return path
+
+
 class EmbeddingStore:
     """Open (or create) the store of one dataset's catalog."""
 
     def __init__(self, folder: str | Path, item_ids: list[str]) -> None:
-        self.folder = Path(folder)
+        self.folder = _a_folder(Path(folder))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.item_ids = [""] + [str(i) for i in item_ids]  # row 0 = padding
         self.digest = _digest(self.item_ids)
@@ -111,8 +119,9 @@ class EmbeddingStore:
 
     @staticmethod
     def folder_for(dataset: Any, folder: str | Path | None = None) -> Path:
-        """Where `for_dataset` keeps a dataset's store (nothing is created)."""
-        return Path(folder or paths.embeddings_dir() / dataset.name.replace("/", "_"))
+        """Where `for_dataset` keeps a dataset's store (nothing is created); a file there
+        is refused."""
+        return _a_folder(Path(folder or paths.embeddings_dir() / dataset.name.replace("/", "_")))
 
     @classmethod
     def for_dataset(cls, dataset: Any, folder: str | Path | None = None) -> EmbeddingStore:

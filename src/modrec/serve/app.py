@@ -11,6 +11,12 @@ Contract with clients:
   does not fit the schema, 404 for an unknown model, user-facing item or route, 413
   for a body over ``max_body_bytes``, 408 for a body that stalls), never a 5xx and
   never a partial write;
+* the schema states every limit the service enforces (``k`` at most ``max_k``, lists
+  at most ``max_history`` items, ``max_events`` events, from this app's settings), and
+  numbers are strict: ``true`` or ``"10"`` is not a number; a schema-valid request is
+  refused only for what the data decides (an unknown item, a time-aware model sent no
+  timestamps, a folder that is not a run) or for what the schema says in words (as
+  many timestamps as history items, the body's size in bytes);
 * an acknowledged event is on disk (SQLite, synchronous=FULL) before the answer;
 * the app answers ``/healthz`` at once and ``/readyz`` with 200 once the models are
   loaded (503 before; every other endpoint too);
@@ -18,7 +24,9 @@ Contract with clients:
   index sizes, events written.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: the request bodies are classes made per app
+# (their limits are its settings), and FastAPI reads a route's annotations through the
+# module's globals, where a class local to `create_app` is not.
 
 import asyncio
 import hmac
@@ -29,7 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,7 +50,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 from starlette.convertors import Convertor, register_url_convertor
 
 from modrec.serve.batching import MicroBatcher
@@ -53,6 +61,19 @@ from modrec.serve.service import Request as ServiceRequest
 log = logging.getLogger(__name__)
 
 ID = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _integral(value: Any) -> Any:
+    """10.0 is the integer 10 to JSON Schema (as to JSON): a number without a fraction
+    becomes an int before the strict check, which refuses everything else."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Whole numbers are strict: pydantic's lax mode would read true as 1 and "10" as 10,
+# which the schema ("type": "integer") does not allow. The bounds go beside the strict
+# flag, before `_integral`, so that they reach the schema as minimum and maximum.
+# Seconds are bounded: a number beyond int64 failed the whole micro-batch (500).
+Seconds = Annotated[int, Field(strict=True, ge=0, le=2**53), BeforeValidator(_integral)]
 
 
 class _AnyID(Convertor[str]):
@@ -86,34 +107,14 @@ class AppSettings:
     max_k: int = 1000
     max_history: int = 10_000
     on_ready: list[Callable[[ModelService], None]] = field(default_factory=list)
+    # Called with the error when loading fails, instead of the app's own error log line
+    # (``modrec serve`` stops and exits with it rather than answer 503 forever).
+    on_failure: list[Callable[[Exception], None]] = field(default_factory=list)
 
 
 # ---- the schema ------------------------------------------------------------------------
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class RecommendIn(_Strict):
-    user_id: ID | None = Field(None, description="a user whose stored history is read")
-    history: list[ID] | None = Field(
-        None, description="item ids, oldest first; used instead of the stored history")
-    # Bounded as an event's: a number beyond int64 failed the whole micro-batch (500).
-    timestamps: list[Annotated[int, Field(ge=0, le=2**53)]] | None = Field(
-        None, description="seconds since the epoch, one per history item (models that "
-        "learned from elapsed time need them)")
-    k: int = Field(10, ge=1, description="how many items")
-    exclude_seen: bool = Field(True, description="leave out the items of the history")
-    exclude: list[ID] = Field(default_factory=list, description="item ids to leave out")
-    model: ID | None = Field(None, description="a served model's name (default: the first)")
-
-    @model_validator(mode="after")
-    def _who(self) -> RecommendIn:
-        if self.user_id is None and self.history is None:
-            raise ValueError("send a user_id or a history")
-        if self.timestamps is not None and (self.history is None
-                                            or len(self.timestamps) != len(self.history)):
-            raise ValueError("timestamps must come with a history, one per item")
-        return self
 
 
 class ItemOut(BaseModel):
@@ -135,23 +136,13 @@ class RecommendOut(BaseModel):
 class EventIn(_Strict):
     user_id: ID
     item_id: ID
-    timestamp: int | None = Field(None, ge=0, le=2**53,
-                                  description="seconds; the time received when absent")
+    timestamp: Seconds | None = Field(None, description="seconds; the time received when "
+                                      "absent")
     type: Annotated[str, Field(max_length=64)] | None = None
-
-
-class EventsIn(_Strict):
-    events: list[EventIn] = Field(min_length=1)
 
 
 class EventsOut(BaseModel):
     written: int
-
-
-class SearchIn(_Strict):
-    query: Annotated[str, Field(min_length=1, max_length=1000)]
-    k: int = Field(10, ge=1)
-    model: ID | None = None
 
 
 class ReloadIn(_Strict):
@@ -300,6 +291,55 @@ def create_app(load: ModelService | Callable[[], ModelService],
     metrics = _Metrics()
     holder: dict[str, Any] = {"service": None, "error": None}
 
+    # ---- the request bodies: every limit the service enforces is in the schema, from
+    # this app's settings (--max-k is a server option), so that a client generated from
+    # /openapi.json is never refused by surprise
+    K = Annotated[int, Field(strict=True, ge=1, le=settings.max_k, description="how many "
+                             f"items (at most {settings.max_k})"), BeforeValidator(_integral)]
+    k_default = min(10, settings.max_k)
+    Items = Annotated[list[ID], Field(max_length=settings.max_history)]
+    Times = Annotated[list[Seconds], Field(max_length=settings.max_history)]
+    Events = Annotated[list[EventIn], Field(min_length=1, max_length=settings.max_events)]
+
+    class RecommendIn(_Strict):
+        # The schema's form of `_who`'s first rule, for clients and fuzzers; the second
+        # (as many timestamps as history items) is beyond JSON Schema and told in words.
+        model_config = ConfigDict(json_schema_extra={"anyOf": [
+            {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+            {"required": ["history"], "properties": {"history": {"type": "array"}}}]})
+
+        user_id: ID | None = Field(None, description="a user whose stored history is read")
+        history: Items | None = Field(
+            None, description="item ids, oldest first; used instead of the stored history")
+        timestamps: Times | None = Field(
+            None, description="seconds since the epoch, one per history item, sent with a "
+            "history (models that learned from elapsed time need them)")
+        k: K = k_default
+        exclude_seen: StrictBool = Field(True, description="leave out the items of the "
+                                         "history")
+        exclude: Items = Field(default_factory=list, description="item ids to leave out")
+        model: ID | None = Field(None, description="a served model's name (default: the "
+                                 "first)")
+
+        @model_validator(mode="after")
+        def _who(self) -> Self:
+            if self.user_id is None and self.history is None:
+                raise ValueError("send a user_id or a history")
+            if self.timestamps is not None and (self.history is None
+                                                or len(self.timestamps) != len(self.history)):
+                raise ValueError("timestamps must come with a history, one per item")
+            return self
+
+    class EventsIn(_Strict):
+        events: Events
+
+    class SearchIn(_Strict):
+        query: Annotated[str, Field(min_length=1, max_length=1000)]
+        k: K = k_default
+        model: ID | None = None
+
+    too_big = {"e413": f"the request body is over {settings.max_body_bytes} bytes"}
+
     def ready(service: ModelService) -> None:
         holder["service"] = service
         for name, model in service.models.items():
@@ -312,7 +352,10 @@ def create_app(load: ModelService | Callable[[], ModelService],
             ready(load() if callable(load) else load)
         except Exception as err:  # noqa: BLE001 - reported on /readyz and in the log
             holder["error"] = f"{type(err).__name__}: {err}"
-            log.error("loading the models failed: %s", holder["error"])
+            for callback in settings.on_failure:
+                callback(err)
+            if not settings.on_failure:
+                log.error("loading the models failed: %s", holder["error"])
 
     def answer(requests: Sequence[ServiceRequest]) -> Sequence[Reply | RequestError]:
         return service().recommend(requests)
@@ -384,9 +427,9 @@ def create_app(load: ModelService | Callable[[], ModelService],
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ---- recommendations -------------------------------------------------------------
-    @app.post("/v1/recommend", response_model=RecommendOut, responses=_errors(404, *_BODY))
+    @app.post("/v1/recommend", response_model=RecommendOut,
+              responses=_errors(404, *_BODY, **too_big))
     async def recommend(body: RecommendIn) -> RecommendOut:
-        _check_sizes(body)
         service()  # 503 before the models are loaded
         reply = await batcher.submit(ServiceRequest(
             body.user_id, body.history, body.timestamps, body.k, body.exclude_seen,
@@ -398,23 +441,12 @@ def create_app(load: ModelService | Callable[[], ModelService],
                             history_length=reply.history_length,
                             unknown_items=reply.unknown_items)
 
-    def _check_sizes(body: RecommendIn) -> None:
-        if body.k > settings.max_k:
-            raise RequestError(f"k is {body.k}; at most {settings.max_k}")
-        for name, values in (("history", body.history), ("exclude", body.exclude)):
-            if values is not None and len(values) > settings.max_history:
-                raise RequestError(f"{name} has {len(values)} items; at most "
-                                   f"{settings.max_history}")
-
     # ---- events and users ------------------------------------------------------------
     @app.post("/v1/events", response_model=EventsOut, dependencies=[Depends(writer)],
               responses=_errors(401, *_BODY, e422="malformed, or an unknown item (nothing "
-                                "written)"))
+                                "written)", **too_big))
     def events(body: EventIn | EventsIn) -> EventsOut:
         given = body.events if isinstance(body, EventsIn) else [body]
-        if len(given) > settings.max_events:
-            raise RequestError(f"{len(given)} events; at most {settings.max_events} per "
-                               "request")
         written = service().record([Event(e.user_id, e.item_id, e.timestamp, e.type)
                                     for e in given])
         metrics.events.inc(written)
@@ -442,18 +474,15 @@ def create_app(load: ModelService | Callable[[], ModelService],
 
     @app.get("/v1/items/{item_id}/similar", summary="items whose vectors are closest",
              responses=_errors(404, 422, 503, e404="unknown model or item"))
-    def similar(item_id: ID, k: Annotated[int, Query(ge=1)] = 10,
+    def similar(item_id: ID, k: Annotated[int, Query(ge=1, le=settings.max_k)] = k_default,
                 model: ID | None = None) -> dict[str, Any]:
-        if k > settings.max_k:
-            raise RequestError(f"k is {k}; at most {settings.max_k}")
         recommender, index = _item(model, item_id)
         return {"item_id": item_id, "items": recommender.similar(index, k)}
 
     @app.post("/v1/search", summary="items by text relevance to a query",
-              responses=_errors(404, *_BODY, e404="unknown model, or no text embeddings"))
+              responses=_errors(404, *_BODY, e404="unknown model, or no text embeddings",
+                                **too_big))
     def search(body: SearchIn) -> dict[str, Any]:
-        if body.k > settings.max_k:
-            raise RequestError(f"k is {body.k}; at most {settings.max_k}")
         recommender = service().model(body.model)
         return {"query": body.query, "items": recommender.search(body.query, body.k)}
 
@@ -461,7 +490,7 @@ def create_app(load: ModelService | Callable[[], ModelService],
     @app.post("/v1/admin/reload", dependencies=[Depends(writer)],
               responses=_errors(401, 404, *_BODY, e404="no such model, and no run_dir to "
                                 "add it from", e422="not a loadable run (the old model "
-                                "keeps serving)"),
+                                "keeps serving)", **too_big),
               summary="load a run (again) and swap it in without downtime")
     def reload(body: ReloadIn) -> dict[str, Any]:
         try:

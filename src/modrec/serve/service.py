@@ -212,3 +212,22 @@ class ModelService:
             self.models = models  # one assignment: readers see the old dict or the new
         log.info("model %r now serves %s", name, source)
         return fresh
+
+    def reload_all(self) -> dict[str, str]:
+        """Reload every model from its own folder (what SIGHUP does). A model whose folder
+        no longer loads (weights refused, a file missing) keeps serving what it served,
+        with one line in the log naming it and why; the others are reloaded all the same.
+        Returns {name: why} for the models that failed."""
+        failed: dict[str, str] = {}
+        for name in list(self.models):
+            try:
+                self.reload(name)
+            except Exception as err:  # noqa: BLE001 - one model's failure stops no other
+                # The project's errors (bad files, missing runs) say it all; anything else
+                # is a bug, named by its type, its traceback at debug level.
+                known = isinstance(err, ValueError | OSError)
+                failed[name] = str(err) if known else f"{type(err).__name__}: {err}"
+                log.error("reloading model %r from %s failed; it keeps serving the weights "
+                          "loaded before: %s", name, self.models[name].folder, failed[name],
+                          exc_info=not known and log.isEnabledFor(logging.DEBUG))
+        return failed

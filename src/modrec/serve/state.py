@@ -32,7 +32,9 @@ the ids it knows to its own indices).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -56,8 +58,14 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_COLUMNS = {"seq", "user_id", "item", "ts", "kind"}
 _INSERT = "INSERT INTO events (user_id, item, ts, kind) VALUES (?, ?, ?, ?)"
 _SEEDED_FROM = "seeded_from"
+
+
+class StateError(ValueError):
+    """The user state's file cannot be used (a folder, not SQLite, another program's
+    database, not writable); the message names the path, says why and what to pass."""
 
 
 class UserState(Protocol):
@@ -113,8 +121,54 @@ class SQLiteUserState:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()  # guards _connections and _closed, not the database
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection().executescript(_SCHEMA)
+        try:
+            if self.path.is_dir():
+                raise StateError(f"user state {self.path} is a folder, not an SQLite file; "
+                                 "pass a file path (created when missing), e.g. "
+                                 f"{self.path / 'modrec-state.db'}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_tables()
+            conn = self._connection()
+            conn.executescript(_SCHEMA)
+            # A read-only file may still be read: take the write lock once, so that it
+            # is refused now rather than at the first event.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as err:
+            self.close()  # nothing opened is left open
+            raise StateError(self._unusable(err)) from None
+
+    def _check_tables(self) -> None:
+        """Refuse an SQLite file of another program (its ``events`` table is not ours)
+        through a connection that only reads: `_connection` would already have switched
+        the file to WAL."""
+        with contextlib.closing(sqlite3.connect(self.path, timeout=self.timeout)) as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        if columns and columns != _COLUMNS:
+            raise StateError(f"user state {self.path} is an SQLite database of something "
+                             f"else (its events table has the columns "
+                             f"{', '.join(sorted(columns))}); pass another file path")
+
+    def _unusable(self, err: sqlite3.Error | OSError) -> str:
+        """Why the state's file cannot be opened, and what to pass instead."""
+        where = f"user state {self.path}"
+        if isinstance(err, OSError):  # making its folder failed (a file on the way, say)
+            return (f"{where}: cannot make its folder ({err.strerror or err}: "
+                    f"{err.filename or self.path.parent}); pass a file path in a folder you "
+                    "can write")
+        name = getattr(err, "sqlite_errorname", "")
+        if name == "SQLITE_NOTADB":
+            return (f"{where} is not an SQLite database (SQLite: {err}); pass another file "
+                    "path to start an empty state, or the file modrec serve wrote")
+        if name == "SQLITE_READONLY" or (self.path.exists()
+                                         and not os.access(self.path, os.R_OK | os.W_OK)):
+            return (f"{where} is read-only (SQLite: {err}); the service writes every event "
+                    "to it: make it writable, or pass a file path you can write")
+        if name == "SQLITE_CANTOPEN":
+            return (f"{where} cannot be opened or created (SQLite: {err}); the service "
+                    f"writes to it, and SQLite writes -wal and -shm files beside it in "
+                    f"{self.path.parent}: pass a file path in a folder you can write")
+        return f"{where} cannot be used (SQLite: {err}); pass another file path"
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""

@@ -52,7 +52,8 @@ class Revision:
     def __init__(self, name: str, source: Path) -> None:
         self.name, self.source = name, source
         self.env = {**os.environ, "PYTHONPATH": str(source / "src")}
-        self.env.pop("OMP_WAIT_POLICY", None)  # each revision's own policy
+        for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # each revision's own policy
+            self.env.pop(name, None)
         self.env.pop("MODREC_THREADS", None)
         self.modrec = [sys.executable, "-m", "modrec"]
 

@@ -52,17 +52,19 @@ def test_the_cgroup_quota_caps_the_usable_cores(tmp_path: Path) -> None:
     assert 1 <= threads.usable_cores() <= (os.cpu_count() or 1)
 
 
-def _policy_in_a_new_process(env: dict[str, str]) -> str:
-    code = ("import modrec, os, torch; "
-            "print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())")
+def _wait_settings_in_a_new_process(env: dict[str, str]) -> str:
+    code = ("import modrec, os; print(os.environ.get('OMP_WAIT_POLICY'), "
+            "os.environ.get('GOMP_SPINCOUNT'))")
     return subprocess.run([sys.executable, "-c", code], env=env, check=True,
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_importing_modrec_first_makes_idle_threads_passive_unless_the_user_chose() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _policy_in_a_new_process(env).startswith("PASSIVE ")
-    assert _policy_in_a_new_process({**env, "OMP_WAIT_POLICY": "ACTIVE"}).startswith("ACTIVE ")
+def test_importing_modrec_first_makes_idle_threads_spin_briefly_unless_the_user_chose() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in threads.USER_WAIT_SETTINGS}
+    assert _wait_settings_in_a_new_process(env) == f"None {threads.SPIN_COUNT}"
+    assert _wait_settings_in_a_new_process({**env, "OMP_WAIT_POLICY": "PASSIVE"}) == \
+        "PASSIVE None"
+    assert _wait_settings_in_a_new_process({**env, "GOMP_SPINCOUNT": "5"}) == "None 5"
 
 
 def test_threads_sets_torch_threads_for_a_command(monkeypatch: pytest.MonkeyPatch,

@@ -4,8 +4,9 @@ The public surface is small on purpose; everything else is reachable through the
 subpackages (`modrec.data`, `modrec.models`, `modrec.train`, `modrec.eval`,
 `modrec.serve`) and the run-directory owner `modrec.runs`.
 
-Importing modrec before torch makes torch's idle OpenMP threads sleep instead of spin
-(``OMP_WAIT_POLICY=PASSIVE`` unless already set): see `modrec.threads` for why.
+Importing modrec before torch makes torch's idle OpenMP threads spin only briefly before
+they sleep (``GOMP_SPINCOUNT=1000`` unless the user set how OpenMP waits): see
+`modrec.threads` for why.
 """
 
 from modrec.threads import prepare_openmp

@@ -30,9 +30,9 @@ def test_killed_server_keeps_every_acknowledged_event(run: Path, tmp_path: Path)
     server = start_serve(run, state, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        # the thread policy (modrec.threads): one passive torch thread per worker, so a
-        # job beside the server cannot make its forward passes wait whole time slices
-        assert "1 torch thread, OpenMP wait policy passive" in log.read_text()
+        # the thread policy (modrec.threads): one torch thread per worker, so a job
+        # beside the server cannot make its forward passes wait whole time slices
+        assert "1 torch thread, GOMP_SPINCOUNT=1000" in log.read_text()
         acknowledged = []
         for i, item in enumerate(["50", "181", "100", "258", "1", "7", "56", "98"] * 5):
             reply = httpx.post(f"{url}/v1/events", json={

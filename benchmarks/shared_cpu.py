@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kit import ROOT, cpu_name, markdown_table, write_section
+from kit import ROOT, cpu_name, git_revision, markdown_table, write_section
 from serve_load import Server, describe_usage, lua_script, run_wrk
 from speed_revisions import export
 
@@ -134,7 +134,7 @@ def main() -> None:
         (workdir / "base").mkdir()
         commit = export(args.base, workdir / "base")[:7]
         revisions = [Revision(f"before ({commit})", workdir / "base"),
-                     Revision("after (working tree)", ROOT)]
+                     Revision(f"after ({git_revision() or 'working tree'})", ROOT)]
         make_run(revisions[1])
         state = workdir / "state.db"  # seeded once; recommend-only load never writes it
         seed = Server(RUN, state, name="shared-cpu-seed")

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modrec.content.columns import weights_fingerprint
 from modrec.content.encoder import EncodeError
 from modrec.content.media import load_image
+from modrec.fingerprints import weights_fingerprint
 
 PREFIX = "clip:"
 

@@ -127,22 +127,6 @@ class ItemColumns:
                 if record.get("error") is None and record.get("value") is not None}
 
 
-def weights_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """A cheap identity of a weights file or folder: SHA-256 over each file's name, size
-    and first and last MiB (hashing hundreds of MB on every start would cost seconds)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        size = file.stat().st_size
-        name = file.name if file == path else file.relative_to(path).as_posix()
-        digest.update(f"{name}\0{size}\0".encode())
-        with file.open("rb") as f:
-            digest.update(f.read(chunk))
-            f.seek(max(size - chunk, 0))
-            digest.update(f.read(chunk))
-    return digest.hexdigest()[:16]
-
-
 def with_item_columns(dataset: Dataset, columns: ItemColumns | None = None) -> Dataset:
     """The dataset with its computed columns added to the item table (a copy; a column
     the catalog already has is left as it is). ``provenance["item_columns"]`` gets each

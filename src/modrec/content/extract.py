@@ -57,7 +57,7 @@ from modrec.data.public import NAMED
 from modrec.progress import Bar, progress_bar
 
 if TYPE_CHECKING:
-    from modrec.train.distributed import World
+    from modrec.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def open_store(dataset: Dataset, folder: str | Path | None = None,
 
 
 def extraction_world() -> World:
-    from modrec.train.distributed import World
+    from modrec.distributed import World
 
     # gloo even when encoding on GPUs: only row indices and failure flags travel
     return World.from_env("cpu")

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from modrec.content.columns import weights_fingerprint
 from modrec.content.image import ImageEncoder
+from modrec.fingerprints import weights_fingerprint
 
 OCR_INSTALL = "apt-get install tesseract-ocr && pip install pytesseract"
 

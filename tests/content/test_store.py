@@ -31,12 +31,12 @@ class FlakyEncoder:
 
 
 def test_store_is_incremental_resumable_and_flags_failures(ml100k, tmp_path, monkeypatch):
-    import modrec.content.extract as extract
+    import modrec.content.embed_job as embed_job
 
     titles = ml100k.items["title"].tolist()
     store = EmbeddingStore.for_dataset(ml100k, tmp_path)
     # 1. The job is interrupted after three batches: what was committed survives.
-    monkeypatch.setattr(extract, "build_encoder", lambda *a, **k: FlakyEncoder(stop_after=3))
+    monkeypatch.setattr(embed_job, "build_encoder", lambda *a, **k: FlakyEncoder(stop_after=3))
     with pytest.raises(KeyboardInterrupt):
         embed(ml100k, ["flaky"], store, batch_size=100, progress=False)
     reopened = EmbeddingStore.for_dataset(ml100k, tmp_path)
@@ -44,7 +44,7 @@ def test_store_is_incremental_resumable_and_flags_failures(ml100k, tmp_path, mon
     assert len(reopened.missing("flaky")) == ml100k.num_items - 300
     # 2. Resume: only the missing items are encoded; one bad title is flagged, not fatal.
     bad = titles[500]
-    monkeypatch.setattr(extract, "build_encoder", lambda *a, **k: FlakyEncoder({bad}))
+    monkeypatch.setattr(embed_job, "build_encoder", lambda *a, **k: FlakyEncoder({bad}))
     [report] = embed(ml100k, ["flaky"], reopened, batch_size=100, progress=False)
     assert (report.already, report.encoded, report.failures) == (300, ml100k.num_items - 301, 1)
     assert report.failed_items == [ml100k.items["item_id"].iloc[500]]

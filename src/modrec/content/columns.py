@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from modrec.atomic import write_text_atomic
-from modrec.content.annotate import AnnotationFile
+from modrec.content.annotation_file import AnnotationFile
 from modrec.content.store import EmbeddingStore, StoreError
 from modrec.data import Dataset
 
@@ -129,9 +129,12 @@ class ItemColumns:
 
 def with_item_columns(dataset: Dataset, columns: ItemColumns | None = None) -> Dataset:
     """The dataset with its computed columns added to the item table (a copy; a column
-    the catalog already has is left as it is). ``provenance["item_columns"]`` gets each
-    added column's file and a digest of its values, so an encoder reading one knows
-    when what it encoded changed."""
+    the catalog already has is left as it is): ``columns``, or those in the default
+    store folder (`ItemColumns.for_dataset`; pass ``ItemColumns.for_dataset(dataset,
+    store)`` for another). ``provenance["item_columns"]`` gets each added column's file
+    and a digest of its values, so an encoder reading one knows when what it encoded
+    changed. The one way computed columns join a dataset: the embed job, the CLI's
+    ``--labels``, search and classify all come through here."""
     columns = columns or ItemColumns.for_dataset(dataset)
     names = [n for n in columns.names() if n not in dataset.items.columns]
     if not names:

@@ -95,3 +95,26 @@ def test_content_matrix_normalises_each_encoder_block_and_zeroes_failures(tmp_pa
     matrix = content_matrix(store, ["x", "y"])
     assert matrix.dtype == np.float32 and matrix.shape == (4, 3)
     assert np.allclose(matrix, [[0, 0, 0], [0.6, 0.8, 1], [1, 0, -1], [0, 0, 0]])
+
+
+def test_the_store_and_the_computed_columns_check_their_manifests_alike(tmp_path):
+    """One check (store.read_manifest) for both manifests: a damaged one is a StoreError
+    naming the file, what is wrong and the cure; reading a store's entries
+    (EmbeddingStore.stored) writes nothing."""
+    from modrec.content.columns import ItemColumns
+    from modrec.content.store import StoreError
+
+    (tmp_path / "columns").mkdir()
+    (tmp_path / "columns" / "manifest.json").write_text('{"columns": {"transcript": {}}}')
+    with pytest.raises(StoreError, match=r"columns/manifest.json is not an item-columns "
+                       r"manifest \(a column entry lacks its file\); delete it and run "
+                       r"`modrec transcribe` again"):
+        ItemColumns(tmp_path / "columns").names()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text('{"encoders": {"text": {"dim": 3}}}')
+    with pytest.raises(StoreError, match=r"store/manifest.json is not an embedding store "
+                       r"manifest \(an encoder entry lacks dim, dtype, version, reads or "
+                       r"ids\); delete the folder .*store to encode afresh"):
+        EmbeddingStore.stored(tmp_path / "store")
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["manifest.json"]
+    assert EmbeddingStore.stored(tmp_path / "elsewhere") == {}

@@ -35,8 +35,11 @@ import pandas as pd
 
 from modrec.atomic import write_text_atomic
 from modrec.content.annotation_file import AnnotationFile
-from modrec.content.store import EmbeddingStore, StoreError
+from modrec.content.store import EmbeddingStore, ManifestShape, read_manifest
 from modrec.data import Dataset
+
+COLUMNS_MANIFEST = ManifestShape("columns", frozenset({"file"}), "a column entry lacks its file",
+                                 "an item-columns manifest")
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,9 @@ class ItemColumns:
         return cls(EmbeddingStore.folder_for(dataset, store_folder) / "columns")
 
     def _manifest(self) -> dict[str, dict[str, Any]]:
-        path = self.folder / "manifest.json"
-        if not path.exists():
-            return {}
-        try:
-            columns = json.loads(path.read_bytes())["columns"]
-            if not isinstance(columns, dict) or not all(
-                    isinstance(v, dict) and "file" in v for v in columns.values()):
-                raise ValueError("a column entry lacks its file")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"{path} is not an item-columns manifest ({err}); delete it "
-                             "and run `modrec transcribe` again (answers already in the "
-                             "JSON-lines files beside it are found again)") from None
-        return columns
+        return read_manifest(self.folder / "manifest.json", COLUMNS_MANIFEST,
+                             "delete it and run `modrec transcribe` again (answers already "
+                             "in the JSON-lines files beside it are found again)")
 
     def names(self) -> list[str]:
         return sorted(self._manifest())

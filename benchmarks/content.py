@@ -24,8 +24,8 @@ from kit import machine, markdown_table, write_section
 
 from modrec.content import EmbeddingStore, embed
 from modrec.content.classify import classify
-from modrec.content.extract import store_name
 from modrec.content.search import search_map
+from modrec.content.store import store_name
 from modrec.data import load_dataset
 
 

@@ -36,9 +36,9 @@ from modrec.config import LossConfig, TrainConfig
 from modrec.data.batches import SequenceBatch
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
+from modrec.distributed import World
 from modrec.models import ModelConfig, build_model
 from modrec.train import sharded
-from modrec.train.distributed import World
 from modrec.train.loop import BatchLoss, train_step
 
 SCALING_HEADER = ("# Scaling\n\nHow modrec's training grows past one process and one "

@@ -22,10 +22,11 @@ from PIL import Image
 
 from modrec import paths
 from modrec.content.columns import ItemColumns
-from modrec.content.frames import FrameLabeler, ScreenText, ocr_unavailable
 from modrec.content.media import decode_audio, sample_frames
-from modrec.content.speech import Transcriber
 from modrec.content.video_text import VideoTextSettings, describe_videos
+from modrec.content.video_text.frame_labels import FrameLabeler
+from modrec.content.video_text.ocr import ScreenText, ocr_unavailable
+from modrec.content.video_text.speech import Transcriber
 from modrec.data import load_dataset
 
 

@@ -12,7 +12,7 @@ import pytest
 from modrec.config import build_config
 from modrec.data import Dataset, leave_one_out, load_dataset
 from modrec.data.dataset import build_dataset
-from modrec.data.importers import import_path
+from modrec.data.formats import import_path
 
 
 @pytest.fixture

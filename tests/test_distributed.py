@@ -54,7 +54,7 @@ GRADIENT_MODELS = ("sasrec", "bert4rec", "hstu")
 def _gradient_worker(rank: int, out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from modrec.train.distributed import World
+    from modrec.distributed import World
 
     world = World.from_env()
     for name in GRADIENT_MODELS:

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from modrec.data import DataFormatError, load_dataset
+from modrec.data.formats import detect_format, import_path
 from modrec.data.importers import (
-    detect_format,
-    import_path,
     read_movielens,
     read_pairs,
     read_recbole,

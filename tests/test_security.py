@@ -172,7 +172,7 @@ def test_media_paths_stay_inside_the_catalog_folder_unless_allowed(
     monkeypatch.chdir(tmp_path)  # relative paths start from the catalog, not from here
     args = ["embed", "-d", "catalog/tracks.inter", "--encoder", "audio", "--no-progress",
             "--json"]
-    with caplog.at_level(logging.WARNING, logger="modrec.content.extract"):
+    with caplog.at_level(logging.WARNING, logger="modrec.content.embed_job"):
         assert main([*args, "--store", str(tmp_path / "confined")]) == 0
     [report] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["encoders"]
     assert (report["encoded"], report["failures"]) == (1, 3)

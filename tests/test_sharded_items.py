@@ -33,10 +33,10 @@ def torchrec() -> Any:
 
 def _lookup_worker(rank: int, out: Path, sharding: str) -> None:
     from modrec.data.batches import SequenceBatch, TrainingExamples
+    from modrec.distributed import World
     from modrec.eval.evaluator import rank_targets
     from modrec.models import build_model
     from modrec.train import sharded
-    from modrec.train.distributed import World
     from modrec.train.loop import BatchLoss, train_step
 
     world = World.from_env()

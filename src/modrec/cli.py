@@ -388,7 +388,7 @@ def _media_root(source: str, format: str | None) -> Path | None:
 
 def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore, embed
-    from modrec.content.extract import extraction_world, open_store
+    from modrec.content.embed_job import extraction_world, open_store
     from modrec.data import load_dataset
 
     source = _dataset_arg(args.dataset, args.format)
@@ -445,10 +445,9 @@ def cmd_transcribe(args: argparse.Namespace) -> dict[str, Any]:
 def _with_computed(dataset: Any, store: str | None = None) -> Any:
     """The dataset with the item columns `modrec transcribe` computed into its store
     folder, so that --labels and text encoders name them like the catalog's own."""
-    from modrec.content import EmbeddingStore
-    from modrec.content.extract import with_computed_columns
+    from modrec.content.columns import ItemColumns, with_item_columns
 
-    return with_computed_columns(dataset, EmbeddingStore.folder_for(dataset, store))
+    return with_item_columns(dataset, ItemColumns.for_dataset(dataset, store))
 
 
 def _label_prompting(args: argparse.Namespace) -> Any:

@@ -36,7 +36,7 @@ class DataConfig:
     # "loo-no-valid": the HSTU repository's protocol (no validation, fixed epochs)
     split: Literal["loo", "temporal", "cold-items", "loo-no-valid"] = "loo"
     # Under torchrun: each rank reads only its block of users from the cached dataset
-    # instead of the whole dataset (see train/distributed.py); one process ignores it.
+    # instead of the whole dataset (see modrec/distributed.py); one process ignores it.
     rank_users: bool = False
     # Consecutive repeated events (the same user and item back to back), which make an
     # item its own next target: "drop" all but the first of each run, or "keep" them.

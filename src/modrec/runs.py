@@ -508,8 +508,7 @@ def export_bundle(folder: str | Path, out: str | Path,
     import shutil
     from datetime import UTC, datetime
 
-    from modrec import paths
-    from modrec.content.store import EmbeddingStore
+    from modrec.content.store import EmbeddingStore, default_folder
 
     source, target = RunDir(folder), Path(out)
     stopped = source.unfinished() if source.config_file.exists() else None
@@ -532,7 +531,7 @@ def export_bundle(folder: str | Path, out: str | Path,
         for name in BUNDLE_FOLDERS:
             if (source.folder / name).is_dir():
                 shutil.copytree(source.folder / name, tmp / name)
-        store_folder = paths.embeddings_dir() / run.dataset.name.replace("/", "_")
+        store_folder = default_folder(run.dataset.name)
         carried = []
         if (store_folder / "manifest.json").exists():
             ids = run.dataset.items["item_id"].astype(str).tolist()

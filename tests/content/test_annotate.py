@@ -21,7 +21,7 @@ from modrec.content.annotate import (
     item_texts,
 )
 from modrec.content.classify import classify, label_matrix
-from modrec.content.metadata import split_tags
+from modrec.content.encoders.tags import split_tags
 
 
 class Oracle:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modrec.content import EncodeError
-from modrec.content.audio import N_MELS, SAMPLE_RATE, AudioEncoder, log_mel_stats
+from modrec.content.encoders.audio import N_MELS, SAMPLE_RATE, AudioEncoder, log_mel_stats
 from modrec.content.media import decode_audio
 
 

@@ -49,7 +49,7 @@ def test_broken_files_are_flagged_logged_and_the_job_finishes(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     store = tmp_path / "store"
-    with caplog.at_level(logging.WARNING, logger="modrec.content.extract"):
+    with caplog.at_level(logging.WARNING, logger="modrec.content.embed_job"):
         code = main(["embed", "-d", str(catalog), "--encoder", "image,audio,video",
                      "--store", str(store), "--no-progress", "--json"])
     assert code == 0

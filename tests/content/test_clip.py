@@ -55,7 +55,7 @@ def test_vectors_are_the_models_own_normalised_embeddings(tiny_clip: Path) -> No
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from modrec.content.clip import ClipEncoder
+    from modrec.content.encoders.clip import ClipEncoder
 
     encoder = ClipEncoder(str(tiny_clip))
     images = encoder.encode(_images())
@@ -80,7 +80,7 @@ def test_vectors_are_the_models_own_normalised_embeddings(tiny_clip: Path) -> No
 
 def test_a_folder_without_a_dual_encoder_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason="transformers is not installed")
-    from modrec.content.clip import ClipEncoder
+    from modrec.content.encoders.clip import ClipEncoder
 
     with pytest.raises(ValueError, match="could not load a CLIP-style model"):
         ClipEncoder(str(tmp_path))
@@ -88,7 +88,7 @@ def test_a_folder_without_a_dual_encoder_is_refused(tmp_path: Path) -> None:
 
 def test_embed_and_search_images_through_the_cli(
         tiny_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from modrec.content.clip import ClipEncoder
+    from modrec.content.encoders.clip import ClipEncoder
 
     catalog = tmp_path / "catalog"
     (catalog / "pictures").mkdir(parents=True)

@@ -35,7 +35,7 @@ def _join(rank: int, port: int, out: Path, env: dict[str, str]) -> None:
 def _worker(rank: int, out: Path) -> None:
     from modrec import cli
     from modrec.content import store as store_module
-    from modrec.content.extract import extraction_world, open_store
+    from modrec.content.embed_job import extraction_world, open_store
     from modrec.data import load_dataset
 
     if rank == 1:  # rank 1 writes rows only: never the ids, manifest or masks

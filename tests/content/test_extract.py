@@ -16,15 +16,15 @@ def test_microlens_videos_embed_into_the_store(tmp_path):
     ds.items.loc[len(ds.items)] = {"item": 4, "item_id": "999", "video": str(tmp_path / "x.mp4"),
                                    "title": "missing", "text": "missing"}
     store = EmbeddingStore.for_dataset(ds, tmp_path)
-    import modrec.content.extract as extract
-    from modrec.content.video import VideoEncoder
+    import modrec.content.embed_job as embed_job
+    from modrec.content.encoders.video import VideoEncoder
 
-    original = extract.build_encoder
-    extract.build_encoder = lambda spec, d, device="cpu": VideoEncoder(frames=2)
+    original = embed_job.build_encoder
+    embed_job.build_encoder = lambda spec, d, device="cpu": VideoEncoder(frames=2)
     try:
         [report] = embed(ds, ["video"], store, progress=False)
     finally:
-        extract.build_encoder = original
+        embed_job.build_encoder = original
     assert (report.encoded, report.failures, report.failed_items) == (3, 1, ["999"])
     assert store.failed("video").tolist() == [False, False, False, False, True]
 
@@ -32,7 +32,7 @@ def test_microlens_videos_embed_into_the_store(tmp_path):
 def test_own_catalog_with_media_paths_embeds(tmp_path, data_dir):
     """Bring your own data: a RecBole .inter/.item pair whose catalog names image files by
     path imports and embeds as is; the missing file is flagged, the rest encoded."""
-    from modrec.content.video import sample_frames
+    from modrec.content.media import sample_frames
 
     frames = sample_frames(data_dir / "microlens-sample" / "10034.mp4", 2)
     for i, frame in enumerate(frames, start=1):

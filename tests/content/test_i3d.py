@@ -1,6 +1,6 @@
-"""I3D (modrec.content.i3d): the port computes what the reference JAX model computes,
-its weights file is read without running code from it, and it recognises real
-Kinetics-400 clips."""
+"""I3D (modrec.content.video.i3d): the port computes what the reference JAX model
+computes, its weights file is read without running code from it, and it recognises
+real Kinetics-400 clips."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from modrec.content.encoder import EncodeError
-from modrec.content.i3d import (
+from modrec.content.encoders.base import EncodeError
+from modrec.content.video.i3d import (
     DIM,
     I3D,
     kinetics400_weights,
@@ -23,7 +23,7 @@ from modrec.content.i3d import (
     read_frames,
     state_dict_from_variables,
 )
-from modrec.content.numpy_pickle import WeightsError, load_numpy_pickle
+from modrec.content.video.numpy_pickle import WeightsError, load_numpy_pickle
 
 FIXTURE = Path(__file__).parent / "fixtures" / "i3d_reference.npz"
 # Measured differences to the JAX reference (float32 on CPU, different kernels and

@@ -14,9 +14,9 @@ def test_image_and_audio_encoders_read_real_files(tmp_path, data_dir):
     image and audio encoders; unreadable files are clear errors."""
     import soundfile
 
-    from modrec.content.audio import AudioEncoder
-    from modrec.content.image import ImageEncoder
-    from modrec.content.video import decode_audio, sample_frames
+    from modrec.content.encoders.audio import AudioEncoder
+    from modrec.content.encoders.image import ImageEncoder
+    from modrec.content.media import decode_audio, sample_frames
 
     video = data_dir / "microlens-sample" / "1002.mp4"
     frame = sample_frames(video, 1)[0]

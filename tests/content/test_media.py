@@ -56,7 +56,8 @@ def _imports(module: str) -> set[str]:
 
 def test_decoding_lives_in_media_and_audio_never_imports_video():
     own = {m for m in _imports("modrec.content.media") if m.startswith("modrec")}
-    assert own == {"modrec.content.encoder"}  # decoding depends on no encoder
-    assert "modrec.content.video" not in _imports("modrec.content.audio")
-    for module in ("modrec.content.audio", "modrec.content.video", "modrec.content.image"):
+    assert own == {"modrec.content.encoders.base"}  # decoding depends on no encoder
+    assert "modrec.content.encoders.video" not in _imports("modrec.content.encoders.audio")
+    for module in ("modrec.content.encoders.audio", "modrec.content.encoders.video",
+                   "modrec.content.encoders.image"):
         assert not {"av", "soundfile"} & _imports(module), module  # decoders only in media

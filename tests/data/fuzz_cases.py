@@ -34,7 +34,7 @@ import pandas as pd
 from hypothesis import strategies as st
 
 from modrec.data import DataFormatError, Dataset, load_dataset
-from modrec.data.importers import import_path
+from modrec.data.formats import import_path
 
 FORMATS = ("sequences", "pairs", "recbole", "recbole-presplit", "csv", "parquet", "movielens")
 FAMILIES = (

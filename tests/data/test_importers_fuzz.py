@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modrec.data import DataFormatError, Dataset, load_dataset, public
-from modrec.data.importers import import_path
+from modrec.data.formats import import_path
 
 from .fuzz_cases import FAMILIES, FORMATS, TALLY, cases, check_cache, run_case
 

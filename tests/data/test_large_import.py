@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modrec.data import DataFormatError
-from modrec.data.importers import import_path, read_table
+from modrec.data.formats import import_path
+from modrec.data.importers import read_table
 from modrec.data.large import read_parquet_large, read_table_large
 
 from .fuzz_cases import FAMILIES, cases, materialize
@@ -81,9 +82,9 @@ def test_chosen_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     path = tmp_path / "t.csv"
     path.write_text("user,item,timestamp\n1,2,3\n")
     calls = []
-    import modrec.data.importers as importers
+    import modrec.data.formats as formats
 
-    monkeypatch.setattr(importers, "read_table_large",
+    monkeypatch.setattr(formats, "read_table_large",
                         lambda p, c: calls.append(p) or read_table_large(p, c))
     import_path(path)
     assert calls == []
@@ -206,9 +207,9 @@ def test_parquet_chosen_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path = tmp_path / "t.parquet"
     pd.DataFrame({"user": [1], "item": [2], "timestamp": [3]}).to_parquet(path)
     calls = []
-    import modrec.data.importers as importers
+    import modrec.data.formats as formats
 
-    monkeypatch.setattr(importers, "read_parquet_large",
+    monkeypatch.setattr(formats, "read_parquet_large",
                         lambda p, c: calls.append(p) or read_parquet_large(p, c))
     import_path(path)
     assert calls == []
@@ -336,25 +337,25 @@ def test_nul_and_invalid_bytes_are_refused_alike(tmp_path: Path, blob: bytes,
        chunk=st.integers(1, 8))
 def test_the_streaming_check_matches_the_whole_file_one(blob: bytes, chunk: int) -> None:
     """check_text reads in blocks (here 1 to 8 bytes, so that line breaks, CRLF pairs
-    and characters fall across them) and says what _read_text says of the whole."""
-    from modrec.data import importers
+    and characters fall across them) and says what read_text says of the whole."""
+    from modrec.data import files
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "t.csv"
         path.write_bytes(blob)
         try:
-            importers._read_text(path)
+            files.read_text(path)
             expected = None
         except DataFormatError as err:
             expected = str(err)
-        saved, importers._CHUNK = importers._CHUNK, chunk
+        saved, files._CHUNK = files._CHUNK, chunk
         try:
-            importers.check_text(path)
+            files.check_text(path)
             got = None
         except DataFormatError as err:
             got = str(err)
         finally:
-            importers._CHUNK = saved
+            files._CHUNK = saved
     assert got == expected
 
 

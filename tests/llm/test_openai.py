@@ -37,6 +37,7 @@ class Canned:
         self.bodies: list[dict[str, Any]] = []
         self.fail_next = 0  # answer 503 this many times
         self.delay = 0.0
+        self.plain = False  # answer text even when a JSON object is asked for
 
 
 def _app(canned: Canned) -> Any:
@@ -58,7 +59,7 @@ def _app(canned: Canned) -> Any:
             return JSONResponse({"detail": "type must be text or json_object"},
                                 status_code=422)
         message = {"role": "assistant", "content": "Yes"}
-        if form.get("type") == "json_object":
+        if form.get("type") == "json_object" and not canned.plain:
             message["content"] = json.dumps({"labels": ["Comedy"]})
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if body.get("logprobs"):
@@ -89,6 +90,15 @@ def test_schema_falls_back_to_the_json_object_dialect_once(canned):
     llm.complete(ASK, SCHEMA)  # the dialect that worked is remembered
     assert fake.bodies[-1]["response_format"]["type"] == "json_object"
     assert len(fake.bodies) == 3 and fake.bodies[0]["temperature"] == 0.0
+
+
+def test_a_reply_that_is_not_json_is_refused_when_a_schema_was_sent(canned):
+    fake, url = canned
+    fake.plain = True  # a server that ignores response_format
+    llm = open_llm(f"openai:{url}#tiny")
+    with pytest.raises(LLMError, match=r"answered text that is not JSON although a schema "
+                       r"was sent \('Yes'\); does the server support response_format\?$"):
+        llm.complete(ASK, SCHEMA)
 
 
 def test_score_reads_top_logprobs_without_case_or_space(canned):

@@ -262,6 +262,20 @@ def test_search_without_text_embeddings_is_a_clear_404(client: TestClient) -> No
     assert response.status_code == 404 and "modrec embed" in response.json()["detail"]
 
 
+def test_search_needs_a_text_matrix_not_the_word_in_the_manifest(
+        client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose only text matrix is keyed otherwise (``text-mpnet``, reading the
+    text column): search has no ``text`` vectors and says so (404). It used to find
+    '"text"' in the manifest's bytes, open the store and fail inside it (500)."""
+    folder = tmp_path / "embeddings" / "ml-100k"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"encoders": {"text-mpnet": {
+        "dim": 2, "dtype": "float32", "version": "v", "reads": "text", "ids": "gone"}}}))
+    monkeypatch.setenv("MODREC_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
+    response = client.post("/v1/search", json={"query": "space opera"})
+    assert response.status_code == 404 and "modrec embed" in response.json()["detail"]
+
+
 def test_service_config_bounds_come_from_settings() -> None:
     assert ServeConfig().max_k == AppSettings().max_k == 1000
 

@@ -45,9 +45,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modrec.atomic import append_line
-from modrec.content.extract import item_inputs
-from modrec.content.metadata import split_tags
+from modrec.content.annotation_file import AnnotationFile
+from modrec.content.catalog import item_inputs
+from modrec.content.encoders.tags import split_tags
 from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
 from modrec.llm import (
@@ -85,34 +85,6 @@ class LabelPrompting:
     out: Path | None = None
     workers: int = 1
     progress: bool = True
-
-
-class AnnotationFile:
-    """JSON lines, one finished record per key. Records are appended whole
-    (`modrec.atomic.append_line`); a torn last line from a killed job is skipped on
-    reading, and the key's record is asked for again."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def records(self) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return found
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                found[str(record["key"])] = record
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s:%d: unreadable record skipped (an interrupted write); its "
-                            "item is annotated again", self.path, number)
-        return found
-
-    def append(self, record: dict[str, Any]) -> None:
-        append_line(self.path, json.dumps(record, ensure_ascii=False, allow_nan=False))
 
 
 def annotation_path(dataset: Dataset, name: str, llm: LanguageModel, prompt: Prompt,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
-from modrec.content.metadata import split_tags
+from modrec.content.encoders.tags import split_tags
 from modrec.content.store import EmbeddingStore, content_matrix, normalize_rows
 from modrec.data import Dataset
 
@@ -249,7 +249,7 @@ def _knn_scores(x: np.ndarray, y: np.ndarray, train: np.ndarray, k: int) -> np.n
 
 def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: LabelledItems,
                       template: str) -> np.ndarray:
-    from modrec.content.text import embeds_queries, query_encoder
+    from modrec.content.encoders.text import embeds_queries, query_encoder
 
     texts = [n for n in encoders if embeds_queries(store.info(n).version)]
     if not texts:

@@ -34,9 +34,12 @@ from typing import Any
 import pandas as pd
 
 from modrec.atomic import write_text_atomic
-from modrec.content.annotate import AnnotationFile
-from modrec.content.store import EmbeddingStore, StoreError
+from modrec.content.annotation_file import AnnotationFile
+from modrec.content.store import EmbeddingStore, ManifestShape, read_manifest
 from modrec.data import Dataset
+
+COLUMNS_MANIFEST = ManifestShape("columns", frozenset({"file"}), "a column entry lacks its file",
+                                 "an item-columns manifest")
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,9 @@ class ItemColumns:
         return cls(EmbeddingStore.folder_for(dataset, store_folder) / "columns")
 
     def _manifest(self) -> dict[str, dict[str, Any]]:
-        path = self.folder / "manifest.json"
-        if not path.exists():
-            return {}
-        try:
-            columns = json.loads(path.read_bytes())["columns"]
-            if not isinstance(columns, dict) or not all(
-                    isinstance(v, dict) and "file" in v for v in columns.values()):
-                raise ValueError("a column entry lacks its file")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"{path} is not an item-columns manifest ({err}); delete it "
-                             "and run `modrec transcribe` again (answers already in the "
-                             "JSON-lines files beside it are found again)") from None
-        return columns
+        return read_manifest(self.folder / "manifest.json", COLUMNS_MANIFEST,
+                             "delete it and run `modrec transcribe` again (answers already "
+                             "in the JSON-lines files beside it are found again)")
 
     def names(self) -> list[str]:
         return sorted(self._manifest())
@@ -127,27 +120,14 @@ class ItemColumns:
                 if record.get("error") is None and record.get("value") is not None}
 
 
-def weights_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """A cheap identity of a weights file or folder: SHA-256 over each file's name, size
-    and first and last MiB (hashing hundreds of MB on every start would cost seconds)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        size = file.stat().st_size
-        name = file.name if file == path else file.relative_to(path).as_posix()
-        digest.update(f"{name}\0{size}\0".encode())
-        with file.open("rb") as f:
-            digest.update(f.read(chunk))
-            f.seek(max(size - chunk, 0))
-            digest.update(f.read(chunk))
-    return digest.hexdigest()[:16]
-
-
 def with_item_columns(dataset: Dataset, columns: ItemColumns | None = None) -> Dataset:
     """The dataset with its computed columns added to the item table (a copy; a column
-    the catalog already has is left as it is). ``provenance["item_columns"]`` gets each
-    added column's file and a digest of its values, so an encoder reading one knows
-    when what it encoded changed."""
+    the catalog already has is left as it is): ``columns``, or those in the default
+    store folder (`ItemColumns.for_dataset`; pass ``ItemColumns.for_dataset(dataset,
+    store)`` for another). ``provenance["item_columns"]`` gets each added column's file
+    and a digest of its values, so an encoder reading one knows when what it encoded
+    changed. The one way computed columns join a dataset: the embed job, the CLI's
+    ``--labels``, search and classify all come through here."""
     columns = columns or ItemColumns.for_dataset(dataset)
     names = [n for n in columns.names() if n not in dataset.items.columns]
     if not names:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError
 
 # Audio tracks are resampled to this rate while decoding: the rate the audio encoder's
 # log-mel features are computed at, so its own resampling step is then a no-op.

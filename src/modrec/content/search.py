@@ -30,7 +30,7 @@ class TextSearch:
 
     def __init__(self, dataset: Dataset, store: EmbeddingStore | None = None,
                  encoder: str = "text") -> None:
-        from modrec.content.text import embeds_queries, query_encoder
+        from modrec.content.encoders.text import embeds_queries, query_encoder
 
         self.dataset = dataset
         store = store or EmbeddingStore.for_dataset(dataset)

@@ -53,6 +53,47 @@ class StoreError(ValueError):
     the files and what is wrong."""
 
 
+@dataclass(frozen=True)
+class ManifestShape:
+    """What a manifest of named entries holds: ``{section: {name: {field: ...}}}``."""
+
+    section: str  # the top-level key
+    fields: frozenset[str]  # what every entry holds
+    lacking: str  # the reason given when an entry lacks one
+    what: str  # what the file should be, for the message
+
+
+STORE_MANIFEST = ManifestShape(
+    "encoders", frozenset({"dim", "dtype", "version", "reads", "ids"}),
+    "an encoder entry lacks dim, dtype, version, reads or ids", "an embedding store manifest")
+
+
+def read_manifest(path: Path, shape: ManifestShape, fix: str) -> dict[str, dict[str, Any]]:
+    """The entries of the manifest at ``path`` ({} when there is none). A file that is
+    not one of ``shape`` (unreadable, not JSON, an entry lacking a field) is a
+    `StoreError` naming it, saying why and then ``fix``. The one check of the embedding
+    store's manifest and of the computed columns' (`modrec.content.columns`)."""
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_bytes())[shape.section]
+        if not isinstance(entries, dict) or not all(
+                isinstance(entry, dict) and shape.fields <= entry.keys()
+                for entry in entries.values()):
+            raise ValueError(shape.lacking)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreError(f"{path} is not {shape.what} ({err}); {fix}") from None
+    return entries
+
+
+def default_folder(dataset_name: str) -> Path:
+    """``$MODREC_EMBEDDINGS_DIR/<dataset name>`` ("/" becomes "_"): where a dataset's
+    store is when no folder is given. The one statement of the rule, for the store
+    (`EmbeddingStore.folder_for`), the run bundle (`modrec.runs.export_bundle`) and the
+    service's text search alike."""
+    return paths.embeddings_dir() / dataset_name.replace("/", "_")
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as f:
@@ -103,25 +144,22 @@ class EmbeddingStore:
         self._manifest = self._read_manifest()
 
     def _read_manifest(self) -> dict[str, dict[str, Any]]:
-        path = self.folder / "manifest.json"
-        if not path.exists():
-            return {}
-        try:
-            encoders = json.loads(path.read_bytes())["encoders"]
-            if not isinstance(encoders, dict) or not all(
-                    isinstance(info, dict) and {"dim", "dtype", "version", "reads", "ids"}
-                    <= info.keys() for info in encoders.values()):
-                raise ValueError("an encoder entry lacks dim, dtype, version, reads or ids")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise StoreError(f"{path} is not an embedding store manifest ({err}); delete the "
-                             f"folder {self.folder} to encode afresh") from None
-        return encoders
+        return self.stored(self.folder)
+
+    @staticmethod
+    def stored(folder: str | Path) -> dict[str, dict[str, Any]]:
+        """The manifest's entries of the store in ``folder`` (none without a manifest),
+        read without opening the store (which would write its ids file): what a reader
+        checks before it opens one. A damaged manifest is a `StoreError`."""
+        folder = Path(folder)
+        return read_manifest(folder / "manifest.json", STORE_MANIFEST,
+                             f"delete the folder {folder} to encode afresh")
 
     @staticmethod
     def folder_for(dataset: Any, folder: str | Path | None = None) -> Path:
         """Where `for_dataset` keeps a dataset's store (nothing is created); a file there
         is refused."""
-        return _a_folder(Path(folder or paths.embeddings_dir() / dataset.name.replace("/", "_")))
+        return _a_folder(Path(folder or default_folder(dataset.name)))
 
     @classmethod
     def for_dataset(cls, dataset: Any, folder: str | Path | None = None) -> EmbeddingStore:

@@ -1,226 +1,46 @@
-"""Importers: one function per source format, each returning a canonical `Dataset`.
+"""The in-memory readers: one function per source format, each returning a canonical
+`Dataset` read through pandas and Python's own parsers (`modrec.data.formats` says
+which formats there are and picks a reader; `modrec.data.large` reads the big tables
+through DuckDB).
 
-Formats:
-  ``sequences``  text, one user per line: ``user item item ...`` (chronological)
-  ``pairs``      text, one interaction per line: ``user item [timestamp]``
-  ``recbole``    RecBole atomic files (``.inter`` with ``name:type`` headers, optional
-                 ``.item``/``.user``; also pre-split ``X.train/valid/test.inter``)
-  ``csv`` / ``parquet``  a table with a column mapping (user, item, [timestamp], [weight])
-  ``csv-large`` / ``parquet-large``  the same tables read by DuckDB under a memory
-                 limit (see `modrec.data.large`); chosen by itself for a detected
-                 CSV/TSV or Parquet file of at least ``MODREC_LARGE_IMPORT_BYTES``
-                 (1 GiB), and for a folder of Parquet files; ``--format csv`` or
-                 ``--format parquet`` forces the in-memory reader
-  ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
-                 ml-100k ``u.data``)
+  `read_sequences`  text, one user per line: ``user item item ...`` (chronological)
+  `read_pairs`      text, one interaction per line: ``user item [timestamp]``
+  `read_recbole`    RecBole atomic files (``.inter`` with ``name:type`` headers, optional
+                    ``.item``/``.user``; also pre-split ``X.train/valid/test.inter``)
+  `read_table`      CSV/TSV or Parquet with a column mapping (user, item, [timestamp],
+                    [weight])
+  `read_movielens`  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
+                    ml-100k ``u.data``)
 
-A gzip-compressed file is read as the file it holds (``x.csv.gz`` is a CSV). Every
-importer fails with a `DataFormatError` naming the file, the line and what it
-expected; none of them writes anything. `import_path` then drops (or keeps) the
-consecutive repeats of the result (`settle_repeats`).
+Every reader fails with a `DataFormatError` naming the file, the line and what it
+expected; none of them writes anything.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import csv
-import gzip
 import io
 import re
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modrec.data.dataset import DataFormatError, Dataset, build_dataset, settle_repeats
-from modrec.data.large import (
-    check_parquet_types,
-    large_threshold,
-    read_parquet_large,
-    read_table_large,
-)
+from modrec.data.dataset import DataFormatError, Dataset, build_dataset
+from modrec.data.files import dataset_name, format_suffix, read_text, require_file
+from modrec.data.table_columns import MISSING_IDS, check_parquet_types, location, resolve_columns
 
-FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "parquet-large",
-           "movielens")
-
-# Column names that the table importer recognises when no mapping is given.
-_COLUMN_GUESSES = {
-    "user": ("user", "user_id", "userid", "userId", "uid", "user_id:token"),
-    "item": ("item", "item_id", "itemid", "itemId", "iid", "movieId", "item_id:token"),
-    "timestamp": ("timestamp", "time", "ts", "timestamp:float"),
-    "weight": ("weight", "rating", "rating:float"),
-}
-
-
-# Spellings that mean "no value" to pandas and to most tools that wrote the file; an id
-# spelled so would be indistinguishable from a missing one once it is saved.
-_MISSING = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "n/a", "null", "NULL", "None",
-                      "<NA>", "-nan", "-NaN"})
 _INT = re.compile(r"[+-]?[0-9]+")
 _INT_TEXT = re.compile(r"[+-]?[0-9]+(?:\.0*)?")  # 881250949 or 881250949.0
 _INT64 = np.iinfo(np.int64)
 
 
 # ---- text formats ---------------------------------------------------------------------
-def _require_file(path: Path) -> None:
-    if not path.exists():
-        raise DataFormatError(f"{path}: file not found; expected a file here")
-    if not path.is_file():
-        raise DataFormatError(f"{path}: is a folder (or not a regular file); expected a file")
-
-
-def _line_at(raw: bytes, offset: int) -> int:
-    """1-based line of a byte offset, counting CRLF, LF and lone CR as one break each."""
-    return _breaks(raw[:offset]) + 1
-
-
-def _breaks(data: bytes, after_cr: bool = False) -> int:
-    """Line breaks in ``data`` (CRLF, LF and lone CR one each); ``after_cr``: the bytes
-    before ``data`` ended with a CR, which a leading LF completes rather than repeats."""
-    count = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-    return count - 1 if after_cr and data.startswith(b"\n") else count
-
-
-# Files compressed by a tool other than gzip, by their first bytes: (name, how to unpack).
-_PACKED = ((b"PK\x03\x04", "a zip archive", "unzip it"),
-           (b"BZh", "bzip2-compressed", "decompress it with bunzip2"),
-           (b"\xfd7zXZ\x00", "xz-compressed", "decompress it with unxz"),
-           (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it with unzstd"))
-_CHUNK = 1 << 24  # bytes a streaming check reads at a time
-
-
-def compression(path: Path) -> str | None:
-    """``"gzip"`` for a gzip-compressed file (read as if it were decompressed, by every
-    text reader and by DuckDB), None for a plain one. Another compression is refused:
-    its bytes would otherwise be reported as a NUL byte or invalid text."""
-    with path.open("rb") as f:
-        magic = f.read(10)
-    if magic.startswith(b"\x1f\x8b"):
-        return "gzip"
-    for prefix, what, how in _PACKED:
-        if magic.startswith(prefix) and (prefix != b"BZh" or magic[4:10] == b"1AY&SY"):
-            raise DataFormatError(
-                f"{path}: the file is {what}; expected text (or gzip-compressed text, which "
-                f"is read as it is): {how} and pass the file it holds")
-    return None
-
-
-def _gzip_error(path: Path, err: Exception) -> DataFormatError:
-    return DataFormatError(
-        f"{path}: damaged or truncated gzip file ({err}); expected a complete gzip stream "
-        "(`gzip -t FILE` checks one)")
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, decompressed when it is gzip-compressed."""
-    raw = path.read_bytes()
-    if compression(path) == "gzip":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise _gzip_error(path, err) from None
-    return raw
-
-
-@contextlib.contextmanager
-def _open_bytes(path: Path) -> Iterator[BinaryIO]:
-    """The file's bytes as a stream, decompressed when it is gzip-compressed; a damaged
-    gzip stream is a `DataFormatError` naming the file."""
-    if compression(path) != "gzip":
-        with path.open("rb") as f:
-            yield f
-        return
-    try:
-        with gzip.open(path, "rb") as f:
-            yield cast(BinaryIO, f)
-    except (OSError, EOFError, zlib.error) as err:
-        raise _gzip_error(path, err) from None
-
-
-@contextlib.contextmanager
-def open_text(path: Path, encoding: str = "utf-8", errors: str = "strict",
-              newline: str | None = None) -> Iterator[io.TextIOWrapper]:
-    """The file as text, decompressed on the fly when it is gzip-compressed."""
-    with _open_bytes(path) as f:
-        yield io.TextIOWrapper(f, encoding=encoding, errors=errors, newline=newline)
-
-
-def _nul_error(path: Path, line: int, offset: int) -> DataFormatError:
-    return DataFormatError(
-        f"{path}:{line}: NUL byte at byte {offset}; expected text (is the file truncated or "
-        "binary?)")
-
-
-def _decode_error(path: Path, line: int, encoding: str, err: UnicodeDecodeError, offset: int
-                  ) -> DataFormatError:
-    return DataFormatError(
-        f"{path}:{line}: invalid {encoding.upper()} ({err.reason} at byte {offset}); expected "
-        f"{encoding.upper()} text")
-
-
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text (decompressed if it is gzip-compressed), without a byte-order
-    mark and with every line ending as "\\n".
-
-    A NUL byte or bytes that are not valid in ``encoding`` are reported with their line:
-    both mean a truncated, binary or mis-encoded file, whose fields must not be read as
-    data (a zero-filled tail is what a crash mid-write often leaves)."""
-    _require_file(path)
-    raw = _read_bytes(path).removeprefix(codecs.BOM_UTF8)
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise _nul_error(path, _line_at(raw, nul), nul)
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, _line_at(raw, err.start), encoding, err, err.start) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def check_text(path: Path) -> None:
-    """What `_read_text` refuses in a file, found without holding the file: a NUL byte
-    (anywhere, first) or else invalid UTF-8, with the same message, line and byte
-    (counted after a byte-order mark). For readers that hand the file to another parser
-    (DuckDB), which would take a NUL for a character of an id."""
-    _require_file(path)
-    start = 0  # offset of ``data`` in the (decompressed) text
-    line = 1  # the line ``data`` starts on
-    after_cr = False
-    carry = b""  # the start of a character that the previous block cut in two
-    invalid: DataFormatError | None = None  # the first, reported if there is no NUL
-    with _open_bytes(path) as f:
-        block = f.read(_CHUNK).removeprefix(codecs.BOM_UTF8)
-        while block or carry:
-            data, carry = carry + block, b""
-            nul = data.find(b"\x00")
-            if nul >= 0:
-                raise _nul_error(path, line + _breaks(data[:nul], after_cr), start + nul)
-            if invalid is None:
-                try:
-                    data.decode()
-                except UnicodeDecodeError as err:
-                    if block and err.reason == "unexpected end of data":
-                        data, carry = data[:err.start], data[err.start:]
-                    else:
-                        invalid = _decode_error(path, line + _breaks(data[:err.start], after_cr),
-                                                "utf-8", err, start + err.start)
-            line += _breaks(data, after_cr)
-            after_cr = data.endswith(b"\r") if data else after_cr
-            start += len(data)
-            block = f.read(_CHUNK)
-    if invalid is not None:
-        raise invalid
-
-
 def _read_lines(path: Path) -> list[str]:
-    lines = _read_text(path).split("\n")
+    lines = read_text(path).split("\n")
     if not any(line.strip() for line in lines):
         raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
     return lines
@@ -349,7 +169,7 @@ def read_table(
         raise DataFormatError(
             f"{path}: table has a header but no rows; expected at least one interaction"
         )
-    mapping = _resolve_columns(path, list(frame.columns), columns or {})
+    mapping = resolve_columns(path, list(frame.columns), columns or {})
     if schema is not None:
         check_parquet_types(path, schema, mapping)
     users = _id_column(path, frame, mapping["user"], lines)
@@ -375,7 +195,7 @@ def read_table(
 
 def _read_parquet(path: Path) -> tuple[pd.DataFrame, pa.Schema]:
     """The table and its Arrow schema (the types pandas' dtypes no longer tell apart)."""
-    _require_file(path)
+    require_file(path)
     try:
         return pd.read_parquet(path), pq.read_schema(path)
     except (OSError, ValueError, pa.ArrowException) as err:  # ValueError: bad metadata
@@ -395,7 +215,7 @@ def _read_delimited(path: Path, sep: str, header: str, quotes: bool = True
     so is a quoted field the file ends in (a truncated file) or one followed by more
     than a separator (``"a"b``), as DuckDB's reader has them.
     ``quotes=False`` for RecBole, whose fields are never quoted."""
-    reader = csv.reader(io.StringIO(_read_text(path)), delimiter=sep, strict=True,
+    reader = csv.reader(io.StringIO(read_text(path)), delimiter=sep, strict=True,
                         quoting=csv.QUOTE_MINIMAL if quotes else csv.QUOTE_NONE)
     names: list[str] | None = None
     header_line = 0
@@ -432,11 +252,6 @@ def _read_delimited(path: Path, sep: str, header: str, quotes: bool = True
     return pd.DataFrame(rows, columns=names, dtype=object), np.array(lines, dtype=np.int64)
 
 
-def _where(path: Path, lines: np.ndarray | None, row: int) -> str:
-    """``file:line`` for a text table, ``file: row N`` for Parquet."""
-    return f"{path}:{lines[row]}" if lines is not None else f"{path}: row {row + 1}"
-
-
 def _id_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray | None
                ) -> np.ndarray:
     """External ids, refusing blank and NaN ones: ``build_dataset`` would turn every
@@ -444,11 +259,11 @@ def _id_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray |
     Text ids lose surrounding blanks, as pandas' number parsing dropped them before."""
     values = frame[column]
     text = values.astype(str).str.strip()
-    bad = np.flatnonzero(values.isna().to_numpy() | text.isin(_MISSING).to_numpy())
+    bad = np.flatnonzero(values.isna().to_numpy() | text.isin(MISSING_IDS).to_numpy())
     if len(bad):
         row = int(bad[0])
         raise DataFormatError(
-            f"{_where(path, lines, row)}: column {column!r} has a missing id "
+            f"{location(path, lines, row)}: column {column!r} has a missing id "
             f"({values.iloc[row]!r}); expected a user or item id"
         )
     return values.to_numpy() if values.dtype.kind in "iuf" else text.to_numpy(dtype=object)
@@ -467,7 +282,7 @@ def _timestamp_column(path: Path, frame: pd.DataFrame, column: str, lines: np.nd
         bad = np.flatnonzero(values.isna().to_numpy())
         if len(bad):
             raise DataFormatError(
-                f"{_where(path, lines, int(bad[0]))}: column {column!r} must be numeric: "
+                f"{location(path, lines, int(bad[0]))}: column {column!r} must be numeric: "
                 f"{expected}, got NaT"
             )
         per_second = 10 ** {"s": 0, "ms": 3, "us": 6, "ns": 9}[values.dt.unit]
@@ -495,33 +310,10 @@ def _timestamp_column(path: Path, frame: pd.DataFrame, column: str, lines: np.nd
     if len(bad):
         row = int(bad[0])
         raise DataFormatError(
-            f"{_where(path, lines, row)}: column {column!r} must be numeric: {expected}, got "
+            f"{location(path, lines, row)}: column {column!r} must be numeric: {expected}, got "
             f"{values.iloc[row]!r}"
         )
     return numbers.astype(np.int64)
-
-
-def _resolve_columns(path: Path, present: list[str], given: dict[str, str]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for role, guesses in _COLUMN_GUESSES.items():
-        if role in given:
-            if given[role] not in present:
-                raise DataFormatError(
-                    f"{path}: column {given[role]!r} (for {role}) not found; expected one of "
-                    f"the columns {present}"
-                )
-            mapping[role] = given[role]
-            continue
-        found = next((c for c in present if c in guesses), None)
-        if found is not None:
-            mapping[role] = found
-    for role in ("user", "item"):
-        if role not in mapping:
-            raise DataFormatError(
-                f"{path}: no {role} column among {present}; expected one named like "
-                f"{_COLUMN_GUESSES[role][1]!r}, or name it with --columns {role}=COLUMN"
-            )
-    return mapping
 
 
 def _numeric_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndarray | None
@@ -534,7 +326,7 @@ def _numeric_column(path: Path, frame: pd.DataFrame, column: str, lines: np.ndar
     if len(bad):
         row = int(bad[0])
         raise DataFormatError(
-            f"{_where(path, lines, row)}: column {column!r} must be numeric: expected a finite "
+            f"{location(path, lines, row)}: column {column!r} must be numeric: expected a finite "
             f"number within float32, got {frame[column].iloc[row]!r}"
         )
     return values
@@ -563,7 +355,7 @@ def _read_atomic(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _header_line(path: Path) -> int:
     """The line of a table's header: the first line that is not blank."""
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
         if line.strip():
             return lineno
     return 1
@@ -762,7 +554,7 @@ def _read_catalog(path: Path, sep: str, names: list[str]) -> pd.DataFrame:
     """A GroupLens catalog (``movies.dat``, ``u.item``): Latin-1, an integer id first,
     then at least ``len(names) - 1`` more fields, of which the first few are kept."""
     rows = []
-    for lineno, line in enumerate(_read_text(path, "latin-1").split("\n"), start=1):
+    for lineno, line in enumerate(read_text(path, "latin-1").split("\n"), start=1):
         if not line.strip():
             continue
         fields = line.split(sep)
@@ -794,144 +586,3 @@ def _read_separated(path: Path, sep: str, names: list[str]) -> np.ndarray:
         rows.append(_int_tokens(path, lineno, line, tokens, f"{sep!r}-separated integers"))
         linenos.append(lineno)
     return _int64_rows(path, rows, linenos, "integers")
-
-
-# ---- dispatch -------------------------------------------------------------------------
-def detect_format(path: str | Path) -> str:
-    """Guess a file's format from its name and first lines; `--format` overrides."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "manifest.json").exists():
-            return "modrec"
-        if (path / "ratings.dat").exists() or (path / "u.data").exists():
-            return "movielens"
-        if any(path.glob("*.inter")):
-            return "recbole"
-        if any(path.rglob("*.parquet")):  # a table written in parts (Spark, DuckDB, ...)
-            return "parquet-large"
-        raise DataFormatError(
-            f"{path}: cannot tell the format of this folder; expected a modrec dataset, "
-            "an unpacked MovieLens archive, RecBole .inter files or Parquet files"
-        )
-    if not path.exists():
-        raise DataFormatError(f"{path}: file not found")
-    if path.name in ("ratings.dat", "u.data"):
-        return "movielens"  # whose reader says to pass the folder
-    suffix = format_suffix(path).lower()
-    if suffix == ".inter":
-        return "recbole"
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in (".csv", ".tsv"):
-        return "csv"
-    if suffix in (".txt", ".dat", ""):
-        if not path.is_file():
-            raise DataFormatError(f"{path}: not a regular file; expected a file or a folder")
-        return _detect_text(path)
-    if path.is_file():
-        compression(path)  # an archive (.zip, .bz2, ...): says how to unpack it
-    raise DataFormatError(
-        f"{path}: unknown format {path.suffix!r}; pass --format with one of {', '.join(FORMATS)}"
-    )
-
-
-def format_suffix(path: Path) -> str:
-    """The suffix that tells a file's format: ``.csv`` for ``x.csv`` and ``x.csv.gz``
-    (a gzip-compressed file is read as the file it holds)."""
-    return Path(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix
-
-
-def dataset_name(path: Path) -> str:
-    """The name of a dataset read from a file: ``x`` for ``x.csv`` and ``x.csv.gz``."""
-    return Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
-
-
-_HEAD = 1000  # lines whose widths decide whether a text file has the shape of pairs
-
-
-def _detect_text(path: Path) -> str:
-    """``pairs`` or ``sequences`` for a whitespace-separated text file.
-
-    A pairs file has one width (2 or 3 fields) and names a user on several lines;
-    a sequences file names each user once, on a line of any length. Most of the first
-    `_HEAD` lines must share a width of 2 or 3 (a stray line of another width keeps a
-    pairs file one, so that `read_pairs` names that line, where reading it as
-    sequences would turn its timestamps into items), and some user must appear twice:
-    anywhere in the file, since a pairs file written in time order interleaves its
-    users. A file whose every line has 3 fields and names a user of its own reads
-    either way (one 'user item timestamp' each, or two items each) and is refused."""
-    widths: Counter[int] = Counter()
-    seen: set[str] = set()
-    repeated = False
-    all_three = True
-    lines = 0
-    shaped = None  # whether the first lines have the shape of pairs, once they are read
-    with open_text(path, "utf-8-sig", errors="replace") as f:
-        for line in f:
-            tokens = line.split()
-            if not tokens:
-                continue
-            lines += 1
-            if lines <= _HEAD:
-                widths[len(tokens)] += 1
-            else:
-                shaped = _pairs_shaped(widths) if shaped is None else shaped
-                if not shaped:
-                    return "sequences"  # the lengths vary
-                if repeated:
-                    return "pairs"
-            all_three = all_three and len(tokens) == 3
-            repeated = repeated or tokens[0] in seen
-            seen.add(tokens[0])
-    if not lines:
-        raise DataFormatError(f"{path}: file is empty; expected at least one interaction")
-    if repeated and _pairs_shaped(widths):
-        return "pairs"
-    if all_three and lines > 1:
-        raise DataFormatError(
-            f"{path}: cannot tell pairs from sequences: all {lines} lines have 3 fields and "
-            "no user appears on two of them, so the file reads as 'user item timestamp' "
-            "pairs (one interaction per user) or as 'user item item' sequences (two per "
-            "user); expected --format pairs or --format sequences to say which")
-    return "sequences"
-
-
-def _pairs_shaped(widths: Counter[int]) -> bool:
-    """Most lines share one width, of 2 or 3 fields."""
-    width, count = widths.most_common(1)[0]
-    return width in (2, 3) and 2 * count > sum(widths.values())
-
-
-def import_path(
-    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
-    repeats: str = "drop",
-) -> Dataset:
-    """Read any supported file or folder into a Dataset; its consecutive repeated
-    events (the same user and item back to back) are dropped or kept as ``repeats``
-    says (`settle_repeats`), whichever reader read it."""
-    path = Path(path)
-    fmt = format or detect_format(path)
-    if format is None and fmt in ("csv", "parquet") and path.stat().st_size >= large_threshold():
-        fmt = f"{fmt}-large"
-    readers: dict[str, Callable[[], Dataset]] = {
-        "modrec": lambda: Dataset.read(path),
-        "sequences": lambda: read_sequences(path),
-        "pairs": lambda: read_pairs(path),
-        "recbole": lambda: read_recbole(path),
-        "csv": lambda: read_table(path, columns),
-        "csv-large": lambda: read_table_large(path, columns),
-        "parquet": lambda: read_table(path, columns),
-        "parquet-large": lambda: read_parquet_large(path, columns),
-        "movielens": lambda: read_movielens(path),
-    }
-    if fmt not in readers:
-        raise DataFormatError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    try:
-        dataset = readers[fmt]()
-    except DataFormatError as err:
-        if format is None and fmt in ("pairs", "sequences"):
-            raise DataFormatError(
-                f"{err} (read as {fmt}, guessed from its lines; --format chooses)"
-            ) from None
-        raise
-    return settle_repeats(dataset, repeats)

@@ -31,6 +31,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modrec.data.dataset import DataFormatError, Dataset, _sorted_vocab
+from modrec.data.files import (
+    check_text,
+    compression,
+    dataset_name,
+    format_suffix,
+    open_text,
+    require_file,
+)
+from modrec.data.table_columns import (
+    MISSING_IDS,
+    check_parquet_types,
+    location,
+    resolve_columns,
+)
 
 # Files (or folders of Parquet files) at least this big (bytes) go through DuckDB when
 # no format is given; MODREC_LARGE_IMPORT_BYTES changes it.
@@ -70,8 +84,6 @@ def _memory_limit(memory_limit: str | None) -> str:
 
 def _header(path: Path, sep: str) -> list[str]:
     """The header's column names, read as the csv module reads them."""
-    from modrec.data.importers import open_text
-
     try:
         with open_text(path, newline="") as f:
             head = ""
@@ -126,15 +138,6 @@ def read_table_large(
     """A CSV/TSV table read by DuckDB under ``memory_limit``; the same Dataset as
     `read_table` on the same file."""
     duckdb = _duckdb()
-    from modrec.data.importers import (
-        _resolve_columns,
-        _where,
-        check_text,
-        compression,
-        dataset_name,
-        format_suffix,
-    )
-
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         raise DataFormatError(
@@ -147,7 +150,7 @@ def read_table_large(
     packed = compression(path) or "none"
     sep = "\t" if format_suffix(path) in (".tsv", ".inter") else ","
     names = _header(path, sep)
-    mapping = _resolve_columns(path, names, columns or {})
+    mapping = resolve_columns(path, names, columns or {})
     limit = _memory_limit(memory_limit)
 
     select = [f"{_quote(mapping['user'])} AS u", f"{_quote(mapping['item'])} AS i"]
@@ -193,11 +196,11 @@ def read_table_large(
                           "ORDER BY rowid LIMIT 1").fetchone()
         if bad is not None:
             raise DataFormatError(
-                f"{_where(path, None, int(bad[0]))}: expected {len(names)} {sep!r}-separated "
+                f"{location(path, None, int(bad[0]))}: expected {len(names)} {sep!r}-separated "
                 f"fields like the header, got {bad[1]}")
         con.execute("DELETE FROM raw WHERE blank")
 
-    return _import(path, mapping, load, lambda row: _where(path, None, row),
+    return _import(path, mapping, load, lambda row: location(path, None, row),
                    name or dataset_name(path), limit)
 
 
@@ -205,10 +208,8 @@ def read_table_large(
 def parquet_files(path: Path) -> list[Path]:
     """``path`` itself, or the ``.parquet`` files in a folder (and its subfolders), in
     the order of their paths: the rows of the table, file after file."""
-    from modrec.data.importers import _require_file
-
     if not path.is_dir():
-        _require_file(path)
+        require_file(path)
         return [path]
     files = sorted(p for p in path.rglob("*.parquet") if p.is_file()
                    and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
@@ -231,31 +232,6 @@ def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any], int, pa.Sche
             f"{path}: not a readable Parquet file ({err}); expected a complete Parquet table"
         ) from None
     return list(dtypes.index), {str(k): v for k, v in dtypes.items()}, int(rows), schema
-
-
-def check_parquet_types(path: Path, schema: pa.Schema, mapping: dict[str, str]) -> None:
-    """Refuse what no reader could make sense of, before anything is read: a column of
-    lists, structs or maps in any role (its values would become ids like "[10]"), and
-    booleans as user or item ids (True and False would become two users or items).
-    Both Parquet readers call this, so they refuse the same files."""
-    for role, column in mapping.items():
-        index = schema.get_field_index(column)
-        if index < 0:
-            continue  # absent or named twice: the reader says so
-        kind = schema.field(index).type
-        if pa.types.is_dictionary(kind):
-            kind = kind.value_type
-        what = {"user": "a user id", "item": "an item id", "timestamp": "a timestamp",
-                "weight": "a number"}[role]
-        if pa.types.is_nested(kind):
-            raise DataFormatError(
-                f"{path}: column {column!r} ({role}) holds nested values ({kind}); expected "
-                f"{what} in each row: flatten the column first (one row per element)")
-        if role in ("user", "item") and pa.types.is_boolean(kind):
-            raise DataFormatError(
-                f"{path}: column {column!r} ({role}) holds booleans; expected {what} in "
-                "each row (an integer or text), not true or false; if another column holds "
-                f"the ids, name it with --columns {role}=COLUMN")
 
 
 def _epoch(column: str, dtype: Any) -> str:
@@ -285,13 +261,11 @@ def read_parquet_large(
     DuckDB reads to the microsecond, lose their nanoseconds), text as an ASCII integer.
     Lists, structs and maps, and booleans as ids, are refused (`check_parquet_types`)."""
     duckdb = _duckdb()
-    from modrec.data.importers import _resolve_columns
-
     path = Path(path)
     files = parquet_files(path)
     schemas = [_parquet_schema(f) for f in files]
     names, dtypes, _, _ = schemas[0]
-    mapping = _resolve_columns(files[0] if len(files) == 1 else path, names, columns or {})
+    mapping = resolve_columns(files[0] if len(files) == 1 else path, names, columns or {})
     for file, (present, _, _, schema) in zip(files, schemas, strict=True):
         missing = [c for c in mapping.values() if c not in present]
         if missing:
@@ -308,51 +282,13 @@ def read_parquet_large(
 
     source = (f"read_parquet([{', '.join(_literal(str(f)) for f in files)}], "
               "hive_partitioning = false, union_by_name = true)")
-    with tempfile.TemporaryDirectory(prefix="modrec-duckdb-") as tmp:
-        con = duckdb.connect(str(Path(tmp) / "types.duckdb"))
-        try:
-            kinds = {str(n): str(t) for n, t, *_ in
-                     con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-        except duckdb.Error as err:
-            first = _first_line(err)
-            raise DataFormatError(f"{path}: not a readable Parquet table ({first}); expected "
-                                  "complete Parquet files with the same columns") from None
-        finally:
-            con.close()
-
+    kinds = _column_kinds(duckdb, path, source)
     select = [f"{_quote(mapping['user'])} AS u", f"{_quote(mapping['item'])} AS i"]
     if "timestamp" in mapping:
-        t, kind = _quote(mapping["timestamp"]), kinds[mapping["timestamp"]]
-        if kind in _INTEGER:
-            select += [f"TRY_CAST({t} AS BIGINT) AS ts",
-                       f"CASE WHEN TRY_CAST({t} AS BIGINT) IS NULL THEN "
-                       f"coalesce(CAST({t} AS VARCHAR), 'null') END AS ts_bad"]
-        elif kind in _FLOAT:
-            d = f"CAST({t} AS DOUBLE)"
-            ok = (f"({d} IS NOT NULL AND isfinite({d}) AND {d} = floor({d}) AND "
-                  f"{d} >= -9223372036854775808.0 AND {d} < 9223372036854775808.0)")
-            select += [f"CASE WHEN {ok} THEN CAST({d} AS BIGINT) END AS ts",
-                       f"CASE WHEN NOT {ok} THEN coalesce(CAST({t} AS VARCHAR), 'nan') "
-                       "END AS ts_bad"]
-        elif kind.startswith("TIMESTAMP"):
-            # Seconds since 1970 (UTC), rounded down, as read_table has them; the exact
-            # count orders the events of one second.
-            exact, per = ((f"epoch_ns({t})", 10**9) if kind.endswith("_NS")
-                          else (f"epoch_us({t})", 10**6))
-            select += [f"({exact} // {per} - CASE WHEN {exact} % {per} < 0 THEN 1 ELSE 0 "
-                       "END) AS ts", f"{exact} AS ts_exact",
-                       f"CASE WHEN {t} IS NULL THEN 'NaT' END AS ts_bad"]
-        else:  # text, or what pandas reads as objects and prints (dates, decimals)
-            select += _text_timestamp(f"CAST({t} AS VARCHAR)")
+        select += _parquet_timestamp(_quote(mapping["timestamp"]), kinds[mapping["timestamp"]])
     if "weight" in mapping:
-        w, kind = _quote(mapping["weight"]), kinds[mapping["weight"]]
-        if kind == "VARCHAR":
-            select += _text_weight(w)
-        else:
-            number = (_epoch(w, dtypes[mapping["weight"]]) if kind.startswith("TIMESTAMP")
-                      else w)
-            select += [f"TRY_CAST({number} AS DOUBLE) AS w",
-                       f"coalesce(CAST({w} AS VARCHAR), 'null') AS w_raw"]
+        select += _parquet_weight(_quote(mapping["weight"]), kinds[mapping["weight"]],
+                                  dtypes[mapping["weight"]])
 
     def load(con: Any) -> None:
         try:
@@ -366,6 +302,57 @@ def read_parquet_large(
     return _import(path, mapping, load, where, name or path.stem, limit)
 
 
+def _column_kinds(duckdb: Any, path: Path, source: str) -> dict[str, str]:
+    """Each column's DuckDB type name in the table ``source`` reads."""
+    with tempfile.TemporaryDirectory(prefix="modrec-duckdb-") as tmp:
+        con = duckdb.connect(str(Path(tmp) / "types.duckdb"))
+        try:
+            return {str(n): str(t) for n, t, *_ in
+                    con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        except duckdb.Error as err:
+            first = _first_line(err)
+            raise DataFormatError(f"{path}: not a readable Parquet table ({first}); expected "
+                                  "complete Parquet files with the same columns") from None
+        finally:
+            con.close()
+
+
+def _parquet_timestamp(t: str, kind: str) -> list[str]:
+    """``ts`` and ``ts_bad`` (and ``ts_exact`` for a TIMESTAMP) of the column ``t`` of
+    DuckDB type ``kind``, as `read_table` takes timestamps (`read_parquet_large`)."""
+    if kind in _INTEGER:
+        return [f"TRY_CAST({t} AS BIGINT) AS ts",
+                f"CASE WHEN TRY_CAST({t} AS BIGINT) IS NULL THEN "
+                f"coalesce(CAST({t} AS VARCHAR), 'null') END AS ts_bad"]
+    if kind in _FLOAT:
+        d = f"CAST({t} AS DOUBLE)"
+        ok = (f"({d} IS NOT NULL AND isfinite({d}) AND {d} = floor({d}) AND "
+              f"{d} >= -9223372036854775808.0 AND {d} < 9223372036854775808.0)")
+        return [f"CASE WHEN {ok} THEN CAST({d} AS BIGINT) END AS ts",
+                f"CASE WHEN NOT {ok} THEN coalesce(CAST({t} AS VARCHAR), 'nan') "
+                "END AS ts_bad"]
+    if kind.startswith("TIMESTAMP"):
+        # Seconds since 1970 (UTC), rounded down, as read_table has them; the exact
+        # count orders the events of one second.
+        exact, per = ((f"epoch_ns({t})", 10**9) if kind.endswith("_NS")
+                      else (f"epoch_us({t})", 10**6))
+        return [f"({exact} // {per} - CASE WHEN {exact} % {per} < 0 THEN 1 ELSE 0 "
+                "END) AS ts", f"{exact} AS ts_exact",
+                f"CASE WHEN {t} IS NULL THEN 'NaT' END AS ts_bad"]
+    # text, or what pandas reads as objects and prints (dates, decimals)
+    return _text_timestamp(f"CAST({t} AS VARCHAR)")
+
+
+def _parquet_weight(w: str, kind: str, dtype: Any) -> list[str]:
+    """``w`` and ``w_raw`` of the column ``w`` of DuckDB type ``kind`` (pandas dtype
+    ``dtype``), as `read_table` takes weights."""
+    if kind == "VARCHAR":
+        return _text_weight(w)
+    number = _epoch(w, dtype) if kind.startswith("TIMESTAMP") else w
+    return [f"TRY_CAST({number} AS DOUBLE) AS w",
+            f"coalesce(CAST({w} AS VARCHAR), 'null') AS w_raw"]
+
+
 # ---- the shared part: ids, checks, sorted columns ----------------------------------------
 def _first_line(err: Exception) -> str:
     """DuckDB's message without the context lines it appends."""
@@ -375,10 +362,8 @@ def _first_line(err: Exception) -> str:
 def _id_strings(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Distinct raw ids as `read_table` turns them into strings (numbers printed by
     pandas, text stripped), and which of them are missing (null, NaN, "", "NA", ...)."""
-    from modrec.data.importers import _MISSING
-
     text = values.astype(str).str.strip()
-    missing = values.isna().to_numpy() | text.isin(_MISSING).to_numpy()
+    missing = values.isna().to_numpy() | text.isin(MISSING_IDS).to_numpy()
     ids = values.astype(str) if values.dtype.kind in "iuf" else text
     return ids.to_numpy(dtype=object), missing
 
@@ -402,66 +387,10 @@ def _import(path: Path, mapping: dict[str, str], load: Callable[[Any], None],
                 raise DataFormatError(
                     f"{path}: table has a header but no rows; expected at least one interaction"
                 )
-            maps = {}
-            for col, role in (("u", "user"), ("i", "item")):
-                # Each distinct raw value once, with the row it first appears in (which
-                # also keys it below: the first rows of distinct values differ).
-                con.execute(f"CREATE TEMP TABLE {col}_first AS SELECT {col} AS v, "
-                            f"min(rowid) AS first FROM raw GROUP BY {col}")
-                distinct = con.sql(f"SELECT v, first FROM {col}_first ORDER BY first"
-                                   ).to_arrow_table().to_pandas()
-                ids, missing = _id_strings(distinct["v"])
-                if missing.any():
-                    k = int(np.flatnonzero(missing)[0])
-                    raise DataFormatError(
-                        f"{where(int(distinct['first'].iloc[k]))}: column {mapping[role]!r} "
-                        f"has a missing id ({distinct['v'].iloc[k]!r}); expected a user or "
-                        "item id"
-                    )
-                vocab = _sorted_vocab(ids)
-                index = pd.Index(vocab).get_indexer(ids) + (1 if role == "item" else 0)
-                con.register(f"{col}_index_df", pd.DataFrame(
-                    {"first": distinct["first"].to_numpy(np.int64),
-                     "idx": index.astype(np.int32)}))
-                con.execute(f"CREATE TEMP TABLE {col}_map AS SELECT f.v, x.idx FROM "
-                            f"{col}_first f JOIN {col}_index_df x ON f.first = x.first")
-                con.unregister(f"{col}_index_df")
-                maps[role] = vocab
-                del distinct, ids
-            if "timestamp" in mapping:
-                bad = con.execute("SELECT rowid, ts_bad FROM raw WHERE ts_bad IS NOT NULL "
-                                  "ORDER BY rowid LIMIT 1").fetchone()
-                if bad is not None:
-                    raise DataFormatError(
-                        f"{where(int(bad[0]))}: column {mapping['timestamp']!r} must be "
-                        "numeric: expected an integer timestamp within int64, got "
-                        f"{bad[1]!r}"
-                    )
-            if "weight" in mapping:
-                bad = con.execute(
-                    "SELECT rowid, w_raw FROM raw WHERE w IS NULL OR isnan(w) OR isinf(w) OR "
-                    f"abs(w) >= {_FLOAT32_OVERFLOW!r} ORDER BY rowid LIMIT 1").fetchone()
-                if bad is not None:
-                    raise DataFormatError(
-                        f"{where(int(bad[0]))}: column {mapping['weight']!r} must be "
-                        "numeric: expected a finite number within float32, got "
-                        f"{bad[1]!r}"
-                    )
-            out = ["um.idx AS user", "im.idx AS item"]
-            order = ["um.idx"]
-            if "timestamp" in mapping:
-                out.append("raw.ts AS timestamp")
-                order.append("raw.ts")
-                described = con.execute("DESCRIBE raw").fetchall()
-                if any(column == "ts_exact" for column, *_ in described):
-                    order.append("raw.ts_exact")  # a datetime's events within a second
-            if "weight" in mapping:
-                out.append("raw.w AS weight")
-            order.append("raw.rowid")
-            result = con.execute(
-                f"SELECT {', '.join(out)} FROM raw JOIN u_map um ON raw.u = um.v "
-                f"JOIN i_map im ON raw.i = im.v ORDER BY {', '.join(order)}"
-            ).fetchnumpy()
+            maps = {role: _number_ids(con, col, role, mapping[role], where)
+                    for col, role in (("u", "user"), ("i", "item"))}
+            _check_values(con, mapping, where)
+            result = _sorted_rows(con, mapping)
         finally:
             con.close()
 
@@ -482,3 +411,77 @@ def _import(path: Path, mapping: dict[str, str], load: Callable[[Any], None],
         pd.DataFrame({"user": np.arange(len(users), dtype=np.int32), "user_id": users}),
         {"format": "table", "source": str(path), "columns": mapping},
     )
+
+
+def _number_ids(con: Any, col: str, role: str, column: str, where: Callable[[int], str]
+                ) -> np.ndarray:
+    """The sorted vocabulary of ``raw.{col}`` (the user or item ids of ``column``), and
+    the table ``{col}_map`` from each raw value to its index (items from 1, users from
+    0); a missing id is an error naming its first row."""
+    # Each distinct raw value once, with the row it first appears in (which
+    # also keys it below: the first rows of distinct values differ).
+    con.execute(f"CREATE TEMP TABLE {col}_first AS SELECT {col} AS v, "
+                f"min(rowid) AS first FROM raw GROUP BY {col}")
+    distinct = con.sql(f"SELECT v, first FROM {col}_first ORDER BY first"
+                       ).to_arrow_table().to_pandas()
+    ids, missing = _id_strings(distinct["v"])
+    if missing.any():
+        k = int(np.flatnonzero(missing)[0])
+        raise DataFormatError(
+            f"{where(int(distinct['first'].iloc[k]))}: column {column!r} "
+            f"has a missing id ({distinct['v'].iloc[k]!r}); expected a user or "
+            "item id"
+        )
+    vocab = _sorted_vocab(ids)
+    index = pd.Index(vocab).get_indexer(ids) + (1 if role == "item" else 0)
+    con.register(f"{col}_index_df", pd.DataFrame(
+        {"first": distinct["first"].to_numpy(np.int64),
+         "idx": index.astype(np.int32)}))
+    con.execute(f"CREATE TEMP TABLE {col}_map AS SELECT f.v, x.idx FROM "
+                f"{col}_first f JOIN {col}_index_df x ON f.first = x.first")
+    con.unregister(f"{col}_index_df")
+    return vocab
+
+
+def _check_values(con: Any, mapping: dict[str, str], where: Callable[[int], str]) -> None:
+    """The first row whose timestamp or weight `read_table` would refuse, as its error."""
+    if "timestamp" in mapping:
+        bad = con.execute("SELECT rowid, ts_bad FROM raw WHERE ts_bad IS NOT NULL "
+                          "ORDER BY rowid LIMIT 1").fetchone()
+        if bad is not None:
+            raise DataFormatError(
+                f"{where(int(bad[0]))}: column {mapping['timestamp']!r} must be "
+                "numeric: expected an integer timestamp within int64, got "
+                f"{bad[1]!r}"
+            )
+    if "weight" in mapping:
+        bad = con.execute(
+            "SELECT rowid, w_raw FROM raw WHERE w IS NULL OR isnan(w) OR isinf(w) OR "
+            f"abs(w) >= {_FLOAT32_OVERFLOW!r} ORDER BY rowid LIMIT 1").fetchone()
+        if bad is not None:
+            raise DataFormatError(
+                f"{where(int(bad[0]))}: column {mapping['weight']!r} must be "
+                "numeric: expected a finite number within float32, got "
+                f"{bad[1]!r}"
+            )
+
+
+def _sorted_rows(con: Any, mapping: dict[str, str]) -> dict[str, Any]:
+    """The interactions as numbered columns (user, item and, as mapped, timestamp and
+    weight), ordered by user, time, the exact time and the row of the file."""
+    out = ["um.idx AS user", "im.idx AS item"]
+    order = ["um.idx"]
+    if "timestamp" in mapping:
+        out.append("raw.ts AS timestamp")
+        order.append("raw.ts")
+        described = con.execute("DESCRIBE raw").fetchall()
+        if any(column == "ts_exact" for column, *_ in described):
+            order.append("raw.ts_exact")  # a datetime's events within a second
+    if "weight" in mapping:
+        out.append("raw.w AS weight")
+    order.append("raw.rowid")
+    result: dict[str, Any] = con.execute(
+        f"SELECT {', '.join(out)} FROM raw JOIN u_map um ON raw.u = um.v "
+        f"JOIN i_map im ON raw.i = im.v ORDER BY {', '.join(order)}"
+    ).fetchnumpy()
+    return result

@@ -31,8 +31,8 @@ from modrec.data.dataset import (
     report_repeats,
     settle_repeats,
 )
+from modrec.data.formats import import_path
 from modrec.data.importers import (
-    import_path,
     read_movielens,
     read_movielens_movies,
     read_pairs,

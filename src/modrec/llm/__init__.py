@@ -8,7 +8,8 @@ opened from a spec string:
                                 downloaded where a network exists, or a local folder)
 
 Prompts are versioned templates in ``modrec/llm/prompts/`` (`load_prompt`). Imports
-nothing else of modrec; ``content.annotate`` puts it to work on a catalog.
+nothing else of modrec but `modrec.fingerprints` (the weights' identities content uses
+too); ``content.annotate`` puts it to work on a catalog.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs
+from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs, require_json
 
 
 class HFModel:
@@ -84,10 +84,7 @@ class HFModel:
         self.stats["generated_tokens"] += len(new)
         text = str(self.tokenizer.decode(new, skip_special_tokens=True))
         if schema is not None:
-            try:
-                json.loads(text)
-            except ValueError:
-                raise LLMError(f"{self.spec} wrote no valid JSON ({text[:120]!r}); the hf: "
-                               "backend cannot constrain output, use local: or openai: "
-                               "for JSON") from None
+            require_json(text, f"{self.spec} wrote no valid JSON ({text[:120]!r}); the hf: "
+                               "backend cannot constrain output, use local: or openai: for "
+                               "JSON")
         return text

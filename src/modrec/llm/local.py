@@ -20,8 +20,6 @@ process is busy, two spinning threads slowed generation about 30x here. Use
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -31,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs
+from modrec.fingerprints import file_fingerprint
+from modrec.llm.model import LLMError, Message, OptionTokens, option_logprobs, require_json
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +83,6 @@ def _common_length(token_lists: list[list[int]]) -> int:
             n += 1
         common = n
     return common
-
-
-def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """A cheap identity of a weights file: SHA-256 over its size and its first and last
-    MiB (hashing a multi-gigabyte file in full on every start would cost seconds)."""
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    digest.update(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(chunk))
-        f.seek(max(size - chunk, 0))
-        digest.update(f.read(chunk))
-    return f"gguf:{size}:{digest.hexdigest()[:16]}"
 
 
 class LlamaCppModel:
@@ -306,11 +292,8 @@ class LlamaCppModel:
         choice = reply["choices"][0]  # type: ignore[index]
         text = choice["message"]["content"] or ""
         if schema is not None:
-            try:
-                json.loads(text)
-            except ValueError:
-                raise LLMError(f"the reply stopped before its JSON was complete "
+            require_json(text, f"the reply stopped before its JSON was complete "
                                f"({choice.get('finish_reason')}, {len(text)} characters); "
-                               "raise max_tokens") from None
+                               "raise max_tokens")
         return text
 

@@ -22,6 +22,7 @@ renders it exactly; over HTTP it is sent with vLLM's ``continue_final_message`` 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +53,19 @@ class LanguageModel(Protocol):
     def score(self, messages: list[Message], options: list[str]) -> np.ndarray:
         """``(K,)`` float64 log-probabilities that the reply's first token is each option's."""
         ...
+
+
+def require_json(text: str, problem: str) -> str:
+    """``text`` when it parses as JSON, else `LLMError` saying ``problem``: the one check
+    every backend makes of a reply a schema asked for (a grammar or ``response_format``
+    should have made it JSON; a reply cut short by ``max_tokens``, a server ignoring the
+    format, or the unconstrained ``hf:`` backend may not). Each backend words ``problem``
+    for its own cause and cure."""
+    try:
+        json.loads(text)
+    except ValueError:
+        raise LLMError(problem) from None
+    return text
 
 
 def score_all(llm: LanguageModel, prompts: list[list[Message]],

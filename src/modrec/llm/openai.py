@@ -17,7 +17,6 @@ Ollama and hosted services speak. ``openai:http://127.0.0.1:8011/v1#qwen`` posts
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from modrec.llm.model import MISSING_LOGPROB, LLMError, Message, same_token
+from modrec.llm.model import MISSING_LOGPROB, LLMError, Message, require_json, same_token
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -105,13 +104,9 @@ class OpenAIModel:
                     continue  # the same request in the other dialect
                 raise
             self._schema_style = style
-            try:
-                json.loads(text)
-            except ValueError:
-                raise LLMError(f"{self.base_url} answered text that is not JSON although a "
-                               f"schema was sent ({text[:200]!r}); does the server support "
-                               "response_format?") from None
-            return text
+            return require_json(text, f"{self.base_url} answered text that is not JSON "
+                                f"although a schema was sent ({text[:200]!r}); does the "
+                                "server support response_format?")
         raise LLMError(f"{self.base_url} refused both json_schema and json_object formats")
 
     def score_batch(self, prompts: list[list[Message]], options: list[str]) -> np.ndarray:

@@ -28,7 +28,6 @@ import torch
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-from modrec import paths
 from modrec.eval.evaluator import user_vectors
 from modrec.runs import Run, RunError, load_run
 from modrec.serve.errors import RequestError
@@ -220,16 +219,15 @@ class Recommender:
         with self._search_lock:
             if self._search is None:
                 from modrec.content.search import TextSearch
-                from modrec.content.store import EmbeddingStore
+                from modrec.content.store import EmbeddingStore, default_folder
 
                 dataset = self.run.dataset
                 # An exported bundle carries its text embeddings; a run folder uses the
                 # dataset's store.
                 folder = self.folder / "embeddings"
                 if not (folder / "manifest.json").exists():
-                    folder = paths.embeddings_dir() / dataset.name.replace("/", "_")
-                manifest = folder / "manifest.json"
-                if not manifest.exists() or '"text"' not in manifest.read_text():
+                    folder = default_folder(dataset.name)
+                if "text" not in EmbeddingStore.stored(folder):
                     raise RequestError(
                         f"no text embeddings for {dataset.name!r} (looked in {folder}); run "
                         f"`modrec embed -d {dataset.name} --encoder text`, or export a bundle "

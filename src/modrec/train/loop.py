@@ -13,7 +13,7 @@ per validation pass and the test results. An epoch whose loss, weights or valida
 scores are NaN or infinite stops the run (`Diverged`) before anything of it is saved;
 a folder that already holds trained weights is trained into again only with
 ``resume``. Benchmark scripts build on the same pieces.
-Under ``torchrun`` the same pieces train data-parallel (`train/distributed.py` says
+Under ``torchrun`` the same pieces train data-parallel (`modrec/distributed.py` says
 how the work and the writing divide among ranks).
 
 ``refit(run_dir, out_dir)`` retrains a finished run with the validation items added
@@ -59,6 +59,7 @@ from modrec.data.batches import (
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
 from modrec.data.splits import EvalSet, check_split
+from modrec.distributed import World
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
 from modrec.models import RetrievalModel, Scorer, Trainable, build_model
 from modrec.models.sharded_items import ShardableTable
@@ -66,7 +67,6 @@ from modrec.progress import progress_bar
 from modrec.runs import RunDir, RunError
 from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
-from modrec.train.distributed import World
 from modrec.train.losses import next_item_loss, sampled_softmax_by_lookup
 
 log = logging.getLogger(__name__)

@@ -37,10 +37,10 @@ import torch.distributed as dist
 from torch import nn
 
 from modrec.data.splits import EvalSet
+from modrec.distributed import World
 from modrec.eval.evaluator import LookupScorer, rank_targets_blockwise
 from modrec.models.sharded_items import TABLE, ShardableTable, require_torchrec
 from modrec.runs import RunDir, RunError
-from modrec.train.distributed import World
 
 EVAL_BLOCK = 65536  # catalog rows per evaluation block: 16 MiB of vectors at D = 64
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modrec.content.encoders.base import Spec
 from modrec.content.media import load_image
+from modrec.data import Dataset
 
 SIZE = 224
 
@@ -94,3 +96,8 @@ class ImageEncoder:
             pixels = to_tensor(images[start:start + self.batch_size], self._mean, self._std)
             out.append(torch.softmax(self._net(pixels.to(self.device)), dim=-1).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> ImageEncoder:
+    """``image`` (EfficientNet-Lite0) or ``image:MODEL`` (``image:timm:resnet50``)."""
+    return ImageEncoder(spec.option or "efficientnet-lite0", name=spec.name, device=device)

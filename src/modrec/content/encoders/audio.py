@@ -3,7 +3,7 @@
 Each clip becomes the mean and standard deviation over time of 64 log-mel bands
 (128-d): a cheap, model-free description of timbre and loudness. Pretrained audio
 embeddings (VGGish, Whisper) computed elsewhere enter as precomputed vectors instead
-(`modrec.content.precomputed`).
+(`modrec.content.encoders.precomputed`).
 
 Files are decoded by `modrec.content.media`; `AudioEncoder.encode_waveform` encodes an
 already decoded waveform, which is how the video encoder encodes its soundtrack.
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError, Spec
 from modrec.content.media import SAMPLE_RATE, load_audio
+from modrec.data import Dataset
 
 N_MELS = 64
 
@@ -56,3 +57,8 @@ class AudioEncoder:
     def encode_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         """One decoded mono clip -> float32 ``(dim,)``."""
         return log_mel_stats(waveform, sample_rate)
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> AudioEncoder:
+    """``audio``: model-free, so any option is ignored and the device too."""
+    return AudioEncoder(name=spec.name)

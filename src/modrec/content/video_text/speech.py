@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from modrec.content.columns import weights_fingerprint
 from modrec.content.media import SAMPLE_RATE
+from modrec.fingerprints import weights_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from modrec.content.audio import AudioEncoder
-from modrec.content.encoder import EncodeError
-from modrec.content.image import ImageEncoder
-from modrec.content.media import decode_audio, sample_frames  # callers import these from here too
+from modrec.content.encoders.audio import AudioEncoder
+from modrec.content.encoders.base import EncodeError, Spec
+from modrec.content.encoders.image import ImageEncoder
+from modrec.content.media import decode_audio, sample_frames
+from modrec.data import Dataset
 
 
 class WaveformEncoder(Protocol):
@@ -56,3 +57,9 @@ class VideoEncoder:
         audio = (self.audio.encode_waveform(*sound) if sound is not None and sound[0].size
                  else np.zeros(self.audio.dim, np.float32))
         return np.concatenate([frames.mean(0), frames.max(0), audio]).astype(np.float32)
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> VideoEncoder:
+    """``video``, or ``video:MODEL`` naming the image model its frames go through."""
+    image = ImageEncoder(spec.option or "efficientnet-lite0", device=device)
+    return VideoEncoder(image=image, name=spec.name)

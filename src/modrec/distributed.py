@@ -1,12 +1,15 @@
-"""Data-parallel training under ``torchrun``: the process group from torchrun's
-environment, and the few collective steps the loop needs.
+"""Data parallelism under ``torchrun``: the process group from torchrun's environment,
+and the few collective steps training and extraction need (`World`).
 
 ``torchrun --nproc_per_node 2 -m modrec train ...`` starts the same command in two
 processes with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` set; `World.from_env` joins them (gloo on a CPU, NCCL on GPUs, chosen
 from the device). Without torchrun it is a world of one and nothing here communicates.
+A top-level module, below every package that uses it: `modrec.train` (the loop) and
+`modrec.content` (`modrec embed`, sharded by item: `modrec.content.embed`) both join a
+world, and content must not import training.
 
-How a run divides among ranks (`modrec.train.loop` calls these):
+How a training run divides among ranks (`modrec.train.loop` calls these):
 
 * every rank holds the whole training set and draws the same batch order each epoch
   from a generator seeded by (seed, epoch); rank r keeps rows r, r + W, ... of every

@@ -1,5 +1,7 @@
 """Vectors computed elsewhere (VGGish or Whisper audio embeddings, a text model run
-offline) used as an encoder's output: a matrix plus the item id of each row."""
+offline) used as an encoder's output: a matrix plus the item id of each row. A named
+dataset's shipped matrices are found by `modrec.content.encoders.registry`; ``run:RUN``
+(`build_run`) takes a trained run's item vectors."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError, Spec
+from modrec.data import Dataset
 
 
 class PrecomputedEncoder:
@@ -60,3 +63,8 @@ class PrecomputedEncoder:
                 raise EncodeError(f"item {item_id!r} has no precomputed {self.name} vector")
             rows.append(self._row[str(item_id)])
         return self._vectors[rows]
+
+
+def build_run(spec: Spec, dataset: Dataset, device: str) -> PrecomputedEncoder:
+    """``run:RUN_DIR``: the item vectors the run in RUN_DIR learned."""
+    return PrecomputedEncoder.from_run(spec.name, Path(spec.option), dataset.name)

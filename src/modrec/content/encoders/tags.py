@@ -1,7 +1,8 @@
 """Metadata encoder: categorical tags (genres, categories) as multi-hot vectors.
 
 The vocabulary is the dataset's own: every tag that occurs in the ``tags`` column
-(``|``-separated). Its version is a hash of the vocabulary, so adding a tag to the
+(``|``-separated), or in the column a spec names (``tags:tmdb_genres``,
+``tags:frame_labels``). Its version is a hash of the vocabulary, so adding a tag to the
 catalog re-encodes the store.
 """
 
@@ -13,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from modrec.content.encoder import EncodeError
+from modrec.content.catalog import column_names
+from modrec.content.encoders.base import EncodeError, Spec
+from modrec.data import Dataset
 
 
 def split_tags(value: Any) -> list[str]:
@@ -51,3 +54,14 @@ class TagEncoder:
                 if tag in self._index:
                     out[row, self._index[tag]] = 1.0
         return out
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> TagEncoder:
+    """``tags`` or ``tags:COLUMN``: the vocabulary of that item column."""
+    column = spec.option or "tags"
+    if column not in dataset.items.columns:
+        raise ValueError(f"dataset {dataset.name!r} has no item column {column!r} for "
+                         f"{spec.text!r}; item columns: {column_names(dataset)}")
+    encoder = TagEncoder.fit(dataset.items[column].dropna(), name=spec.name)
+    encoder.reads = column
+    return encoder

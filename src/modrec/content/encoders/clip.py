@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from modrec.content.columns import weights_fingerprint
-from modrec.content.encoder import EncodeError
+from modrec.content.encoders.base import EncodeError, Spec
 from modrec.content.media import load_image
+from modrec.data import Dataset
+from modrec.fingerprints import weights_fingerprint
 
 PREFIX = "clip:"
 
@@ -121,3 +122,10 @@ class QueryTower:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode_text(texts)
+
+
+def build(spec: Spec, dataset: Dataset, device: str) -> ClipEncoder:
+    """``clip:MODEL`` (the image tower, over the ``image`` column) or ``clip-text:MODEL``
+    (the text tower, over item text)."""
+    return ClipEncoder(spec.option, reads="image" if spec.modality == "clip" else "text",
+                       name=spec.name, device=device)

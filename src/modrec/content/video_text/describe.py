@@ -1,19 +1,10 @@
-"""What is said and shown in a catalog's videos, as item columns (`modrec transcribe`).
-
-Per video, each a computed column (`modrec.content.columns`):
-
-    transcript     the soundtrack through Whisper (`modrec.content.speech`)
-    frame_labels   ImageNet labels of sampled frames, ``|``-separated like tags
-                   (`modrec.content.frames`), so ``tags:frame_labels`` encodes them
-    ocr            the words on screen (Tesseract; skipped, with the reason logged and
-                   reported, where it is not installed)
-    video_text     the three as one text for language models and text encoders:
-                   "TRANSCRIPT\\nShown: LABEL, LABEL.\\nOn screen: WORDS."
+"""The video-text job (`describe_videos`): for each item's video, the parts its files
+lack, then ``video_text`` joining them (the package docstring says what each is).
 
 The job visits the items in catalog order and, for each, makes only the parts its
 files lack, appending each result as it is made: a killed job loses at most the item in
 hand, and a rerun makes nothing it has. A file that is missing, unreadable or outside
-the catalog's folder (the confinement of `modrec.content.extract.media_resolver`) gets a
+the catalog's folder (the confinement of `modrec.content.catalog.media_resolver`) gets a
 record with the error for every part and a log line naming the item, and the job goes
 on; as in the embedding store, a failure is remembered, not retried on every run. A
 video without a soundtrack gets an empty transcript (that is information, not a
@@ -32,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modrec.content.catalog import catalog_folder, item_inputs, media_resolver
 from modrec.content.columns import ItemColumns, Producer
-from modrec.content.encoder import EncodeError
-from modrec.content.extract import catalog_folder, item_inputs, media_resolver
+from modrec.content.encoders.base import EncodeError
 from modrec.content.media import decode_audio, sample_frames
 from modrec.data import Dataset
 from modrec.progress import Bar, progress_bar
@@ -168,21 +159,21 @@ def _parts(settings: VideoTextSettings, columns: ItemColumns, items: int
     parts: list[_Part] = []
     skipped: list[PartReport] = []
     if "transcript" in settings.parts:
-        from modrec.content.speech import Transcriber
+        from modrec.content.video_text.speech import Transcriber
 
         whisper = Transcriber(settings.model, settings.device, threads=settings.threads,
                               language=settings.language)
         parts.append(_Part(Producer("transcript", whisper.fingerprint, whisper.version,
                                     "video"), columns, items, _transcribe(whisper)))
     if "frame_labels" in settings.parts:
-        from modrec.content.frames import FrameLabeler
+        from modrec.content.video_text.frame_labels import FrameLabeler
 
         labeler = FrameLabeler(top=settings.top_labels, device=settings.device)
         version = f"frames{settings.frames}:{labeler.version}"
         parts.append(_Part(Producer("frame_labels", labeler.fingerprint, version, "video"),
                            columns, items, _label(labeler)))
     if "ocr" in settings.parts:
-        from modrec.content.frames import ScreenText, ocr_unavailable
+        from modrec.content.video_text.ocr import ScreenText, ocr_unavailable
 
         reason = ocr_unavailable()
         if reason:

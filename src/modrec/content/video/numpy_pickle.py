@@ -6,9 +6,9 @@ file runs whatever it names (``os.system``...) under ``pickle.load``. `load_nump
 unpickles with `NumpyUnpickler`, which resolves only the names numpy's own arrays are
 rebuilt from and refuses every other one before anything is called. What it can then
 build is dicts, lists, tuples, strings, numbers and numpy arrays; callers check the
-arrays' dtypes and shapes themselves (`modrec.content.i3d` does, against its network).
-Pickle protocols 3 and later only: before 3, bytes (an array's data) are rebuilt by
-calling ``_codecs.encode``, which is not admitted.
+arrays' dtypes and shapes themselves (`modrec.content.video.i3d` does, against its
+network). Pickle protocols 3 and later only: before 3, bytes (an array's data) are
+rebuilt by calling ``_codecs.encode``, which is not admitted.
 """
 
 from __future__ import annotations

@@ -1,0 +1,51 @@
+"""The one interface every content encoder has (`Encoder`, `EncodeError`), and what a
+builder of one is given (`Spec`, `Builder`: `modrec.content.encoders.registry`).
+
+An encoder turns a batch of one modality's raw inputs (texts, file paths, tag lists or
+item ids) into a float32 matrix ``(B, dim)``. ``reads`` says which item column feeds
+it, so the embed job needs no per-modality code. ``version`` names the weights
+and settings: the embedding store re-encodes everything when it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from modrec.data import Dataset
+
+
+class EncodeError(RuntimeError):
+    """One item's input could not be encoded (missing or unreadable file, empty text)."""
+
+
+class Encoder(Protocol):
+    name: str  # the store's key for this encoder's matrix
+    dim: int
+    version: str
+    reads: str  # the item column holding the inputs: text, image, video, audio, tags, item_id
+
+    def encode(self, batch: list[Any]) -> np.ndarray:
+        """``len(batch)`` inputs -> float32 ``(len(batch), dim)``. Raises on a bad input;
+        the job then retries the batch item by item to find and flag the culprit."""
+        ...
+
+
+@dataclass(frozen=True)
+class Spec:
+    """An encoder spec (``--encoder``) taken apart: ``MODALITY[:OPTION]``, and ``name``,
+    the store key its matrix gets (`modrec.content.store.store_name`)."""
+
+    text: str  # as given: ``tags:tmdb_genres``
+    modality: str  # ``tags``
+    option: str  # ``tmdb_genres``; "" when none is given
+    name: str  # ``tags-tmdb_genres``
+
+
+class Builder(Protocol):
+    def __call__(self, spec: Spec, dataset: Dataset, device: str) -> Encoder:
+        """The encoder ``spec`` names, for ``dataset``'s items, on ``device``."""
+        ...

@@ -130,8 +130,9 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     ``resume`` and a checkpoint there, everything as the checkpoint left it. Writes the
     run's config.json and dataset snapshot. ``config`` itself is never changed.
 
-    The steps below run in this order on every rank; anything refused is refused
-    before the run folder is written."""
+    Every rank runs the steps below in this order (rank 0 alone writes the folder);
+    the resume policy (`train.resume`) and the checks of data, split, model and
+    settings run before the folder is written."""
     run = RunDir(out_dir)
     if not resume:
         check_new(run)  # only --resume trains into a folder with trained weights

@@ -12,12 +12,13 @@
 per validation pass and the test results. An epoch whose loss, weights or validation
 scores are NaN or infinite stops the run (`Diverged`) before anything of it is saved;
 a folder that already holds trained weights is trained into again only with
-``resume``. Benchmark scripts build on the same pieces.
-Under ``torchrun`` the same pieces train data-parallel (`modrec/distributed.py` says
-how the work and the writing divide among ranks).
+``resume`` (the resume policy is `train/resume.py`). Benchmark scripts build on the
+same pieces. Under ``torchrun`` the same pieces train data-parallel
+(`modrec/distributed.py` says how the work and the writing divide among ranks).
 
-``refit(run_dir, out_dir)`` retrains a finished run with the validation items added
-to training, for the epoch count its validation chose.
+`setup` is itself a sequence of named steps (seeds, data, model, placement, items,
+run folder, optimiser, wrapping and restore). ``refit`` (`train/refit.py`) retrains a
+finished run through `train`.
 """
 
 from __future__ import annotations
@@ -38,15 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from modrec.config import (
-    RESUMABLE_SECTIONS,
-    LossConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    config_changes,
-    config_from_dict,
-)
+from modrec.config import LossConfig, ModelConfig, RunConfig, TrainConfig
 from modrec.content.store import EmbeddingStore, content_matrix
 from modrec.data import Dataset, Split, load_dataset, make_split
 from modrec.data.batches import (
@@ -68,15 +61,16 @@ from modrec.runs import RunDir, RunError
 from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
 from modrec.train.losses import next_item_loss, sampled_softmax_by_lookup
+from modrec.train.resume import check_new, resume_history
 
 log = logging.getLogger(__name__)
 
 SELECT_ON = "ndcg@10"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
-    """Everything one training run holds while it runs."""
+    """Everything one training run holds while it runs (built by `setup`, by keyword)."""
 
     config: RunConfig  # the caller's, with derived settings filled in (a copy)
     run: RunDir
@@ -134,13 +128,51 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
           show_progress: bool = True) -> Session:
     """Data, split, model, optimiser and counters for a run into ``out_dir``; with
     ``resume`` and a checkpoint there, everything as the checkpoint left it. Writes the
-    run's config.json and dataset snapshot. ``config`` itself is never changed."""
+    run's config.json and dataset snapshot. ``config`` itself is never changed.
+
+    Every rank runs the steps below in this order (rank 0 alone writes the folder);
+    the resume policy (`train.resume`) and the checks of data, split, model and
+    settings run before the folder is written."""
     run = RunDir(out_dir)
     if not resume:
-        _check_new(run)
-    tc = config.train
-    world = World.from_env(tc.device)
-    device = world.device(tc.device)
+        check_new(run)  # only --resume trains into a folder with trained weights
+    world = World.from_env(config.train.device)
+    device = world.device(config.train.device)
+    rng, generator = _seeds(config.train, world, device)
+    rank_users = config.data.rank_users and world.distributed
+    dataset, split = _data(config, world, rank_users)
+    config, model = _model(config, dataset, split, rank_users)
+    table = sharded.table_of(model)
+    checkpoint = Checkpoint(run.checkpoint_file)
+    resuming = resume and checkpoint.exists()
+    model = _place(model, config, device, checkpoint if resuming else None, world)
+    if world.distributed:
+        torch.manual_seed(config.train.seed + 1_000_003 * world.rank)  # dropout, per rank
+    known, pool = _items(model, config, split, world, device, rank_users)
+    resumed = (resume_history(run, config, dataset, checkpoint.progress().epoch)
+               if resuming else [])
+    if world.is_main:
+        _write_run(run, config, dataset, split, known, world.size, resumed,
+                   clear_table=table is not None and not resuming)
+    optimizer, averaged = _optimiser(model, split, config.train)
+    session = Session(
+        config=config, run=run, dataset=dataset, split=split, model=model,
+        kept=model if averaged is None else averaged.module, optimizer=optimizer,
+        averaged=averaged, examples=TrainingExamples.of(split.train, config.model.max_len),
+        pool=pool, rng=rng, generator=generator, checkpoint=checkpoint, progress=Progress(),
+        loss=BatchLoss(model, config.loss, by_lookup=table is not None), world=world,
+        device=device, show_progress=show_progress and world.is_main, table=table,
+        rank_users=rank_users)
+    _wrap_and_restore(session, resuming)
+    if world.is_main:
+        run.keep_metrics_until(session.progress.epoch if resuming else -1)
+    return session
+
+
+def _seeds(tc: TrainConfig, world: World, device: str) -> tuple[np.random.Generator,
+                                                                 torch.Generator]:
+    """Seed the initial weights (alike on every rank) and make the run's random streams:
+    ``rng`` (batch order, cloze masks) and ``generator`` (sampled negatives)."""
     torch.manual_seed(tc.seed)  # the initial weights, alike on every rank
     # Per rank under torchrun, so that ranks do not draw the same masks and negatives;
     # one process keeps the single seed it always had.
@@ -148,8 +180,12 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     rng = np.random.default_rng(rank_seed)
     generator = torch.Generator(device=device).manual_seed(
         tc.seed + 1_000_003 * world.rank)
+    return rng, generator
 
-    rank_users = config.data.rank_users and world.distributed
+
+def _data(config: RunConfig, world: World, rank_users: bool) -> tuple[Dataset, Split]:
+    """The dataset (with ``rank_users``, this rank's block of users) and its split. Rank
+    0 reads first: it converts and caches the dataset, the others then read the cache."""
     if rank_users:
         _check_rank_users(config)
     if not world.is_main:
@@ -159,7 +195,14 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
                             config.data.consecutive_repeats))
     if world.is_main:
         world.barrier()
-    split = make_split(dataset, config.data.split)
+    return dataset, make_split(dataset, config.data.split)
+
+
+def _model(config: RunConfig, dataset: Dataset, split: Split,
+           rank_users: bool) -> tuple[RunConfig, nn.Module]:
+    """The model (on the CPU, or a sharded table on "meta"), and the config with the
+    content width it reads filled in; the split is checked against what the model
+    needs (a validation and a test target for every model trained by epochs)."""
     content = content_for(config.model, dataset)
     if content is not None:  # the content width follows from the store
         config = dataclasses.replace(
@@ -167,17 +210,28 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     model = build_model(config.model, dataset.num_items, content, dataset.has_timestamps)
     if not rank_users:  # a rank's block of users may hold no targets; the others do
         check_split(split, dataset, config.data.split, getattr(model, "fit", None) is None)
-    table = sharded.table_of(model)
-    checkpoint = Checkpoint(run.checkpoint_file)
-    resuming = resume and checkpoint.exists()
+    return config, model
+
+
+def _place(model: nn.Module, config: RunConfig, device: str, resuming: Checkpoint | None,
+           world: World) -> nn.Module:
+    """The model on ``device``; a sharded table (checked, and with ``resuming``'s
+    checkpoint, its parts checked against this world) stays on "meta", where
+    DistributedModelParallel places it when the loss is wrapped."""
     if config.model.item_table == "sharded":
-        _check_sharded(config, model)
-        if resuming:
-            _check_sharded_resume(checkpoint, world)
-    else:  # a sharded table is still on "meta": DistributedModelParallel places it below
-        model = model.to(device)
-    if world.distributed:
-        torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
+        sharded.check_settings(config, model)
+        if resuming is not None:
+            sharded.check_resume(resuming, world)
+        return model
+    return model.to(device)
+
+
+def _items(model: nn.Module, config: RunConfig, split: Split, world: World, device: str,
+           rank_users: bool) -> tuple[np.ndarray, torch.Tensor | None]:
+    """The items training knows (an item tower keeps the others' rows untrained) and the
+    pool of negatives (None: all items; a cold-items split withholds its cold ones).
+    With ``rank_users`` the known items are the union over ranks, and a fitted model,
+    which counts over all users, is refused."""
     if rank_users and getattr(model, "fit", None) is not None:
         raise ValueError(f"data.rank_users: model {config.model.name!r} is fitted from "
                          "counts over all users, which no rank holds; fit it in one process")
@@ -190,80 +244,73 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     pool = None
     if split.cold_items is not None:  # withheld items stay unseen, even as negatives
         pool = torch.from_numpy(np.flatnonzero(~split.cold_items[1:]) + 1).to(device)
+    return known, pool
 
-    resumed = (resume_history(run, config, dataset, checkpoint.progress().epoch)
-               if resuming else [])
-    if world.is_main:
-        run.create()
-        run.write_config(config, {
-            "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
-            "protocol": split.protocol, "world_size": world.size,
-            **({"resumed": resumed} if resumed else {})})
-        run.write_snapshot(dataset, known)
-        if table is not None and not resuming:  # parts an earlier, killed run left
-            run.clear_table()
 
-    optimizer, averaged = None, None
+def _write_run(run: RunDir, config: RunConfig, dataset: Dataset, split: Split,
+               known: np.ndarray, world_size: int, resumed: list[dict[str, Any]],
+               clear_table: bool) -> None:
+    """Rank 0's writes: the run folder, its config.json (the dataset's description and
+    fingerprint, the protocol, the resumes) and the dataset snapshot; with
+    ``clear_table``, the sharded-table parts an earlier, killed run left."""
+    run.create()
+    run.write_config(config, {
+        "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
+        "protocol": split.protocol, "world_size": world_size,
+        **({"resumed": resumed} if resumed else {})})
+    run.write_snapshot(dataset, known)
+    if clear_table:  # parts an earlier, killed run left
+        run.clear_table()
+
+
+def _optimiser(model: nn.Module, split: Split,
+               tc: TrainConfig) -> tuple[torch.optim.Optimizer | None, AveragedModel | None]:
+    """AdamW over the dense parameters and, with ``train.ema_decay``, the moving average
+    of the weights; a model with nothing to learn by gradient is fitted here instead
+    (no optimiser)."""
     fit = getattr(model, "fit", None)
     if fit is not None:  # nothing to learn by gradient
         fit(split.train)
-    else:
-        # A sharded table's rows are stepped by TorchRec's fused optimiser instead.
-        optimizer = torch.optim.AdamW(sharded.dense_parameters(model), lr=tc.lr,
-                                      betas=tc.betas, weight_decay=tc.weight_decay)
-        # With train.ema_decay, the weights validated and kept are a moving average of
-        # the trained ones; the trained ones go on being optimised as usual.
-        if tc.ema_decay is not None:
-            averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
-    progress = Progress()
-    if resuming and optimizer is not None and table is None:
-        progress = checkpoint.restore(model, optimizer, averaged, rng, generator, world.rank)
-        log.info("resumed %s at epoch %d", run.folder, progress.epoch)
-    loss: nn.Module = BatchLoss(model, config.loss, by_lookup=table is not None)
-    if table is not None:
-        loss = sharded.shard(loss, world, device, config.model.item_sharding, tc.table_lr)
-        log.info("item table shard on rank %d: %s", world.rank, sharded.shard_sizes(table))
+        return None, None
+    # A sharded table's rows are stepped by TorchRec's fused optimiser instead.
+    optimizer = torch.optim.AdamW(sharded.dense_parameters(model), lr=tc.lr,
+                                  betas=tc.betas, weight_decay=tc.weight_decay)
+    # With train.ema_decay, the weights validated and kept are a moving average of
+    # the trained ones; the trained ones go on being optimised as usual.
+    averaged = None
+    if tc.ema_decay is not None:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+    return optimizer, averaged
+
+
+def _wrap_and_restore(session: Session, resuming: bool) -> None:
+    """Wrap the session's batch loss for this world (a sharded table: TorchRec's
+    DistributedModelParallel; data-parallel: DDP) and, when ``resuming`` a trained
+    model, restore everything the checkpoint holds: before DDP wraps the loss, or with a
+    sharded table (which exists only once sharded) after, this rank's part of it too."""
+    s, tc, optimizer = session, session.config.train, session.optimizer
+    if resuming and optimizer is not None and s.table is None:
+        s.progress = s.checkpoint.restore(s.model, optimizer, s.averaged, s.rng, s.generator,
+                                          s.world.rank)
+        log.info("resumed %s at epoch %d", s.run.folder, s.progress.epoch)
+    if s.table is not None:
+        s.loss = sharded.shard(s.loss, s.world, s.device, s.config.model.item_sharding,
+                               tc.table_lr)
+        log.info("item table shard on rank %d: %s", s.world.rank, sharded.shard_sizes(s.table))
         if resuming and optimizer is not None:  # the table exists only now, sharded
-            progress = checkpoint.restore(
-                model, optimizer, averaged, rng, generator, world.rank,
+            model = s.model
+            s.progress = s.checkpoint.restore(
+                model, optimizer, s.averaged, s.rng, s.generator, s.world.rank,
                 load_weights=lambda state: sharded.load_dense_state(model, state))
-            parts = checkpoint.table_parts() or {}
-            sharded.restore_part(loss, table,
-                                 run.load_checkpoint_part(parts["epoch"], world.rank))
-            log.info("resumed %s at epoch %d", run.folder, progress.epoch)
-    elif world.distributed and optimizer is not None:
+            parts = s.checkpoint.table_parts() or {}
+            sharded.restore_part(s.loss, s.table,
+                                 s.run.load_checkpoint_part(parts["epoch"], s.world.rank))
+            log.info("resumed %s at epoch %d", s.run.folder, s.progress.epoch)
+    elif s.world.distributed and optimizer is not None:
         # Buffers (the known mask, a content matrix) are alike on every rank already.
-        loss = DistributedDataParallel(
-            loss, device_ids=[world.local_rank] if device.startswith("cuda") else None,
+        s.loss = DistributedDataParallel(
+            s.loss, device_ids=[s.world.local_rank] if s.device.startswith("cuda") else None,
             broadcast_buffers=False)
-    if world.is_main:
-        run.keep_metrics_until(progress.epoch if resuming else -1)
-    return Session(config, run, dataset, split, model,
-                   model if averaged is None else averaged.module, optimizer, averaged,
-                   TrainingExamples.of(split.train, config.model.max_len), pool, rng,
-                   generator, checkpoint, progress, loss, world, device,
-                   show_progress and world.is_main, table, rank_users)
-
-
-def _check_new(run: RunDir) -> None:
-    """One rule for a folder training has written to, finished or not: only --resume
-    trains into it again. Without it a run would start over in it and replace its
-    checkpoint, weights and metrics (with any model and data)."""
-    if not run.trained:
-        return
-    start_over = ("choose another --out, or delete the folder to start over "
-                  f"(rm -r {run.folder})")
-    stopped = run.unfinished()
-    if stopped is None:
-        raise RunError(
-            f"{run.folder} already holds a finished run; training into it would replace "
-            f"its weights and results. To train it further, pass --resume (with a larger "
-            f"--epochs); to train another, {start_over}.")
-    raise RunError(
-        f"{run.folder} holds a run that has not finished (its training {stopped}); "
-        "training into it without --resume would start it over and replace its "
-        f"checkpoint and metrics. To continue it, run the same command plus --resume; "
-        f"to train another, {start_over}.")
 
 
 def _user_block(config: RunConfig, world: World) -> Dataset:
@@ -287,80 +334,12 @@ def _check_rank_users(config: RunConfig) -> None:
             "without data.rank_users")
 
 
-def _check_sharded(config: RunConfig, model: nn.Module) -> None:
-    """What a sharded item table cannot do yet, said before anything runs."""
-    problems = []
-    if sharded.table_of(model) is None:
-        problems.append(f"model {config.model.name!r} has no ID item table to shard")
-    if config.model.dim % 4:
-        problems.append(f"model.dim must be a multiple of 4 for FBGEMM's kernels, not "
-                        f"{config.model.dim}")
-    if config.loss.name != "sampled_softmax":
-        problems.append("the loss must be sampled_softmax (a full softmax scores every "
-                        "item at every step, which needs the whole table)")
-    if config.train.ema_decay is not None:
-        problems.append("train.ema_decay would copy the whole table; leave it unset")
-    if problems:
-        raise ValueError("model.item_table=sharded: " + "; ".join(problems))
-
-
-def _check_sharded_resume(checkpoint: Checkpoint, world: World) -> None:
-    """A sharded run resumes on as many processes as wrote its checkpoint: each rank's
-    rows and their optimiser state are a part of their own, cut by that world's plan."""
-    parts = checkpoint.table_parts()
-    if parts is None:
-        raise ValueError(
-            f"{checkpoint.path} holds no sharded item table (it was written by a run "
-            "without model.item_table=sharded); resume with that run's settings, or train "
-            "into a new --out")
-    if parts["world_size"] != world.size:
-        raise ValueError(
-            f"{checkpoint.path} was written by {parts['world_size']} processes and this run "
-            f"has {world.size}: each process saved its own rows of the item table, so the "
-            f"run resumes on {parts['world_size']} (torchrun --nproc_per_node "
-            f"{parts['world_size']} ... --resume; --nnodes x --nproc_per_node in all), or "
-            "trains into a new --out")
-
-
 def content_for(model: ModelConfig, dataset: Dataset) -> torch.Tensor | None:
     """``(N + 1, C)``: the stored embeddings a content item tower reads (None for IDs)."""
     if model.item_tower == "id":
         return None
     return torch.from_numpy(content_matrix(EmbeddingStore.for_dataset(dataset),
                                            model.encoders))
-
-
-def resume_history(run: RunDir, config: RunConfig, dataset: Dataset,
-                   epoch: int) -> list[dict[str, Any]]:
-    """The run's earlier resumes plus this one (at ``epoch``, when settings changed),
-    for its config.json. Only training settings may change: a resume with another
-    model, loss or data would continue one model as another, so it stops here, before
-    anything in the run is rewritten."""
-    if not run.config_file.exists():
-        return []
-    extras = run.config_extras()
-    history: list[dict[str, Any]] = extras.get("resumed", [])
-    before = extras.get("dataset_info", {}).get("fingerprint")
-    if before is not None and before != dataset.fingerprint():
-        raise ValueError(
-            f"{run.folder} was trained on other data than {config.data.dataset!r} holds now "
-            "(its interactions or ids changed); resuming would continue on different "
-            "data. Train into a new --out.")
-    changes = config_changes(run.read_config(), config)
-    fixed = {key: change for key, change in changes.items()
-             if key.split(".")[0] not in RESUMABLE_SECTIONS}
-    if fixed:
-        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in fixed.items())
-        raise ValueError(
-            f"{run.folder} was trained with other settings ({listed}); resuming would "
-            f"continue one model as another. Resume with the settings in {run.config_file}, "
-            "or train into a new --out.")
-    if changes:
-        log.info("resuming %s with changed training settings: %s", run.folder,
-                 ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items()))
-        history.append({"epoch": epoch,
-                        "changed": {key: list(change) for key, change in changes.items()}})
-    return history
 
 
 # ---- one epoch ---------------------------------------------------------------------------
@@ -677,40 +656,3 @@ def finish(session: Session) -> Path:
         })
     s.world.barrier()  # results.json is there for every rank to read
     return s.run.folder
-
-
-# ---- refit -------------------------------------------------------------------------------
-def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
-          progress: bool = True) -> Path:
-    """Retrain a finished leave-one-out run from scratch with each user's validation
-    item added to training, for the number of epochs its validation chose, and score
-    the last epoch on test.
-
-    The model then learns from the same items as the HSTU repository's trainer (which
-    has no validation split), while the epoch count is still chosen on validation
-    rather than on test. Settings are the run's own (its config.json)."""
-    source = RunDir(run_dir)
-    if not source.finished:
-        raise FileNotFoundError(
-            f"{source.folder} has no results.json: refit needs a finished run. Train it to "
-            f"the end first (modrec train ... --out {source.folder} --resume).")
-    config = source.read_config()
-    if config.data.split != "loo":
-        raise ValueError(
-            f"{source.folder} used the {config.data.split!r} split; refit adds the "
-            "leave-one-out validation item to training, so it needs a run trained with "
-            "--split loo")
-    best = int(source.results()["best_epoch"])
-    raw = config.to_dict()
-    raw["data"]["split"] = "loo-no-valid"
-    # A decaying learning rate keeps the source run's horizon, so that the refit sees
-    # the rates the chosen epochs saw rather than a schedule squeezed into fewer epochs.
-    raw["train"]["lr_decay_epochs"] = config.train.lr_horizon
-    raw["train"]["epochs"] = max(best, 1)  # a fitted model (popularity) chose epoch 0
-    out = RunDir(train(config_from_dict(raw), out_dir, resume=resume, progress=progress))
-    results = out.results()
-    results["selected_on"] = (f"epochs: best validation {SELECT_ON} of {source.folder} (epoch "
-                              f"{best}); refit on training plus validation items")
-    results["refit_of"] = str(source.folder)
-    out.write_results(results)
-    return out.folder

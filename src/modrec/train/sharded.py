@@ -7,6 +7,8 @@ table's rows (row-wise: each rank a contiguous block; table-wise: one rank all o
 each rank allocates only its own rows, and everything else in the model is wrapped in
 ``DistributedDataParallel`` as in a plain data-parallel run. The loop keeps its shape:
 
+* set-up checks what a sharded table cannot do yet (`check_settings`) and that a
+  resume runs on as many ranks as wrote the checkpoint (`check_resume`);
 * lookups: the encoder embeds the history, the loss the targets and the sampled
   negatives (`losses.sampled_softmax_by_lookup`); each lookup is an all-to-all that
   fetches the rows from the ranks holding them, so no rank reads the whole table;
@@ -36,11 +38,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from modrec.config import RunConfig
 from modrec.data.splits import EvalSet
 from modrec.distributed import World
 from modrec.eval.evaluator import LookupScorer, rank_targets_blockwise
 from modrec.models.sharded_items import TABLE, ShardableTable, require_torchrec
 from modrec.runs import RunDir, RunError
+from modrec.train.checkpoint import Checkpoint
 
 EVAL_BLOCK = 65536  # catalog rows per evaluation block: 16 MiB of vectors at D = 64
 
@@ -48,6 +52,41 @@ EVAL_BLOCK = 65536  # catalog rows per evaluation block: 16 MiB of vectors at D 
 def table_of(model: nn.Module) -> ShardableTable | None:
     """The model's sharded item table, if it has one."""
     return next((m for m in model.modules() if isinstance(m, ShardableTable)), None)
+
+
+def check_settings(config: RunConfig, model: nn.Module) -> None:
+    """What a sharded item table cannot do yet, said before anything runs."""
+    problems = []
+    if table_of(model) is None:
+        problems.append(f"model {config.model.name!r} has no ID item table to shard")
+    if config.model.dim % 4:
+        problems.append(f"model.dim must be a multiple of 4 for FBGEMM's kernels, not "
+                        f"{config.model.dim}")
+    if config.loss.name != "sampled_softmax":
+        problems.append("the loss must be sampled_softmax (a full softmax scores every "
+                        "item at every step, which needs the whole table)")
+    if config.train.ema_decay is not None:
+        problems.append("train.ema_decay would copy the whole table; leave it unset")
+    if problems:
+        raise ValueError("model.item_table=sharded: " + "; ".join(problems))
+
+
+def check_resume(checkpoint: Checkpoint, world: World) -> None:
+    """A sharded run resumes on as many processes as wrote its checkpoint: each rank's
+    rows and their optimiser state are a part of their own, cut by that world's plan."""
+    parts = checkpoint.table_parts()
+    if parts is None:
+        raise ValueError(
+            f"{checkpoint.path} holds no sharded item table (it was written by a run "
+            "without model.item_table=sharded); resume with that run's settings, or train "
+            "into a new --out")
+    if parts["world_size"] != world.size:
+        raise ValueError(
+            f"{checkpoint.path} was written by {parts['world_size']} processes and this run "
+            f"has {world.size}: each process saved its own rows of the item table, so the "
+            f"run resumes on {parts['world_size']} (torchrun --nproc_per_node "
+            f"{parts['world_size']} ... --resume; --nnodes x --nproc_per_node in all), or "
+            "trains into a new --out")
 
 
 def shard(loss: nn.Module, world: World, device: str, sharding: str, table_lr: float,

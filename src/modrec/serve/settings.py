@@ -1,0 +1,28 @@
+"""`AppSettings`: one HTTP app's options (``modrec serve``'s flags), which its schema,
+middleware and routes read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modrec.serve.service import ModelService
+
+
+@dataclass
+class AppSettings:
+    api_key: str | None = None  # required for writes when set
+    # how long a request that finds the model idle waits for company (requests queued
+    # behind a busy model always share its next call); max_batch=1: no batching
+    batch_window_ms: float = 0.0
+    max_batch: int = 64
+    max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0  # a body that stalls longer than this per chunk: 408
+    body_deadline_s: float = 60.0  # a body still arriving after this long in all: 408
+    max_events: int = 1000  # events per request
+    max_k: int = 1000
+    max_history: int = 10_000
+    on_ready: list[Callable[[ModelService], None]] = field(default_factory=list)
+    # Called with the error when loading fails, instead of the app's own error log line
+    # (``modrec serve`` stops and exits with it rather than answer 503 forever).
+    on_failure: list[Callable[[Exception], None]] = field(default_factory=list)

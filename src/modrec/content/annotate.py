@@ -50,6 +50,7 @@ from modrec.content.extract import item_inputs
 from modrec.content.metadata import split_tags
 from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
+from modrec.errors import UsageError
 from modrec.llm import (
     LanguageModel,
     Prompt,
@@ -201,7 +202,7 @@ def annotate_labels(dataset: Dataset, field_name: str, labels: list[str], items:
     ``pool``: the item indices few-shot examples may come from (default: every item
     with labels); an item is never its own example."""
     if how.method not in METHODS:
-        raise ValueError(f"unknown method {how.method!r}; choose {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {how.method!r}; choose {', '.join(METHODS)}")
     prompt = load_prompt(f"labels-{how.method}")
     texts = item_texts(dataset, how.text)
     truth = {int(i): [t for t in split_tags(v) if t in set(labels)]
@@ -269,7 +270,7 @@ class _ExampleFinder:
         self.pool = np.array([i for i in candidates
                               if usable[i] and truth.get(int(i)) and int(i) in texts])
         if len(self.pool) == 0:
-            raise ValueError("no labelled item with a stored text vector to take examples "
+            raise UsageError("no labelled item with a stored text vector to take examples "
                              f"from; run `modrec embed --encoder {how.encoder}` first")
         self.k, self.truth, self.texts = how.examples, truth, texts
 

@@ -12,8 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modrec.errors import ModrecError
 
-class EncodeError(RuntimeError):
+
+class EncodeError(ModrecError, RuntimeError):
     """One item's input could not be encoded (missing or unreadable file, empty text)."""
 
 

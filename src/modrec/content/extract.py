@@ -54,6 +54,7 @@ from modrec.content.encoder import EncodeError, Encoder
 from modrec.content.store import EmbeddingStore, StoreError, store_name
 from modrec.data import Dataset
 from modrec.data.public import NAMED
+from modrec.errors import UsageError
 from modrec.progress import Bar, progress_bar
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
         from modrec.content.video_text import COLUMNS
 
         if model in COLUMNS:  # not a model: a computed column not computed yet
-            raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
+            raise UsageError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
                              f"`modrec transcribe -d {dataset.name}` first (with the same "
                              "--store), then embed it")
         text = TextEncoder(model, name=name, device=device)
@@ -123,13 +124,13 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
 
         column = option or "tags"
         if column not in dataset.items.columns:
-            raise ValueError(f"dataset {dataset.name!r} has no item column {column!r} for "
+            raise UsageError(f"dataset {dataset.name!r} has no item column {column!r} for "
                              f"{spec!r}; item columns: {_columns(dataset)}")
         encoder = TagEncoder.fit(dataset.items[column].dropna(), name=name)
         encoder.reads = column
         return encoder
     known = list(MODALITIES) + sorted(precomputed)
-    raise ValueError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
+    raise UsageError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
                      "(optionally NAME:MODEL)")
 
 
@@ -152,7 +153,7 @@ def item_inputs(dataset: Dataset, column: str) -> pd.Series:
     if column == "item_id":
         return items["item_id"].astype(str)
     if column not in items.columns:
-        raise ValueError(f"dataset {dataset.name!r} has no item column {column!r}; item "
+        raise UsageError(f"dataset {dataset.name!r} has no item column {column!r}; item "
                          f"columns: {_columns(dataset)}")
     return items[column]
 
@@ -249,7 +250,7 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
     to share the items among (default: torchrun's, or one process); every rank gets
     the same reports, of the whole job."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     world = world or extraction_world()
     device = world.device(device)
     store = store or open_store(dataset, None, world)

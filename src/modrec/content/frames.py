@@ -20,6 +20,7 @@ import numpy as np
 
 from modrec.content.columns import weights_fingerprint
 from modrec.content.image import ImageEncoder
+from modrec.errors import ConfigError, UnavailableError, UsageError
 
 OCR_INSTALL = "apt-get install tesseract-ocr && pip install pytesseract"
 
@@ -44,7 +45,7 @@ class FrameLabeler:
     def __init__(self, image: ImageEncoder | None = None, top: int = 5,
                  min_score: float = 0.02, device: str = "cpu") -> None:
         if image is not None and image.weights is None:
-            raise ValueError(f"frame labels need an ImageNet classifier; "
+            raise UsageError(f"frame labels need an ImageNet classifier; "
                              f"{image.model_name} is loaded without one")
         self._image, self.device = image, device  # None: EfficientNet-Lite0 at first use
         self.names = imagenet_names()
@@ -96,13 +97,13 @@ class ScreenText:
     def __init__(self, lang: str = "eng", min_confidence: float = 70.0) -> None:
         reason = ocr_unavailable()
         if reason:
-            raise RuntimeError(f"OCR unavailable: {reason}")
+            raise UnavailableError(f"OCR unavailable: {reason}")
         import pytesseract
 
         have = set(pytesseract.get_languages(config=""))
         wanted = lang.split("+")
         if missing := [code for code in wanted if code not in have]:
-            raise ValueError(f"tesseract has no language data for {', '.join(missing)} "
+            raise ConfigError(f"tesseract has no language data for {', '.join(missing)} "
                              f"(installed: {', '.join(sorted(have))}); install it, e.g. "
                              f"apt-get install tesseract-ocr-{missing[0].replace('_', '-')}")
         self.lang, self.min_confidence = lang, min_confidence

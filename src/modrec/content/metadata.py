@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from modrec.content.encoder import EncodeError
+from modrec.errors import UsageError
 
 
 def split_tags(value: Any) -> list[str]:
@@ -29,7 +30,7 @@ class TagEncoder:
 
     def __init__(self, vocabulary: list[str], name: str = "tags") -> None:
         if not vocabulary:
-            raise ValueError("a tag encoder needs at least one tag; the catalog has none")
+            raise UsageError("a tag encoder needs at least one tag; the catalog has none")
         self.name = name
         self.vocabulary = sorted(vocabulary)
         self._index = {tag: i for i, tag in enumerate(self.vocabulary)}

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from modrec.content.encoder import EncodeError
+from modrec.errors import UsageError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -54,7 +55,7 @@ class TextEncoder:
         names are embedded in the same space as the items."""
         prefix = "sentence-transformers:"
         if not version.startswith(prefix):
-            raise ValueError(f"vectors of version {version!r} were not made by a text encoder")
+            raise UsageError(f"vectors of version {version!r} were not made by a text encoder")
         model = version[len(prefix):].split("|", 1)[0].rsplit(":", 1)[0]
         return cls(None if model == DEFAULT_MODEL else model)
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modrec.data.dataset import DataFormatError, Dataset, _sorted_vocab
+from modrec.errors import ConfigError
 
 # Files (or folders of Parquet files) at least this big (bytes) go through DuckDB when
 # no format is given; MODREC_LARGE_IMPORT_BYTES changes it.
@@ -64,7 +65,7 @@ def _duckdb() -> Any:
 def _memory_limit(memory_limit: str | None) -> str:
     limit = memory_limit or os.environ.get("MODREC_IMPORT_MEMORY", IMPORT_MEMORY)
     if not limit.replace(".", "").isalnum():
-        raise ValueError(f"memory limit {limit!r}; expected something like '2GB'")
+        raise ConfigError(f"memory limit {limit!r}; expected something like '2GB'")
     return limit
 
 

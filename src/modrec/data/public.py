@@ -39,11 +39,12 @@ from modrec.data.importers import (
     read_recbole,
     read_sequences,
 )
+from modrec.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(UnavailableError):
     """A named dataset is neither in the data directory nor downloadable right now."""
 
 
@@ -315,7 +316,7 @@ def _source(name_or_path: str | Path, format: str | None,
     the other one is never served, and one made by a choice other than the default is
     kept beside the default's."""
     if repeats is not None and repeats not in REPEATS:
-        raise ValueError(f"consecutive repeats {repeats!r}; expected one of "
+        raise ConfigError(f"consecutive repeats {repeats!r}; expected one of "
                          f"{', '.join(REPEATS)} (or None: the dataset's default)")
     key = str(name_or_path)
     if key in NAMED and format is None:

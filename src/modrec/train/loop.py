@@ -59,6 +59,7 @@ from modrec.data.batches import (
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
 from modrec.data.splits import EvalSet, check_split
+from modrec.errors import ConfigError, UsageError
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
 from modrec.models import RetrievalModel, Scorer, Trainable, build_model
 from modrec.models.sharded_items import ShardableTable
@@ -179,7 +180,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     if world.distributed:
         torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
     if rank_users and getattr(model, "fit", None) is not None:
-        raise ValueError(f"data.rank_users: model {config.model.name!r} is fitted from "
+        raise ConfigError(f"data.rank_users: model {config.model.name!r} is fitted from "
                          "counts over all users, which no rank holds; fit it in one process")
     known = split.known_items()
     if rank_users:  # every rank's training items
@@ -281,7 +282,7 @@ def _user_block(config: RunConfig, world: World) -> Dataset:
 def _check_rank_users(config: RunConfig) -> None:
     """What data.rank_users cannot do, said before any data is read."""
     if config.data.split == "temporal":
-        raise ValueError(
+        raise ConfigError(
             "data.rank_users: the temporal split cuts at time quantiles of all interactions, "
             "which no rank holds; use --split loo (or cold-items, loo-no-valid), or train "
             "without data.rank_users")
@@ -301,7 +302,7 @@ def _check_sharded(config: RunConfig, model: nn.Module) -> None:
     if config.train.ema_decay is not None:
         problems.append("train.ema_decay would copy the whole table; leave it unset")
     if problems:
-        raise ValueError("model.item_table=sharded: " + "; ".join(problems))
+        raise ConfigError("model.item_table=sharded: " + "; ".join(problems))
 
 
 def _check_sharded_resume(checkpoint: Checkpoint, world: World) -> None:
@@ -309,12 +310,12 @@ def _check_sharded_resume(checkpoint: Checkpoint, world: World) -> None:
     rows and their optimiser state are a part of their own, cut by that world's plan."""
     parts = checkpoint.table_parts()
     if parts is None:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint.path} holds no sharded item table (it was written by a run "
             "without model.item_table=sharded); resume with that run's settings, or train "
             "into a new --out")
     if parts["world_size"] != world.size:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint.path} was written by {parts['world_size']} processes and this run "
             f"has {world.size}: each process saved its own rows of the item table, so the "
             f"run resumes on {parts['world_size']} (torchrun --nproc_per_node "
@@ -342,7 +343,7 @@ def resume_history(run: RunDir, config: RunConfig, dataset: Dataset,
     history: list[dict[str, Any]] = extras.get("resumed", [])
     before = extras.get("dataset_info", {}).get("fingerprint")
     if before is not None and before != dataset.fingerprint():
-        raise ValueError(
+        raise UsageError(
             f"{run.folder} was trained on other data than {config.data.dataset!r} holds now "
             "(its interactions or ids changed); resuming would continue on different "
             "data. Train into a new --out.")
@@ -351,7 +352,7 @@ def resume_history(run: RunDir, config: RunConfig, dataset: Dataset,
              if key.split(".")[0] not in RESUMABLE_SECTIONS}
     if fixed:
         listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in fixed.items())
-        raise ValueError(
+        raise ConfigError(
             f"{run.folder} was trained with other settings ({listed}); resuming would "
             f"continue one model as another. Resume with the settings in {run.config_file}, "
             "or train into a new --out.")
@@ -696,7 +697,7 @@ def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
             f"the end first (modrec train ... --out {source.folder} --resume).")
     config = source.read_config()
     if config.data.split != "loo":
-        raise ValueError(
+        raise UsageError(
             f"{source.folder} used the {config.data.split!r} split; refit adds the "
             "leave-one-out validation item to training, so it needs a run trained with "
             "--split loo")

@@ -131,7 +131,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: the value is not YAML "
-                         f"({' '.join(str(err).split())})") from None
+                          f"({' '.join(str(err).split())})") from None
     keys = key.strip().split(".")
     if not all(keys):
         raise ConfigError(f"override {text!r}: expected section.key=value")
@@ -153,7 +153,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path} is not a YAML file modrec can read: "
-                         f"{' '.join(str(err).split())}") from None
+                          f"{' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
@@ -207,9 +207,9 @@ def absolute_dataset(dataset: str, format: str | None = None) -> str:
     """A dataset path that exists, made absolute; a named dataset (or anything else) as
     it is. A run records where its data was, so that it can be resumed or refitted
     from any directory; its contents are pinned by a fingerprint beside it."""
-    from modrec.data import NAMED
+    from modrec.data import named_dataset
 
-    if dataset in NAMED and format is None:
+    if named_dataset(dataset, format) is not None:
         return dataset
     path = Path(dataset).expanduser()
     return str(path.resolve()) if path.exists() else dataset
@@ -262,7 +262,7 @@ def load_config(path: str | Path) -> RunConfig:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{path} is not a readable run configuration ({err}); restore it "
-                         "from the run that wrote it, or train into a new folder") from None
+                          "from the run that wrote it, or train into a new folder") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object of sections")
     run_format = raw.get("run_format", 1)

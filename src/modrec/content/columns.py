@@ -93,7 +93,7 @@ class ItemColumns:
         if column not in columns:
             have = ", ".join(sorted(columns)) or "none"
             raise NotFoundError(f"no computed column {column!r} in {self.folder} (have: {have}); "
-                           "run `modrec transcribe` first")
+                                "run `modrec transcribe` first")
         return columns[column]
 
     def file(self, producer: Producer) -> AnnotationFile:

@@ -104,8 +104,8 @@ class ScreenText:
         wanted = lang.split("+")
         if missing := [code for code in wanted if code not in have]:
             raise ConfigError(f"tesseract has no language data for {', '.join(missing)} "
-                             f"(installed: {', '.join(sorted(have))}); install it, e.g. "
-                             f"apt-get install tesseract-ocr-{missing[0].replace('_', '-')}")
+                              f"(installed: {', '.join(sorted(have))}); install it, e.g. "
+                              f"apt-get install tesseract-ocr-{missing[0].replace('_', '-')}")
         self.lang, self.min_confidence = lang, min_confidence
         self.fingerprint = f"tesseract:{pytesseract.get_tesseract_version()}"
         self.version = f"lang={lang}:conf>={min_confidence}:words>=2"

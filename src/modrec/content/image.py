@@ -68,7 +68,7 @@ class ImageEncoder:
             self.dim = int(net.num_features)
         else:
             raise ConfigError(f"unknown image model {model!r}: use efficientnet-lite0 or "
-                             "timm:<model name>")
+                              "timm:<model name>")
         self._net = net.to(device).eval()
         self.version = f"{model}:pool-mean:224"
 

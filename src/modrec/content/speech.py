@@ -73,7 +73,7 @@ def model_folder(model: str | None) -> tuple[str, Path]:
     if path.is_dir():
         if not (path / "model.bin").is_file():
             raise ConfigError(f"{path} holds no model.bin: a Whisper model folder is a "
-                             "CTranslate2 conversion (model.bin, config.json, tokenizer)")
+                              "CTranslate2 conversion (model.bin, config.json, tokenizer)")
         return path.name, path.resolve()
     if model.startswith(("/", "./", "../", "~")) or path.exists():
         raise ConfigError(f"no Whisper model folder at {path}")
@@ -83,9 +83,9 @@ def model_folder(model: str | None) -> tuple[str, Path]:
         return model, Path(download_model(model))
     except Exception as err:  # noqa: BLE001 - hub, network and name errors alike
         raise UnavailableError(f"could not get Whisper model {model!r} ({type(err).__name__}: "
-                           f"{err}); name one of faster_whisper.available_models() where a "
-                           "network exists, a local folder of a CTranslate2 conversion, or "
-                           f"leave --model out for the bundled {BUNDLED}") from None
+                               f"{err}); name one of faster_whisper.available_models() where a "
+                               "network exists, a local folder of a CTranslate2 conversion, or "
+                               f"leave --model out for the bundled {BUNDLED}") from None
 
 
 class Transcriber:

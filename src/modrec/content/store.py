@@ -142,7 +142,7 @@ class EmbeddingStore:
         if name not in self._manifest:
             have = ", ".join(self.names()) or "none"
             raise NotFoundError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
-                           f"run `modrec embed --encoder {name}` first")
+                                f"run `modrec embed --encoder {name}` first")
         info = self._manifest[name]
         return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"])
 

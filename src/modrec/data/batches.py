@@ -129,7 +129,7 @@ def local_batch_size(batch_size: int, rank: int, world: int) -> int:
     """Rank ``rank``'s share of a global batch of ``batch_size``: together, the batch."""
     if batch_size < world:
         raise ConfigError(f"train.batch_size {batch_size} is smaller than the {world} "
-                         "processes; each needs at least one sequence a step")
+                          "processes; each needs at least one sequence a step")
     return batch_size // world + (rank < batch_size % world)
 
 

@@ -51,4 +51,4 @@ def open_llm(spec: str, threads: int | None = None, context: int = 4096,
     if not sep and spec.endswith(".gguf"):
         return open_llm(f"local:{spec}", threads, context, timeout, concurrency)
     raise ConfigError(f"unknown language model {spec!r}; expected local:PATH.gguf, "
-                     "openai:URL#MODEL or hf:NAME")
+                      "openai:URL#MODEL or hf:NAME")

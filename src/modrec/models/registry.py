@@ -73,7 +73,7 @@ def model_spec(name: str) -> ModelSpec:
         _load_plugins()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; registered models: "
-                         f"{', '.join(model_names())}")
+                          f"{', '.join(model_names())}")
     return _REGISTRY[name]
 
 
@@ -138,7 +138,7 @@ class ModelConfig:
         name = str(raw.get("name", "sasrec"))
         if name not in model_names():
             raise ConfigError(f"model.name {name!r} is not a registered model; choose one of "
-                             f"{', '.join(model_names())}")
+                              f"{', '.join(model_names())}")
         spec = model_spec(name)
         own = {key: raw.pop(key) for key in list(raw) if key not in (*SHARED, "options")}
         given = raw.get("options")
@@ -153,7 +153,7 @@ class ModelConfig:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                  for e in err.errors())
             raise ConfigError(f"model {spec.name!r}: {problems} (its settings: "
-                             f"{', '.join(allowed)})") from None
+                              f"{', '.join(allowed)})") from None
         return raw
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def item_tower(config: ModelConfig, num_items: int, content: torch.Tensor | None
     if config.item_table == "sharded":
         if config.item_tower == "content":
             raise ConfigError("model.item_table=sharded shards the ID table; a content "
-                             "tower has none (use item_tower id or id+content)")
+                              "tower has none (use item_tower id or id+content)")
         from modrec.models.sharded_items import ShardableTable  # needs TorchRec
 
         ids = ShardableTable(num_items, config.dim)

@@ -181,7 +181,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
         torch.manual_seed(tc.seed + 1_000_003 * world.rank)  # dropout, per rank
     if rank_users and getattr(model, "fit", None) is not None:
         raise ConfigError(f"data.rank_users: model {config.model.name!r} is fitted from "
-                         "counts over all users, which no rank holds; fit it in one process")
+                          "counts over all users, which no rank holds; fit it in one process")
     known = split.known_items()
     if rank_users:  # every rank's training items
         known = world.union(known)

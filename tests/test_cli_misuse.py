@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-import modrec.cli as cli
+import modrec.cli.data as cli_data
 from modrec.cli import main
 from modrec.config import build_config
 from modrec.train import train
@@ -297,7 +297,7 @@ def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(
     def broken(args: object) -> dict[str, object]:
         return {"ratio": 1 / 0}
 
-    monkeypatch.setattr(cli, "cmd_datasets", broken)
+    monkeypatch.setattr(cli_data, "cmd_datasets", broken)
     assert main(["datasets"]) == 1
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError: division by zero" in err
@@ -310,7 +310,7 @@ def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(
 
 def test_json_output_is_strict(monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "cmd_datasets", lambda args: {
+    monkeypatch.setattr(cli_data, "cmd_datasets", lambda args: {
         "nan": float("nan"), "inf": [float("inf"), np.float64("-inf")], "np": np.float32(0.5),
         "path": Path("/x")})
     assert main(["datasets", "--json"]) == 0

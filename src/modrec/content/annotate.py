@@ -87,6 +87,17 @@ class LabelPrompting:
     workers: int = 1
     progress: bool = True
 
+    def version(self) -> str:
+        """What an item column of these labels records as their version: the method's
+        prompt version and the number of few-shot examples."""
+        return f"{load_prompt(f'labels-{self.method}').version}:examples={self.examples}"
+
+
+def sample_items(num_items: int, count: int | None, seed: int = 0) -> np.ndarray:
+    """A seeded sample of ``count`` item indices in 1..``num_items`` (every item when
+    ``count`` is None), sorted: the items an annotation job asks about."""
+    return np.sort(np.random.default_rng(seed).permutation(num_items)[:count] + 1)
+
 
 class AnnotationFile:
     """JSON lines, one finished record per key. Records are appended whole
@@ -282,6 +293,16 @@ class _ExampleFinder:
                                           "labels": ", ".join(self.truth[int(i)])})
                  for i in nearest]
         return "Examples:\n\n" + "\n\n".join(shots) + "\n\nNow this one.\n\n"
+
+
+def relevance_pairs(queries: list[str], scores: np.ndarray, top: int) -> list[tuple[str, int]]:
+    """The (query, item index) pairs to grade: each query's ``top`` items by its row of
+    ``scores`` (``(Q, N)``, item index - 1 per column, as `TextSearch.scores` gives
+    them), best first, ties in item order; an item scored not finite (no usable vector)
+    is never among them."""
+    return [(query, int(i) + 1) for q, query in enumerate(queries)
+            for i in np.argsort(-scores[q], kind="stable")[:top]
+            if np.isfinite(scores[q, i])]
 
 
 def grade_relevance(dataset: Dataset, llm: LanguageModel, pairs: list[tuple[str, int]],

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from modrec.errors import UsageError
+from modrec.errors import ModrecError, UsageError
 
 log = logging.getLogger("modrec")
 
@@ -29,7 +29,7 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 # as TorchRec for a sharded item table). Anything else, a bare ValueError, KeyError or
 # RuntimeError included, is a bug in modrec (exit 1).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, KeyError, OSError, RuntimeError, ImportError)
+    ModrecError, argparse.ArgumentError, argparse.ArgumentTypeError, OSError, ImportError)
 
 
 # ---- argument types --------------------------------------------------------------------
@@ -243,7 +243,9 @@ def is_user_error(err: BaseException) -> bool:
     """Whether ``err`` is the user's (or the world's) to fix rather than a bug: one of
     `USER_ERRORS`, or a GPU out of memory (torch's OutOfMemoryError, a RuntimeError:
     a smaller batch or model fits)."""
-    return isinstance(err, USER_ERRORS)
+    torch = sys.modules.get("torch")
+    return isinstance(err, USER_ERRORS) or (
+        torch is not None and isinstance(err, torch.OutOfMemoryError))
 
 
 def report_error(verb: str, err: Exception, verbose: bool) -> int:

@@ -14,6 +14,7 @@ from modrec.cli.common import (
     dataset_source,
     no_progress_argument,
     store_argument,
+    template,
     threads_argument,
 )
 from modrec.errors import UsageError
@@ -92,7 +93,7 @@ def _add_annotate(sub: Subparsers) -> None:
     p.add_argument("--labels", help="item column whose |-separated labels make the "
                    "vocabulary (relevance: each label is a query, through --template)")
     p.add_argument("--query", action="append", help="relevance: a query (repeatable)")
-    p.add_argument("--template", default="{label}",
+    p.add_argument("--template", type=template, default="{label}",
                    help="relevance: how a label becomes a query")
     p.add_argument("--top", type=at_least(1), default=20,
                    help="relevance: search results graded per query")
@@ -188,7 +189,7 @@ def _add_classify(sub: Subparsers) -> None:
                    "training) on a seeded sample of this many validation items")
     p.add_argument("--head", choices=["linear", "mlp"], default="mlp", help="trained mode")
     p.add_argument("-k", type=at_least(1), default=20, help="neighbours in knn mode")
-    p.add_argument("--template", default="{label}",
+    p.add_argument("--template", type=template, default="{label}",
                    help="zero-shot label phrasing, e.g. 'a {label} movie'")
     p.add_argument("--max-labels", type=at_least(1), default=50,
                    help="most frequent labels kept")
@@ -230,7 +231,7 @@ def _add_search(sub: Subparsers) -> None:
     p.add_argument("-k", type=at_least(1), default=10)
     p.add_argument("--encoder", default="text", help="the stored text embeddings to search")
     p.add_argument("--labels", help="measure instead: each label of this column is a query")
-    p.add_argument("--template", default="{label}",
+    p.add_argument("--template", type=template, default="{label}",
                    help="how a label becomes a query")
     store_argument(p)
     p.add_argument("--rerank", choices=["none", "llm"], default="none",

@@ -270,6 +270,10 @@ def test_embed_classify_search_refuse_bad_arguments(
     _fails([*classify, "--encoder", "tags-genres", "--max-labels", "0"], "must be at least 1",
            capsys)
     _fails([*classify, "--encoder", "tags-genres", "--mode", "guess"], "invalid choice", capsys)
+    for verb in (classify, ["search", "-d", "ml-100k", "--labels", "genres", "--store",
+                            str(store)]):  # a template naming another field: a bare KeyError
+        _fails([*verb, "--encoder", "tags-genres", "--template", "a {genre} movie"],
+               "argument --template: 'a {genre} movie' is not a template of {label}", capsys)
     _fails(["classify", "-d", "ml-100k", "--labels", "nope", "--encoder", "tags-genres",
             "--store", str(store)], "no item column 'nope'", capsys)
     search = ["search", "-d", "ml-100k", "--store", str(store)]

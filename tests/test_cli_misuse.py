@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-import modrec.cli as cli
+import modrec.cli.data as cli_data
 from modrec.cli import main
 from modrec.config import build_config
+from modrec.errors import ConfigError, NotFoundError, UsageError
 from modrec.train import train
 from support import craft_weights, free_port
 
@@ -269,6 +270,10 @@ def test_embed_classify_search_refuse_bad_arguments(
     _fails([*classify, "--encoder", "tags-genres", "--max-labels", "0"], "must be at least 1",
            capsys)
     _fails([*classify, "--encoder", "tags-genres", "--mode", "guess"], "invalid choice", capsys)
+    for verb in (classify, ["search", "-d", "ml-100k", "--labels", "genres", "--store",
+                            str(store)]):  # a template naming another field: a bare KeyError
+        _fails([*verb, "--encoder", "tags-genres", "--template", "a {genre} movie"],
+               "argument --template: 'a {genre} movie' is not a template of {label}", capsys)
     _fails(["classify", "-d", "ml-100k", "--labels", "nope", "--encoder", "tags-genres",
             "--store", str(store)], "no item column 'nope'", capsys)
     search = ["search", "-d", "ml-100k", "--store", str(store)]
@@ -297,7 +302,7 @@ def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(
     def broken(args: object) -> dict[str, object]:
         return {"ratio": 1 / 0}
 
-    monkeypatch.setattr(cli, "cmd_datasets", broken)
+    monkeypatch.setattr(cli_data, "cmd_datasets", broken)
     assert main(["datasets"]) == 1
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError: division by zero" in err
@@ -308,9 +313,50 @@ def test_a_bug_is_named_in_one_line_and_its_traceback_is_one_flag_away(
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bug", [KeyError("config"), RuntimeError("lost the lock"),
+                                 ValueError("negative count"), TypeError("not a list")])
+def test_a_plain_error_from_deep_inside_a_verb_is_a_bug_not_a_user_mistake(
+        bug: Exception, run: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare ValueError, KeyError or RuntimeError from a mistake in modrec was reported
+    as the user's (``error: 'config'``, exit 2, no traceback even with -v's hint);
+    only modrec's own errors, the world's (OSError) and a missing package's are."""
+    import modrec.runs
+
+    def broken(folder: object) -> object:
+        raise bug
+
+    monkeypatch.setattr(modrec.runs, "load_run", broken)
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"modrec evaluate: internal error: {type(bug).__name__}: " in err
+    assert "(run with -v for the traceback)" in err and "Traceback" not in err
+    assert main(["evaluate", str(run), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "raise bug" in err and "(run with -v" not in err
+
+
+@pytest.mark.parametrize("error", [
+    UsageError("no such thing; do this instead"), ConfigError("train.lr: too fast"),
+    NotFoundError("user id 'x' is not in dataset 'd'"), FileNotFoundError("no such file"),
+    ImportError("needs DuckDB: pip install 'modrec[large]'"),
+    torch.OutOfMemoryError("CUDA out of memory (simulated)")])
+def test_what_the_user_can_fix_is_one_message_and_exit_2(
+        error: Exception, run: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import modrec.runs
+
+    def refused(folder: object) -> object:
+        raise error
+
+    monkeypatch.setattr(modrec.runs, "load_run", refused)
+    err = _fails(["evaluate", str(run)], str(error.args[0]), capsys)
+    assert err.strip().splitlines() == [f"modrec evaluate: error: {error.args[0]}"]
+
+
 def test_json_output_is_strict(monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "cmd_datasets", lambda args: {
+    monkeypatch.setattr(cli_data, "cmd_datasets", lambda args: {
         "nan": float("nan"), "inf": [float("inf"), np.float64("-inf")], "np": np.float32(0.5),
         "path": Path("/x")})
     assert main(["datasets", "--json"]) == 0
@@ -362,7 +408,7 @@ def test_a_failure_mid_training_removes_a_new_folder_or_keeps_a_resumable_one(
     def failing_at(epoch: int) -> Callable[[loop.Session], dict[str, object]]:
         def train_epoch(session: loop.Session) -> dict[str, object]:
             if session.progress.epoch + 1 == epoch:
-                raise RuntimeError("CUDA out of memory (simulated)")
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
             return original(session)
         return train_epoch
 

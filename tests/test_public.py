@@ -64,3 +64,18 @@ def test_no_download_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MODREC_DATA_DIR", str(tmp_path))
     with pytest.raises(DatasetUnavailable, match="no automatic download"):
         load_dataset("amazon-scientific")
+
+
+def test_a_name_is_the_named_dataset_unless_a_format_says_it_is_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one rule every reader of a dataset argument follows (`public.named_dataset`):
+    with --format, a file in the working directory called like a named dataset is read."""
+    from modrec.config import absolute_dataset
+
+    assert public.named_dataset("ml-100k") is public.NAMED["ml-100k"]
+    assert public.named_dataset("ml-100k", "csv") is None
+    assert public.named_dataset("no-such-set") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ml-100k").write_text("user,item,timestamp\n1,1,1\n1,2,2\n")
+    assert absolute_dataset("ml-100k") == "ml-100k"
+    assert absolute_dataset("ml-100k", "csv") == str(tmp_path / "ml-100k")

@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from modrec.errors import ModrecError
+
 _HINTS = {
     errno.ENOSPC: "free some space or write elsewhere",
     errno.EDQUOT: "free some space or write elsewhere",
@@ -29,7 +31,7 @@ _HINTS = {
 _write = os.write
 
 
-class WriteError(OSError):
+class WriteError(ModrecError, OSError):
     """A file could not be written. ``str()`` is a whole sentence naming the path, the
     reason and whether the previous version survived; ``errno`` is the cause's."""
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
+from modrec.errors import ConfigError
 from modrec.models.registry import SHARED, ModelConfig, model_spec
 
 _STRICT = ConfigDict(extra="forbid")
@@ -124,16 +125,16 @@ def config_dir() -> Path:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``train.lr=3e-4`` -> (["train", "lr"], 0.0003); values are read as YAML."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, value = text.split("=", 1)
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as err:
-        raise ValueError(f"override {text!r}: the value is not YAML "
-                         f"({' '.join(str(err).split())})") from None
+        raise ConfigError(f"override {text!r}: the value is not YAML "
+                          f"({' '.join(str(err).split())})") from None
     keys = key.strip().split(".")
     if not all(keys):
-        raise ValueError(f"override {text!r}: expected section.key=value")
+        raise ConfigError(f"override {text!r}: expected section.key=value")
     return keys, parsed
 
 
@@ -151,10 +152,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"{path} is not a YAML file modrec can read: "
-                         f"{' '.join(str(err).split())}") from None
+        raise ConfigError(f"{path} is not a YAML file modrec can read: "
+                          f"{' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
 
 
@@ -206,9 +207,9 @@ def absolute_dataset(dataset: str, format: str | None = None) -> str:
     """A dataset path that exists, made absolute; a named dataset (or anything else) as
     it is. A run records where its data was, so that it can be resumed or refitted
     from any directory; its contents are pinned by a fingerprint beside it."""
-    from modrec.data import NAMED
+    from modrec.data import named_dataset
 
-    if dataset in NAMED and format is None:
+    if named_dataset(dataset, format) is not None:
         return dataset
     path = Path(dataset).expanduser()
     return str(path.resolve()) if path.exists() else dataset
@@ -222,10 +223,10 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
             for e in err.errors()
         )
-        raise ValueError(f"invalid configuration: {problems}") from None
+        raise ConfigError(f"invalid configuration: {problems}") from None
     out_of_range = _model_ranges(config.model)
     if out_of_range:
-        raise ValueError(f"invalid configuration: {'; '.join(out_of_range)}")
+        raise ConfigError(f"invalid configuration: {'; '.join(out_of_range)}")
     return config
 
 
@@ -260,10 +261,10 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a readable run configuration ({err}); restore it "
-                         "from the run that wrote it, or train into a new folder") from None
+        raise ConfigError(f"{path} is not a readable run configuration ({err}); restore it "
+                          "from the run that wrote it, or train into a new folder") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of sections")
+        raise ConfigError(f"{path}: expected a JSON object of sections")
     run_format = raw.get("run_format", 1)
     for extra in WRITTEN_BESIDE:
         raw.pop(extra, None)

@@ -54,13 +54,14 @@ from modrec.atomic import WriteError, append_line, replace_atomic, write_text_at
 from modrec.config import RUN_FORMAT, RunConfig, load_config
 from modrec.data import Dataset, EvalSet, Split, load_dataset, make_split
 from modrec.data.dataset import DataFormatError
+from modrec.errors import ModrecError
 from modrec.eval import NonFiniteScores, evaluate
 from modrec.models import Scorer, build_model
 
 log = logging.getLogger(__name__)
 
 
-class RunError(ValueError):
+class RunError(ModrecError, ValueError):
     """A run directory (or a file in it) is missing, incomplete or not what modrec
     wrote. The message names the path and what to do."""
 

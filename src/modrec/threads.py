@@ -36,6 +36,8 @@ import os
 import sys
 from pathlib import Path
 
+from modrec.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 ENV = "MODREC_THREADS"
@@ -135,5 +137,5 @@ def _positive_int(text: str | None, name: str) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{name}={text!r}: expected a whole number of threads, at least 1")
+        raise ConfigError(f"{name}={text!r}: expected a whole number of threads, at least 1")
     return value

@@ -19,6 +19,8 @@ from modrec.content.annotate import (
     annotate_labels,
     grade_relevance,
     item_texts,
+    relevance_pairs,
+    sample_items,
 )
 from modrec.content.classify import classify, label_matrix
 from modrec.content.encoders.tags import split_tags
@@ -203,6 +205,32 @@ def test_ensemble_weighs_the_language_model_by_validation(ml100k, ml100k_store,
     with pytest.raises(ValueError, match="needs stored embeddings"):
         classify(ml100k, "genres", [], "ensemble", ml100k_store, llm=LabelPrompting(
             Oracle(ml100k), out=tmp_path / "x.jsonl", progress=False))
+
+
+def test_the_items_asked_are_a_seeded_sorted_sample():
+    """What `modrec annotate --items N --seed S` asks about (moved out of the CLI): the
+    same draw as before, sorted, every item when no count is given."""
+    items = sample_items(1682, 5, seed=3)
+    expected = np.sort(np.random.default_rng(3).permutation(1682)[:5] + 1)
+    np.testing.assert_array_equal(items, expected)
+    assert (np.diff(items) > 0).all() and items.min() >= 1 and items.max() <= 1682
+    np.testing.assert_array_equal(sample_items(7, None, seed=1), np.arange(1, 8))
+    assert not np.array_equal(sample_items(1682, 5, seed=4), items)
+
+
+def test_a_label_column_records_the_prompt_version_and_the_examples(ml100k):
+    how = LabelPrompting(Oracle(ml100k), method="choice", examples=3)
+    assert how.version() == "labels-choice-v1:examples=3"
+
+
+def test_relevance_pairs_are_each_querys_top_items_with_a_vector():
+    scores = np.array([[0.1, 0.9, -np.inf, 0.5],
+                       [-np.inf, -np.inf, -np.inf, 0.2]])  # (Q, N): item index - 1
+    assert relevance_pairs(["a", "b"], scores, top=3) == [
+        ("a", 2), ("a", 4), ("a", 1), ("b", 4)]  # best first; no item without a vector
+    assert relevance_pairs(["a", "b"], scores, top=1) == [("a", 2), ("b", 4)]
+    ties = np.zeros((1, 3))
+    assert relevance_pairs(["t"], ties, top=2) == [("t", 1), ("t", 2)]  # ties in item order
 
 
 def test_relevance_is_the_expected_grade(ml100k, tmp_path: Path):

@@ -50,6 +50,7 @@ from modrec.content.catalog import item_inputs
 from modrec.content.encoders.tags import split_tags
 from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
+from modrec.errors import UsageError
 from modrec.llm import (
     LanguageModel,
     Prompt,
@@ -85,6 +86,17 @@ class LabelPrompting:
     out: Path | None = None
     workers: int = 1
     progress: bool = True
+
+    def version(self) -> str:
+        """What an item column of these labels records as their version: the method's
+        prompt version and the number of few-shot examples."""
+        return f"{load_prompt(f'labels-{self.method}').version}:examples={self.examples}"
+
+
+def sample_items(num_items: int, count: int | None, seed: int = 0) -> np.ndarray:
+    """A seeded sample of ``count`` item indices in 1..``num_items`` (every item when
+    ``count`` is None), sorted: the items an annotation job asks about."""
+    return np.sort(np.random.default_rng(seed).permutation(num_items)[:count] + 1)
 
 
 def annotation_path(dataset: Dataset, name: str, llm: LanguageModel, prompt: Prompt,
@@ -173,7 +185,7 @@ def annotate_labels(dataset: Dataset, field_name: str, labels: list[str], items:
     ``pool``: the item indices few-shot examples may come from (default: every item
     with labels); an item is never its own example."""
     if how.method not in METHODS:
-        raise ValueError(f"unknown method {how.method!r}; choose {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {how.method!r}; choose {', '.join(METHODS)}")
     prompt = load_prompt(f"labels-{how.method}")
     texts = item_texts(dataset, how.text)
     truth = {int(i): [t for t in split_tags(v) if t in set(labels)]
@@ -241,7 +253,7 @@ class _ExampleFinder:
         self.pool = np.array([i for i in candidates
                               if usable[i] and truth.get(int(i)) and int(i) in texts])
         if len(self.pool) == 0:
-            raise ValueError("no labelled item with a stored text vector to take examples "
+            raise UsageError("no labelled item with a stored text vector to take examples "
                              f"from; run `modrec embed --encoder {how.encoder}` first")
         self.k, self.truth, self.texts = how.examples, truth, texts
 
@@ -253,6 +265,16 @@ class _ExampleFinder:
                                           "labels": ", ".join(self.truth[int(i)])})
                  for i in nearest]
         return "Examples:\n\n" + "\n\n".join(shots) + "\n\nNow this one.\n\n"
+
+
+def relevance_pairs(queries: list[str], scores: np.ndarray, top: int) -> list[tuple[str, int]]:
+    """The (query, item index) pairs to grade: each query's ``top`` items by its row of
+    ``scores`` (``(Q, N)``, item index - 1 per column, as `TextSearch.scores` gives
+    them), best first, ties in item order; an item scored not finite (no usable vector)
+    is never among them."""
+    return [(query, int(i) + 1) for q, query in enumerate(queries)
+            for i in np.argsort(-scores[q], kind="stable")[:top]
+            if np.isfinite(scores[q, i])]
 
 
 def grade_relevance(dataset: Dataset, llm: LanguageModel, pairs: list[tuple[str, int]],

@@ -24,6 +24,7 @@ from modrec import paths
 from modrec.content.encoders.base import EncodeError
 from modrec.data import Dataset
 from modrec.data.public import NAMED
+from modrec.errors import UsageError
 
 MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
 
@@ -37,7 +38,7 @@ def item_inputs(dataset: Dataset, column: str) -> pd.Series:
     if column == "item_id":
         return items["item_id"].astype(str)
     if column not in items.columns:
-        raise ValueError(f"dataset {dataset.name!r} has no item column {column!r}; item "
+        raise UsageError(f"dataset {dataset.name!r} has no item column {column!r}; item "
                          f"columns: {column_names(dataset)}")
     return items[column]
 

@@ -43,6 +43,7 @@ from torch import nn
 from modrec.content.encoders.tags import split_tags
 from modrec.content.store import EmbeddingStore, content_matrix, normalize_rows
 from modrec.data import Dataset
+from modrec.errors import UsageError
 
 if TYPE_CHECKING:
     from modrec.content.annotate import LabelPrompting
@@ -66,7 +67,7 @@ def label_matrix(dataset: Dataset, field: str, max_labels: int = 50,
     most frequent labels that occur on at least ``min_count`` items."""
     if field not in dataset.items.columns:
         columns = ", ".join(c for c in dataset.items.columns if c not in ("item", "item_id"))
-        raise ValueError(f"dataset {dataset.name!r} has no item column {field!r} to use as "
+        raise UsageError(f"dataset {dataset.name!r} has no item column {field!r} to use as "
                          f"labels; item columns: {columns}")
     tags = [split_tags(v) for v in dataset.items[field]]
     counts: dict[str, int] = {}
@@ -76,7 +77,7 @@ def label_matrix(dataset: Dataset, field: str, max_labels: int = 50,
     kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
     labels = sorted(kept[:max_labels])
     if not labels:
-        raise ValueError(f"no label of {field!r} occurs on {min_count} or more items")
+        raise UsageError(f"no label of {field!r} occurs on {min_count} or more items")
     column = {t: i for i, t in enumerate(labels)}
     targets = np.zeros((len(tags), len(labels)), np.float32)
     for position, item_tags in enumerate(tags):
@@ -108,14 +109,14 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
              max_labels: int = 50, min_count: int = 10, llm: LabelPrompting | None = None,
              test_items: int | None = None, valid_items: int | None = None) -> dict[str, Any]:
     if mode in ("llm", "ensemble") and llm is None:
-        raise ValueError(f"the {mode} mode needs a language model (--llm SPEC)")
+        raise UsageError(f"the {mode} mode needs a language model (--llm SPEC)")
     if mode == "ensemble" and not encoders:
-        raise ValueError("the ensemble mode needs stored embeddings for its trained head "
+        raise UsageError("the ensemble mode needs stored embeddings for its trained head "
                          "(--encoder text)")
     store = store or EmbeddingStore.for_dataset(dataset)
     for name in encoders:
         if store.info(name).reads == field:
-            raise ValueError(f"encoder {name!r} reads the label column {field!r} itself; "
+            raise UsageError(f"encoder {name!r} reads the label column {field!r} itself; "
                              "classifying from it would only copy the answer")
     data = label_matrix(dataset, field, max_labels, min_count)
     train, whole_valid, test = split_items(len(data.items), seed)
@@ -151,7 +152,7 @@ def classify(dataset: Dataset, field: str, encoders: list[str], mode: Mode = "tr
         elif mode == "zero-shot":
             scores = _zero_shot_scores(store, encoders, data, template)
         else:
-            raise ValueError(f"unknown mode {mode!r}; choose trained, zero-shot, knn or llm")
+            raise UsageError(f"unknown mode {mode!r}; choose trained, zero-shot, knn or llm")
     threshold = _best_threshold(scores[valid], y[valid])
     predicted = _predict(scores[test], threshold)
     positives = y[test].sum(0) > 0
@@ -253,7 +254,7 @@ def _zero_shot_scores(store: EmbeddingStore, encoders: list[str], data: Labelled
 
     texts = [n for n in encoders if embeds_queries(store.info(n).version)]
     if not texts:
-        raise ValueError("zero-shot needs a text encoder's embeddings (e.g. --encoder text) "
+        raise UsageError("zero-shot needs a text encoder's embeddings (e.g. --encoder text) "
                          "or a CLIP-style model's (clip:MODEL)")
     encoder = query_encoder(store.info(texts[0]).version)
     label_vectors = encoder.encode([template.format(label=label) for label in data.labels])

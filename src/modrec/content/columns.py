@@ -37,6 +37,7 @@ from modrec.atomic import write_text_atomic
 from modrec.content.annotation_file import AnnotationFile
 from modrec.content.store import EmbeddingStore, ManifestShape, read_manifest
 from modrec.data import Dataset
+from modrec.errors import NotFoundError, UsageError
 
 COLUMNS_MANIFEST = ManifestShape("columns", frozenset({"file"}), "a column entry lacks its file",
                                  "an item-columns manifest")
@@ -84,8 +85,8 @@ class ItemColumns:
         columns = self._manifest()
         if column not in columns:
             have = ", ".join(sorted(columns)) or "none"
-            raise KeyError(f"no computed column {column!r} in {self.folder} (have: {have}); "
-                           "run `modrec transcribe` first")
+            raise NotFoundError(f"no computed column {column!r} in {self.folder} (have: {have}); "
+                                "run `modrec transcribe` first")
         return columns[column]
 
     def file(self, producer: Producer) -> AnnotationFile:
@@ -159,10 +160,10 @@ def write_label_column(dataset: Dataset, column: str, labels: list[str], items: 
     import numpy as np
 
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"the label threshold must lie in [0, 1], not {threshold}")
+        raise UsageError(f"the label threshold must lie in [0, 1], not {threshold}")
     columns = columns or ItemColumns.for_dataset(dataset)
     if column in dataset.items.columns and column not in columns.names():
-        raise ValueError(f"the catalog already has a column {column!r}; name the "
+        raise UsageError(f"the catalog already has a column {column!r}; name the "
                          "language model's labels another way (--column)")
     producer = Producer(column, llm_fingerprint, f"{version}:threshold={threshold:g}", reads)
     file = columns.file(producer)

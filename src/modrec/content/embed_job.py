@@ -45,6 +45,7 @@ from modrec.content.encoders.registry import build_encoder
 from modrec.content.store import EmbeddingStore, StoreError
 from modrec.data import Dataset
 from modrec.distributed import World
+from modrec.errors import UsageError
 from modrec.progress import Bar, progress_bar
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def embed(dataset: Dataset, encoders: list[str], store: EmbeddingStore | None = 
     to share the items among (default: torchrun's, or one process); every rank gets
     the same reports, of the whole job."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     world = world or extraction_world()
     device = world.device(device)
     store = store or open_store(dataset, None, world)

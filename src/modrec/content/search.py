@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score
 from modrec.content.classify import label_matrix
 from modrec.content.store import EmbeddingStore, normalize_rows
 from modrec.data import Dataset
+from modrec.errors import UsageError
 
 if TYPE_CHECKING:
     from modrec.llm import LanguageModel
@@ -36,12 +37,12 @@ class TextSearch:
         store = store or EmbeddingStore.for_dataset(dataset)
         info = store.info(encoder)
         if not embeds_queries(info.version):
-            raise ValueError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
+            raise UsageError(f"{encoder!r} embeds {info.reads}, not text; search needs a "
                              "text encoder's vectors (modrec embed --encoder text, or "
                              "text:COLUMN) or a CLIP-style model's (clip:MODEL)")
         self.encoded = store.done(encoder)[1:] & ~store.failed(encoder)[1:]
         if not self.encoded.any():
-            raise ValueError(
+            raise UsageError(
                 f"no item has a usable {info.name!r} vector in {store.folder} (the embed "
                 f"job failed or was stopped before its first batch); run `modrec embed "
                 f"--encoder {info.name}` and check its failures")
@@ -60,7 +61,7 @@ class TextSearch:
         """The top ``k`` items; with ``llm``, the top ``rerank_top`` reordered by the
         model's relevance grade first (the score is then the rerank order's)."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise UsageError(f"k must be at least 1, got {k}")
         scores = self.scores([query])
         if llm is not None:
             scores = rerank(self.dataset, [query], scores, llm, max(rerank_top, k), noun)

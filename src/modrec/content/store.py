@@ -35,6 +35,7 @@ import numpy as np
 
 from modrec import paths
 from modrec.atomic import WriteError, replace_atomic, write_text_atomic
+from modrec.errors import ModrecError, NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class MatrixInfo:
     reads: str
 
 
-class StoreError(ValueError):
+class StoreError(ModrecError, ValueError):
     """A store's files disagree with its manifest or with each other; the message names
     the files and what is wrong."""
 
@@ -178,8 +179,8 @@ class EmbeddingStore:
         name = store_name(name)
         if name not in self._manifest:
             have = ", ".join(self.names()) or "none"
-            raise KeyError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
-                           f"run `modrec embed --encoder {name}` first")
+            raise NotFoundError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
+                                f"run `modrec embed --encoder {name}` first")
         info = self._manifest[name]
         return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"])
 
@@ -349,7 +350,7 @@ def content_matrix(store: EmbeddingStore, encoders: list[str]) -> np.ndarray:
     L2-normalised so that no modality dominates by scale; items never encoded or
     flagged as failed are zero. Row 0 (padding) is zero."""
     if not encoders:
-        raise ValueError("no encoders given: name the stored embeddings to use "
+        raise UsageError("no encoders given: name the stored embeddings to use "
                          "(e.g. --encoder text)")
     blocks = []
     for name in map(store_name, encoders):

@@ -3,7 +3,13 @@ batches. Nothing here imports models, training or serving."""
 
 from modrec.data.batches import SequenceBatch
 from modrec.data.dataset import DataFormatError, Dataset, Sequences
-from modrec.data.public import NAMED, DatasetUnavailable, list_datasets, load_dataset
+from modrec.data.public import (
+    NAMED,
+    DatasetUnavailable,
+    list_datasets,
+    load_dataset,
+    named_dataset,
+)
 from modrec.data.splits import EvalSet, Split, leave_one_out, make_split, temporal_split
 
 __all__ = [
@@ -19,5 +25,6 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "make_split",
+    "named_dataset",
     "temporal_split",
 ]

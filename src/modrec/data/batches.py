@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from modrec.data.dataset import Sequences
+from modrec.errors import ConfigError
 
 
 @dataclass
@@ -127,8 +128,8 @@ class Shard:
 def local_batch_size(batch_size: int, rank: int, world: int) -> int:
     """Rank ``rank``'s share of a global batch of ``batch_size``: together, the batch."""
     if batch_size < world:
-        raise ValueError(f"train.batch_size {batch_size} is smaller than the {world} "
-                         "processes; each needs at least one sequence a step")
+        raise ConfigError(f"train.batch_size {batch_size} is smaller than the {world} "
+                          "processes; each needs at least one sequence a step")
     return batch_size // world + (rank < batch_size % world)
 
 

@@ -34,6 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modrec.errors import ConfigError, ModrecError, NotFoundError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -43,7 +45,7 @@ FORMAT_VERSION = 1
 ROW_GROUP = 1_000_000
 
 
-class DataFormatError(ValueError):
+class DataFormatError(ModrecError, ValueError):
     """A source file does not have the shape its format promises. The message names
     the file, the line (when there is one) and what was expected."""
 
@@ -121,14 +123,14 @@ class Dataset:
     def item_index(self, item_id: str) -> int:
         matches = np.flatnonzero(self.items["item_id"].to_numpy() == str(item_id))
         if len(matches) == 0:
-            raise KeyError(f"item id {item_id!r} is not in dataset {self.name!r}")
+            raise NotFoundError(f"item id {item_id!r} is not in dataset {self.name!r}")
         return int(self.items["item"].iloc[matches[0]])
 
     def user_index(self, user_id: str) -> int:
         matches = np.flatnonzero(self.users["user_id"].to_numpy() == str(user_id))
         if len(matches) == 0:
             sample = ", ".join(self.users["user_id"].head(3))
-            raise KeyError(
+            raise NotFoundError(
                 f"user id {user_id!r} is not in dataset {self.name!r} "
                 f"({self.num_users} users; ids look like {sample})"
             )
@@ -284,7 +286,7 @@ def settle_repeats(dataset: Dataset, policy: str, why: str = "") -> Dataset:
     SASRec a test HR@1 of 0.85 against 0.025 without the repeats). Dropping them is what
     the common preprocessing does; ``why`` says why they are kept, when they are."""
     if policy not in REPEATS:
-        raise ValueError(f"consecutive_repeats {policy!r}; expected one of {', '.join(REPEATS)}")
+        raise ConfigError(f"consecutive_repeats {policy!r}; expected one of {', '.join(REPEATS)}")
     repeats = consecutive_repeats(dataset)
     found = int(repeats.sum())
     users = int(len(np.unique(dataset.interactions["user"].to_numpy()[repeats])))

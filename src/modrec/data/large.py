@@ -45,6 +45,7 @@ from modrec.data.table_columns import (
     location,
     resolve_columns,
 )
+from modrec.errors import ConfigError
 
 # Files (or folders of Parquet files) at least this big (bytes) go through DuckDB when
 # no format is given; MODREC_LARGE_IMPORT_BYTES changes it.
@@ -78,7 +79,7 @@ def _duckdb() -> Any:
 def _memory_limit(memory_limit: str | None) -> str:
     limit = memory_limit or os.environ.get("MODREC_IMPORT_MEMORY", IMPORT_MEMORY)
     if not limit.replace(".", "").isalnum():
-        raise ValueError(f"memory limit {limit!r}; expected something like '2GB'")
+        raise ConfigError(f"memory limit {limit!r}; expected something like '2GB'")
     return limit
 
 

@@ -39,11 +39,12 @@ from modrec.data.importers import (
     read_recbole,
     read_sequences,
 )
+from modrec.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
 
-class DatasetUnavailable(RuntimeError):
+class DatasetUnavailable(UnavailableError):
     """A named dataset is neither in the data directory nor downloadable right now."""
 
 
@@ -274,6 +275,14 @@ NAMED: dict[str, NamedDataset] = {
 }
 
 
+def named_dataset(name_or_path: str | Path, format: str | None = None) -> NamedDataset | None:
+    """The named dataset ``name_or_path`` stands for, or None for a path. The one rule,
+    for every reader of a dataset argument: a name in `NAMED` is the named dataset,
+    unless ``format`` says the argument is a file of that format (a file called
+    ``ml-100k`` in the working directory, read with ``--format csv``)."""
+    return NAMED.get(str(name_or_path)) if format is None else None
+
+
 # ---- loading, caching, downloading ----------------------------------------------------
 def load_dataset(
     name_or_path: str | Path, format: str | None = None, columns: dict[str, str] | None = None,
@@ -315,11 +324,11 @@ def _source(name_or_path: str | Path, format: str | None,
     the other one is never served, and one made by a choice other than the default is
     kept beside the default's."""
     if repeats is not None and repeats not in REPEATS:
-        raise ValueError(f"consecutive repeats {repeats!r}; expected one of "
-                         f"{', '.join(REPEATS)} (or None: the dataset's default)")
+        raise ConfigError(f"consecutive repeats {repeats!r}; expected one of "
+                          f"{', '.join(REPEATS)} (or None: the dataset's default)")
     key = str(name_or_path)
-    if key in NAMED and format is None:
-        spec = NAMED[key]
+    spec = named_dataset(key, format)
+    if spec is not None:
         root = paths.data_dir()
         if not spec.present(root):
             _download(spec, root)

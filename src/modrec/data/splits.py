@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modrec.data.dataset import Dataset, Sequences
+from modrec.errors import ConfigError, UsageError
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def temporal_split(ds: Dataset, valid_quantile: float = 0.8, test_quantile: floa
     and the first at or after the test time is a test target, with everything before
     it as history. Requires timestamps."""
     if not ds.has_timestamps:
-        raise ValueError(
+        raise UsageError(
             f"dataset {ds.name!r} has no timestamps; a temporal split needs them "
             "(use the leave-one-out split instead)"
         )
@@ -181,7 +182,7 @@ def check_split(split: Split, ds: Dataset, name: str, trained: bool = True) -> N
                  "one before the 90% quantile"),
                 ("test", split.test, "before the 90% time quantile and another after it")):
             if evalset is not None and len(evalset) == 0:
-                raise ValueError(
+                raise UsageError(
                     f"after the temporal split no user has a {part} target: a user needs "
                     f"an event {window}, and none of the {users} users of {ds.name!r} "
                     f"has. {more}")
@@ -194,13 +195,13 @@ def check_split(split: Split, ds: Dataset, name: str, trained: bool = True) -> N
                        else "a validation target: every user needs at least 3 events (the "
                        "last is the test target, the one before it the validation target, "
                        "the rest are trained on")
-            raise ValueError(
+            raise UsageError(
                 f"after the {name} split no user has {targets}); {short} of the {users} "
                 f"users of {ds.name!r} have fewer. {more}")
     if trained and not (split.train.lengths() >= 2).any():
         kept = ("the events before the 80% time quantile" if name == "temporal" else
                 "all but each user's last two events")
-        raise ValueError(
+        raise UsageError(
             f"after the {name} split no user of {ds.name!r} has two or more events to "
             f"train on (training keeps {kept}, and a model learns each next item from the "
             f"ones before it). {more}")
@@ -208,5 +209,5 @@ def check_split(split: Split, ds: Dataset, name: str, trained: bool = True) -> N
 
 def make_split(ds: Dataset, name: str) -> Split:
     if name not in SPLITS:
-        raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
     return SPLITS[name](ds)

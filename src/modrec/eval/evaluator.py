@@ -14,11 +14,12 @@ import torch
 from modrec.data.batches import last_items, last_times, pad_right
 from modrec.data.dataset import Sequences
 from modrec.data.splits import EvalSet
+from modrec.errors import ModrecError
 from modrec.eval.metrics import ranking_metrics
 from modrec.models.retrieval import Scorer
 
 
-class NonFiniteScores(ValueError):
+class NonFiniteScores(ModrecError, ValueError):
     """The model scored items NaN or infinite: its weights hold such values (a training
     run that diverged) or its products overflow. A NaN compares false with everything,
     so it would rank every target first; the evaluation stops instead."""

@@ -14,6 +14,7 @@ too); ``content.annotate`` puts it to work on a catalog.
 
 from __future__ import annotations
 
+from modrec.errors import ConfigError
 from modrec.llm.model import (
     LanguageModel,
     LLMError,
@@ -42,7 +43,7 @@ def open_llm(spec: str, threads: int | None = None, context: int = 4096,
 
         url, _, model = rest.partition("#")
         if not url.startswith(("http://", "https://")) or not model:
-            raise ValueError(f"--llm {spec!r}: expected openai:http(s)://HOST:PORT/v1#MODEL")
+            raise ConfigError(f"--llm {spec!r}: expected openai:http(s)://HOST:PORT/v1#MODEL")
         return OpenAIModel(url, model, timeout=timeout, concurrency=concurrency)
     if kind == "hf" and rest:
         from modrec.llm.hf import HFModel
@@ -50,5 +51,5 @@ def open_llm(spec: str, threads: int | None = None, context: int = 4096,
         return HFModel(rest)
     if not sep and spec.endswith(".gguf"):
         return open_llm(f"local:{spec}", threads, context, timeout, concurrency)
-    raise ValueError(f"unknown language model {spec!r}; expected local:PATH.gguf, "
-                     "openai:URL#MODEL or hf:NAME")
+    raise ConfigError(f"unknown language model {spec!r}; expected local:PATH.gguf, "
+                      "openai:URL#MODEL or hf:NAME")

@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from modrec.errors import ModrecError, UsageError
+
 Message = dict[str, str]
 
 # The floor for an option the backend gave no probability for (not among an HTTP
@@ -35,7 +37,7 @@ Message = dict[str, str]
 MISSING_LOGPROB = -30.0
 
 
-class LLMError(RuntimeError):
+class LLMError(ModrecError, RuntimeError):
     """A language model could not be opened or did not answer; the message says why and
     what to do (install the runtime, start the server, check the path)."""
 
@@ -125,9 +127,9 @@ class OptionTokens:
                       if (tokens := self._tokenize(variant.strip()))]
             first = max(firsts, key=len, default="")  # the first form wins a tie
             if not first:
-                raise ValueError(f"option {option!r} has no token text to score")
+                raise UsageError(f"option {option!r} has no token text to score")
             if owner.setdefault(first, option) != option:
-                raise ValueError(f"options {owner[first]!r} and {option!r} start with the "
+                raise UsageError(f"options {owner[first]!r} and {option!r} start with the "
                                  f"same token {first!r}; scoring cannot tell them apart")
             ids.append(self._keys[first])
         return ids

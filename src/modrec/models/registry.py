@@ -36,6 +36,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 from torch import nn
 
+from modrec.errors import ConfigError
 from modrec.models.item_tower import ItemTower
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ def model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: "
-                         f"{', '.join(model_names())}")
+        raise ConfigError(f"unknown model {name!r}; registered models: "
+                          f"{', '.join(model_names())}")
     return _REGISTRY[name]
 
 
@@ -136,23 +137,23 @@ class ModelConfig:
         raw = dict(raw)
         name = str(raw.get("name", "sasrec"))
         if name not in model_names():
-            raise ValueError(f"model.name {name!r} is not a registered model; choose one of "
-                             f"{', '.join(model_names())}")
+            raise ConfigError(f"model.name {name!r} is not a registered model; choose one of "
+                              f"{', '.join(model_names())}")
         spec = model_spec(name)
         own = {key: raw.pop(key) for key in list(raw) if key not in (*SHARED, "options")}
         given = raw.get("options")
         if dataclasses.is_dataclass(given) and not isinstance(given, type):
             given = dataclasses.asdict(given)
         if not isinstance(given, dict | None):
-            raise ValueError(f"model.options must be a mapping, not {type(given).__name__}")
+            raise ConfigError(f"model.options must be a mapping, not {type(given).__name__}")
         try:
             raw["options"] = TypeAdapter(spec.options).validate_python({**(given or {}), **own})
         except ValidationError as err:
             allowed = [f.name for f in dataclasses.fields(spec.options)] + list(SHARED[1:])
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                  for e in err.errors())
-            raise ValueError(f"model {spec.name!r}: {problems} (its settings: "
-                             f"{', '.join(allowed)})") from None
+            raise ConfigError(f"model {spec.name!r}: {problems} (its settings: "
+                              f"{', '.join(allowed)})") from None
         return raw
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,13 +169,13 @@ def item_tower(config: ModelConfig, num_items: int, content: torch.Tensor | None
     loaded."""
     if config.item_tower != "id" and content is None:
         if config.content_dim is None:
-            raise ValueError(f"item_tower {config.item_tower!r} needs content embeddings")
+            raise ConfigError(f"item_tower {config.item_tower!r} needs content embeddings")
         content = torch.zeros(num_items + 1, config.content_dim)
     ids = None
     if config.item_table == "sharded":
         if config.item_tower == "content":
-            raise ValueError("model.item_table=sharded shards the ID table; a content "
-                             "tower has none (use item_tower id or id+content)")
+            raise ConfigError("model.item_table=sharded shards the ID table; a content "
+                              "tower has none (use item_tower id or id+content)")
         from modrec.models.sharded_items import ShardableTable  # needs TorchRec
 
         ids = ShardableTable(num_items, config.dim)

@@ -19,6 +19,7 @@ from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 from torch import nn
 
+from modrec.errors import ConfigError
 from modrec.models.item_tower import ItemTower
 from modrec.models.layers import Dropout, attention
 from modrec.models.registry import ModelConfig, item_tower, register
@@ -41,7 +42,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -86,7 +87,7 @@ class OriginalBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.attention_dropout = num_heads, dropout
         self.norm_query = nn.LayerNorm(dim, eps=1e-8)
         self.query = nn.Linear(dim, dim)

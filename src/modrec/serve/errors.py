@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from modrec.errors import ModrecError
 
-class RequestError(ValueError):
+
+class RequestError(ModrecError, ValueError):
     """A request that cannot be answered as asked (unknown model or item, missing
     timestamps, no text embeddings to search); the HTTP layer answers ``status`` with
     this message."""

@@ -28,6 +28,7 @@ import torch
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+from modrec.errors import UsageError
 from modrec.eval.evaluator import user_vectors
 from modrec.runs import Run, RunError, load_run
 from modrec.serve.errors import RequestError
@@ -185,7 +186,7 @@ class Recommender:
 
     def _times_of(self, query: Query) -> np.ndarray:
         if query.times is None:
-            raise ValueError(f"{self.name} at {self.folder} learned from elapsed time: "
+            raise UsageError(f"{self.name} at {self.folder} learned from elapsed time: "
                              "send the history's timestamps (seconds) beside its items")
         return query.times
 

@@ -45,6 +45,8 @@ from typing import Protocol
 
 import numpy as np
 
+from modrec.errors import ModrecError
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -63,9 +65,14 @@ _INSERT = "INSERT INTO events (user_id, item, ts, kind) VALUES (?, ?, ?, ?)"
 _SEEDED_FROM = "seeded_from"
 
 
-class StateError(ValueError):
+class StateError(ModrecError, ValueError):
     """The user state's file cannot be used (a folder, not SQLite, another program's
     database, not writable); the message names the path, says why and what to pass."""
+
+
+class AlreadySeeded(StateError, RuntimeError):
+    """The state was seeded already (by another process, meanwhile): seeding twice would
+    copy the dataset's histories in twice."""
 
 
 class UserState(Protocol):
@@ -274,7 +281,7 @@ class SQLiteUserState:
                                              else len(timestamps)):
             raise ValueError("users, items and timestamps must have the same length")
         if (seeded := self.seeded_from()) is not None:
-            raise RuntimeError(f"user state {self.path} was already seeded from {seeded!r}")
+            raise AlreadySeeded(f"user state {self.path} was already seeded from {seeded!r}")
         start = time.perf_counter()
         user_list = users.tolist() if isinstance(users, np.ndarray) else users
         item_list = items.tolist() if isinstance(items, np.ndarray) else items
@@ -289,7 +296,7 @@ class SQLiteUserState:
         try:
             written = self._write(rows, {_SEEDED_FROM: source})
         except sqlite3.IntegrityError as e:  # another process seeded meanwhile
-            raise RuntimeError(f"user state {self.path} was already seeded") from e
+            raise AlreadySeeded(f"user state {self.path} was already seeded") from e
         log.info("seeded %d events from %s in %.1f s", written, source,
                  time.perf_counter() - start)
         return written

@@ -53,6 +53,7 @@ from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
 from modrec.data.splits import EvalSet, check_split
 from modrec.distributed import World
+from modrec.errors import ConfigError
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
 from modrec.models import RetrievalModel, Scorer, Trainable, build_model
 from modrec.models.sharded_items import ShardableTable
@@ -233,7 +234,7 @@ def _items(model: nn.Module, config: RunConfig, split: Split, world: World, devi
     With ``rank_users`` the known items are the union over ranks, and a fitted model,
     which counts over all users, is refused."""
     if rank_users and getattr(model, "fit", None) is not None:
-        raise ValueError(f"data.rank_users: model {config.model.name!r} is fitted from "
+        raise ConfigError(f"data.rank_users: model {config.model.name!r} is fitted from "
                          "counts over all users, which no rank holds; fit it in one process")
     known = split.known_items()
     if rank_users:  # every rank's training items
@@ -328,7 +329,7 @@ def _user_block(config: RunConfig, world: World) -> Dataset:
 def _check_rank_users(config: RunConfig) -> None:
     """What data.rank_users cannot do, said before any data is read."""
     if config.data.split == "temporal":
-        raise ValueError(
+        raise ConfigError(
             "data.rank_users: the temporal split cuts at time quantiles of all interactions, "
             "which no rank holds; use --split loo (or cold-items, loo-no-valid), or train "
             "without data.rank_users")

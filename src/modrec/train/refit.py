@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modrec.config import config_from_dict
+from modrec.errors import UsageError
 from modrec.runs import RunDir
 from modrec.train.loop import SELECT_ON, train
 
@@ -27,7 +28,7 @@ def refit(run_dir: str | Path, out_dir: str | Path, resume: bool = False,
             f"the end first (modrec train ... --out {source.folder} --resume).")
     config = source.read_config()
     if config.data.split != "loo":
-        raise ValueError(
+        raise UsageError(
             f"{source.folder} used the {config.data.split!r} split; refit adds the "
             "leave-one-out validation item to training, so it needs a run trained with "
             "--split loo")

@@ -18,6 +18,7 @@ from typing import Any
 
 from modrec.config import RESUMABLE_SECTIONS, RunConfig, config_changes
 from modrec.data import Dataset
+from modrec.errors import ConfigError, UsageError
 from modrec.runs import RunDir, RunError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def resume_history(run: RunDir, config: RunConfig, dataset: Dataset,
     history: list[dict[str, Any]] = extras.get("resumed", [])
     before = extras.get("dataset_info", {}).get("fingerprint")
     if before is not None and before != dataset.fingerprint():
-        raise ValueError(
+        raise UsageError(
             f"{run.folder} was trained on other data than {config.data.dataset!r} holds now "
             "(its interactions or ids changed); resuming would continue on different "
             "data. Train into a new --out.")
@@ -65,7 +66,7 @@ def resume_history(run: RunDir, config: RunConfig, dataset: Dataset,
              if key.split(".")[0] not in RESUMABLE_SECTIONS}
     if fixed:
         listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in fixed.items())
-        raise ValueError(
+        raise ConfigError(
             f"{run.folder} was trained with other settings ({listed}); resuming would "
             f"continue one model as another. Resume with the settings in {run.config_file}, "
             "or train into a new --out.")

@@ -41,6 +41,7 @@ from torch import nn
 from modrec.config import RunConfig
 from modrec.data.splits import EvalSet
 from modrec.distributed import World
+from modrec.errors import ConfigError
 from modrec.eval.evaluator import LookupScorer, rank_targets_blockwise
 from modrec.models.sharded_items import TABLE, ShardableTable, require_torchrec
 from modrec.runs import RunDir, RunError
@@ -68,7 +69,7 @@ def check_settings(config: RunConfig, model: nn.Module) -> None:
     if config.train.ema_decay is not None:
         problems.append("train.ema_decay would copy the whole table; leave it unset")
     if problems:
-        raise ValueError("model.item_table=sharded: " + "; ".join(problems))
+        raise ConfigError("model.item_table=sharded: " + "; ".join(problems))
 
 
 def check_resume(checkpoint: Checkpoint, world: World) -> None:
@@ -76,12 +77,12 @@ def check_resume(checkpoint: Checkpoint, world: World) -> None:
     rows and their optimiser state are a part of their own, cut by that world's plan."""
     parts = checkpoint.table_parts()
     if parts is None:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint.path} holds no sharded item table (it was written by a run "
             "without model.item_table=sharded); resume with that run's settings, or train "
             "into a new --out")
     if parts["world_size"] != world.size:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint.path} was written by {parts['world_size']} processes and this run "
             f"has {world.size}: each process saved its own rows of the item table, so the "
             f"run resumes on {parts['world_size']} (torchrun --nproc_per_node "

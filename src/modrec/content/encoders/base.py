@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from modrec.errors import ModrecError
+
 if TYPE_CHECKING:
     from modrec.data import Dataset
 
 
-class EncodeError(RuntimeError):
+class EncodeError(ModrecError, RuntimeError):
     """One item's input could not be encoded (missing or unreadable file, empty text)."""
 
 

@@ -26,6 +26,7 @@ import torch
 from modrec.content.encoders.base import EncodeError, Spec
 from modrec.content.media import load_image
 from modrec.data import Dataset
+from modrec.errors import UsageError
 from modrec.fingerprints import weights_fingerprint
 
 PREFIX = "clip:"
@@ -37,7 +38,7 @@ class ClipEncoder:
     def __init__(self, model: str, reads: str = "image", name: str = "clip",
                  device: str = "cpu", batch_size: int = 32) -> None:
         if reads not in ("image", "text"):
-            raise ValueError(f"a CLIP encoder reads image or text, not {reads!r}")
+            raise UsageError(f"a CLIP encoder reads image or text, not {reads!r}")
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         path = Path(model).expanduser()
@@ -48,13 +49,13 @@ class ClipEncoder:
             self._images = AutoImageProcessor.from_pretrained(source) if reads == "image" \
                 else None
         except (OSError, ValueError) as err:
-            raise ValueError(f"could not load a CLIP-style model from {model!r} ({err}); "
+            raise UsageError(f"could not load a CLIP-style model from {model!r} ({err}); "
                              "name a folder holding its weights, tokenizer and image "
                              "processor, or a Hugging Face name where a network exists") \
                 from None
         if not all(hasattr(self._model, f) for f in ("get_image_features",
                                                       "get_text_features")):
-            raise ValueError(f"{model!r} is a {type(self._model).__name__}, not an image-text "
+            raise UsageError(f"{model!r} is a {type(self._model).__name__}, not an image-text "
                              "dual encoder (no get_image_features / get_text_features)")
         self.name, self.reads, self.device, self.batch_size = name, reads, device, batch_size
         self.source = source
@@ -68,11 +69,11 @@ class ClipEncoder:
         """The model whose stored vectors carry ``version``, loaded to embed queries
         (its text tower); refuses weights that changed since."""
         if not version.startswith(PREFIX):
-            raise ValueError(f"vectors of version {version!r} were not made by a CLIP encoder")
+            raise UsageError(f"vectors of version {version!r} were not made by a CLIP encoder")
         source, revision, _ = version[len(PREFIX):].rsplit("|", 2)
         encoder = cls(source, reads="text")
         if encoder.version.split("|")[1] != revision:
-            raise ValueError(f"the CLIP weights at {source} changed since the stored vectors "
+            raise UsageError(f"the CLIP weights at {source} changed since the stored vectors "
                              "were made; encode the items again (modrec embed)")
         return encoder
 

@@ -20,6 +20,7 @@ from PIL import Image
 from modrec.content.encoders.base import Spec
 from modrec.content.media import load_image
 from modrec.data import Dataset
+from modrec.errors import ConfigError, UsageError
 
 SIZE = 224
 
@@ -68,7 +69,7 @@ class ImageEncoder:
             self._mean, self._std = float(np.mean(cfg["mean"])), float(np.mean(cfg["std"]))
             self.dim = int(net.num_features)
         else:
-            raise ValueError(f"unknown image model {model!r}: use efficientnet-lite0 or "
+            raise ConfigError(f"unknown image model {model!r}: use efficientnet-lite0 or "
                              "timm:<model name>")
         self._net = net.to(device).eval()
         self.version = f"{model}:pool-mean:224"
@@ -88,7 +89,7 @@ class ImageEncoder:
         """``(B, 1000)`` ImageNet class probabilities from the network's own classifier
         (EfficientNet-Lite0's; a ``timm:`` backbone is loaded without one)."""
         if self.model_name != "efficientnet-lite0":
-            raise ValueError(f"{self.model_name} is loaded as a feature extractor without "
+            raise UsageError(f"{self.model_name} is loaded as a feature extractor without "
                              "its classifier; ImageNet labels need efficientnet-lite0")
         images = [load_image(x) for x in batch]
         out = []

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from modrec.content.encoders.base import EncodeError, Spec
-from modrec.data import Dataset
+from modrec.data import DataFormatError, Dataset
+from modrec.errors import UsageError
 
 
 class PrecomputedEncoder:
@@ -20,7 +21,7 @@ class PrecomputedEncoder:
 
     def __init__(self, name: str, vectors: np.ndarray, item_ids: list[str], source: str) -> None:
         if len(vectors) != len(item_ids):
-            raise ValueError(f"{source}: {len(vectors)} vectors but {len(item_ids)} item ids")
+            raise DataFormatError(f"{source}: {len(vectors)} vectors but {len(item_ids)} item ids")
         self.name, self.dim = name, int(vectors.shape[1])
         self.version = f"precomputed:{source}"
         self._vectors = vectors.astype(np.float32)
@@ -33,7 +34,7 @@ class PrecomputedEncoder:
         vectors = np.load(matrix)
         ids = pd.read_csv(row_ids, sep="\t", dtype=str)
         if id_column not in ids.columns:
-            raise ValueError(f"{row_ids}: no column {id_column!r} (has {list(ids.columns)})")
+            raise DataFormatError(f"{row_ids}: no column {id_column!r} (has {list(ids.columns)})")
         if "npy_row" in ids.columns:
             ids = ids.sort_values("npy_row", key=lambda s: s.astype(int))
         return cls(name, vectors, ids[id_column].tolist(), matrix.name)
@@ -50,7 +51,7 @@ class PrecomputedEncoder:
 
         run = load_run(run_dir)
         if run.dataset.name != dataset_name:
-            raise ValueError(f"run {run_dir} was trained on {run.dataset.name!r}, not "
+            raise UsageError(f"run {run_dir} was trained on {run.dataset.name!r}, not "
                              f"{dataset_name!r}")
         vectors = run.item_vectors()[1:][run.known[1:]]  # (known items, D)
         item_ids = run.dataset.items["item_id"].astype(str).to_numpy()[run.known[1:]]

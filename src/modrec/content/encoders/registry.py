@@ -28,6 +28,7 @@ from modrec.content.encoders.base import Builder, Encoder, Spec
 from modrec.content.store import store_name
 from modrec.data import Dataset
 from modrec.data.public import NAMED
+from modrec.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def build_encoder(spec: str, dataset: Dataset, device: str = "cpu") -> Encoder:
     kind = _REGISTRY.get(modality)
     if kind is None or (kind.needs_option and not option):
         known = [k.usage for k in _REGISTRY.values() if k.usage] + sorted(shipped)
-        raise ValueError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
+        raise UsageError(f"unknown encoder {spec!r}; choose from {', '.join(known)} "
                          "(optionally NAME:MODEL)")
     return kind.build(parsed, dataset, device)
 

@@ -17,6 +17,7 @@ import numpy as np
 from modrec.content.catalog import column_names
 from modrec.content.encoders.base import EncodeError, Spec
 from modrec.data import Dataset
+from modrec.errors import UsageError
 
 
 def split_tags(value: Any) -> list[str]:
@@ -32,7 +33,7 @@ class TagEncoder:
 
     def __init__(self, vocabulary: list[str], name: str = "tags") -> None:
         if not vocabulary:
-            raise ValueError("a tag encoder needs at least one tag; the catalog has none")
+            raise UsageError("a tag encoder needs at least one tag; the catalog has none")
         self.name = name
         self.vocabulary = sorted(vocabulary)
         self._index = {tag: i for i, tag in enumerate(self.vocabulary)}
@@ -60,7 +61,7 @@ def build(spec: Spec, dataset: Dataset, device: str) -> TagEncoder:
     """``tags`` or ``tags:COLUMN``: the vocabulary of that item column."""
     column = spec.option or "tags"
     if column not in dataset.items.columns:
-        raise ValueError(f"dataset {dataset.name!r} has no item column {column!r} for "
+        raise UsageError(f"dataset {dataset.name!r} has no item column {column!r} for "
                          f"{spec.text!r}; item columns: {column_names(dataset)}")
     encoder = TagEncoder.fit(dataset.items[column].dropna(), name=spec.name)
     encoder.reads = column

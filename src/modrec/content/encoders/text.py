@@ -17,6 +17,7 @@ import numpy as np
 
 from modrec.content.encoders.base import EncodeError, Spec
 from modrec.data import Dataset
+from modrec.errors import UsageError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -59,7 +60,7 @@ class TextEncoder:
         names are embedded in the same space as the items."""
         prefix = "sentence-transformers:"
         if not version.startswith(prefix):
-            raise ValueError(f"vectors of version {version!r} were not made by a text encoder")
+            raise UsageError(f"vectors of version {version!r} were not made by a text encoder")
         model = version[len(prefix):].split("|", 1)[0].rsplit(":", 1)[0]
         return cls(None if model == DEFAULT_MODEL else model)
 
@@ -99,7 +100,7 @@ def build(spec: Spec, dataset: Dataset, device: str) -> TextEncoder:
     from modrec.content.video_text.describe import COLUMNS
 
     if model in COLUMNS:  # not a model: a computed column not computed yet
-        raise ValueError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
+        raise UsageError(f"dataset {dataset.name!r} has no {model!r} column yet; run "
                          f"`modrec transcribe -d {dataset.name}` first (with the same "
                          "--store), then embed it")
     text = TextEncoder(model, name=spec.name, device=device)

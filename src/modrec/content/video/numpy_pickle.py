@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from modrec.errors import ModrecError
 
-class WeightsError(ValueError):
+
+class WeightsError(ModrecError, ValueError):
     """A weights file is missing, damaged, unsafe to load, or not the weights the model
     expects. The message names the file and what to do."""
 

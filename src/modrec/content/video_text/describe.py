@@ -28,6 +28,7 @@ from modrec.content.columns import ItemColumns, Producer
 from modrec.content.encoders.base import EncodeError
 from modrec.content.media import decode_audio, sample_frames
 from modrec.data import Dataset
+from modrec.errors import UsageError
 from modrec.progress import Bar, progress_bar
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def describe_videos(dataset: Dataset, settings: VideoTextSettings | None = None,
     settings = settings or VideoTextSettings()
     unknown = [p for p in settings.parts if p not in PARTS]
     if unknown or not settings.parts:
-        raise ValueError(f"unknown part {', '.join(unknown) or '(none given)'}; choose from "
+        raise UsageError(f"unknown part {', '.join(unknown) or '(none given)'}; choose from "
                          f"{', '.join(PARTS)}")
     columns = columns or ItemColumns.for_dataset(dataset)
     inputs = item_inputs(dataset, "video")

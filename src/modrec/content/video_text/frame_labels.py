@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from modrec.content.encoders.image import ImageEncoder
+from modrec.errors import UsageError
 from modrec.fingerprints import weights_fingerprint
 
 
@@ -41,7 +42,7 @@ class FrameLabeler:
     def __init__(self, image: ImageEncoder | None = None, top: int = 5,
                  min_score: float = 0.02, device: str = "cpu") -> None:
         if image is not None and image.weights is None:
-            raise ValueError(f"frame labels need an ImageNet classifier; "
+            raise UsageError(f"frame labels need an ImageNet classifier; "
                              f"{image.model_name} is loaded without one")
         self._image, self.device = image, device  # None: EfficientNet-Lite0 at first use
         self.names = imagenet_names()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from modrec.errors import ConfigError, UnavailableError
+
 OCR_INSTALL = "apt-get install tesseract-ocr && pip install pytesseract"
 
 
@@ -33,13 +35,13 @@ class ScreenText:
     def __init__(self, lang: str = "eng", min_confidence: float = 70.0) -> None:
         reason = ocr_unavailable()
         if reason:
-            raise RuntimeError(f"OCR unavailable: {reason}")
+            raise UnavailableError(f"OCR unavailable: {reason}")
         import pytesseract
 
         have = set(pytesseract.get_languages(config=""))
         wanted = lang.split("+")
         if missing := [code for code in wanted if code not in have]:
-            raise ValueError(f"tesseract has no language data for {', '.join(missing)} "
+            raise ConfigError(f"tesseract has no language data for {', '.join(missing)} "
                              f"(installed: {', '.join(sorted(have))}); install it, e.g. "
                              f"apt-get install tesseract-ocr-{missing[0].replace('_', '-')}")
         self.lang, self.min_confidence = lang, min_confidence

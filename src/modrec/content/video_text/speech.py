@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from modrec.content.media import SAMPLE_RATE
+from modrec.errors import ConfigError, UnavailableError
 from modrec.fingerprints import weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,17 @@ def model_folder(model: str | None) -> tuple[str, Path]:
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
-            raise ValueError(f"{path} holds no model.bin: a Whisper model folder is a "
+            raise ConfigError(f"{path} holds no model.bin: a Whisper model folder is a "
                              "CTranslate2 conversion (model.bin, config.json, tokenizer)")
         return path.name, path.resolve()
     if model.startswith(("/", "./", "../", "~")) or path.exists():
-        raise ValueError(f"no Whisper model folder at {path}")
+        raise ConfigError(f"no Whisper model folder at {path}")
     from faster_whisper.utils import download_model
 
     try:
         return model, Path(download_model(model))
     except Exception as err:  # noqa: BLE001 - hub, network and name errors alike
-        raise RuntimeError(f"could not get Whisper model {model!r} ({type(err).__name__}: "
+        raise UnavailableError(f"could not get Whisper model {model!r} ({type(err).__name__}: "
                            f"{err}); name one of faster_whisper.available_models() where a "
                            "network exists, a local folder of a CTranslate2 conversion, or "
                            f"leave --model out for the bundled {BUNDLED}") from None

@@ -1,0 +1,111 @@
+"""``modrec serve``: trained runs as an HTTP model service (`modrec.serve.process`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from modrec.cli.common import Subparsers, at_least, milliseconds, port, threads_argument
+from modrec.errors import UsageError
+
+
+def add_parsers(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "serve", help="an HTTP model service over trained runs",
+        description="Serve trained runs over HTTP: POST /v1/recommend, /v1/events, "
+        "/v1/search; GET /v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
+        "/healthz, /readyz, /metrics; the schema at /openapi.json, interactive docs at "
+        "/docs, a page to try it at /. SIGHUP reloads every model from its folder (one "
+        "that no longer loads keeps serving its old weights).")
+    p.add_argument("run_dir", nargs="?", help="a run folder or bundle (the default model, "
+                   "named after its folder)")
+    p.add_argument("--model", action="append", metavar="NAME=RUN_DIR",
+                   help="serve another run under NAME (repeatable); the first model given "
+                   "is the default")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "loopback only)")
+    p.add_argument("--port", type=port, default=8000)
+    p.add_argument("--state", default="modrec-state.db",
+                   help="SQLite file of users' event histories (created when missing)")
+    p.add_argument("--api-key-file", help="a file holding the API key that writes "
+                   "(events, reload) must send as 'Authorization: Bearer KEY'")
+    p.add_argument("--batch-window-ms", type=milliseconds, default=0.0,
+                   help="how long a recommend request that finds the model idle waits for "
+                   "others to share its call (default 0: it goes at once; requests that "
+                   "arrive while the model is busy always share its next call)")
+    p.add_argument("--max-batch", type=at_least(1), default=64,
+                   help="most requests in one model call (1: no micro-batching)")
+    p.add_argument("--max-k", type=at_least(1), default=1000,
+                   help="most items one request may ask for")
+    p.add_argument("--exact-below", type=at_least(0), default=100_000,
+                   help="catalogs smaller than this are searched exactly; larger ones "
+                   "through an HNSW graph")
+    p.add_argument("--ef-search", type=at_least(1), default=512, help="HNSW search beam")
+    p.add_argument("--no-seed", action="store_true", help="do not copy the default run's "
+                   "dataset histories into a new state")
+    p.add_argument("--seed-state", action="store_true", help="seed the state from the "
+                   "default run's dataset, then exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
+                                                           "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    threads_argument(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _models(args: argparse.Namespace) -> dict[str, str]:
+    """``RUN_DIR`` and ``--model NAME=RUN_DIR`` as {name: folder}, the default first."""
+    models: dict[str, str] = {}
+    if args.run_dir:
+        models[Path(args.run_dir).name or "default"] = args.run_dir
+    for spec in args.model or []:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise UsageError(f"--model {spec!r}: expected NAME=RUN_DIR")
+        if name in models:
+            raise UsageError(f"--model {name!r} is given twice")
+        models[name] = folder
+    if not models:
+        raise UsageError("name a run to serve: modrec serve RUN_DIR, or --model NAME=RUN_DIR")
+    return models
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if not args.api_key_file:
+        return None
+    api_key = Path(args.api_key_file).read_text().strip()
+    if not api_key:
+        raise UsageError(f"{args.api_key_file} is empty; put the API key in it")
+    return api_key
+
+
+def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    from modrec.serve import ModelService, ServeConfig
+    from modrec.serve.app import AppSettings
+    from modrec.serve.index import IndexConfig
+    from modrec.serve.process import Listen, check_runs, run_service
+    from modrec.serve.state import SQLiteUserState
+
+    models = _models(args)
+    check_runs(models)  # cheap checks before the service starts
+    api_key = _api_key(args)
+    config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
+                                           ef_search=args.ef_search), max_k=args.max_k)
+    state_path = Path(args.state)
+    state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything
+    if args.seed_state:  # seed and exit: a deploy step before the first start
+        with state:
+            written = ModelService.from_runs(models, state, config, seed=False).seed_state()
+            events = state.events()
+        if not args.json:
+            print(f"user state {state_path}: {written} events seeded, {events} in all")
+        return {"state": str(state_path), "seeded": written, "events": events}
+    settings = AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
+                           max_batch=args.max_batch, max_k=args.max_k)
+    try:
+        run_service(models, state, config, settings,
+                    Listen(args.host, args.port, args.log_level, args.access_log),
+                    seed=not args.no_seed)
+    finally:
+        state.close()
+    return {"served": list(models)}

@@ -97,6 +97,7 @@ def test_a_killed_job_resumes_and_a_rerun_asks_nothing(ml100k, tmp_path: Path):
     assert record["model"] == "fake:oracle" and record["prompt"] == "labels-yesno-v3"
 
 
+@pytest.mark.slow
 def test_few_shot_examples_come_from_the_pool_and_never_the_item(ml100k, ml100k_store,
                                                                  tmp_path: Path):
     labels = label_matrix(ml100k, "genres", min_count=20).labels
@@ -183,6 +184,7 @@ def test_label_scores_become_an_item_column(ml100k, tmp_path: Path):
                            threshold=2.0, columns=columns)
 
 
+@pytest.mark.slow
 def test_ensemble_weighs_the_language_model_by_validation(ml100k, ml100k_store,
                                                          tmp_path: Path):
     class Coin(Oracle):  # scores unrelated to the item

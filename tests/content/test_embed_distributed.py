@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from modrec.content import EmbeddingStore, embed
 from support import free_port
+
+# two processes each (torchrun or torch.multiprocessing): `-m 'not distributed'` skips them
+pytestmark = pytest.mark.distributed
 
 SPEC, NAME, BATCH = "tags:genres", "tags-genres", 100  # 1,682 items: 17 batches, 9 rounds
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_content_tower_recommends_cold_items(ml100k_store, tmp_path, monkeypatch):
     """Withheld items: ID-only can only guess; ID+content ranks them from their titles."""
     from modrec.config import build_config

@@ -63,6 +63,7 @@ def test_classify_llm_mode_misuse_is_one_message(capsys: pytest.CaptureFixture[s
     assert "unknown language model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_annotate_relevance_grades_the_top_search_results(
         smollm_file: Path, ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]):

@@ -67,6 +67,7 @@ def test_prefix_cache_evaluates_only_the_new_tail_and_changes_no_score(smollm_fi
     assert cached.stats["evaluated_tokens"] == before + 1
 
 
+@pytest.mark.slow
 def test_batched_scoring_matches_one_by_one_and_leaves_the_cache_usable(smollm_file):
     from modrec.llm.local import MAX_SEQUENCES, LlamaCppModel
     from modrec.llm.model import score_all

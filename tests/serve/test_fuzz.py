@@ -107,6 +107,7 @@ def _events(service: ModelService) -> int:
 
 
 # ---- schemathesis ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         service: ModelService) -> None:
     """Every endpoint, with and without an API key, coverage cases plus generated ones:

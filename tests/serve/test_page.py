@@ -73,6 +73,7 @@ def _text(driver: Any, selector: str) -> list[str]:
         selector)
 
 
+@pytest.mark.slow
 def test_page_shows_and_updates_recommendations(tmp_path: Path, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

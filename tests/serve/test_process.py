@@ -25,6 +25,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("served") / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_killed_server_keeps_every_acknowledged_event(run: Path, tmp_path: Path) -> None:
     state, log, port = tmp_path / "state.db", tmp_path / "serve.log", free_port()
     server = start_serve(run, state, port, log)

@@ -34,6 +34,7 @@ def _valid(run: Path) -> dict[str, float]:
     return json.loads((run / "results.json").read_text())["valid"]
 
 
+@pytest.mark.slow
 def test_sasrec_beats_popularity_on_validation(popularity_run: Path, sasrec_run: Path) -> None:
     pop, sas = _valid(popularity_run)["ndcg@10"], _valid(sasrec_run)["ndcg@10"]
     assert pop > 0.02  # popularity is a real baseline, not noise
@@ -52,6 +53,7 @@ def test_run_directory_contents(sasrec_run: Path) -> None:
     assert run.config.model.name == "sasrec"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gru4rec", "hstu", "bert4rec"])
 def test_model_learns(model: str, tmp_path: Path) -> None:
     """A few epochs lift validation NDCG@10 well above the same model untrained."""
@@ -66,6 +68,7 @@ def test_model_learns(model: str, tmp_path: Path) -> None:
     assert after > max(2 * before, 0.02), (before, after)
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     """Two epochs, stop, resume to four == four epochs straight through.
 

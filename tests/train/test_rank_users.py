@@ -22,6 +22,9 @@ from modrec.data.batches import Shard, batch_order, local_batch_size, local_batc
 from modrec.data.dataset import ensure_row_groups, read_user_block, user_block
 from support import spawn_gloo, torchrun_train
 
+# two processes each (torchrun or torch.multiprocessing): `-m 'not distributed'` skips them
+pytestmark = pytest.mark.distributed
+
 SMALL = ["model.max_len=30", "model.num_blocks=1", "train.batch_size=64",
          "train.eval_batch_size=256"]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from modrec.config import build_config
@@ -17,6 +18,9 @@ from modrec.data.batches import Shard, TrainingExamples
 from modrec.models import build_model
 from modrec.train.loop import BatchLoss, train_step
 from support import spawn_gloo, torchrun_train
+
+# two processes each (torchrun or torch.multiprocessing): `-m 'not distributed'` skips them
+pytestmark = pytest.mark.distributed
 
 SMALL = ["model.max_len=30", "model.num_blocks=1", "train.batch_size=64"]
 

@@ -22,6 +22,9 @@ from modrec.config import build_config
 from modrec.data import leave_one_out, load_dataset
 from support import spawn_gloo
 
+# two processes each (torchrun or torch.multiprocessing): `-m 'not distributed'` skips them
+pytestmark = pytest.mark.distributed
+
 SMALL = ["model.max_len=30", "model.num_blocks=1", "model.dim=16", "train.batch_size=256",
          "model.item_table=sharded"]
 
@@ -265,7 +268,7 @@ def test_the_benchmark_writes_its_section_into_a_new_scaling_page(
     import subprocess
 
     doc = tmp_path / "scaling.md"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sharded_table.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sharded_table.py"
     subprocess.run([sys.executable, str(script), "--items", "2000", "--steps", "12",
                     "--eval-users", "8", "--doc", str(doc)], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})

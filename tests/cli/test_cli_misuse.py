@@ -426,6 +426,7 @@ def test_a_failure_mid_training_removes_a_new_folder_or_keeps_a_resumable_one(
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_no_traceback(run: Path, tmp_path: Path) -> None:
     """Through the real entry point (a new process), not only `main`."""
     broken = _damaged(run, tmp_path, "broken", lambda f: (f / "model.pt").write_text("x"))

@@ -15,9 +15,10 @@ After each kill the folder must load: config.json parses as a RunConfig, every l
 metrics.jsonl is a complete JSON record (no torn lines), checkpoint.pt loads as a
 checkpoint, and `load_run` loads model.pt when there is one. At the end the resumed
 run's test metrics, per-epoch validation and weights must match the uninterrupted
-run's within the tolerances of tests/train/test_training.py::test_resume_continues_to_the_same_result
-(test NDCG@10 within 3e-4, validation NDCG@10 within 1e-3, every weight within 2% of
-its tensor's largest entry).
+run's within the tolerances of
+tests/train/test_training.py::test_resume_continues_to_the_same_result (test NDCG@10
+within 3e-4, validation NDCG@10 within 1e-3, every weight within 2% of its tensor's
+largest entry).
 
     MODREC_DATA_DIR=... python benchmarks/kill_train.py             # 12 kills, ~3 minutes
     python benchmarks/kill_train.py --kills 20 --seed 3 --epochs 12 --json

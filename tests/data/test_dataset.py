@@ -171,3 +171,15 @@ def test_the_setting_reaches_training(tmp_path: Path, cache: Path) -> None:
             "interactions"] == count
     with pytest.raises(ValueError, match="data.consecutive_repeats"):
         build_config(str(twice), "sasrec", overrides=["data.consecutive_repeats=sometimes"])
+
+
+def test_microlens_50k_is_a_named_dataset_with_titles(data_dir: Path, cache: Path) -> None:
+    """The counts the data README states, in order, every video with its title as text."""
+    ds = load_dataset("microlens-50k")
+    assert (ds.num_users, ds.num_items, len(ds.interactions)) == (50_000, 19_220, 359_708)
+    assert ds.items["text"].notna().all()
+    first = ds.sequences()[ds.user_index("1")]
+    ids = ds.items.set_index("item")["item_id"]
+    assert [ids[i] for i in first] == ["1958", "6346", "15223", "17700", "1707"]
+    assert ds.items.loc[ds.items["item_id"] == "2", "title"].item().startswith(
+        "beautiful dish with 5 pounds of duck intestines")

@@ -65,3 +65,33 @@ def test_leave_one_out_without_validation_trains_on_the_validation_item(ml100k) 
     # the added training item is exactly the validation target
     np.testing.assert_array_equal(paper.train.items[paper.train.offsets[1:] - 1][loo.valid.users],
                                   loo.valid.targets)
+
+
+def test_keep_last_cuts_each_history_to_its_last_events(ml100k) -> None:
+    """data.keep_last (the MicroLens protocol: 13): each user's last N events, the split
+    says so, and cutting a cut dataset (a run's snapshot) changes nothing."""
+    from modrec.data.splits import cut_and_split
+
+    cut, split = cut_and_split(ml100k, "loo", 13)
+    full = ml100k.sequences()
+    for user in range(0, ml100k.num_users, 50):
+        assert np.array_equal(cut.sequences()[user], full[user][-13:])
+    assert len(cut.interactions) == 13 * ml100k.num_users  # every user has >= 20 ratings
+    assert split.protocol.endswith("each user's last 13 events")
+    assert cut.provenance["keep_last"] == {"n": 13, "dropped": 100_000 - 13 * 943}
+    again, split_again = cut_and_split(cut, "loo", 13)
+    assert again.interactions.equals(cut.interactions)
+    assert np.array_equal(split_again.test.targets, split.test.targets)
+
+
+def test_keep_last_below_three_is_refused(ml100k) -> None:
+    import pytest
+
+    from modrec.config import build_config
+    from modrec.data.splits import cut_and_split
+    from modrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 3 events"):
+        cut_and_split(ml100k, "loo", 2)
+    with pytest.raises(ConfigError, match="keep_last"):
+        build_config("ml-100k", "sasrec", overrides=["data.keep_last=2"])

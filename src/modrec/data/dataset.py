@@ -301,6 +301,26 @@ def settle_repeats(dataset: Dataset, policy: str, why: str = "") -> Dataset:
     return dataset
 
 
+def cut_to_last(dataset: Dataset, n: int) -> Dataset:
+    """``dataset`` with only each user's last ``n`` interactions, recorded in its
+    provenance. The MicroLens protocol keeps each user's last 13 (its paper's models read
+    10 items: 10 inputs, a validation and a test target and one more input), which makes
+    its numbers comparable only with runs cut the same way."""
+    if n < 3:
+        raise ConfigError(f"data.keep_last {n}: leave-one-out needs at least 3 events a user "
+                          "(inputs, a validation and a test target)")
+    users = dataset.interactions["user"].to_numpy()
+    counts = np.bincount(users, minlength=dataset.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(users)) - starts[users]  # 0 at each user's first event
+    keep = position >= counts[users] - n
+    dropped = int((~keep).sum())
+    log.info("%s: kept each user's last %d events (%s dropped)", dataset.name, n,
+             f"{dropped:,}")
+    return replace(dataset, interactions=dataset.interactions[keep].reset_index(drop=True),
+                   provenance={**dataset.provenance, "keep_last": {"n": n, "dropped": dropped}})
+
+
 def report_repeats(dataset: Dataset) -> None:
     """Log what `settle_repeats` found and did, as its provenance records it (nothing
     when it found none): at conversion, and again whenever a cached copy is used."""

@@ -180,6 +180,18 @@ def _read_microlens_sample(root: Path) -> Dataset:
     return Dataset("microlens-sample", empty, items, users, {"source": str(folder)})
 
 
+def _read_microlens_50k(root: Path) -> Dataset:
+    """MicroLens-50k: each user's videos in order, with every video's title as its text
+    (the titles are English translations of the Chinese originals)."""
+    folder = root / "microlens-50k"
+    ds = read_sequences(folder / "MicroLens-50k_pairs.tsv", name="microlens-50k")
+    titles = pd.read_csv(folder / "MicroLens-50k_titles.csv", dtype=str)
+    ds.items = ds.items.merge(titles.rename(columns={"item": "item_id"}), on="item_id",
+                              how="left")
+    ds.items["text"] = ds.items["title"]
+    return ds
+
+
 _S3REC = "https://raw.githubusercontent.com/RUCAIBox/CIKM2020-S3Rec/master/data/"
 _GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 
@@ -262,6 +274,13 @@ NAMED: dict[str, NamedDataset] = {
                 for name, file in (("vggish", "vggish"), ("whisper", "whisper"),
                                    ("minilm", "all-MiniLM-L6-v2"))
             },
+        ),
+        NamedDataset(
+            "microlens-50k",
+            "MicroLens-50k micro-video platform: 50,000 users' videos in order, with titles",
+            ("microlens-50k/MicroLens-50k_pairs.tsv", "microlens-50k/MicroLens-50k_titles.csv"),
+            _read_microlens_50k,
+            None,  # MicroLens is distributed on request by its authors
         ),
         NamedDataset(
             "microlens-sample",

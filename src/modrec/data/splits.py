@@ -7,11 +7,11 @@ the items masked out of its ranking) plus the one target item to find.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from modrec.data.dataset import Dataset, Sequences
+from modrec.data.dataset import Dataset, Sequences, cut_to_last
 from modrec.errors import ConfigError, UsageError
 
 
@@ -205,6 +205,17 @@ def check_split(split: Split, ds: Dataset, name: str, trained: bool = True) -> N
             f"after the {name} split no user of {ds.name!r} has two or more events to "
             f"train on (training keeps {kept}, and a model learns each next item from the "
             f"ones before it). {more}")
+
+
+def cut_and_split(ds: Dataset, name: str, keep_last: int | None = None) -> tuple[Dataset, Split]:
+    """The dataset as a run trains on it (each user's last ``keep_last`` events where
+    set: ``data.keep_last``) and its split, whose protocol says so. Cutting a dataset cut
+    already (a run's snapshot) changes nothing, so a loaded run recomputes the same split."""
+    if keep_last is None:
+        return ds, make_split(ds, name)
+    ds = cut_to_last(ds, keep_last)
+    split = make_split(ds, name)
+    return ds, replace(split, protocol=f"{split.protocol}, each user's last {keep_last} events")
 
 
 def make_split(ds: Dataset, name: str) -> Split:

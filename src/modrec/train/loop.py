@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from modrec.config import LossConfig, ModelConfig, RunConfig, TrainConfig
 from modrec.content.store import EmbeddingStore, content_matrix
-from modrec.data import Dataset, Split, load_dataset, make_split
+from modrec.data import Dataset, Split, load_dataset
 from modrec.data.batches import (
     SequenceBatch,
     Shard,
@@ -51,7 +51,7 @@ from modrec.data.batches import (
 )
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
-from modrec.data.splits import EvalSet, check_split
+from modrec.data.splits import EvalSet, check_split, cut_and_split
 from modrec.distributed import World
 from modrec.errors import ConfigError
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
@@ -196,7 +196,7 @@ def _data(config: RunConfig, world: World, rank_users: bool) -> tuple[Dataset, S
                             config.data.consecutive_repeats))
     if world.is_main:
         world.barrier()
-    return dataset, make_split(dataset, config.data.split)
+    return cut_and_split(dataset, config.data.split, config.data.keep_last)
 
 
 def _model(config: RunConfig, dataset: Dataset, split: Split,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,56 @@ def test_uploads_are_bounded_and_named_by_their_bytes(runs: dict[str, Path], tmp
         assert client.post("/v1/media", params={"filename": "a.mp4"},
                            content=data).status_code == 401
     assert sorted(os.listdir(media / "uploads")) == [Path(path).name]  # no leftovers
+
+
+# ---- kill -9 during ingestion --------------------------------------------------------------
+@pytest.mark.slow
+def test_a_killed_server_keeps_every_acknowledged_item_with_its_vector(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """``kill -9`` while items are being posted: after a restart every item whose POST
+    was answered is there with the vector its reply named, and none is encoded again."""
+    import threading
+
+    import httpx
+
+    from support import free_port, start_serve
+
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    state, log, port = tmp_path / "state.db", tmp_path / "serve.log", free_port()
+    args = ("--api-key-file", str(key), "--no-seed", "--load-encoders")
+    server = start_serve(runs["content"], state, port, log, *args)
+    url = f"http://127.0.0.1:{port}"
+    acknowledged: dict[str, str] = {}
+    done = threading.Event()
+
+    def post() -> None:
+        for n in range(10_000):
+            batch = [{"item_id": f"k{n}-{j}", "title": f"Killed in flight {n} {j}"}
+                     for j in range(3)]
+            try:
+                reply = httpx.post(f"{url}/v1/items", json={"items": batch}, headers=AUTH,
+                                   timeout=60)
+            except httpx.TransportError:
+                return  # the server died under this request: not acknowledged
+            assert reply.status_code == 200, reply.text
+            for row in reply.json()["items"]:
+                acknowledged[row["item_id"]] = row["models"]["content"]["vector_sha256"]
+            if len(acknowledged) >= 15:
+                done.set()
+
+    client = threading.Thread(target=post)
+    try:
+        client.start()
+        assert done.wait(120), log.read_text()
+        os.kill(server.pid, signal.SIGKILL)  # most likely mid-request
+        server.wait(timeout=10)
+        client.join(60)
+        server = start_serve(runs["content"], state, port, log, *args)
+        for item_id, digest in acknowledged.items():
+            got = httpx.get(f"{url}/v1/items/{item_id}", params={"model": "content"})
+            assert got.status_code == 200 and got.json()["vector_sha256"] == digest, got.text
+        assert "encoding them again" not in log.read_text()
+    finally:
+        server.kill()
+        server.wait(timeout=10)

@@ -106,6 +106,7 @@ def test_a_new_item_is_recommended_from_its_content(client: TestClient) -> None:
     [row] = reply["items"]
     assert row["status"] == "added" and row["models"]["content"]["index"] == 1683
     assert "ID item tower" in reply["skipped_models"]["ids"]
+    assert 'modrec_index_items{model="content"} 1683.0' in client.get("/metrics").text
     assert "model.item_tower=id+content" in reply["skipped_models"]["ids"]
     after = client.post("/v1/recommend", json={"history": history, "k": 6}).json()
     scores = {item["item_id"]: item["score"] for item in after["items"]}

@@ -95,7 +95,10 @@ def router(schema: Schema) -> APIRouter:
                      "model with a content tower (nothing stored)", **schema.too_big))
     def add_items(body: ItemsIn, serving: ServingDep) -> ItemsOut:
         started = time.perf_counter()
-        rows, refusals = serving.service().add_items([item.fields() for item in body.items])
+        service = serving.service()
+        rows, refusals = service.add_items([item.fields() for item in body.items])
+        for name, model in service.models.items():  # the gauge follows the adds
+            serving.metrics.index.labels(name).set(model.index.size)
         return ItemsOut(items=[ItemAddedOut(**row) for row in rows], skipped_models=refusals,
                         seconds=round(time.perf_counter() - started, 4))
 

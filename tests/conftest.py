@@ -36,3 +36,16 @@ def ml100k(data_dir: Path):
     from modrec.data import load_dataset
 
     return load_dataset("ml-100k")
+
+
+@pytest.fixture(scope="session")
+def ml100k_store(ml100k, tmp_path_factory: pytest.TempPathFactory):
+    """ml-100k titles through MiniLM and genres as multi-hot, once for the session:
+    encoding the titles is the slowest setup here, and every user only reads it (the
+    content tests, and the service's tests of items added live)."""
+    from modrec.content import EmbeddingStore, embed
+
+    # Laid out as $MODREC_EMBEDDINGS_DIR/<dataset>, so training finds it by name.
+    store = EmbeddingStore.for_dataset(ml100k, tmp_path_factory.mktemp("embeddings") / "ml-100k")
+    embed(ml100k, ["text", "tags:genres"], store, progress=False)
+    return store

@@ -1,6 +1,7 @@
 """Helpers the tests share: free loopback ports, a `modrec serve` process, an ASGI app on
 a real uvicorn in a thread, a two-process gloo world, the comparison of two rankings
-computed in batches of different sizes, and a weights file that would run code."""
+computed in batches of different sizes, a weights file that would run code, and a
+short test video."""
 
 from __future__ import annotations
 
@@ -149,3 +150,45 @@ def _join(rank: int, port: int, worker: Any, args: tuple[Any, ...]) -> None:
             # (gloo aborts a process whose peer left mid-operation).
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def write_video(path: Path, seconds: float, fps: int = 10, width: int = 64, height: int = 48,
+                audio: bool = True, faststart: bool = True) -> Path:
+    """An MPEG-4 video of ``seconds`` (frames that change colour, a 440 Hz tone as its
+    soundtrack) through PyAV; ``faststart`` puts the index first, as web uploads have it,
+    so that a truncated copy still opens."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}
+                 ) as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = container.add_stream("aac", rate=16_000) if audio else None  # streams first
+        if sound is not None:
+            sound.layout = "mono"
+        frames = int(seconds * fps)
+        for i in range(frames):
+            shade = np.uint8(255 * i / max(frames - 1, 1))
+            pixels = np.full((height, width, 3), shade, np.uint8)
+            pixels[:, : width * (i % 8) // 8, 1] = 255 - shade
+            for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():  # flush
+            container.mux(packet)
+        if sound is not None:
+            samples = int(seconds * 16_000)
+            wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 16_000)).astype(
+                np.float32)
+            for start in range(0, samples, 1024):
+                frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="flt",
+                                                   layout="mono")
+                frame.sample_rate, frame.pts = 16_000, start
+                frame.time_base = Fraction(1, 16_000)
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+    return path

@@ -255,7 +255,8 @@ def _model_ranges(model: ModelConfig) -> list[str]:
 # config.json files carry ``run_format``; those without one were written before the
 # model section split into shared and per-model settings (2026-12-03).
 RUN_FORMAT = 2
-WRITTEN_BESIDE = ("dataset_info", "protocol", "resumed", "run_format", "world_size")
+WRITTEN_BESIDE = ("content_encoders", "dataset_info", "protocol", "resumed", "run_format",
+                  "world_size")
 
 
 def load_config(path: str | Path) -> RunConfig:

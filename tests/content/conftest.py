@@ -1,5 +1,5 @@
-"""Fixtures shared by the content tests: the ml-100k store (MiniLM titles, genre tags)
-and a video without a soundtrack."""
+"""Fixtures shared by the content tests: a video without a soundtrack (the ml-100k store,
+`ml100k_store`, is in tests/conftest.py: the service's tests read it too)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from modrec.content import EmbeddingStore, embed
-
-
-@pytest.fixture(scope="session")
-def ml100k_store(ml100k, tmp_path_factory: pytest.TempPathFactory) -> EmbeddingStore:
-    """ml-100k titles through MiniLM and genres as multi-hot, once for the session:
-    encoding the titles is the slowest setup here, and every user only reads it."""
-    # Laid out as $MODREC_EMBEDDINGS_DIR/<dataset>, so training finds it by name.
-    store = EmbeddingStore.for_dataset(ml100k, tmp_path_factory.mktemp("embeddings") / "ml-100k")
-    embed(ml100k, ["text", "tags:genres"], store, progress=False)
-    return store
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,22 @@ def test_decoding_lives_in_media_and_audio_never_imports_video():
     for module in ("modrec.content.encoders.audio", "modrec.content.encoders.video",
                    "modrec.content.encoders.image"):
         assert not {"av", "soundfile"} & _imports(module), module  # decoders only in media
+
+
+def test_check_complete_refuses_a_truncated_video(tmp_path: Path) -> None:
+    """Decoding a truncated file does not fail (frames past the cut are skipped), so a
+    new item's video is checked against the duration its header declares."""
+    from modrec.content.media import check_complete
+    from support import write_video
+
+    whole = write_video(tmp_path / "whole.mp4", 4)
+    check_complete(whole)  # no error
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(EncodeError, match=r"cut.mp4 is truncated: its \w+ data ends at"):
+        check_complete(cut)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(EncodeError, match="junk.mp4"):
+        check_complete(junk)

@@ -75,7 +75,8 @@ def test_an_event_changes_the_next_answer(client: TestClient) -> None:
     assert first["source"] == "user" and first["history_length"] == 39
     top = first["items"][0]["item_id"]
     assert client.post("/v1/events", json={"user_id": "196", "item_id": top,
-                                           "timestamp": 893000000}).json() == {"written": 1}
+                                           "timestamp": 893000000}).json() == {
+        "written": 1, "unknown_items": []}
     after = client.post("/v1/recommend", json={"user_id": "196", "k": 5}).json()
     assert after["history_length"] == 40
     assert top not in [item["item_id"] for item in after["items"]]  # now seen
@@ -88,11 +89,17 @@ def test_an_event_changes_the_next_answer(client: TestClient) -> None:
 def test_a_batch_of_events_is_written_whole_or_not_at_all(client: TestClient) -> None:
     events = [{"user_id": "new-user", "item_id": "50"}, {"user_id": "new-user",
                                                          "item_id": "181", "type": "click"}]
-    assert client.post("/v1/events", json={"events": events}).json() == {"written": 2}
-    bad = [*events, {"user_id": "new-user", "item_id": "no-such-movie"}]
+    assert client.post("/v1/events", json={"events": events}).json() == {
+        "written": 2, "unknown_items": []}
+    bad = [*events, {"user_id": "new-user", "item_id": "50", "timestamp": "yesterday"}]
     response = client.post("/v1/events", json={"events": bad})
-    assert response.status_code == 422 and "no-such-movie" in response.json()["detail"]
+    assert response.status_code == 422 and "timestamp" in response.text
     assert len(client.get("/v1/users/new-user/history").json()["items"]) == 2
+    # An item no model knows (yet) is no reason to lose the event: kept, and named.
+    later = [{"user_id": "new-user", "item_id": "no-such-movie"}]
+    assert client.post("/v1/events", json={"events": later}).json() == {
+        "written": 1, "unknown_items": ["no-such-movie"]}
+    assert len(client.get("/v1/users/new-user/history").json()["items"]) == 3
 
 
 def test_unknown_users_get_the_most_popular_items(client: TestClient, runs) -> None:
@@ -187,7 +194,9 @@ def test_reload_swaps_a_model_while_serving(runs, client: TestClient) -> None:
 
 def test_items_similar_probes_metrics_and_schema(client: TestClient) -> None:
     item = client.get("/v1/items/50").json()
-    assert item == {"item_id": "50", "title": "Star Wars", "genres": item["genres"]}
+    assert item == {"item_id": "50", "title": "Star Wars", "genres": item["genres"],
+                    "origin": "trained", "retired_at": None,
+                    "vector_sha256": item["vector_sha256"]}
     assert client.get("/v1/items/nope").status_code == 404
     similar = client.get("/v1/items/50/similar", params={"k": 5}).json()["items"]
     assert len(similar) == 5 and "50" not in [s["item_id"] for s in similar]

@@ -245,3 +245,65 @@ def test_a_built_graph_is_kept_and_loaded_for_the_same_vectors(
     small = tmp_path / "small"
     assert ItemIndex.cached(items, IndexConfig(exact_below=10_000), small).kind == "exact"
     assert not small.exists()
+
+
+# ---- items added and hidden after the build (a live service's new and retired items) --
+@pytest.mark.parametrize("exact_below", [10_000, 0])  # exact, HNSW
+def test_added_items_are_searched_and_hidden_ones_never_returned(exact_below: int) -> None:
+    rng = np.random.default_rng(11)
+    items = catalog(rng, 500, 16)
+    index = ItemIndex(items, IndexConfig(exact_below=exact_below, ef_construction=40))
+    new = rng.standard_normal((30, 16)).astype(np.float32)
+    assert list(index.add(new[:10])) == list(range(501, 511))
+    assert list(index.add(new[10:])) == list(range(511, 531)) and index.size == 530
+    grown = np.concatenate([items, new])
+    np.testing.assert_array_equal(index.vector(520), new[19])
+    query = new[3] * 10  # its own direction, far longer than any item: it comes first
+    [(found, _)] = index.search(query[None], 5)
+    assert found[0] == 504
+    index.hide([504, 7, 999_999])  # out of range: ignored
+    assert index.hidden == 2
+    queries = rng.standard_normal((3, 16)).astype(np.float32)
+    for found, _ in index.search(queries, 600, [{1}, None, [2, 504]]):
+        assert not {504, 7} & set(found.tolist())
+        assert len(found) == len(set(found.tolist()))
+    [(found, scores)] = index.search(queries[:1], 600, [{1}])
+    assert len(found) == 530 - 3  # all that is left: exclusions and hidden items
+    if exact_below:
+        assert_numpy_ranking(found, scores, grown, queries[0], 600, {1, 504, 7})
+    assert 504 not in index.similar(503, 50)[0]
+
+
+def test_adds_while_searching_lose_nothing() -> None:
+    """FAISS must not be searched while an add reallocates its storage: searches and
+    adds from several threads at once neither fail nor miss a finished add."""
+    rng = np.random.default_rng(12)
+    index = ItemIndex(catalog(rng, 2_000, 16), IndexConfig(exact_below=0, ef_construction=40))
+    new = unit_vectors(rng, 300, 16) * 50  # each its own query's top item
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        queries = rng.standard_normal((4, 16)).astype(np.float32)
+        while not done.is_set():
+            try:
+                for found, _ in index.search(queries, 10):
+                    assert len(found) == 10
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i, vector in enumerate(new):
+            [row] = index.add(vector[None])
+            assert row == 2_001 + i
+            [(found, _)] = index.search(vector[None], 1)
+            assert found[0] == row  # searchable as soon as add returns
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]

@@ -14,7 +14,8 @@ def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser(
         "serve", help="an HTTP model service over trained runs",
         description="Serve trained runs over HTTP: POST /v1/recommend, /v1/events, "
-        "/v1/search; GET /v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
+        "/v1/search, /v1/items (new items), /v1/media; DELETE /v1/items/ID; GET "
+        "/v1/users/ID/history, /v1/items/ID, /v1/items/ID/similar, "
         "/healthz, /readyz, /metrics; the schema at /openapi.json, interactive docs at "
         "/docs, a page to try it at /. SIGHUP reloads every model from its folder (one "
         "that no longer loads keeps serving its old weights).")
@@ -29,7 +30,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--state", default="modrec-state.db",
                    help="SQLite file of users' event histories (created when missing)")
     p.add_argument("--api-key-file", help="a file holding the API key that writes "
-                   "(events, reload) must send as 'Authorization: Bearer KEY'")
+                   "(events, items, media, reload) must send as 'Authorization: Bearer KEY'")
     p.add_argument("--batch-window-ms", type=milliseconds, default=0.0,
                    help="how long a recommend request that finds the model idle waits for "
                    "others to share its call (default 0: it goes at once; requests that "
@@ -42,6 +43,15 @@ def add_parsers(sub: Subparsers) -> None:
                    help="catalogs smaller than this are searched exactly; larger ones "
                    "through an HNSW graph")
     p.add_argument("--ef-search", type=at_least(1), default=512, help="HNSW search beam")
+    p.add_argument("--media-dir", help="the folder whose files new items (POST /v1/items) "
+                   "may name as image, video or audio, and where POST /v1/media stores "
+                   "uploads; paths outside it are refused (default: no media)")
+    p.add_argument("--load-encoders", action="store_true", help="load the content encoders "
+                   "for new items at start-up (default: on the first new item)")
+    p.add_argument("--max-items", type=at_least(1), default=100,
+                   help="most new items in one POST /v1/items")
+    p.add_argument("--max-upload-mb", type=at_least(1), default=512,
+                   help="largest media file POST /v1/media takes, in MiB")
     p.add_argument("--no-seed", action="store_true", help="do not copy the default run's "
                    "dataset histories into a new state")
     p.add_argument("--seed-state", action="store_true", help="seed the state from the "
@@ -79,6 +89,17 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return api_key
 
 
+def _media_dir(value: str | None) -> str | None:
+    """``--media-dir`` as an absolute folder, refused unless it is one."""
+    if value is None:
+        return None
+    folder = Path(value).resolve()
+    if not folder.is_dir():
+        raise UsageError(f"--media-dir {value}: not a folder; name the folder whose files "
+                         "new items may name (it must exist)")
+    return str(folder)
+
+
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.serve import ModelService, ServeConfig
     from modrec.serve.app import AppSettings
@@ -89,8 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     models = _models(args)
     check_runs(models)  # cheap checks before the service starts
     api_key = _api_key(args)
+    media_dir = _media_dir(args.media_dir)
     config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
-                                           ef_search=args.ef_search), max_k=args.max_k)
+                                           ef_search=args.ef_search), max_k=args.max_k,
+                         media_dir=media_dir, load_encoders=args.load_encoders)
     state_path = Path(args.state)
     state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything
     if args.seed_state:  # seed and exit: a deploy step before the first start
@@ -101,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
             print(f"user state {state_path}: {written} events seeded, {events} in all")
         return {"state": str(state_path), "seeded": written, "events": events}
     settings = AppSettings(api_key=api_key, batch_window_ms=args.batch_window_ms,
-                           max_batch=args.max_batch, max_k=args.max_k)
+                           max_batch=args.max_batch, max_k=args.max_k,
+                           max_items=args.max_items,
+                           max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     try:
         run_service(models, state, config, settings,
                     Listen(args.host, args.port, args.log_level, args.access_log),

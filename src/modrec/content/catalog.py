@@ -29,12 +29,21 @@ from modrec.errors import UsageError
 MEDIA_COLUMNS = ("image", "video", "audio")  # columns of file paths
 
 
+def input_column(dataset: Dataset, column: str) -> str:
+    """The item column an encoder reading ``column`` reads in ``dataset``: text falls
+    back to the title when a dataset has no richer text column. The one statement of
+    the rule, for the embed job and for items the service encodes as they arrive."""
+    columns = dataset.items.columns
+    if column == "text" and "text" not in columns and "title" in columns:
+        return "title"
+    return column
+
+
 def item_inputs(dataset: Dataset, column: str) -> pd.Series:
-    """Each item's input for an encoder reading ``column``, indexed by item index.
-    Text falls back to the title when a dataset has no richer text column."""
+    """Each item's input for an encoder reading ``column``, indexed by item index
+    (`input_column` says which column that is)."""
     items = dataset.items.set_index("item")
-    if column == "text" and "text" not in items.columns and "title" in items.columns:
-        column = "title"
+    column = input_column(dataset, column)
     if column == "item_id":
         return items["item_id"].astype(str)
     if column not in items.columns:
@@ -61,11 +70,14 @@ def catalog_folder(dataset: Dataset) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def media_resolver(root: Path, allow_outside: bool = False) -> Callable[[Any], Any]:
+def media_resolver(root: Path, allow_outside: bool = False, folder: str = "the catalog's "
+                   "folder", remedy: str = "pass --allow-outside-paths to read files outside "
+                   "it") -> Callable[[Any], Any]:
     """A function from a media column's value to the file to read: a relative path is
     taken relative to ``root``; one that resolves outside ``root`` (after following
     symbolic links) raises `EncodeError` unless ``allow_outside``. Values that are not
-    paths (an already decoded image, None) pass through."""
+    paths (an already decoded image, None) pass through. ``folder`` and ``remedy``
+    word the refusal for the caller (the service names its ``--media-dir``)."""
     real_root = Path(os.path.realpath(root))
 
     def resolve(value: Any) -> Any:
@@ -75,8 +87,7 @@ def media_resolver(root: Path, allow_outside: bool = False) -> Callable[[Any], A
         path = path if path.is_absolute() else root / path
         real = Path(os.path.realpath(path))
         if not allow_outside and not real.is_relative_to(real_root):
-            raise EncodeError(f"media path {str(value)!r} resolves to {real}, outside the "
-                              f"catalog's folder {real_root}; refused (pass "
-                              "--allow-outside-paths to read files outside it)")
+            raise EncodeError(f"media path {str(value)!r} resolves to {real}, outside "
+                              f"{folder} {real_root}; refused ({remedy})")
         return real
     return resolve

@@ -90,6 +90,45 @@ def _frame_at(container: Any, stream: Any, instant: float) -> Image.Image | None
     return None if last is None else last.to_image()
 
 
+def check_complete(path: Path, tolerance: float = 0.5) -> None:
+    """Refuse a video or audio file whose data ends before the duration its header
+    declares (a truncated upload or copy), or that FFmpeg cannot read through: an
+    `EncodeError` naming the file and where its data stops. Demuxes the packets
+    without decoding them (milliseconds for a 30-second clip).
+
+    Needed because decoding a truncated file does not fail: frames past the cut are
+    skipped and the soundtrack just ends, so the vector would silently describe a
+    part. Files that declare no duration are not checked. ``tolerance``: seconds, or
+    2% of the duration when that is more, allowed to be missing at the end."""
+    import av
+
+    with open_media(path) as container:
+        declared = container.duration / 1_000_000 if container.duration else None
+        ends: dict[int, float] = {}
+        try:
+            for packet in container.demux():
+                if packet.pts is None or packet.stream.time_base is None:
+                    continue
+                stream = packet.stream
+                start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+                end = float((packet.pts + (packet.duration or 0)) * stream.time_base) - start
+                ends[stream.index] = max(ends.get(stream.index, 0.0), end)
+        except av.FFmpegError as err:
+            raise EncodeError(f"{path} is damaged: FFmpeg stops reading it ({err})") from err
+        if not ends:
+            raise EncodeError(f"{path} holds no video or audio data")
+        for stream in container.streams:
+            if stream.index not in ends or stream.type not in ("video", "audio"):
+                continue
+            length = (float(stream.duration * stream.time_base)
+                      if stream.duration and stream.time_base else declared)
+            if length and ends[stream.index] < length - max(tolerance, 0.02 * length):
+                raise EncodeError(
+                    f"{path} is truncated: its {stream.type} data ends at "
+                    f"{ends[stream.index]:.1f} s of the {length:.1f} s its header declares "
+                    "(an interrupted upload or copy?); send the whole file")
+
+
 def decode_audio(path: Path, rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int] | None:
     """The first audio stream as mono float32 at ``rate`` Hz, or None if there is none."""
     import av

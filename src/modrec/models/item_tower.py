@@ -20,6 +20,12 @@ The ID rows are an ``nn.Embedding`` unless the caller injects another table (``i
 any module mapping item indices ``(...)`` to vectors ``(..., D)``): the sharded
 TorchRec table of `models/sharded_items.py` is one, and such a table is only looked
 up, never read whole (`all_items` then refuses).
+
+A content tower can take items after training (`extend`: a live service's new items,
+`modrec.serve`): their content rows are appended at indices N+1, N+2, ... with
+``known`` False, so the same forward pass reads them as it reads a cold item, and the
+ID table is never looked up for them (it has no such row). `unknown_vectors` is what
+the tower gives such a row, computed without extending it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class ItemTower(nn.Module):
         super().__init__()
         self.num_items, self.dim, self.mode, self.combine = num_items, dim, mode, combine
         self.id_dropout = id_dropout
+        self.id_rows = num_items + 1  # rows of the ID table; `extend` adds items beyond
+        self._spare: dict[str, torch.Tensor] = {}  # room to extend into (see `extend`)
         self.register_buffer("known", torch.ones(num_items + 1, dtype=torch.bool),
                              persistent=False)
         if mode != "content" and ids is not None:
@@ -70,6 +78,47 @@ class ItemTower(nn.Module):
     def set_known(self, known: torch.Tensor) -> None:
         """Which items have training interactions (``(N + 1,)`` bool)."""
         self.known.copy_(known)
+
+    def extend(self, content: torch.Tensor) -> range:
+        """Append items that arrived after training, by their content rows ``(L, C)``
+        (as `content_matrix` makes them: each encoder's block L2-normalised); they get
+        ``known`` False. Returns their indices. The buffers grow by doubling their room,
+        so a long run of single items costs amortised O(C) each, not a copy of the whole
+        matrix; the callers serialise this with their forward passes."""
+        if self.mode == "id":
+            raise ValueError("an ID item tower has no vector for an item it never trained "
+                             "on; only content towers can take new items")
+        if content.ndim != 2 or content.shape[1] != self.content.shape[1]:
+            raise ValueError(f"new items need content rows of width {self.content.shape[1]}, "
+                             f"got shape {tuple(content.shape)}")
+        first, added = self.num_items + 1, len(content)
+        for name, rows in (("content", content.to(self.content)),
+                           ("known", torch.zeros(added, dtype=torch.bool,
+                                                 device=self.known.device))):
+            setattr(self, name, self._appended(name, rows))
+        self.num_items += added
+        return range(first, first + added)
+
+    def _appended(self, name: str, rows: torch.Tensor) -> torch.Tensor:
+        """Buffer ``name`` with ``rows`` after its rows: a view of a larger tensor kept in
+        ``_spare``, reallocated (twice the size) only when it is full."""
+        current: torch.Tensor = getattr(self, name)
+        used, spare = len(current), self._spare.get(name)
+        if spare is None or len(spare) < used + len(rows):
+            spare = current.new_zeros((max(2 * used, used + len(rows)), *current.shape[1:]))
+            spare[:used] = current
+            self._spare[name] = spare
+        spare[used:used + len(rows)] = rows
+        return spare[:used + len(rows)]
+
+    @torch.no_grad()
+    def unknown_vectors(self, content: torch.Tensor) -> torch.Tensor:
+        """``(L, D)``: the vectors items with content rows ``content`` ``(L, C)`` get when
+        they are not in training (``known`` False), as `extend` would give them; the tower
+        is not changed."""
+        if self.mode == "id":
+            raise ValueError("an ID item tower has no vector for an item it never trained on")
+        return self.project(content.to(self.content))  # (L, D): no ID part to add or mix
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self._vectors(items)  # (..., D)
@@ -100,7 +149,10 @@ class ItemTower(nn.Module):
             # it must for new items (and the IDs of sparse items cannot overfit).
             has_id = has_id & (torch.rand(has_id.shape, device=has_id.device)
                                >= self.id_dropout)
-        ids = self.embedding(items) * has_id[items].unsqueeze(-1)  # (..., D)
+        rows = items
+        if self.num_items + 1 > self.id_rows:  # extended: new items have no ID row
+            rows = items.masked_fill(items >= self.id_rows, 0)
+        ids = self.embedding(rows) * has_id[items].unsqueeze(-1)  # (..., D)
         if self.combine == "gate":
             gate = torch.sigmoid(self.gate(torch.cat([ids, content], dim=-1)))
             mixed = gate * ids + (1 - gate) * content

@@ -30,8 +30,17 @@ queries/s with 1 OpenMP thread per call and 845 with 2. So each call runs with
 ``IndexConfig.threads`` OpenMP threads (default 1), set in the calling thread: libgomp keeps
 that setting per thread, so it has to be set where the search runs, and setting it there
 does not disturb other threads. The graph build runs with every core. Searches only read
-the index, which FAISS allows from several threads at once; nothing here mutates it after
-the build (``ef_search`` travels in per-call search parameters).
+the index, which FAISS allows from several threads at once (``ef_search`` travels in
+per-call search parameters).
+
+Items added after the build (`add`: a live service's new items, appended as rows N+1,
+N+2, ...) go into the same FAISS index, exact or HNSW alike (both take ``add``). FAISS
+does not allow an ``add`` while another thread searches (the vector storage may be
+reallocated under it), so searches hold a shared lock and `add` an exclusive one: adds
+are rare and short (one vector into a graph of a million: milliseconds), searches go
+on side by side. Items can be hidden (`hide`: retired, or replaced by a newer version
+of themselves): a hidden item is excluded from every search like a history item,
+through the same over-fetch, so nothing is removed from FAISS (HNSW cannot remove).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -100,11 +110,52 @@ def _omp_threads(n: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+class ReadWriteLock:
+    """Many readers at once, or one writer; a waiting writer lets no new reader in, so a
+    steady stream of searches cannot starve an `ItemIndex.add`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class ItemIndex:
     """Inner-product top-k over the rows 1..N of an item matrix ``(N + 1, D)``.
 
     The index holds its own float32 copy of the vectors (inside FAISS); the caller's matrix
-    is not kept. Safe to search from several threads at once.
+    is not kept. Safe to search from several threads at once, and to `add` and `hide`
+    items meanwhile.
     """
 
     def __init__(self, items: np.ndarray, config: IndexConfig | None = None) -> None:
@@ -130,6 +181,9 @@ class ItemIndex:
     def _adopt(self, index: faiss.Index, config: IndexConfig) -> None:
         self.config = config
         self._index = index
+        self._lock = ReadWriteLock()
+        # FAISS ids (row - 1) never returned, sorted; replaced whole, never changed in place.
+        self._hidden = np.empty(0, np.int64)
         storage: faiss.IndexFlat  # where the vectors live
         if isinstance(index, faiss.IndexHNSWFlat):
             self._kind: Kind = "hnsw"
@@ -144,8 +198,36 @@ class ItemIndex:
         # A view of FAISS's own copy (no second copy of a large catalog), for exact
         # scoring of the queries approximate search leaves short; valid while the index
         # lives, which is as long as self.
-        n, d = int(index.ntotal), int(index.d)
-        self._vectors = faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d)
+        self._storage = storage
+        self._view()
+
+    def _view(self) -> None:
+        """Point ``_vectors`` at FAISS's storage again (after an add may have moved it)."""
+        n, d = int(self._index.ntotal), int(self._index.d)
+        self._vectors = faiss.rev_swig_ptr(self._storage.get_xb(), n * d).reshape(n, d)
+
+    def add(self, vectors: np.ndarray) -> range:
+        """Append items ``(L, D)`` after the last row; returns their row numbers. Waits for
+        the searches in flight, and new searches wait for it (see the module docstring)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors must be (L, {self.dim}), got shape {vectors.shape}")
+        with self._lock.writing():
+            first = self.size + 1
+            self._index.add(vectors)
+            self._view()
+        return range(first, first + len(vectors))
+
+    def hide(self, rows: Iterable[int]) -> None:
+        """Never return the items at ``rows`` again (a retired item, or the row an updated
+        item leaves behind). Out-of-range rows are ignored."""
+        ids = self._faiss_ids(np.fromiter(rows, np.int64))
+        self._hidden = np.union1d(self._hidden, ids)  # one assignment: searches see either
+
+    @property
+    def hidden(self) -> int:
+        """How many items are hidden."""
+        return len(self._hidden)
 
     @classmethod
     def cached(cls, items: np.ndarray, config: IndexConfig | None = None,
@@ -224,7 +306,8 @@ class ItemIndex:
 
         ``exclude[b]``: item indices query ``b`` must not get back (any iterable or array;
         0 and out-of-range indices are ignored). Returns per query (item indices int64,
-        scores float32), best first, exactly ``min(k, N - excluded)`` of them.
+        scores float32), best first, exactly ``min(k, N - excluded)`` of them (hidden
+        items count as excluded).
         ``ef_search`` overrides the configured HNSW search beam for this call.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -236,8 +319,16 @@ class ItemIndex:
             exclude = [None] * len(queries)
         if len(exclude) != len(queries):
             raise ValueError(f"{len(exclude)} exclusion sets for {len(queries)} queries")
+        with self._lock.reading():
+            return self._search_all(queries, k, exclude, ef_search)
+
+    def _search_all(self, queries: np.ndarray, k: int, exclude: Sequence[Exclusions | None],
+                    ef_search: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search`, under the shared lock."""
         # FAISS ids are row - 1: the padding row is not in the index at all.
-        masks = [self._faiss_ids(e) for e in exclude]
+        hidden = self._hidden
+        masks = [np.union1d(self._faiss_ids(e), hidden) if len(hidden) else
+                 self._faiss_ids(e) for e in exclude]
         wants = [min(k, self.size - len(m)) for m in masks]
         results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(queries)
         fetches: dict[int, int] = {}
@@ -284,8 +375,15 @@ class ItemIndex:
         (item-to-item), without the item itself."""
         if not 1 <= item <= self.size:
             raise ValueError(f"item must be in 1..{self.size}, got {item}")
-        [result] = self.search(self._vectors[item - 1:item], k, [[item]])
+        [result] = self.search(self.vector(item)[None], k, [[item]])
         return result
+
+    def vector(self, item: int) -> np.ndarray:
+        """A copy of item ``item``'s vector, as the index holds it."""
+        if not 1 <= item <= self.size:
+            raise ValueError(f"item must be in 1..{self.size}, got {item}")
+        with self._lock.reading():  # the view may move with an add
+            return self._vectors[item - 1].copy()
 
     def _faiss_ids(self, exclude: Exclusions | None) -> np.ndarray:
         if exclude is None:

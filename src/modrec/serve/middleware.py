@@ -42,21 +42,29 @@ class Metrics:
 _CLOSE = {"Connection": "close"}
 
 
+UPLOAD_PATH = "/v1/media"  # the one route whose body is a file, not JSON
+
+
 class BodyLimit:
     """ASGI middleware: refuse a body over ``limit`` bytes (413) or one that stalls
-    (408), before the application reads it whole; read every POST body as JSON.
+    (408), before the application reads it whole; read every POST body as JSON. The
+    routes in ``uploads`` (a media file) have their own limit and deadline.
 
     Both refusals close the connection: the rest of the body is still on its way, and
     uvicorn (h11) would read it as the next request and fail on it with a traceback."""
 
-    def __init__(self, app: Any, limit: int, timeout: float, deadline: float) -> None:
+    def __init__(self, app: Any, limit: int, timeout: float, deadline: float,
+                 uploads: dict[str, tuple[int, float]] | None = None) -> None:
         self.app, self.limit, self.timeout, self.deadline = app, limit, timeout, deadline
+        # path -> (limit, deadline) of the routes that take a file rather than JSON
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, deadline = self.uploads.get(scope.get("path", ""), (self.limit, self.deadline))
         headers = dict(scope.get("headers", []))
         if scope["method"] == "POST" and headers.get(b"content-type", b"").split(b";")[0] in (
                 b"", b"application/x-www-form-urlencoded"):
@@ -65,8 +73,8 @@ class BodyLimit:
             headers[b"content-type"] = b"application/json"
             scope["headers"] = list(headers.items())  # in place: the route lands in it
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await JSONResponse({"detail": f"request body over {self.limit} bytes"},
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await JSONResponse({"detail": f"request body over {limit} bytes"},
                                status_code=413, headers=_CLOSE)(scope, receive, send)
             return
         seen, started = 0, time.monotonic()
@@ -76,14 +84,14 @@ class BodyLimit:
             try:
                 # Per chunk, and in all: a client trickling a byte at a time would
                 # otherwise hold a request open for as long as it likes.
-                left = self.deadline - (time.monotonic() - started)
+                left = deadline - (time.monotonic() - started)
                 message = await asyncio.wait_for(receive(), max(0.0, min(self.timeout, left)))
             except TimeoutError:
                 raise HTTPException(408, "the request body stalled", _CLOSE) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise HTTPException(413, f"request body over {self.limit} bytes", _CLOSE)
+                if seen > limit:
+                    raise HTTPException(413, f"request body over {limit} bytes", _CLOSE)
             return message
 
         await self.app(scope, limited, send)
@@ -122,7 +130,9 @@ def install(app: FastAPI, settings: AppSettings, metrics: Metrics) -> None:
     """Add the middleware (the measurements outermost, so that a 413 or 408 is counted
     too) and the error bodies to ``app``."""
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
-                       timeout=settings.body_timeout_s, deadline=settings.body_deadline_s)
+                       timeout=settings.body_timeout_s, deadline=settings.body_deadline_s,
+                       uploads={UPLOAD_PATH: (settings.max_upload_bytes,
+                                              settings.upload_deadline_s)})
     app.add_middleware(Measure, metrics=metrics)
 
     @app.exception_handler(RequestError)

@@ -11,6 +11,13 @@ inside, items are the model's indices 1..N. The ranking is the offline evaluator
 the model's vector after the newest ``max_len`` items, dot product with every item, the
 history masked (``exclude_seen``), so the service's top-k for a held-out user is the
 top of the ranking the evaluator scored (a test checks it).
+
+Items that arrive while the service runs (`add_items`, fed by `modrec.serve.live`) are
+appended after the trained ones, indices N+1, N+2, ...: a row of the item tower's
+content matrix (no ID vector: ``known`` False, so the forward pass reads them as it
+reads a cold item offline), a vector in the index, an entry in the catalog. An updated
+item gets a new row and its old row is hidden; a retired item keeps its row (the
+histories that name it are still read) but is hidden from every answer (`hide`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pydantic.dataclasses import dataclass
 
 from modrec.errors import UsageError
 from modrec.eval.evaluator import user_vectors
+from modrec.models.item_tower import ItemTower
 from modrec.runs import Run, RunError, load_run
 from modrec.serve.errors import RequestError
 from modrec.serve.index import IndexConfig, ItemIndex
@@ -52,6 +60,11 @@ class ServeConfig:
     display_columns: list[str] = dataclasses.field(
         default_factory=lambda: ["title", "genres"])
     device: str = "cpu"
+    # Where the media files of items added live are read (paths inside it only); None:
+    # new items may carry no media (`modrec.serve.live`).
+    media_dir: str | None = None
+    # Build the content encoders for new items at start-up instead of on the first one.
+    load_encoders: bool = False
 
 
 @dataclasses.dataclass
@@ -74,22 +87,27 @@ class Answer:
 
 class Catalog:
     """The run's items by external id and index, with their display fields, and how
-    often each occurs in the snapshot's interactions (the popularity fallback)."""
+    often each occurs in the snapshot's interactions (the popularity fallback). Items
+    added while serving (`append`) follow the trained ones; ``hidden`` holds the indices
+    never to return (retired items, and the rows updated items left behind)."""
 
     def __init__(self, run: Run, display_columns: Sequence[str]) -> None:
         items = run.dataset.items.sort_values("item")
-        self.ids = np.array([""] + items["item_id"].astype(str).tolist(), dtype=object)
+        # Lists, not arrays: live items are appended one by one.
+        self.ids: list[str] = [""] + items["item_id"].astype(str).tolist()
         self.index_of = {item_id: i for i, item_id in enumerate(self.ids) if i > 0}
+        self.trained = len(self.ids) - 1  # indices 1..trained came from training
+        self.live = 0  # ids added while serving (an update adds a row, not an id)
         self.columns = [c for c in display_columns if c in items.columns]
         self._display: list[dict[str, Any]] = [{}] + [
-            {c: (None if value != value or value is None else str(value))  # NaN -> None
-             for c, value in zip(self.columns, row, strict=True)}
+            {c: _shown(value) for c, value in zip(self.columns, row, strict=True)}
             for row in items[self.columns].itertuples(index=False)]
         counts = np.bincount(run.dataset.interactions["item"].to_numpy(),
                              minlength=len(self.ids)).astype(np.float64)
         counts[0] = -1.0  # padding is never recommended
         self.popularity = counts
         self.by_popularity = np.argsort(-counts, kind="stable")
+        self.hidden: frozenset[int] = frozenset()  # replaced whole, never changed in place
 
     def __len__(self) -> int:
         return len(self.ids) - 1
@@ -109,6 +127,36 @@ class Catalog:
         row = {"item_id": str(self.ids[index]), **self._display[index]}
         return row if score is None else {**row, "score": score}
 
+    def origin(self, index: int) -> str:
+        """"trained" (in the run's dataset) or "live" (added while serving)."""
+        return "trained" if index <= self.trained else "live"
+
+    def append(self, item_id: str, fields: dict[str, Any]) -> int:
+        """A new row for ``item_id`` with these display fields; returns its index. It is
+        not looked up by id until `point` says so."""
+        self._display.append({c: _shown(fields.get(c)) for c in self.columns})
+        self.ids.append(item_id)  # after its display row: `describe` may read it at once
+        return len(self.ids) - 1
+
+    def point(self, item_id: str, index: int) -> None:
+        """Histories naming ``item_id`` now read row ``index``."""
+        if item_id not in self.index_of:
+            self.live += 1
+        self.index_of[item_id] = index
+
+    def hide(self, indices: Sequence[int]) -> None:
+        self.hidden = self.hidden | frozenset(int(i) for i in indices)
+
+
+def _shown(value: Any) -> str | None:
+    """A catalog value as an answer shows it: text, None for a missing one (NaN), a
+    list of tags joined by "|" as the catalog files write them."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, list | tuple):
+        return "|".join(map(str, value))
+    return str(value)
+
 
 class Recommender:
     """A loaded run: model, catalog and item index. Thread-safe for reading; forward
@@ -121,14 +169,21 @@ class Recommender:
         self.catalog = Catalog(run, self.config.display_columns)
         self.max_len = run.config.model.max_len
         self.model = run.model.to(self.config.device).eval()
-        # Items are scored through the index, so their vectors are computed once.
-        self.item_matrix = run.item_vectors()  # (N + 1, D)
-        if not np.isfinite(self.item_matrix).all():
+        # Items are scored through the index, so their vectors are computed once (the
+        # index keeps its own copy).
+        item_matrix = run.item_vectors()  # (N + 1, D)
+        if not np.isfinite(item_matrix).all():
             raise RunError(f"{run.folder}: the model's item vectors hold NaN or infinite "
                            f"values, so its scores cannot be ranked; {RETRAIN}")
-        self.index = ItemIndex.cached(self.item_matrix, self.config.index)
+        self.index = ItemIndex.cached(item_matrix, self.config.index)
         encoder = getattr(run.model, "encoder", None)
         self.needs_times = bool(getattr(encoder, "time_bias", False))
+        # A content tower can represent items it never trained on; an ID tower cannot.
+        tower = getattr(run.model, "item_tower", None)
+        self.tower: ItemTower | None = tower if isinstance(tower, ItemTower) else None
+        # BERT4Rec's mask token is the index after the last trained item: live items
+        # start one further on (`_reserve`).
+        self._reserved = getattr(encoder, "mask_token", None)
         self._lock = threading.Lock()
         self._search: Any = None  # content.search.TextSearch, loaded on the first query
         self._search_lock = threading.Lock()
@@ -148,11 +203,77 @@ class Recommender:
     def name(self) -> str:
         return self.run.config.model.name
 
+    @property
+    def content_tower(self) -> bool:
+        """Whether new items can be represented (from their content)."""
+        return self.tower is not None and self.tower.mode != "id"
+
     def describe(self) -> dict[str, Any]:
         return {"run_dir": str(self.folder), "model": self.name,
                 "dataset": self.run.dataset.name, "items": len(self.catalog),
+                "live_items": self.catalog.live,
+                "hidden_rows": len(self.catalog.hidden),
+                "item_tower": None if self.tower is None else self.tower.mode,
                 "index": self.index.kind, "max_len": self.max_len,
                 "needs_timestamps": self.needs_times, "loaded_at": self.loaded_at}
+
+    # ---- items added while serving -------------------------------------------------------
+    def new_item_vectors(self, content: np.ndarray) -> np.ndarray:
+        """``(L, D)`` float32: the vectors of new items with content rows ``content``
+        ``(L, C)`` (each encoder's block L2-normalised, as `content_matrix` makes them),
+        as the model scores them once added: the tower's output for an item with no ID
+        vector, normalised when the model normalises. Changes nothing."""
+        if self.tower is None or not self.content_tower:
+            raise ValueError(f"{self.name} has no content item tower")
+        with torch.no_grad():
+            vectors = self.tower.unknown_vectors(torch.from_numpy(content))
+            if getattr(self.model, "normalize", False):
+                vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors.float().cpu().numpy()
+
+    def add_items(self, item_ids: Sequence[str], fields: Sequence[dict[str, Any]],
+                  content: np.ndarray, vectors: np.ndarray) -> list[int]:
+        """Append new items (or new versions of items added before, whose old rows are
+        hidden): content rows ``(L, C)`` into the tower, ``vectors`` ``(L, D)`` (from
+        `new_item_vectors`) into the index, ids and display fields into the catalog.
+        Returns their indices. Callers serialise adds; answers go on meanwhile and see
+        each item whole or not at all."""
+        if self.tower is None or not self.content_tower:
+            raise ValueError(f"{self.name} has no content item tower")
+        if not np.isfinite(vectors).all():
+            raise ValueError("new item vectors hold NaN or infinite values")
+        self._reserve()
+        with self._lock:  # forward passes read the tower's buffers
+            rows = list(self.tower.extend(torch.from_numpy(content)))
+        for item_id, row_fields, row in zip(item_ids, fields, rows, strict=True):
+            if self.catalog.append(item_id, row_fields) != row:
+                raise RuntimeError("catalog and item tower disagree on the next index")
+        # An updated item's old row is hidden before its new one can be returned, so an
+        # answer never holds the same id twice.
+        self.hide([i for i in map(self.catalog.index_of.get, item_ids) if i is not None])
+        if list(self.index.add(vectors)) != rows:
+            raise RuntimeError("index and item tower disagree on the next index")
+        for item_id, row in zip(item_ids, rows, strict=True):
+            self.catalog.point(item_id, row)
+        return rows
+
+    def _reserve(self) -> None:
+        """Keep the index a model uses for itself (BERT4Rec's mask token, right after the
+        trained items) out of the live items' way: a zero row, hidden."""
+        assert self.tower is not None
+        if self._reserved != self.tower.num_items + 1:
+            return
+        with self._lock:
+            [row] = self.tower.extend(torch.zeros(1, self.tower.content.shape[1]))
+        self.catalog.append("", {})
+        self.index.add(np.zeros((1, self.index.dim), np.float32))
+        self.hide([row])
+
+    def hide(self, indices: Sequence[int]) -> None:
+        """Never return these items again (kept in the catalog: histories still read
+        them)."""
+        self.catalog.hide(indices)
+        self.index.hide(indices)
 
     # ---- recommendations -------------------------------------------------------------
     def recommend(self, queries: Sequence[Query]) -> list[Answer]:
@@ -193,11 +314,12 @@ class Recommender:
     def _popular(self, query: Query) -> Answer:
         """The most frequent items, for a user with no history to read."""
         skip = set(query.exclude.tolist())
+        hidden = self.catalog.hidden
         items = []
         for item in self.catalog.by_popularity:
             if item == 0:
                 break  # only padding (score -1) is left
-            if int(item) not in skip:
+            if int(item) not in skip and int(item) not in hidden:
                 items.append(self.catalog.describe(int(item),
                                                    float(self.catalog.popularity[item])))
                 if len(items) == query.k:

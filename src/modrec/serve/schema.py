@@ -12,6 +12,7 @@ made per app by `Schema.of(settings)`; the rest are plain classes here.
 # reads them as objects there, and the routes annotate their parameters with the
 # classes themselves (FastAPI reads a route's annotations at runtime).
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
@@ -84,6 +85,86 @@ class EventIn(_Strict):
 
 class EventsOut(BaseModel):
     written: int
+    unknown_items: list[str] = Field(description="item ids no served model knows (yet): "
+                                     "their events are kept, and read once the item arrives")
+
+
+# ---- items added while serving ---------------------------------------------------------
+MediaPath = Annotated[str, Field(min_length=1, max_length=4096, description="a file inside "
+                                 "the server's --media-dir, relative to it (or a path that "
+                                 "POST /v1/media returned)")]
+ColumnValue = (Annotated[str, Field(min_length=1, max_length=10_000)]
+               | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]],
+                           Field(min_length=1, max_length=200)])
+MAX_FIELDS = 64  # catalog fields besides the named ones, per item
+
+
+class ItemIn(BaseModel):
+    """A new item (or a new version of one added before): its id and catalog fields.
+    Besides the fields named here, any column of the served catalogs (e.g. ``genres``,
+    as text ``"A|B"`` or a list); a field no served catalog has is refused (422)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "maxProperties": MAX_FIELDS + 6, "propertyNames": {"minLength": 1, "maxLength": 64}})
+
+    item_id: ID
+    title: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    text: Annotated[str, Field(min_length=1, max_length=20_000)] | None = Field(
+        None, description="what a text encoder reads (a dataset without a text column "
+        "trained it on titles: then the title is read)")
+    image: MediaPath | None = None
+    video: MediaPath | None = None
+    audio: MediaPath | None = None
+    __pydantic_extra__: dict[str, ColumnValue] = Field(init=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        extra = self.__pydantic_extra__ or {}
+        if len(extra) > MAX_FIELDS:
+            raise ValueError(f"at most {MAX_FIELDS} catalog fields besides the named ones")
+        if any(not 1 <= len(name) <= 64 for name in extra):
+            raise ValueError("a field name has 1 to 64 characters")
+        return self
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that were given (None ones left out), item_id included."""
+        return self.model_dump(exclude_none=True)
+
+
+class InModelOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int | None = Field(None, description="the item's index in the model")
+    vector_sha256: str | None = Field(None, description="the first 16 hex digits of the "
+                                      "SHA-256 of its vector's float32 bytes")
+    skipped: str | None = Field(None, description="why the model left the item out")
+
+
+class ItemAddedOut(BaseModel):
+    item_id: str
+    status: str = Field(description="'added', 'updated' (encoded again) or 'unchanged' "
+                        "(the same fields and media as stored: not encoded again)")
+    models: dict[str, InModelOut] = Field(description="per served model that takes new "
+                                          "items: where the item is, or why it left it out")
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemAddedOut]
+    skipped_models: dict[str, str] = Field(description="the served models that take no new "
+                                           "items, and why (e.g. an ID item tower)")
+    seconds: float = Field(description="from the request's arrival to stored and indexed")
+
+
+class RetiredOut(BaseModel):
+    item_id: str
+    origin: str = Field(description="'live' (added while serving) or 'trained'")
+    retired_at: float = Field(description="Unix seconds; the first retirement's")
+
+
+class MediaOut(BaseModel):
+    path: str = Field(description="where the file is, relative to --media-dir: name it in "
+                      "an item's image, video or audio field")
+    bytes: int
+    sha256: str
 
 
 class ReloadIn(_Strict):
@@ -113,7 +194,10 @@ _ERRORS = {
     404: "unknown model",
     408: "the request body stalled",
     413: "the request body is over max_body_bytes",
+    409: "the item id is a trained or retired item's (nothing stored)",
+    410: "the item was retired",
     422: "the request does not fit the schema, or cannot be answered as asked",
+    501: "this service cannot do it (its user state keeps no items)",
     503: "the models are still loading, or loading failed",
 }
 
@@ -138,9 +222,11 @@ class Schema:
     RecommendIn: type[_Strict]
     EventsIn: type[_Strict]
     SearchIn: type[_Strict]
+    ItemsIn: type[_Strict]
     max_k: int  # ``k`` of /v1/items/{item_id}/similar, a query parameter
     k_default: int
     too_big: dict[str, str]  # the 413's wording, with this app's body limit
+    upload_too_big: dict[str, str]  # the same for POST /v1/media
 
     @classmethod
     def of(cls, settings: AppSettings) -> Self:
@@ -190,5 +276,20 @@ class Schema:
             k: K = k_default
             model: ID | None = None
 
-        return cls(RecommendIn, EventsIn, SearchIn, settings.max_k, k_default,
-                   {"e413": f"the request body is over {settings.max_body_bytes} bytes"})
+        class ItemsIn(_Strict):
+            items: Annotated[list[ItemIn], Field(
+                min_length=1, max_length=settings.max_items, description="at most "
+                f"{settings.max_items} items, each id once")]
+
+            @model_validator(mode="after")
+            def _unique(self) -> Self:
+                counts = Counter(item.item_id for item in self.items)
+                twice = sorted(i for i, n in counts.items() if n > 1)
+                if twice:
+                    raise ValueError(f"each item id once per request; {twice[:10]} come "
+                                     "more than once")
+                return self
+
+        return cls(RecommendIn, EventsIn, SearchIn, ItemsIn, settings.max_k, k_default,
+                   {"e413": f"the request body is over {settings.max_body_bytes} bytes"},
+                   {"e413": f"the file is over {settings.max_upload_bytes} bytes"})

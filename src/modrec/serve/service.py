@@ -8,11 +8,18 @@ assignment, so a request already holding the old one finishes on it.
 
 User state is shared by every model and keyed by external ids (user id, item id
 strings), so models over different catalogs can be served from one state: an item a
-model does not know is left out of that model's input and reported.
+model does not know is left out of that model's input and reported. An event naming an
+item no model knows yet is kept all the same (the item may arrive later: it is read
+from then on) and reported in the reply.
+
+Items added while serving (`add_items`, `retire`) live in the same state file
+(`modrec.serve.live`, `modrec.serve.item_state`): every model loaded, at start-up or by
+a reload, gets them attached before it serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -24,8 +31,10 @@ from typing import Any
 import numpy as np
 
 from modrec.serve.errors import RequestError
+from modrec.serve.item_state import LiveItemState
+from modrec.serve.live import LiveItems, vector_digest
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
-from modrec.serve.state import UserState
+from modrec.serve.state import SQLiteUserState, UserState
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,15 @@ class ModelService:
         self.state = state
         self.config = config or ServeConfig()
         self._reload_lock = threading.Lock()
+        # Live items need the SQLite state's file (another UserState has none).
+        self.live: LiveItems | None = None
+        if isinstance(state, SQLiteUserState):
+            media = None if self.config.media_dir is None else Path(self.config.media_dir)
+            self.live = LiveItems(LiveItemState(state), media, self.config.device)
+            for model in self.models.values():
+                self.live.attach(model)
+            if self.config.load_encoders:
+                self.live.load_encoders(self.models)
 
     @classmethod
     def from_runs(cls, runs: Mapping[str, str | Path], state: UserState,
@@ -111,19 +129,55 @@ class ModelService:
                  time.perf_counter() - started)
         return written
 
-    def record(self, events: Sequence[Event]) -> int:
-        """Write events in one transaction, durable when this returns. Every item must
-        be known to at least one served model; otherwise nothing is written."""
+    def record(self, events: Sequence[Event]) -> tuple[int, list[str]]:
+        """Write events in one transaction, durable when this returns. Returns how many
+        were written and the item ids no served model knows (yet): their events are kept
+        too, so nothing is lost when an item's events arrive before the item does."""
+        models = list(self.models.values())
         unknown = sorted({e.item_id for e in events
-                          if not any(e.item_id in m.catalog.index_of
-                                     for m in self.models.values())})
-        if unknown:
-            raise RequestError(f"unknown item ids {unknown[:10]}: no served model has them; "
-                               "nothing was written")
+                          if not any(e.item_id in m.catalog.index_of for m in models)})
         now = int(time.time())
-        return self.state.append_many([
+        written = self.state.append_many([
             (e.user_id, e.item_id, now if e.timestamp is None else e.timestamp, e.type)
             for e in events])
+        return written, unknown
+
+    # ---- live items --------------------------------------------------------------------
+    def _live(self) -> LiveItems:
+        if self.live is None:
+            raise RequestError("this service's user state cannot keep new items (it is not "
+                               "SQLite); serve with --state FILE.db", 501)
+        return self.live
+
+    def add_items(self, items: Sequence[Mapping[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """New items (or new versions of live ones), encoded for every model that can
+        represent them, stored, then indexed; all or none (`LiveItems.add`). Returns a
+        row per item and, by name, why the models that take no new items take none."""
+        models = self.models
+        return self._live().add(models, items), self._live().refusals(models)
+
+    def retire(self, item_id: str) -> dict[str, Any]:
+        """Never recommend ``item_id`` again (live or trained); histories keep it."""
+        return self._live().retire(self.models, item_id)
+
+    def item(self, item_id: str, model: str | None = None) -> dict[str, Any]:
+        """An item's catalog fields in ``model``, where it came from (``origin``,
+        ``retired_at``) and a digest of its vector there; 404 when the model lacks it,
+        saying why."""
+        recommender = self.model(model)
+        index = recommender.catalog.index_of.get(item_id)
+        live = self.live.describe(item_id) if self.live is not None else {}
+        if index is None:
+            why = ""
+            if live.get("origin") == "live":
+                plan = self._live().plan(recommender)
+                why = (f": it arrived live, and the model {plan}" if isinstance(plan, str) else
+                       ": it arrived live with none of the fields the model reads")
+            raise RequestError(f"model {model or self.default!r} has no item {item_id!r}{why}",
+                               404)
+        return {**recommender.catalog.describe(index), **live,
+                "vector_sha256": vector_digest(recommender.index.vector(index))}
 
     def history(self, user_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         items, times = self.state.history(user_id, limit)
@@ -207,9 +261,16 @@ class ModelService:
                                    "it", status=404)
             source = Path(folder) if folder is not None else old.folder  # type: ignore[union-attr]
             fresh = Recommender.from_run(source, self.config)
-            models = dict(self.models)
-            models[name] = fresh
-            self.models = models  # one assignment: readers see the old dict or the new
+            # Attached and swapped under the live items' lock: an item added meanwhile
+            # is either attached here or added to the new model too.
+            with self.live.lock if self.live is not None else contextlib.nullcontext():
+                if self.live is not None:
+                    self.live.attach(fresh)
+                    if self.config.load_encoders:
+                        self.live.load_encoders({name: fresh})
+                models = dict(self.models)
+                models[name] = fresh
+                self.models = models  # one assignment: readers see the old dict or the new
         log.info("model %r now serves %s", name, source)
         return fresh
 

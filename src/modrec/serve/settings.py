@@ -20,6 +20,9 @@ class AppSettings:
     body_timeout_s: float = 10.0  # a body that stalls longer than this per chunk: 408
     body_deadline_s: float = 60.0  # a body still arriving after this long in all: 408
     max_events: int = 1000  # events per request
+    max_items: int = 100  # new items per POST /v1/items
+    max_upload_bytes: int = 512 * 1024 * 1024  # a media file sent to POST /v1/media
+    upload_deadline_s: float = 600.0  # a media file still arriving after this long: 408
     max_k: int = 1000
     max_history: int = 10_000
     on_ready: list[Callable[[ModelService], None]] = field(default_factory=list)

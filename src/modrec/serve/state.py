@@ -38,7 +38,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -309,6 +309,29 @@ class SQLiteUserState:
         for conn in connections:
             conn.close()
         self._local = threading.local()
+
+    # ---- the other tables kept in this file (modrec.serve.item_state) ----------------
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for reads by the other tables kept in this file
+        (`modrec.serve.item_state`); writes go through `transaction`."""
+        return self._connection()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside one write transaction, committed (durable:
+        WAL, synchronous=FULL) when the block ends and rolled back if it raises."""
+        conn = self._connection()
+        # As in `_write` (kept apart from it so this file's other writers need not
+        # change): IMMEDIATE takes the write lock up front, so a busy database is waited
+        # for instead of failing when a read transaction would later upgrade.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # not when COMMIT itself failed and SQLite rolled back
+                conn.execute("ROLLBACK")
+            raise
 
     def __enter__(self) -> SQLiteUserState:
         return self

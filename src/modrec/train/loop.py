@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from modrec.config import LossConfig, ModelConfig, RunConfig, TrainConfig
-from modrec.content.store import EmbeddingStore, content_matrix
+from modrec.content.store import EmbeddingStore, content_matrix, store_name
 from modrec.data import Dataset, Split, load_dataset
 from modrec.data.batches import (
     SequenceBatch,
@@ -258,6 +258,7 @@ def _write_run(run: RunDir, config: RunConfig, dataset: Dataset, split: Split,
     run.write_config(config, {
         "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
         "protocol": split.protocol, "world_size": world_size,
+        **content_record(config.model, dataset),
         **({"resumed": resumed} if resumed else {})})
     run.write_snapshot(dataset, known)
     if clear_table:  # parts an earlier, killed run left
@@ -341,6 +342,19 @@ def content_for(model: ModelConfig, dataset: Dataset) -> torch.Tensor | None:
         return None
     return torch.from_numpy(content_matrix(EmbeddingStore.for_dataset(dataset),
                                            model.encoders))
+
+
+def content_record(model: ModelConfig, dataset: Dataset) -> dict[str, Any]:
+    """``{"content_encoders": [{name, version, dim, reads}, ...]}``: the store entries a
+    content tower was trained on, in its order, kept in config.json so that a service
+    encoding new items for the run (`modrec.serve.live`) can check that its encoders
+    make the same vectors; empty for an ID tower."""
+    if model.item_tower == "id":
+        return {}
+    stored = EmbeddingStore.stored(EmbeddingStore.folder_for(dataset))
+    return {"content_encoders": [
+        {"name": name, **{key: stored[name][key] for key in ("version", "dim", "reads")}}
+        for name in map(store_name, model.encoders) if name in stored]}
 
 
 # ---- one epoch ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``POST /v1/events`` (one event or a list, written in one transaction; needs the API
-key when the app has one) and ``GET /v1/users/{user_id}/history``."""
+key when the app has one; an event naming an item no model knows yet is kept and
+reported) and ``GET /v1/users/{user_id}/history``."""
 
 from typing import Annotated, Any
 
@@ -18,14 +19,14 @@ def router(schema: Schema) -> APIRouter:
     EventsIn: Any = schema.EventsIn
 
     @router.post("/v1/events", response_model=EventsOut, dependencies=[Depends(require_writer)],
-                 responses=error_responses(401, *BODY_ERRORS, e422="malformed, or an unknown "
-                                           "item (nothing written)", **schema.too_big))
+                 responses=error_responses(401, *BODY_ERRORS, e422="malformed (nothing "
+                                           "written)", **schema.too_big))
     def events(body: EventIn | EventsIn, serving: ServingDep) -> EventsOut:
         given = body.events if isinstance(body, EventsIn) else [body]
-        written = serving.service().record([Event(e.user_id, e.item_id, e.timestamp, e.type)
-                                            for e in given])
+        written, unknown = serving.service().record([
+            Event(e.user_id, e.item_id, e.timestamp, e.type) for e in given])
         serving.metrics.events.inc(written)
-        return EventsOut(written=written)
+        return EventsOut(written=written, unknown_items=unknown)
 
     @router.get("/v1/users/{user_id:modrec_id}/history", responses=error_responses(422, 503),
                 summary="a user's stored events, oldest first")

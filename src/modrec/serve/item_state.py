@@ -1,0 +1,223 @@
+"""Items added to the running service (``POST /v1/items``), kept in the service's
+SQLite state file beside the users' events.
+
+Why there: an item is acknowledged only once it is durable, and the state already is
+the service's one durable store (WAL, ``synchronous=FULL``: a committed transaction
+survives a killed process and a power cut); a second file would need its own crash
+story and could disagree with the first. Several served models share one state, so
+items are keyed by their external id, as events are.
+
+Tables::
+
+    live_items     seq (INTEGER PRIMARY KEY: the rowid, the order of first arrival),
+                   item_id (TEXT, unique), fields (TEXT: a JSON object of the item's
+                   catalog fields as sent, without item_id, media paths relative to
+                   --media-dir), digest (of the fields and the media files' bytes: an
+                   item sent again unchanged is not encoded again), added and updated
+                   (REAL, Unix seconds)
+    live_content   (item_id, encoder, version) -> the encoder's vector, float32 as the
+                   encoder returned it (NULL: the item has no input for that encoder)
+    live_vectors   (item_id, tower) -> the item's vector in a model, float32; ``tower``
+                   is a digest of what made it (the tower's projection weights, the
+                   encoder versions, the normalisation), so a restart of the same model
+                   reuses it byte for byte and another model never does
+    retired_items  item_id -> when it was retired (trained items can be retired too)
+
+``live_items`` is also what training reads back when it reads the state as a dataset
+(``item_id`` and ``fields``, in rowid order: the shape of the seeded catalog's rows;
+the reader's layout module, ``modrec.data.state_schema``, names it ``LIVE_ITEMS``, and
+`LIVE_ITEMS` here is to become that constant when the two meet). The vectors and
+retirements are kept in tables of their own, the service's business only, so the
+reader's table stays two plain columns it can rely on.
+
+Content vectors are kept per encoder *version*: a model whose encoder makes another
+version never reads a vector made by the other one (`modrec.serve.live` encodes the
+item again for it, from the stored fields). An update replaces the item's fields and
+drops all its vectors in the same transaction as the new ones are written, so no
+vector of an old version of an item outlives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from modrec.serve.state import SQLiteUserState
+
+LIVE_ITEMS = "live_items"  # read by training too: keep its name and item_id, fields
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {LIVE_ITEMS} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL UNIQUE,
+    fields TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    added REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS live_content (
+    item_id TEXT NOT NULL,
+    encoder TEXT NOT NULL,
+    version TEXT NOT NULL,
+    vector BLOB,
+    PRIMARY KEY (item_id, encoder, version)
+);
+CREATE TABLE IF NOT EXISTS live_vectors (
+    item_id TEXT NOT NULL,
+    tower TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, tower)
+);
+CREATE TABLE IF NOT EXISTS retired_items (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredItem:
+    item_id: str
+    fields: dict[str, Any]
+    digest: str
+    added: float
+    updated: float
+
+
+@dataclasses.dataclass
+class ItemVersion:
+    """What one write stores for an item: its fields and every vector made from them."""
+
+    item_id: str
+    fields: dict[str, Any]
+    digest: str
+    # (encoder, version) -> vector (None: no input for that encoder)
+    content: dict[tuple[str, str], np.ndarray | None]
+    vectors: dict[str, np.ndarray]  # tower digest -> the item's vector in that model
+
+
+def blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def unblob(data: bytes | None) -> np.ndarray | None:
+    return None if data is None else np.frombuffer(data, dtype="<f4").copy()
+
+
+class LiveItemState:
+    """The live-item tables of a `SQLiteUserState`'s file (created when missing)."""
+
+    def __init__(self, state: SQLiteUserState) -> None:
+        self.state = state
+        self.path = state.path
+        with state.transaction() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+
+    # ---- reading -------------------------------------------------------------------------
+    def items(self) -> list[StoredItem]:
+        """Every live item (retired ones too), in the order they first arrived."""
+        rows = self.state.connection().execute(
+            f"SELECT item_id, fields, digest, added, updated FROM {LIVE_ITEMS} "  # noqa: S608
+            "ORDER BY seq")
+        return [_item(row) for row in rows]
+
+    def get(self, item_id: str) -> StoredItem | None:
+        row = self.state.connection().execute(
+            f"SELECT item_id, fields, digest, added, updated FROM {LIVE_ITEMS} "  # noqa: S608
+            "WHERE item_id = ?",
+            (item_id,)).fetchone()
+        return None if row is None else _item(row)
+
+    def count(self) -> int:
+        return int(self.state.connection().execute(
+            f"SELECT COUNT(*) FROM {LIVE_ITEMS}").fetchone()[0])  # noqa: S608
+
+    def retired(self) -> dict[str, float]:
+        """item id -> when it was retired."""
+        return {str(i): float(at) for i, at in self.state.connection().execute(
+            "SELECT item_id, at FROM retired_items")}
+
+    def retired_at(self, item_id: str) -> float | None:
+        row = self.state.connection().execute(
+            "SELECT at FROM retired_items WHERE item_id = ?", (item_id,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def content(self, encoder: str, version: str) -> dict[str, np.ndarray | None]:
+        """item id -> its stored vector of ``encoder`` at ``version`` (None: no input)."""
+        return {str(i): unblob(v) for i, v in self.state.connection().execute(
+            "SELECT item_id, vector FROM live_content WHERE encoder = ? AND version = ?",
+            (encoder, version))}
+
+    def vectors(self, tower: str) -> dict[str, np.ndarray]:
+        """item id -> its stored vector in the model whose tower digest is ``tower``."""
+        found: dict[str, np.ndarray] = {}
+        for item_id, data in self.state.connection().execute(
+                "SELECT item_id, vector FROM live_vectors WHERE tower = ?", (tower,)):
+            vector = unblob(data)
+            assert vector is not None
+            found[str(item_id)] = vector
+        return found
+
+    # ---- writing -------------------------------------------------------------------------
+    def write(self, versions: Sequence[ItemVersion], now: float | None = None) -> None:
+        """New items and new versions of items, in one transaction: durable when this
+        returns. An item's earlier vectors are dropped with its earlier fields."""
+        now = time.time() if now is None else now
+        with self.state.transaction() as conn:
+            for version in versions:
+                conn.execute(
+                    f"INSERT INTO {LIVE_ITEMS} (item_id, fields, digest, added, updated) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (item_id) DO UPDATE SET "
+                    "fields = excluded.fields, digest = excluded.digest, "
+                    "updated = excluded.updated",
+                    (version.item_id, json.dumps(
+                        {k: v for k, v in version.fields.items() if k != "item_id"},
+                        ensure_ascii=False),
+                     version.digest, now, now))
+                for table in ("live_content", "live_vectors"):
+                    conn.execute(f"DELETE FROM {table} WHERE item_id = ?",  # noqa: S608
+                                 (version.item_id,))
+                _insert_vectors(conn, version.item_id, version.content.items(),
+                                version.vectors.items())
+
+    def add_vectors(self, item_id: str,
+                    content: Iterable[tuple[tuple[str, str], np.ndarray | None]],
+                    vectors: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Vectors made for an item already stored, for a model loaded after it arrived
+        (the item's fields are unchanged, so nothing is dropped)."""
+        with self.state.transaction() as conn:
+            _insert_vectors(conn, item_id, content, vectors)
+
+    def retire(self, item_id: str, now: float | None = None) -> float:
+        """Retire ``item_id`` (once: retiring it again keeps the first time); returns
+        when it was retired."""
+        with self.state.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO retired_items (item_id, at) VALUES (?, ?)",
+                         (item_id, time.time() if now is None else now))
+            row = conn.execute("SELECT at FROM retired_items WHERE item_id = ?",
+                               (item_id,)).fetchone()
+        return float(row[0])
+
+
+def _insert_vectors(conn: sqlite3.Connection, item_id: str,
+                    content: Iterable[tuple[tuple[str, str], np.ndarray | None]],
+                    vectors: Iterable[tuple[str, np.ndarray]]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO live_content (item_id, encoder, version, vector) "
+        "VALUES (?, ?, ?, ?)",
+        [(item_id, encoder, version, None if v is None else blob(v))
+         for (encoder, version), v in content])
+    conn.executemany(
+        "INSERT OR REPLACE INTO live_vectors (item_id, tower, vector) VALUES (?, ?, ?)",
+        [(item_id, tower, blob(v)) for tower, v in vectors])
+
+
+def _item(row: tuple[Any, ...]) -> StoredItem:
+    """A live_items row; its fields with item_id among them, as the item was sent."""
+    item_id, fields, digest, added, updated = row
+    return StoredItem(str(item_id), {"item_id": str(item_id), **json.loads(fields)},
+                      str(digest), float(added), float(updated))

@@ -190,7 +190,8 @@ def frames_at(path: Path, indices: Iterable[int], short_side: int | None = None,
     info = info or probe_video(path)
     found = decode_frames(path, indices, short_side, seek_ahead, threads, info)
     if not found:
-        raise EncodeError(f"no frame could be decoded from {path}")
+        raise EncodeError(f"no frame could be decoded from {path}: the file is truncated "
+                          "or damaged")
     have = np.array(sorted(found))
     reached, wanted_last = int(have[-1]), max(indices)
     if wanted_last - reached > max(2, info.frames // 10):
@@ -224,7 +225,8 @@ def sample_frames(path: Path, count: int) -> list[Image.Image]:
             if frame is not None:
                 frames.append(frame)
     if not frames:
-        raise EncodeError(f"no frame could be decoded from {path}")
+        raise EncodeError(f"no frame could be decoded from {path}: the file is truncated "
+                          "or damaged")
     return frames
 
 

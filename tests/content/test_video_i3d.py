@@ -21,7 +21,6 @@ from modrec.content.video.i3d import clip_tensor, load_i3d
 from modrec.content.video.sampling import ClipPolicy, read_views
 from modrec.errors import UsageError
 
-
 BITS = 6  # a frame's number in six horizontal stripes, 8 rows each: up to 63
 
 

@@ -9,7 +9,11 @@ and a failure flag, and the job goes on.
 Encoders are named by specs (``text``, ``tags:tmdb_genres``, ``run:RUN_DIR``...:
 `modrec.content.encoders.registry`). The item columns computed into the store's folder
 (transcripts, frame labels, language-model labels: `modrec.content.columns`) join the
-catalog first, so an encoder reads them by name. Media paths are read only inside the
+catalog first, so an encoder reads them by name. A sequence encoder (``video:i3d``:
+`modrec.content.encoders.base.SequenceEncoder`) also gives each item its step vectors,
+stored beside its row (`EmbeddingStore.sequences`), and the records of the columns it
+makes from the same decoded input (``actions``), appended by rank 0 as rows are
+committed; an item lacking such a record is encoded again. Media paths are read only inside the
 catalog's own folder unless ``allow_outside`` (`modrec.content.catalog`).
 
 Under ``torchrun`` (``torchrun --nproc_per_node N -m modrec embed ...``) the job is

@@ -370,7 +370,7 @@ class EmbeddingStore:
                 raise WriteError(path, err) from err
 
     @staticmethod
-    def _zeros(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def _zeros(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
         """A new zero ``.npy`` at ``path`` (atomic), written through a memory map so that
         a large one never sits in memory whole; returned memory-mapped for writing."""
         def write(tmp: Path) -> None:
@@ -378,7 +378,7 @@ class EmbeddingStore:
             array.flush()
             del array
         replace_atomic(path, write)
-        return np.load(path, mmap_mode="r+")
+        return np.lib.format.open_memmap(path, mode="r+")
 
     def mark(self, name: str, rows: np.ndarray, failed: np.ndarray | None = None) -> None:
         """Mark ``rows`` done (and ``failed``) by replacing both masks atomically; the

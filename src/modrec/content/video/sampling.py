@@ -150,7 +150,7 @@ def read_views(path: Path, policy: ClipPolicy, seek_ahead: float | None = SEEK_A
     flat = np.concatenate(windows)
     frames = frames_at(path, flat, SHORT_SIDE, seek_ahead, threads, info)
     per_frame = [crop_views(frame, policy.crop) for frame in frames]  # [frame][crop]
-    views = []
+    views: list[np.ndarray] = []
     for clip in range(len(windows)):
         rows = per_frame[clip * policy.frames:(clip + 1) * policy.frames]
         views.extend(np.stack([row[c] for row in rows]) for c in range(policy.crops))

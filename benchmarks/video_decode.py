@@ -135,7 +135,7 @@ def clip_row(model: I3D, videos: list[Path], frames: int, batch: int,
     _, end_s = best_of(1, lambda: len(encoder.encode_all(few).vectors))
     decode, network = len(videos) / decode_s, batch / model_s
     return [frames, f"{decode:.1f}", f"{network:.2f}", f"{len(few) / end_s:.2f}",
-            f"{decode / network:.0f}x"]
+            f"{decode / network:.0f}x", decode / network]
 
 
 def main() -> None:
@@ -150,13 +150,19 @@ def main() -> None:
     full = full_decode_rows(videos, args.repeats)
     model = load_i3d()
     clip = [clip_row(model, videos, frames, args.batch, args.repeats) for frames in (16, 32)]
+    load = os.getloadavg()[0]
+    ratios = [row.pop() for row in clip]
+    verdict = ("is not" if min(ratios) >= 2 else "IS") + (
+        f" the bottleneck: one process decodes {min(ratios):.0f}x or more of the network's "
+        "clips/s (at least 2x is asked for)")
     command = (f"python benchmarks/video_decode.py --fight {args.fight} --batch {args.batch} "
                f"--repeats {args.repeats}")
     body = "\n\n".join([
         "## Video decoding for I3D (`benchmarks/video_decode.py`)",
         f"`{command}` on {machine()}, {os.cpu_count()} CPUs visible; {len(videos)} videos "
         f"({args.fight} fight-surveillance clips, 3 Kinetics clips). Best of "
-        f"{args.repeats} runs.",
+        f"{args.repeats} runs; load average {load:.1f} when done (a shared machine: "
+        "compare rows as ratios).",
         "Sampled frames of the default policy (3 clips x 32 frames, stride 2, scaled to "
         "a short side of 256):",
         markdown_table(["decode path", "frames", "frames/s", "videos/s"], decode),
@@ -167,6 +173,10 @@ def main() -> None:
         "video in a thread while the network runs):",
         markdown_table(["frames", "decode clips/s", "I3D clips/s", "end to end clips/s",
                         "decode / I3D"], clip),
+        f"On this CPU the decoder {verdict}. Seeking for every sampled frame restarts "
+        "at the keyframe before it each time (these H.264 clips have few keyframes), "
+        "hence the default: one seek per window, decoding on within it. ffmpeg is run "
+        "once per clip, its process start included.",
     ])
     write_section(args.doc, "video-decode", body)
     print(body)

@@ -243,3 +243,22 @@ def test_the_actions_column_names_real_kinetics_clips_classes(
                                                       entry["file"]).read_text().splitlines())}
     for i, (clip, name) in enumerate(LABELLED, start=1):
         assert name in records[f"k{i}"]["value"].split("|"), (clip, records[f"k{i}"])
+
+
+def test_a_bad_clip_setting_is_one_message_and_exit_2(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    catalog = _catalog(tmp_path / "catalog")
+    assert main(["embed", "-d", str(catalog), "--encoder", "video:i3d:frame=16",
+                 "--store", str(tmp_path / "store"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown clip setting 'frame=16'; write KEY=VALUE with KEY one of frames" in err
+
+
+def test_actions_asked_of_transcribe_point_to_the_embed_job(tmp_path: Path) -> None:
+    from modrec.content.video_text import VideoTextSettings, describe_videos
+    from modrec.data import load_dataset
+
+    dataset = load_dataset(str(_catalog(tmp_path / "catalog")))
+    with pytest.raises(UsageError, match="unknown part actions.*modrec embed --encoder "
+                                         "video:i3d"):
+        describe_videos(dataset, VideoTextSettings(parts=("actions",)))

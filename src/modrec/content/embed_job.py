@@ -311,13 +311,21 @@ def _encode_batch(encoder: Encoder, inputs: pd.Series, rows: np.ndarray, dataset
     good = np.flatnonzero(~result.failed)
     try:
         if len(good):
-            _put(out, good, _encode(encoder, [batch[i] for i in good]))
+            encoded = _encode(encoder, [batch[i] for i in good])
+            _put(out, good, encoded)
+            for at, error in zip(good, encoded.errors or [None] * len(good), strict=True):
+                if error is not None:  # reported, not raised: the rest is kept
+                    _put(out, np.array([at]), None)
+                    flag(int(at), EncodeError(error))
         return result
     except Exception:  # noqa: BLE001 - narrowed item by item below
         pass
     for i in map(int, good):
         try:
-            _put(out, np.array([i]), _encode(encoder, [batch[i]]))
+            encoded = _encode(encoder, [batch[i]])
+            if encoded.errors and encoded.errors[0] is not None:
+                raise EncodeError(encoded.errors[0])
+            _put(out, np.array([i]), encoded)
         except Exception as err:  # noqa: BLE001 - any decoder error flags one item
             _put(out, np.array([i]), None)
             flag(i, err)

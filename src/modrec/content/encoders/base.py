@@ -29,12 +29,15 @@ class Encoded:
     """What an encoder that gives more than vectors (`SequenceEncoder`) makes of a batch:
     the vectors, each item's per-step vectors padded to the encoder's ``steps`` with
     their ``lengths``, and per item the fields of its record in each computed column
-    the encoder produces (``{"actions": {"value": ..., "scores": ...}}``)."""
+    the encoder produces (``{"actions": {"value": ..., "scores": ...}}``). An item whose
+    input is broken may be reported in ``errors`` instead of raising, so that the rest
+    of the batch is not computed again item by item."""
 
     vectors: np.ndarray  # (B, dim) float32
     steps: np.ndarray  # (B, S, dim)
     lengths: np.ndarray  # (B,) int
     columns: list[dict[str, dict[str, Any]]]  # per item: column -> record fields
+    errors: list[str | None] | None = None  # per item, why it failed (a zero row); None: none
 
 
 class Encoder(Protocol):

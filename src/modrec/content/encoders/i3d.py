@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +74,37 @@ class I3DEncoder:
         return self.encode_all(batch).vectors
 
     def encode_all(self, batch: list[Any]) -> Encoded:
+        """A broken or missing video is reported in ``errors`` (a zero row), not raised:
+        the other videos' passes through the network are kept."""
         vectors = np.zeros((len(batch), DIM), np.float32)
         steps = np.zeros((len(batch), self.steps, DIM), np.float32)
         lengths = np.zeros(len(batch), np.int32)
-        columns = []
+        columns: list[dict[str, dict[str, Any]]] = [{} for _ in batch]
+        errors: list[str | None] = [None] * len(batch)
         for i, views in enumerate(self._decoded(batch)):
+            if isinstance(views, EncodeError):
+                errors[i] = str(views)
+                continue
             vector, sequence, probabilities = self.encode_views(views)
             vectors[i], lengths[i] = vector, len(sequence)
             steps[i, :len(sequence)] = sequence
-            columns.append({ACTIONS: self.actions(probabilities)})
-        return Encoded(vectors, steps, lengths, columns)
+            columns[i] = {ACTIONS: self.actions(probabilities)}
+        return Encoded(vectors, steps, lengths, columns, errors)
 
-    def _decoded(self, batch: list[Any]) -> Iterator[Views]:
-        """Each item's views in order, the next decoded while the caller runs the network
-        on this one."""
-        def read(value: Any) -> Views:
+    def _decoded(self, batch: list[Any]) -> Iterator[Views | EncodeError]:
+        """Each item's views (or why it has none) in order, the next decoded while the
+        caller runs the network on this one."""
+        def read(value: Any) -> Views | EncodeError:
             path = Path(str(value))
-            if not path.is_file():
-                raise EncodeError(f"video file not found: {path}")
-            return read_views(path, self.policy)
+            try:
+                if not path.is_file():
+                    raise EncodeError(f"video file not found: {path}")
+                return read_views(path, self.policy)
+            except EncodeError as err:
+                return err
 
         with ThreadPoolExecutor(1, thread_name_prefix="i3d-decode") as pool:
-            pending: Future[Views] | None = pool.submit(read, batch[0]) if batch else None
+            pending = pool.submit(read, batch[0]) if batch else None
             for i in range(len(batch)):
                 assert pending is not None
                 views = pending.result()

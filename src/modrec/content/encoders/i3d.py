@@ -75,21 +75,31 @@ class I3DEncoder:
 
     def encode_all(self, batch: list[Any]) -> Encoded:
         """A broken or missing video is reported in ``errors`` (a zero row), not raised:
-        the other videos' passes through the network are kept."""
-        vectors = np.zeros((len(batch), DIM), np.float32)
-        steps = np.zeros((len(batch), self.steps, DIM), np.float32)
-        lengths = np.zeros(len(batch), np.int32)
-        columns: list[dict[str, dict[str, Any]]] = [{} for _ in batch]
-        errors: list[str | None] = [None] * len(batch)
+        the other videos' passes through the network are kept. Views of several videos
+        go through the network together, ``VIEWS_PER_PASS`` at a time."""
+        out = Encoded(np.zeros((len(batch), DIM), np.float32),
+                      np.zeros((len(batch), self.steps, DIM), np.float32),
+                      np.zeros(len(batch), np.int32), [{} for _ in batch], [None] * len(batch))
+        waiting: list[tuple[int, Views]] = []
         for i, views in enumerate(self._decoded(batch)):
             if isinstance(views, EncodeError):
-                errors[i] = str(views)
+                assert out.errors is not None
+                out.errors[i] = str(views)
                 continue
-            vector, sequence, probabilities = self.encode_views(views)
-            vectors[i], lengths[i] = vector, len(sequence)
-            steps[i, :len(sequence)] = sequence
-            columns[i] = {ACTIONS: self.actions(probabilities)}
-        return Encoded(vectors, steps, lengths, columns, errors)
+            waiting.append((i, views))
+            if sum(len(v.pixels) for _, v in waiting) >= VIEWS_PER_PASS:
+                self._fill(out, waiting)
+                waiting = []
+        if waiting:
+            self._fill(out, waiting)
+        return out
+
+    def _fill(self, out: Encoded, waiting: list[tuple[int, Views]]) -> None:
+        results = self.encode_views([views for _, views in waiting])
+        for (i, _), (vector, sequence, probabilities) in zip(waiting, results, strict=True):
+            out.vectors[i], out.lengths[i] = vector, len(sequence)
+            out.steps[i, :len(sequence)] = sequence
+            out.columns[i] = {ACTIONS: self.actions(probabilities)}
 
     def _decoded(self, batch: list[Any]) -> Iterator[Views | EncodeError]:
         """Each item's views (or why it has none) in order, the next decoded while the
@@ -112,20 +122,29 @@ class I3DEncoder:
                 yield views
 
     @torch.inference_mode()
-    def encode_views(self, views: Views) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One video's views -> (its 1024-d vector, its (clips x T', 1024) steps, its
-        400 class probabilities)."""
-        maps = [self.model.feature_map(_clip_batch(views.pixels[i:i + VIEWS_PER_PASS],
-                                                   self.device))
-                for i in range(0, len(views.pixels), VIEWS_PER_PASS)]
+    def encode_views(self, videos: list[Views]) -> list[tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]]:
+        """Videos' views -> per video (its 1024-d vector, its (clips x T', 1024) steps,
+        its 400 class probabilities)."""
+        pixels = np.concatenate([views.pixels for views in videos])
+        maps = [self.model.feature_map(_clip_batch(pixels[i:i + VIEWS_PER_PASS], self.device))
+                for i in range(0, len(pixels), VIEWS_PER_PASS)]
         features = torch.cat(maps)  # (V, 1024, T', 7, 7)
         embeddings = self.model.pool(features)  # (V, 1024)
-        probabilities = self.model.head(embeddings).softmax(-1).mean(0)
+        probabilities = self.model.head(embeddings).softmax(-1)
         per_step = features.mean(dim=(3, 4)).transpose(1, 2)  # (V, T', 1024)
-        per_clip = per_step.reshape(views.clips, self.policy.crops, *per_step.shape[1:])
-        sequence = per_clip.mean(1).reshape(-1, DIM)  # clips in time order
-        return (embeddings.mean(0).float().cpu().numpy(), sequence.float().cpu().numpy(),
-                probabilities.float().cpu().numpy())
+        results = []
+        start = 0
+        for views in videos:
+            at = slice(start, start + len(views.pixels))
+            start = at.stop
+            per_clip = per_step[at].reshape(views.clips, self.policy.crops,
+                                            *per_step.shape[1:])
+            sequence = per_clip.mean(1).reshape(-1, DIM)  # clips in time order
+            results.append((embeddings[at].mean(0).float().cpu().numpy(),
+                            sequence.float().cpu().numpy(),
+                            probabilities[at].mean(0).float().cpu().numpy()))
+        return results
 
     def actions(self, probabilities: np.ndarray) -> dict[str, Any]:
         """The ``top`` classes as the column's record fields."""

@@ -6,6 +6,7 @@ flagged per item, and the ``actions`` column names real Kinetics clips' classes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from modrec.content.store import StoreError
 from modrec.content.video.i3d import clip_tensor, load_i3d
 from modrec.content.video.sampling import ClipPolicy, read_views
 from modrec.errors import UsageError
+from support import free_port
 
 BITS = 6  # a frame's number in six horizontal stripes, 8 rows each: up to 63
 
@@ -262,3 +264,37 @@ def test_actions_asked_of_transcribe_point_to_the_embed_job(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="unknown part actions.*modrec embed --encoder "
                                          "video:i3d"):
         describe_videos(dataset, VideoTextSettings(parts=("actions",)))
+
+
+def _rank(rank: int, port: int, catalog: Path, store: Path, env: dict[str, str]) -> None:
+    os.environ.update({**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    torch.set_num_threads(1)  # two processes on a 2-core machine
+    try:
+        assert main(["embed", "-d", str(catalog), "--encoder", SPEC, "--store", str(store),
+                     "--batch-size", "1", "--no-progress", "--json"]) == 0
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_store_sequences_and_rank_0_writes_every_action(tmp_path: Path) -> None:
+    """Batches of one video: rank 0 encodes i1 and i3, rank 1 i2; rank 0 alone appends
+    the column's records, every rank's among them, and commits its manifest."""
+    import torch.multiprocessing as mp
+
+    catalog, store_folder = _catalog(tmp_path / "catalog"), tmp_path / "store"
+    env = {"OMP_NUM_THREADS": "1", "MODREC_CACHE_DIR": os.environ["MODREC_CACHE_DIR"]}
+    mp.start_processes(_rank, args=(free_port(), catalog, store_folder, env), nprocs=2,
+                       start_method="spawn")
+    store = EmbeddingStore(store_folder, ["i1", "i2", "i3"])
+    assert store.validate()[store.info(SPEC).name]["failed"] == 1
+    assert store.sequences(SPEC)[1].tolist() == [0, 4, 2, 0]
+    manifest = json.loads((store_folder / "columns" / "manifest.json").read_text())
+    lines = (store_folder / "columns" / manifest["columns"]["actions"]["file"]).read_text()
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert sorted(r["key"] for r in records) == ["i1", "i2", "i3"]  # once each
+    assert manifest["columns"]["actions"]["items"] == 3

@@ -221,6 +221,13 @@ def test_embed_equals_i3d_applied_directly_and_flags_the_broken_clip(
 
 # ---- real Kinetics-400 clips ----
 
+def test_the_shipped_class_names_are_kinetics_400_s_in_index_order(data_dir: Path) -> None:
+    from modrec.content.encoders.i3d import kinetics400_names
+
+    label_map = data_dir / "kinetics-tiny" / "label_map_k400.txt"
+    assert list(kinetics400_names()) == label_map.read_text().splitlines()
+
+
 LABELLED = [("mmaction2/demo.mp4", "arm wrestling"),
             ("decord/flipping_a_pancake.mkv", "flipping pancake")]
 

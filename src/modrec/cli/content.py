@@ -31,8 +31,10 @@ def _add_embed(sub: Subparsers) -> None:
     p = sub.add_parser("embed", help="encode item content into the dataset's embedding store")
     dataset_arguments(p)
     p.add_argument("--encoder", required=True, help="comma-separated: text, image, video, "
-                   "audio, tags[:COLUMN], text:COLUMN[:MODEL] (any item column, a computed "
-                   "transcript or video_text included), a dataset's precomputed vectors "
+                   "audio, video:i3d[:frames=32:stride=2:clips=3:crop=center] (I3D clips; "
+                   "also the actions column), tags[:COLUMN], text:COLUMN[:MODEL] (any item "
+                   "column, a computed transcript or video_text included), a dataset's "
+                   "precomputed vectors "
                    "(vggish), or MODALITY:MODEL (text:sentence-transformers/all-mpnet-base-v2)")
     store_argument(p)
     p.add_argument("--batch-size", type=at_least(1), default=64)

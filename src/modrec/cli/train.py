@@ -45,6 +45,9 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--encoder", help="comma-separated stored embeddings for the item tower")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
+    p.add_argument("--init-from", metavar="RUN", help="start from this run's weights (the "
+                   "same model; items matched by id, new items fresh, a fresh optimiser), "
+                   "e.g. to train the served run further on -d STATE.db, the service's events")
     no_progress_argument(p)
     threads_argument(p)
     p.set_defaults(func=cmd_train)
@@ -65,6 +68,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"model.item_tower={args.item_tower}")
     if args.encoder is not None:
         overrides.append(f"model.encoders={json.dumps(args.encoder.split(','))}")
+    if args.init_from is not None:  # absolute: the run records where it started from
+        overrides.append(f"train.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     return overrides
 
 

@@ -85,10 +85,14 @@ class ModelService:
         return service
 
     def model(self, name: str | None) -> Recommender:
-        recommender = self.models.get(name or self.default)
+        return self._model_in(self.models, name or self.default)
+
+    @staticmethod
+    def _model_in(models: dict[str, Recommender], name: str) -> Recommender:
+        recommender = models.get(name)
         if recommender is None:
             raise RequestError(f"no model named {name!r}; this service has "
-                               f"{', '.join(self.models)}", status=404)
+                               f"{', '.join(models)}", status=404)
         return recommender
 
     # ---- state -----------------------------------------------------------------------
@@ -147,17 +151,21 @@ class ModelService:
         """Replies for a batch of requests, one model call per model; a request that
         cannot be answered gets its error in its place, not the others'."""
         replies: list[Reply | RequestError | None] = [None] * len(requests)
-        by_model: dict[str, list[tuple[int, Query, list[str]]]] = {}
+        # A query holds the indices of the recommender that resolved it, so that one
+        # recommender answers it: a reload may swap the model in between, and the new
+        # run numbers its items otherwise.
+        by_model: dict[str, tuple[Recommender, list[tuple[int, Query, list[str]]]]] = {}
+        models = self.models  # one dict for the whole batch, whatever a reload does
         for i, request in enumerate(requests):
+            name = request.model or self.default
             try:
-                recommender = self.model(request.model)
+                recommender = self._model_in(models, name)
                 query, unknown = self._query(recommender, request)
             except RequestError as err:
                 replies[i] = err
                 continue
-            by_model.setdefault(request.model or self.default, []).append((i, query, unknown))
-        for name, batch in by_model.items():
-            recommender = self.models[name]
+            by_model.setdefault(name, (recommender, []))[1].append((i, query, unknown))
+        for name, (recommender, batch) in by_model.items():
             try:
                 answers: list[Answer] = recommender.recommend([q for _, q, _ in batch])
             except ValueError as err:  # e.g. a time-aware model without timestamps

@@ -236,3 +236,43 @@ def test_one_read_sees_one_moment_while_the_service_writes(tmp_path: Path) -> No
         stop.set()
         writer.join()
     assert written[0] > 0 and reads[-1] > 0
+
+
+# The live-items writer's layout (modrec.serve.item_state, built beside this reader):
+# keyed by seq, with digests and times the reader leaves alone, vectors in tables of their
+# own, and retired items in a table the reader only counts.
+LIVE_LAYOUT = """
+CREATE TABLE live_items (seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL
+    UNIQUE, fields TEXT NOT NULL, digest TEXT NOT NULL, added REAL NOT NULL,
+    updated REAL NOT NULL);
+CREATE TABLE live_content (item_id TEXT NOT NULL, encoder TEXT NOT NULL, version TEXT NOT
+    NULL, vector BLOB, PRIMARY KEY (item_id, encoder, version));
+CREATE TABLE live_vectors (item_id TEXT NOT NULL, tower TEXT NOT NULL, vector BLOB NOT
+    NULL, PRIMARY KEY (item_id, tower));
+CREATE TABLE retired_items (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+
+def test_the_live_item_writers_tables_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with _seeded(path) as state:
+        with sqlite3.connect(path) as conn:
+            conn.executescript(LIVE_LAYOUT)
+            add = ("INSERT INTO live_items (item_id, fields, digest, added, updated) VALUES "
+                   "(?, ?, 'd', 1, 1) ON CONFLICT (item_id) DO UPDATE SET fields = "
+                   "excluded.fields")
+            conn.execute(add, ("live-b", json.dumps({"title": "B", "image": "b.jpg"})))
+            conn.execute(add, ("live-a", json.dumps({"title": "A"})))
+            conn.execute(add, ("live-b", json.dumps({"title": "B, updated"})))  # keeps seq
+            conn.execute("INSERT INTO live_vectors VALUES ('live-a', 't', x'00000000')")
+            conn.execute("INSERT INTO retired_items VALUES ('20', 5.0)")
+        conn.close()
+        state.append("u1", ["live-a", "20"], [900, 901])
+    dataset = read_state(path)
+    assert sorted(dataset.items["item_id"]) == ["10", "20", "30", "live-a", "live-b"]
+    catalog = dataset.items.set_index("item_id")
+    assert catalog.loc["live-b", "title"] == "B, updated"
+    assert "image" not in catalog.columns  # the update replaced the fields
+    assert _sequences(dataset)["u1"][-2:] == [("live-a", 900), ("20", 901)]
+    info = dataset.provenance
+    assert (info["catalog_items"], info["live_items"], info["retired_items"]) == (3, 2, 1)

@@ -19,7 +19,13 @@ Tables::
                 service beside the events; the reader needs ``item_id`` and ``fields``
                 (a JSON object, as in ``catalog``) and reads any other column as
                 whatever it is not: vectors and encoder versions stay the service's
-                business. A state without the table has no live items.
+                business. A state without the table has no live items. The service's
+                writer (``modrec.serve.item_state``) keys it by ``seq`` (the order of first
+                arrival; SQLite's rowid), which is the order the reader keeps.
+    retired_items  item_id -> when it was retired from recommendations (live or
+                trained items); read only to count them: a retired item stays in the
+                catalog, since events name it and a model may learn from them, and the
+                service keeps it out of its answers.
 
 ``SCHEMA_VERSION`` counts layouts: 1 had events and meta only; 2 added the catalog. A
 reader refuses a state written by a newer layout than it knows (its tables may mean
@@ -43,6 +49,7 @@ EVENTS = "events"
 META = "meta"
 CATALOG = "catalog"
 LIVE_ITEMS = "live_items"
+RETIRED_ITEMS = "retired_items"
 
 EVENT_COLUMNS = frozenset({"seq", "user_id", "item", "ts", "kind"})
 ITEM_COLUMNS = ("item_id", "fields")  # what a reader needs of catalog and live_items

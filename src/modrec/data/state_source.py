@@ -14,7 +14,9 @@ in the running service becomes training data with no export step.
 * items: the catalog the state was seeded with (the seeded run's items with their
   titles and other fields, stored beside the histories), then the live items added
   to the running service (table ``live_items``, when present; a live item's fields
-  replace a seeded item's of the same id), then the ids that occur only in events;
+  replace a seeded item's of the same id), then the ids that occur only in events.
+  A retired item (table ``retired_items``) stays: events name it, and the service,
+  not the dataset, keeps it out of answers; the provenance counts them;
 * users: every user with an event.
 
 Why the catalog is read from the state rather than from a run folder given beside it
@@ -87,6 +89,7 @@ def read_state(path: str | Path) -> Dataset:
         _check_version(path, meta)
         catalog = _items(conn, path, schema.CATALOG, tables)
         live = _items(conn, path, schema.LIVE_ITEMS, tables)
+        retired = _count(conn, schema.RETIRED_ITEMS, tables)
         events = pd.DataFrame(conn.execute(
             f"SELECT seq, user_id, item, ts, kind FROM {schema.EVENTS} ORDER BY seq"
         ).fetchall(), columns=["seq", "user_id", "item", "ts", "kind"])
@@ -95,7 +98,7 @@ def read_state(path: str | Path) -> Dataset:
             f"{path}: the user state holds no events yet, so there is nothing to train on; "
             "serve a run with it (modrec serve RUN --state FILE seeds it with the run's "
             "histories) or POST events to /v1/events first")
-    return _dataset(path, events, catalog, live, meta)
+    return _dataset(path, events, catalog, live, meta, retired)
 
 
 @contextlib.contextmanager
@@ -161,8 +164,15 @@ def _items(conn: sqlite3.Connection, path: Path, table: str,
         raise DataFormatError(str(err)) from None
 
 
+def _count(conn: sqlite3.Connection, table: str, tables: set[str]) -> int:
+    """Rows of ``table``; 0 when the state has no such table."""
+    if table not in tables:
+        return 0
+    return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
 def _dataset(path: Path, events: pd.DataFrame, catalog: pd.DataFrame, live: pd.DataFrame,
-             meta: dict[str, str]) -> Dataset:
+             meta: dict[str, str], retired: int) -> Dataset:
     """The dataset of the events (in stored order) over the catalog plus live items."""
     name = dataset_name(path)
     times = _timestamps(path, events)
@@ -188,7 +198,7 @@ def _dataset(path: Path, events: pd.DataFrame, catalog: pd.DataFrame, live: pd.D
         "schema_version": int(meta.get(schema.VERSION_KEY, "1")),
         "events": len(events), "last_seq": int(events["seq"].iloc[-1]),
         "kinds": dict(sorted(kinds.items())),
-        "catalog_items": len(catalog), "live_items": len(live),
+        "catalog_items": len(catalog), "live_items": len(live), "retired_items": retired,
         "items_only_in_events": only_in_events,
         "timestamps": "kept" if times is not None else
         f"left out: {int(events['ts'].isna().sum())} events have none"}

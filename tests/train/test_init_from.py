@@ -163,3 +163,17 @@ def test_the_loss_starts_lower_than_from_scratch(source: Path, tmp_path: Path) -
     then = json.loads((warm / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert then < first - 0.5
     assert np.isfinite(then)
+
+
+def test_the_command_takes_the_model_settings_from_the_run(source: Path, tmp_path: Path) -> None:
+    """Without -m or --set model.*, the new run builds the source's architecture: a
+    preset resolves per dataset (-m sasrec on ml-1m is the paper's block form, on a
+    state file the defaults), so it would otherwise build a model the weights do not
+    fit (found by benchmarks/serve_reload.py: ml-1m, then its state file)."""
+    out = tmp_path / "next"
+    assert main(["train", "-d", "ml-100k", "--init-from", str(source), "--epochs", "1",
+                 "--set", "model.dropout=0.3", "--out", str(out), "--no-progress",
+                 "--json"]) == 0
+    written = json.loads((out / "config.json").read_text())["model"]
+    before = json.loads((source / "config.json").read_text())["model"]
+    assert written == {**before, "dropout": 0.3}  # what is set here still wins

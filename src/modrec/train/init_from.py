@@ -32,6 +32,7 @@ folder, dataset fingerprint and how many item rows were copied.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,9 @@ from modrec.runs import RunDir, RunError
 log = logging.getLogger(__name__)
 
 
-def check_source(config: RunConfig) -> RunConfig:
-    """``config.train.init_from`` is a run folder with weights, of the model ``config``
-    trains (cheap: before any data is read); returns the source's config."""
-    folder = Path(str(config.train.init_from))
+def source_config(folder: str | Path) -> RunConfig:
+    """The config of the run in ``folder``, after checking that it has weights."""
+    folder = Path(folder)
     source = RunDir(folder)
     if not source.config_file.is_file():
         raise RunError(f"--init-from {folder}: not a run directory (no config.json); pass "
@@ -61,7 +61,28 @@ def check_source(config: RunConfig) -> RunConfig:
     if not source.weights_file.is_file():
         raise RunError(f"--init-from {folder}: has no model.pt, so no weights to start "
                        "from; train it first, or pass another run")
-    before = source.read_config()
+    return source.read_config()
+
+
+def model_settings(folder: str | Path) -> tuple[str, list[str]]:
+    """The source run's model name and its model settings as ``--set`` overrides.
+
+    ``modrec train --init-from RUN`` layers these under the settings given on the
+    command line: the weights fix the architecture, and a preset resolves per dataset
+    (``-m sasrec`` on ml-1m takes configs/ml-1m/sasrec.yaml's block form, on a user
+    state file the defaults), so the preset alone would build another model than the
+    one the weights fit. ``content_dim`` is left to the embedding store, as always."""
+    model = source_config(folder).model
+    settings = [f"model.{key}={json.dumps(value)}" for key, value in model.to_dict().items()
+                if key not in ("name", "content_dim")]
+    return model.name, settings
+
+
+def check_source(config: RunConfig) -> RunConfig:
+    """``config.train.init_from`` is a run folder with weights, of the model ``config``
+    trains (cheap: before any data is read); returns the source's config."""
+    folder = Path(str(config.train.init_from))
+    before = source_config(folder)
     if before.model.name != config.model.name:
         raise ConfigError(
             f"--init-from {folder}: that run is a {before.model.name} model and this one "

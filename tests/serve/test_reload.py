@@ -24,6 +24,7 @@ from support import serve_in_thread
 
 SMALL = ["train.epochs=1", "model.max_len=30", "model.num_blocks=1"]
 NEW_USER = ["new-item", "50", "new-item", "100", "181", "258"]
+pytestmark = pytest.mark.slow  # two runs trained, a real server (8-30 s on 2 cores)
 
 
 @pytest.fixture(scope="module")

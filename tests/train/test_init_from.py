@@ -149,6 +149,11 @@ def test_the_command_starts_from_a_run_and_a_resume_keeps_the_record(
                  "--no-progress", "--json", "--resume"]) == 0
     again = json.loads((out / "config.json").read_text())
     assert again["initialised_from"] == first["initialised_from"]
+    # resumed without --init-from: the weights still came from there
+    assert main([*args[:-8], "--epochs", "3", "--out", str(out), "--no-progress", "--json",
+                 "--resume"]) == 0
+    third = json.loads((out / "config.json").read_text())
+    assert third["initialised_from"] == first["initialised_from"]
     capsys.readouterr()
     assert main(["train", "-d", "ml-100k", "-m", "gru4rec", "--init-from", str(source),
                  "--out", str(tmp_path / "other")]) == 2

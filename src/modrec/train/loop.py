@@ -225,12 +225,12 @@ def _start_from(run: RunDir, model: nn.Module, config: RunConfig, dataset: Datas
                 resuming: bool) -> dict[str, Any] | None:
     """With ``train.init_from``, the source run's weights in ``model`` (`warm_start`)
     and what was copied; a resume restores its checkpoint instead and keeps the record
-    its first start wrote."""
-    if config.train.init_from is None:
-        return None
+    its first start wrote (given --init-from again or not: the weights came from there)."""
     if resuming:
         record: dict[str, Any] | None = run.config_extras().get("initialised_from")
         return record
+    if config.train.init_from is None:
+        return None
     return warm_start(model, config, dataset)
 
 

@@ -182,3 +182,24 @@ def test_the_command_takes_the_model_settings_from_the_run(source: Path, tmp_pat
     written = json.loads((out / "config.json").read_text())["model"]
     before = json.loads((source / "config.json").read_text())["model"]
     assert written == {**before, "dropout": 0.3}  # what is set here still wins
+
+
+@pytest.mark.slow
+def test_a_content_tower_starts_from_the_run_and_the_store(
+        ml100k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ID rows and the projection come from the run, the content matrix from the store
+    (as for any run: a new item's vector is whatever the encoders stored for it); with
+    the same dataset that is the run's own matrix, so every score is the run's."""
+    from modrec.content import EmbeddingStore, embed
+
+    store = EmbeddingStore.for_dataset(ml100k, tmp_path / "embeddings" / "ml-100k")
+    embed(ml100k, ["tags:genres"], store, progress=False)
+    monkeypatch.setenv("MODREC_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
+    overrides = [*SMALL, "model.item_tower=id+content", 'model.encoders=["tags:genres"]']
+    source = train(build_config("ml-100k", "sasrec", overrides=overrides), tmp_path / "a",
+                   progress=False)
+    warm = setup(build_config("ml-100k", "sasrec", overrides=[
+        *overrides, f"train.init_from={source}"]), tmp_path / "b", show_progress=False)
+    run = load_run(source)
+    assert run.model.item_tower.mode == "id+content"
+    assert torch.equal(_scores(warm.model, warm.dataset, 30), _scores(run.model, run.dataset, 30))

@@ -96,6 +96,10 @@ class TrainConfig:
     # process: best valid NDCG@10 0.079 at 0.01, 0.095 at 0.05, 0.093 at 0.2 (a local
     # table under AdamW: 0.082).
     table_lr: Annotated[float, Field(gt=0.0)] = 0.05
+    # A trained run folder to start from instead of a fresh initialisation (the same
+    # model; its item rows matched by external id, new items fresh, the optimiser
+    # fresh): train/init_from.py. None: a fresh start.
+    init_from: str | None = None
 
     @property
     def lr_horizon(self) -> int:
@@ -256,7 +260,7 @@ def _model_ranges(model: ModelConfig) -> list[str]:
 # model section split into shared and per-model settings (2026-12-03).
 RUN_FORMAT = 2
 WRITTEN_BESIDE = ("content_encoders", "dataset_info", "protocol", "resumed", "run_format",
-                  "world_size")
+                  "world_size", "initialised_from")
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -45,6 +45,10 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--encoder", help="comma-separated stored embeddings for the item tower")
     p.add_argument("--out", help="run directory (default runs/<dataset>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
+    p.add_argument("--init-from", metavar="RUN", help="start from this run's weights and "
+                   "model settings (-m may be left out; items matched by id, new items "
+                   "fresh, a fresh optimiser), e.g. to train the served run further on "
+                   "-d STATE.db, the service's events")
     no_progress_argument(p)
     threads_argument(p)
     p.set_defaults(func=cmd_train)
@@ -65,6 +69,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"model.item_tower={args.item_tower}")
     if args.encoder is not None:
         overrides.append(f"model.encoders={json.dumps(args.encoder.split(','))}")
+    if args.init_from is not None:  # absolute: the run records where it started from
+        overrides.append(f"train.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     return overrides
 
 
@@ -72,11 +78,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.config import build_config
     from modrec.train import train
 
-    overrides = _overrides(args)
+    overrides, model = _overrides(args), args.model
+    if args.init_from is not None:
+        from modrec.train.init_from import model_settings
+
+        # the source's architecture under what is set here (-m may then be left out)
+        name, settings = model_settings(args.init_from)
+        if model in (None, name):
+            model, overrides = name, [*settings, *overrides]
     dataset = None if args.dataset is None else dataset_source(args.dataset, args.format)
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
-    config = build_config(dataset, args.model, args.config, overrides)
+    config = build_config(dataset, model, args.config, overrides)
     out = Path(args.out or f"runs/{Path(config.data.dataset).name}-{config.model.name}")
     log.info("training %s on %s -> %s", config.model.name, config.data.dataset, out)
     with removed_on_failure(out, _resumable, CONTINUE):

@@ -15,6 +15,9 @@ Formats:
                  ``--format parquet`` forces the in-memory reader
   ``movielens``  the original GroupLens archives, unpacked (ml-1m ``ratings.dat``,
                  ml-100k ``u.data``)
+  ``modrec-state``  the SQLite user state ``modrec serve --state`` writes: its events
+                 over the seeded catalog plus live items (`modrec.data.state_source`);
+                 detected from the file's first bytes, whatever its name
 
 A gzip-compressed file is read as the file it holds (``x.csv.gz`` is a CSV). Every
 reader fails with a `DataFormatError` naming the file, the line and what it expected;
@@ -42,9 +45,11 @@ from modrec.data.importers import (
     read_table,
 )
 from modrec.data.large import large_threshold, read_parquet_large, read_table_large
+from modrec.data.state_source import FORMAT as STATE_FORMAT
+from modrec.data.state_source import check_state, is_sqlite, read_state
 
 FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "parquet-large",
-           "movielens")
+           "movielens", STATE_FORMAT)
 
 Reader = Callable[[Path, dict[str, str] | None], Dataset]
 
@@ -60,6 +65,7 @@ READERS: dict[str, Reader] = {
     "parquet": lambda path, columns: read_table(path, columns),
     "parquet-large": lambda path, columns: read_parquet_large(path, columns),
     "movielens": lambda path, columns: read_movielens(path),
+    STATE_FORMAT: lambda path, columns: read_state(path),
 }
 
 
@@ -81,6 +87,9 @@ def detect_format(path: str | Path) -> str:
         )
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
+    if is_sqlite(path):  # a state is often named .db or .sqlite, or anything else
+        check_state(path)
+        return STATE_FORMAT
     if path.name in ("ratings.dat", "u.data"):
         return "movielens"  # whose reader says to pass the folder
     suffix = format_suffix(path).lower()

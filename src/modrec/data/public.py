@@ -365,7 +365,13 @@ def _source(name_or_path: str | Path, format: str | None,
         )
     policy = repeats or "drop"
     key = _cache_key(path)
-    return (key if policy == "drop" else f"{key}-{policy}-repeats", [path],
+    # An SQLite file in WAL mode (a user state a service is writing to) takes new
+    # commits into its -wal file and leaves the main file alone until a checkpoint, so
+    # the -wal file keys the cache too.
+    # (A folder such as "." has no name to put "-wal" after: only a file is looked at.)
+    wal = path.with_name(f"{path.name}-wal") if path.is_file() else None
+    sources = [path, wal] if wal is not None and wal.is_file() else [path]
+    return (key if policy == "drop" else f"{key}-{policy}-repeats", sources,
             lambda: import_path(path, format, columns, policy),
             {"format": format, "columns": columns, "consecutive_repeats": policy})
 

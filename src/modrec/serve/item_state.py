@@ -24,9 +24,9 @@ Tables::
     retired_items  item_id -> when it was retired (trained items can be retired too)
 
 ``live_items`` is also what training reads back when it reads the state as a dataset
-(``item_id`` and ``fields``, in rowid order: the shape of the seeded catalog's rows;
-the reader's layout module, ``modrec.data.state_schema``, names it ``LIVE_ITEMS``, and
-`LIVE_ITEMS` here is to become that constant when the two meet). The vectors and
+(``item_id`` and ``fields``, in rowid order: the shape of the seeded catalog's rows),
+so its name and that of ``retired_items`` come from the layout module both sides
+import, ``modrec.data.state_schema``. The vectors and
 retirements are kept in tables of their own, the service's business only, so the
 reader's table stays two plain columns it can rely on.
 
@@ -48,9 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from modrec.data.state_schema import LIVE_ITEMS, RETIRED_ITEMS
 from modrec.serve.state import SQLiteUserState
-
-LIVE_ITEMS = "live_items"  # read by training too: keep its name and item_id, fields
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {LIVE_ITEMS} (
@@ -74,7 +73,7 @@ CREATE TABLE IF NOT EXISTS live_vectors (
     vector BLOB NOT NULL,
     PRIMARY KEY (item_id, tower)
 );
-CREATE TABLE IF NOT EXISTS retired_items (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {RETIRED_ITEMS} (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 
 
@@ -139,11 +138,12 @@ class LiveItemState:
     def retired(self) -> dict[str, float]:
         """item id -> when it was retired."""
         return {str(i): float(at) for i, at in self.state.connection().execute(
-            "SELECT item_id, at FROM retired_items")}
+            f"SELECT item_id, at FROM {RETIRED_ITEMS}")}  # noqa: S608
 
     def retired_at(self, item_id: str) -> float | None:
         row = self.state.connection().execute(
-            "SELECT at FROM retired_items WHERE item_id = ?", (item_id,)).fetchone()
+            f"SELECT at FROM {RETIRED_ITEMS} WHERE item_id = ?",  # noqa: S608
+            (item_id,)).fetchone()
         return None if row is None else float(row[0])
 
     def content(self, encoder: str, version: str) -> dict[str, np.ndarray | None]:
@@ -196,9 +196,9 @@ class LiveItemState:
         """Retire ``item_id`` (once: retiring it again keeps the first time); returns
         when it was retired."""
         with self.state.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO retired_items (item_id, at) VALUES (?, ?)",
-                         (item_id, time.time() if now is None else now))
-            row = conn.execute("SELECT at FROM retired_items WHERE item_id = ?",
+            conn.execute(f"INSERT OR IGNORE INTO {RETIRED_ITEMS} (item_id, at) "  # noqa: S608
+                         "VALUES (?, ?)", (item_id, time.time() if now is None else now))
+            row = conn.execute(f"SELECT at FROM {RETIRED_ITEMS} WHERE item_id = ?",  # noqa: S608
                                (item_id,)).fetchone()
         return float(row[0])
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from modrec.data.state_schema import catalog_rows
 from modrec.serve.errors import RequestError
 from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
@@ -102,19 +103,29 @@ class ModelService:
         return service
 
     def model(self, name: str | None) -> Recommender:
-        recommender = self.models.get(name or self.default)
+        return self._model_in(self.models, name or self.default)
+
+    @staticmethod
+    def _model_in(models: dict[str, Recommender], name: str) -> Recommender:
+        recommender = models.get(name)
         if recommender is None:
             raise RequestError(f"no model named {name!r}; this service has "
-                               f"{', '.join(self.models)}", status=404)
+                               f"{', '.join(models)}", status=404)
         return recommender
 
     # ---- state -----------------------------------------------------------------------
     def seed_state(self) -> int:
-        """The default model's dataset histories into the state, unless it has them."""
+        """The default model's dataset histories into the state, unless it has them, with
+        its catalog (training from the state reads the items' titles and other fields
+        back from it: `modrec.data.state_source`)."""
         dataset = self.model(None).run.dataset
         source = f"{dataset.name}:{dataset.fingerprint()}"
         seeded = self.state.seeded_from()
         if seeded == source:
+            if self.state.catalog_size() == 0:  # seeded before states kept the catalog
+                added = self.state.seed_catalog(catalog_rows(dataset.items))
+                log.info("added the catalog of %s (%d items) to the user state", source,
+                         added)
             return 0
         if seeded is not None:
             log.warning("user state already holds %s; not seeding %s into it", seeded, source)
@@ -124,7 +135,7 @@ class ModelService:
         users = dataset.users["user_id"].astype(str).to_numpy()[frame["user"].to_numpy()]
         items = dataset.items["item_id"].astype(str).to_numpy()[frame["item"].to_numpy() - 1]
         times = frame["timestamp"].to_numpy() if dataset.has_timestamps else None
-        written = self.state.seed(users, items, times, source)
+        written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
         log.info("seeded the user state with %d events of %s in %.1fs", written, dataset.name,
                  time.perf_counter() - started)
         return written
@@ -194,17 +205,21 @@ class ModelService:
         """Replies for a batch of requests, one model call per model; a request that
         cannot be answered gets its error in its place, not the others'."""
         replies: list[Reply | RequestError | None] = [None] * len(requests)
-        by_model: dict[str, list[tuple[int, Query, list[str]]]] = {}
+        # A query holds the indices of the recommender that resolved it, so that one
+        # recommender answers it: a reload may swap the model in between, and the new
+        # run numbers its items otherwise.
+        by_model: dict[str, tuple[Recommender, list[tuple[int, Query, list[str]]]]] = {}
+        models = self.models  # one dict for the whole batch, whatever a reload does
         for i, request in enumerate(requests):
+            name = request.model or self.default
             try:
-                recommender = self.model(request.model)
+                recommender = self._model_in(models, name)
                 query, unknown = self._query(recommender, request)
             except RequestError as err:
                 replies[i] = err
                 continue
-            by_model.setdefault(request.model or self.default, []).append((i, query, unknown))
-        for name, batch in by_model.items():
-            recommender = self.models[name]
+            by_model.setdefault(name, (recommender, []))[1].append((i, query, unknown))
+        for name, (recommender, batch) in by_model.items():
             try:
                 answers: list[Answer] = recommender.recommend([q for _, q, _ in batch])
             except ValueError as err:  # e.g. a time-aware model without timestamps

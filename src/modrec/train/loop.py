@@ -16,8 +16,9 @@ a folder that already holds trained weights is trained into again only with
 same pieces. Under ``torchrun`` the same pieces train data-parallel
 (`modrec/distributed.py` says how the work and the writing divide among ranks).
 
-`setup` is itself a sequence of named steps (seeds, data, model, placement, items,
-run folder, optimiser, wrapping and restore). ``refit`` (`train/refit.py`) retrains a
+`setup` is itself a sequence of named steps (seeds, data, model, the weights of the
+run it starts from (``train.init_from``), placement, items, run folder, optimiser,
+wrapping and restore). ``refit`` (`train/refit.py`) retrains a
 finished run through `train`.
 """
 
@@ -61,6 +62,7 @@ from modrec.progress import progress_bar
 from modrec.runs import RunDir, RunError
 from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
+from modrec.train.init_from import check_source, warm_start
 from modrec.train.losses import next_item_loss, sampled_softmax_by_lookup
 from modrec.train.resume import check_new, resume_history
 
@@ -137,6 +139,10 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     run = RunDir(out_dir)
     if not resume:
         check_new(run)  # only --resume trains into a folder with trained weights
+    checkpoint = Checkpoint(run.checkpoint_file)
+    resuming = resume and checkpoint.exists()
+    if config.train.init_from is not None and not resuming:
+        check_source(config)  # a mistyped folder is named before any data is read
     world = World.from_env(config.train.device)
     device = world.device(config.train.device)
     rng, generator = _seeds(config.train, world, device)
@@ -144,8 +150,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     dataset, split = _data(config, world, rank_users)
     config, model = _model(config, dataset, split, rank_users)
     table = sharded.table_of(model)
-    checkpoint = Checkpoint(run.checkpoint_file)
-    resuming = resume and checkpoint.exists()
+    started_from = _start_from(run, model, config, dataset, resuming)
     model = _place(model, config, device, checkpoint if resuming else None, world)
     if world.distributed:
         torch.manual_seed(config.train.seed + 1_000_003 * world.rank)  # dropout, per rank
@@ -153,7 +158,9 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     resumed = (resume_history(run, config, dataset, checkpoint.progress().epoch)
                if resuming else [])
     if world.is_main:
-        _write_run(run, config, dataset, split, known, world.size, resumed,
+        _write_run(run, config, dataset, split, known, world.size,
+                   {**({"resumed": resumed} if resumed else {}),
+                    **({"initialised_from": started_from} if started_from else {})},
                    clear_table=table is not None and not resuming)
     optimizer, averaged = _optimiser(model, split, config.train)
     session = Session(
@@ -214,6 +221,19 @@ def _model(config: RunConfig, dataset: Dataset, split: Split,
     return config, model
 
 
+def _start_from(run: RunDir, model: nn.Module, config: RunConfig, dataset: Dataset,
+                resuming: bool) -> dict[str, Any] | None:
+    """With ``train.init_from``, the source run's weights in ``model`` (`warm_start`)
+    and what was copied; a resume restores its checkpoint instead and keeps the record
+    its first start wrote (given --init-from again or not: the weights came from there)."""
+    if resuming:
+        record: dict[str, Any] | None = run.config_extras().get("initialised_from")
+        return record
+    if config.train.init_from is None:
+        return None
+    return warm_start(model, config, dataset)
+
+
 def _place(model: nn.Module, config: RunConfig, device: str, resuming: Checkpoint | None,
            world: World) -> nn.Module:
     """The model on ``device``; a sharded table (checked, and with ``resuming``'s
@@ -249,17 +269,17 @@ def _items(model: nn.Module, config: RunConfig, split: Split, world: World, devi
 
 
 def _write_run(run: RunDir, config: RunConfig, dataset: Dataset, split: Split,
-               known: np.ndarray, world_size: int, resumed: list[dict[str, Any]],
+               known: np.ndarray, world_size: int, history: dict[str, Any],
                clear_table: bool) -> None:
     """Rank 0's writes: the run folder, its config.json (the dataset's description and
-    fingerprint, the protocol, the resumes) and the dataset snapshot; with
-    ``clear_table``, the sharded-table parts an earlier, killed run left."""
+    fingerprint, the protocol, and ``history``: the resumes and the run it started
+    from) and the dataset snapshot; with ``clear_table``, the sharded-table parts an
+    earlier, killed run left."""
     run.create()
     run.write_config(config, {
         "dataset_info": {**dataset.describe(), "fingerprint": dataset.fingerprint()},
         "protocol": split.protocol, "world_size": world_size,
-        **content_record(config.model, dataset),
-        **({"resumed": resumed} if resumed else {})})
+        **content_record(config.model, dataset), **history})
     run.write_snapshot(dataset, known)
     if clear_table:  # parts an earlier, killed run left
         run.clear_table()

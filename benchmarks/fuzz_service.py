@@ -84,6 +84,14 @@ STATED_REJECTIONS: list[tuple[str | None, int, str]] = [
     ("POST /v1/recommend", 422, "learned from elapsed time"),
     # whether an item exists depends on the catalogs served
     ("POST /v1/events", 422, "no served model has them"),
+    # whether a model can take new items depends on the models served (a content tower),
+    # and whether an item's media and fields fit on the disk and the served catalogs
+    ("POST /v1/items", 422, "no served model can take new items"),
+    ("POST /v1/items", 422, "nothing was stored"),
+    # each item id once: JSON Schema's uniqueItems compares whole items, not one field
+    ("POST /v1/items", 422, "each item id once per request"),
+    # media are taken only by a service started with --media-dir
+    (None, 422, "takes no media files"),
     # whether a folder holds a loadable run depends on the disk
     ("POST /v1/admin/reload", 422, "could not load"),
     # the body limit is in bytes, not in JSON Schema's terms (the 413's description)

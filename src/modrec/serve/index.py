@@ -117,7 +117,8 @@ class IndexConfig:
     nlist: Annotated[int, Field(ge=1)] | None = None
     # Lists a query scans; None: DEFAULT_NPROBE (see there), at most nlist.
     nprobe: Annotated[int, Field(ge=1)] | None = None
-    # IVF-PQ bytes per item (sub-quantisers of 8 bits); must divide the dim. None: dim / 4.
+    # IVF-PQ bytes per item (sub-quantisers of 8 bits); must divide the dim. None: the
+    # largest divisor of the dim up to dim / 4.
     pq_m: Annotated[int, Field(ge=1)] | None = None
     # IVF-PQ: candidates re-scored exactly from the float vectors, as a multiple of the
     # fetch (1: none, PQ's approximate scores). None: DEFAULT_RERANK.
@@ -167,7 +168,7 @@ def estimated_bytes(kind: Kind, n: int, d: int, config: IndexConfig) -> int:
     if kind == "hnsw":  # level 0 holds 2 * M links of 4 bytes; upper levels add ~1/M
         return 4 * n * d + n * (8 * config.hnsw_m + 16)
     nlist = config.nlist or default_nlist(n)
-    code = 4 * d if kind == "ivf" else (config.pq_m or max(1, d // 4))
+    code = 4 * d if kind == "ivf" else (config.pq_m or default_pq_m(d))
     return n * (code + 8) + 4 * nlist * d + (0 if kind == "ivf" else 4 * 256 * d)
 
 
@@ -520,8 +521,13 @@ def _build_name(kind: Kind, n: int, d: int, config: IndexConfig) -> str:
     return f"ivf{nlist}" if kind == "ivf" else f"ivf{nlist}-pq{_pq_m(d, config)}"
 
 
+def default_pq_m(d: int) -> int:
+    """The largest divisor of ``d`` not above ``d / 4``: a byte for about every 4 dims."""
+    return max(v for v in range(1, max(1, d // 4) + 1) if d % v == 0)
+
+
 def _pq_m(d: int, config: IndexConfig) -> int:
-    m = config.pq_m or max(1, d // 4)
+    m = config.pq_m or default_pq_m(d)
     if d % m:
         divisors = [v for v in range(1, d + 1) if d % v == 0]
         raise ConfigError(f"pq_m {m} does not divide the item vectors' dim {d}: choose "

@@ -151,7 +151,8 @@ class Recommender:
     def describe(self) -> dict[str, Any]:
         return {"run_dir": str(self.folder), "model": self.name,
                 "dataset": self.run.dataset.name, "items": len(self.catalog),
-                "index": self.index.kind, "max_len": self.max_len,
+                "index": self.index.kind, "index_settings": self.index.settings(),
+                "max_len": self.max_len,
                 "needs_timestamps": self.needs_times, "loaded_at": self.loaded_at}
 
     # ---- recommendations -------------------------------------------------------------

@@ -231,10 +231,12 @@ class ItemIndex:
     def _adopt(self, index: faiss.Index, config: IndexConfig,
                vectors: np.ndarray | None = None) -> None:
         self.config = config
-        self._index = index
+        # Any: the FAISS stubs lack the subclasses' members (hnsw, pq, nlist, get_xb).
+        self._index: Any = index
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("an item index scores by inner product")
         n, d = int(index.ntotal), int(index.d)
+        storage: Any
         if isinstance(index, faiss.IndexHNSWFlat):
             self._kind: Kind = "hnsw"
             storage = faiss.downcast_index(index.storage)
@@ -243,8 +245,8 @@ class ItemIndex:
         elif isinstance(index, faiss.IndexIVFFlat | faiss.IndexIVFPQ):
             self._kind = "ivf" if isinstance(index, faiss.IndexIVFFlat) else "ivfpq"
             storage = None
-            if index.direct_map.type == faiss.DirectMap.NoMap:  # for reconstruct()
-                index.make_direct_map()
+            if index.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
+                index.make_direct_map()  # for reconstruct(): `similar` on IVF
         else:
             raise ValueError(f"not an item index: {type(index).__name__}")
         # The float vectors exact scoring reads (the fallback, IVF-PQ's re-ranking,
@@ -538,6 +540,7 @@ def _pq_m(d: int, config: IndexConfig) -> int:
 def _build(kind: Kind, vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
     """A FAISS index of ``kind`` over ``vectors`` (N, D), trained where it needs to be."""
     n, d = vectors.shape
+    index: Any  # the FAISS stubs lack the subclasses' members
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":

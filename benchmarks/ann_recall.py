@@ -177,6 +177,7 @@ def main() -> None:
                                                args.queries, args.seed)
     name = f"{args.vectors.replace('/', '_').replace(':', '_')}-{len(items) - 1}"
     base_rss = rss_mib()
+    load_start = os.getloadavg()[0]
     exact, build_s, mib = build("exact", items, args, name)
     truth, batched_qps = timed(exact, queries, args.k, None, batched=True)
     _, single_qps = timed(exact, queries, args.k, None, batched=False)
@@ -190,7 +191,9 @@ def main() -> None:
 
     head = (f"{what}, dim {items.shape[1]}, {len(queries)} queries, top-{args.k}; "
             f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores. Resident memory "
-            f"{base_rss:.0f} MiB before any index (the libraries and the catalog).")
+            f"{base_rss:.0f} MiB before any index (the libraries and the catalog). "
+            f"Load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+            "end (the machine is shared: other jobs ran beside this one).")
     text = head + "\n\n" + table(rows, args.k)
     print(text, "\n")
     if not args.no_write:

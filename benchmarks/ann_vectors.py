@@ -8,9 +8,9 @@
   encoded with the bundled all-MiniLM-L6-v2 (modrec's ``text`` encoder, L2-normalised,
   384-d) and kept beside the file as ``FILE.<digest>.npy`` (encoding is the slow part).
 
-Queries: for random vectors, other random unit vectors; for real vectors, held-out rows
-of the same source (the catalog is the rest), the nearest thing to a user's query vector
-this benchmark can have without a model's user tower.
+Queries: for random vectors, other random unit vectors; for a run, the user vectors of
+its test users (each history through the model, as the service computes them); for
+text, held-out sentences (the catalog is the rest).
 """
 
 from __future__ import annotations
@@ -56,12 +56,24 @@ def text_vectors(file: Path, batch: int = 4096) -> np.ndarray:
     return np.load(cache, mmap_mode="r")
 
 
-def model_vectors(run_dir: Path) -> np.ndarray:
-    """The run's item vectors without the padding row and items never trained (zero)."""
+def model_vectors(run_dir: Path, queries: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The run's item matrix ``(N + 1, D)`` (row 0 the padding) and the user vectors of
+    ``queries`` of its test users (their histories through the model: what the service
+    searches with)."""
+    import torch
+
+    from modrec.eval.evaluator import user_vectors
     from modrec.runs import load_run
 
-    items = load_run(run_dir, "cpu").item_vectors()[1:]
-    return items[np.abs(items).sum(axis=1) > 0]
+    run = load_run(run_dir, "cpu")
+    test = run.split.test
+    users = rng.choice(len(test), min(queries, len(test)), replace=False)
+    max_len = run.config.model.max_len
+    with torch.no_grad():
+        vectors = user_vectors(run.scorer, [test.histories[int(u)][-max_len:]
+                                            for u in users]).float().numpy()
+    return run.item_vectors(), np.ascontiguousarray(vectors)
 
 
 def catalog_and_queries(source: str, items: int, dim: int, queries: int,
@@ -74,10 +86,11 @@ def catalog_and_queries(source: str, items: int, dim: int, queries: int,
         matrix = np.zeros((items + 1, dim), np.float32)
         matrix[1:] = unit_vectors(rng, items, dim)
         return matrix, unit_vectors(rng, queries, dim), f"{items:,} random unit vectors"
+    if kind == "model":
+        matrix, users = model_vectors(Path(where), queries, rng)
+        return matrix, users, f"{len(matrix) - 1:,} item vectors of the run {where}"
     if kind == "text":
         vectors, what = text_vectors(Path(where)), f"MiniLM embeddings of {Path(where).name}"
-    elif kind == "model":
-        vectors, what = model_vectors(Path(where)), f"item vectors of the run {where}"
     else:
         raise SystemExit(f"--vectors {source!r}: random, model:RUN_DIR or text:FILE")
     order = rng.permutation(len(vectors))

@@ -236,7 +236,7 @@ class ItemIndex:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("an item index scores by inner product")
         n, d = int(index.ntotal), int(index.d)
-        storage: Any
+        storage: Any  # where exact and HNSW keep the float vectors
         if isinstance(index, faiss.IndexHNSWFlat):
             self._kind: Kind = "hnsw"
             storage = faiss.downcast_index(index.storage)
@@ -254,12 +254,20 @@ class ItemIndex:
         # large catalog), valid while the index lives, which is as long as self; IVF
         # keeps its vectors in lists, not in row order, and IVF-PQ has only codes, so
         # there they are the caller's (IVF-PQ) or none (IVF-Flat: its lists are exact).
-        if storage is not None:
-            vectors = faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d)
         if vectors is not None and vectors.shape != (n, d):
             raise ValueError(f"vectors of shape {vectors.shape} for an index of {n} "
                              f"items of dim {d}")
+        self._storage = storage
         self._vectors = vectors
+        self._view()
+
+    def _view(self) -> None:
+        """Point ``_vectors`` at FAISS's flat storage again (exact, HNSW), which an
+        ``add`` may move; IVF has none (IVF-PQ's float vectors are the caller's: an
+        ``add`` must append its rows to them too)."""
+        if self._storage is not None:
+            n, d = int(self._index.ntotal), int(self._index.d)
+            self._vectors = faiss.rev_swig_ptr(self._storage.get_xb(), n * d).reshape(n, d)
 
     @classmethod
     def cached(cls, items: np.ndarray, config: IndexConfig | None = None,

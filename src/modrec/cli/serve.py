@@ -66,7 +66,7 @@ def _index_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nlist", type=at_least(1), help="ivf/ivfpq lists (default about "
                    "4 * sqrt(items))")
     p.add_argument("--nprobe", type=at_least(1), help="ivf/ivfpq lists a query scans "
-                   "(default 32): more is slower and finds more of the true top k")
+                   "(default 64): more is slower and finds more of the true top k")
     p.add_argument("--pq-m", type=at_least(1), help="ivfpq bytes per item; must divide "
                    "the vectors' dim (default: its largest divisor up to dim / 4)")
     p.add_argument("--rerank", type=at_least(1), help="ivfpq candidates re-scored exactly "

@@ -113,15 +113,16 @@ class IndexConfig:
     ef_construction: Annotated[int, Field(ge=8)] = 200
     ef_search: Annotated[int, Field(ge=1)] = 512
     # IVF lists; None: about 4 * sqrt(N) (FAISS's guidance is 4-16 * sqrt(N)), at most
-    # N / 39 so that k-means has 39 training items per list.
+    # N / 39 so that k-means has 39 training items per list, and at most 4,096 (see
+    # default_nlist).
     nlist: Annotated[int, Field(ge=1)] | None = None
-    # Lists a query scans; None: DEFAULT_NPROBE (see there), at most nlist.
+    # Lists a query scans; None: DEFAULT_NPROBE (64, see there), at most nlist.
     nprobe: Annotated[int, Field(ge=1)] | None = None
     # IVF-PQ bytes per item (sub-quantisers of 8 bits); must divide the dim. None: the
     # largest divisor of the dim up to dim / 4.
     pq_m: Annotated[int, Field(ge=1)] | None = None
     # IVF-PQ: candidates re-scored exactly from the float vectors, as a multiple of the
-    # fetch (1: none, PQ's approximate scores). None: DEFAULT_RERANK.
+    # fetch (1: none, PQ's approximate scores). None: DEFAULT_RERANK (4, see there).
     rerank: Annotated[int, Field(ge=1)] | None = None
     # OpenMP threads per search call (see the module docstring); None: FAISS's default
     # (every core), the right choice for one caller sending large batches.
@@ -139,8 +140,16 @@ class IndexConfig:
                              f"nlist scans them all)")
 
 
-DEFAULT_NPROBE = 32
+# Measured with benchmarks/ann_recall.py (docs/benchmarks.md). On real vectors at about
+# 20,000 items (a SASRec run's items searched with its users' vectors; MiniLM sentence
+# embeddings), nprobe 64 of about 500-600 lists found recall@100 0.90-0.96 and 32 found
+# 0.82-0.93; at 1M items (4,000 lists) 64 lists scan 1.6% of the catalog.
+DEFAULT_NPROBE = 64
+# IVF-PQ's codes alone found recall@100 0.65 (pq_m 10, dim 50) where IVF-Flat found 0.96
+# at the same nprobe; re-ranking 4x the fetch exactly gave 0.94 and 8x 0.96, at about
+# twice the search time per doubling (FAISS's IVF-PQ scan slows with k).
 DEFAULT_RERANK = 4
+_RESCORE_ROWS = 32
 
 
 def index_config(**settings: object) -> IndexConfig:
@@ -155,9 +164,16 @@ def index_config(**settings: object) -> IndexConfig:
         raise ConfigError(f"invalid index settings: {problems}") from None
 
 
+MAX_DEFAULT_NLIST = 4096
+
+
 def default_nlist(n: int) -> int:
-    """About 4 * sqrt(n) lists, at most n / 39 (FAISS asks 39 training points a list)."""
-    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+    """About 4 * sqrt(n) lists, at most n / 39 (FAISS asks 39 training points a list) and
+    at most `MAX_DEFAULT_NLIST`: k-means costs sample x nlist and the sample (64 a list)
+    grows with nlist, so 4 * sqrt(10M) = 12,649 lists would train about 9.5x as long as
+    4,096 and assign every item 3x as long (the 10M build in docs/benchmarks.md used
+    4,096); more lists only shorten each scan."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39, MAX_DEFAULT_NLIST))
 
 
 def estimated_bytes(kind: Kind, n: int, d: int, config: IndexConfig) -> int:
@@ -500,7 +516,13 @@ class ItemIndex:
         """IVF-PQ's candidates ``ids`` scored exactly from the float vectors, the best
         ``fetch`` of each row kept (missing slots stay -1)."""
         assert self._vectors is not None
-        scores = np.einsum("bcd,bd->bc", self._vectors[np.maximum(ids, 0)], queries)
+        scores = np.empty(ids.shape, np.float32)
+        # A few queries at a time: the gathered candidates are (rows, candidates, dim)
+        # floats, 600 MB for a batch of 1,000 queries of 400 candidates at dim 384.
+        for at in range(0, len(ids), _RESCORE_ROWS):
+            rows = slice(at, at + _RESCORE_ROWS)
+            scores[rows] = np.einsum("bcd,bd->bc", self._vectors[np.maximum(ids[rows], 0)],
+                                     queries[rows])
         scores[ids < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
         return (np.take_along_axis(scores, order, 1).astype(np.float32),

@@ -83,10 +83,11 @@ def build(kind: str, items: np.ndarray, args: argparse.Namespace,
           name: str) -> tuple[ItemIndex, float | None, float]:
     """The index (loaded from ``--cache`` when there), its build seconds (None when
     loaded) and the resident MiB it added."""
+    ivf, pq = kind in ("ivf", "ivfpq"), kind == "ivfpq"  # the settings each kind takes
     config = IndexConfig(kind=kind, hnsw_m=args.m,  # type: ignore[arg-type]
-                         ef_construction=args.ef_construction, nlist=args.nlist,
-                         pq_m=args.pq_m if kind == "ivfpq" else None,
-                         rerank=args.rerank if kind == "ivfpq" else None)
+                         ef_construction=args.ef_construction,
+                         nlist=args.nlist if ivf else None, pq_m=args.pq_m if pq else None,
+                         rerank=args.rerank if pq else None)
     before = rss_mib()
     start = time.perf_counter()
     cached = None if args.cache is None or kind == "exact" else args.cache / (

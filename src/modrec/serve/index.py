@@ -107,8 +107,11 @@ class IndexConfig:
     # builds faster than 64 and takes half its graph memory. efConstruction 200 over 100
     # gained 0.01-0.03 recall@100 at the same search cost, for 1.6x the build time. At
     # 1,000,000 random items (M=32, efConstruction 200, built in 15-27 min: save() it)
-    # recall@100 was 0.96 only at ef_search 1024 (about 3x exact); see docs/benchmarks.md
-    # for vectors with real structure.
+    # recall@100 was 0.85 at ef_search 512 and 0.96 only at 1024 (about 3x exact). Vectors
+    # with structure are far easier: at about 20,000 items (a SASRec run's items searched
+    # with its users' vectors; MiniLM sentence embeddings) ef_search 100 found recall@100
+    # 0.98 and 200 found 0.995 (docs/benchmarks.md). 512 stays the default for the worst
+    # case; lower it (--ef-search) for a model whose own vectors reach the recall needed.
     hnsw_m: Annotated[int, Field(ge=4)] = 32
     ef_construction: Annotated[int, Field(ge=8)] = 200
     ef_search: Annotated[int, Field(ge=1)] = 512

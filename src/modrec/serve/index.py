@@ -264,8 +264,10 @@ class ItemIndex:
         elif isinstance(index, faiss.IndexIVFFlat | faiss.IndexIVFPQ):
             self._kind = "ivf" if isinstance(index, faiss.IndexIVFFlat) else "ivfpq"
             storage = None
-            if index.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
-                index.make_direct_map()  # for reconstruct(): `similar` on IVF
+            # reconstruct() (`similar`) needs a map from id to list (8 bytes an item, 80 MB
+            # at 10M) only where no float vectors are at hand.
+            if vectors is None and index.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
+                index.make_direct_map()
         else:
             raise ValueError(f"not an item index: {type(index).__name__}")
         # The float vectors exact scoring reads (the fallback, IVF-PQ's re-ranking,

@@ -70,7 +70,8 @@ def _index_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pq-m", type=at_least(1), help="ivfpq bytes per item; must divide "
                    "the vectors' dim (default: its largest divisor up to dim / 4)")
     p.add_argument("--rerank", type=at_least(1), help="ivfpq candidates re-scored exactly "
-                   "from the float vectors, as a multiple of k (default 4; 1: none)")
+                   "from the float vectors, as a multiple of k plus the excluded items "
+                   "(default 4; 1: none)")
 
 
 def _index_config(args: argparse.Namespace) -> Any:

@@ -1,27 +1,30 @@
-"""Retrieval alone: HNSW against exact inner-product search over a large catalog.
+"""Retrieval alone: exact, HNSW, IVF-Flat and IVF-PQ search over one catalog.
 
-    python benchmarks/ann_recall.py [--items 1000000] [--dim 64] [--queries 1000]
+    python benchmarks/ann_recall.py [--vectors random|model:RUN_DIR|text:FILE]
+                                    [--kinds exact,hnsw,ivf,ivfpq] [--items 1000000]
+                                    [--dim 64] [--queries 1000] [--k 100]
                                     [--ef-search 128,256,512] [--m 32] [--ef-construction 200]
-                                    [--k 100] [--cache DIR]
+                                    [--nprobe 8,16,32,64] [--nlist N] [--pq-m M]
+                                    [--rerank 4] [--cache DIR] [--section NAME]
 
-The catalog and the queries are random unit vectors, the hardest case for a graph index
-(no clusters to exploit, every direction equally likely); trained item vectors are easier,
-so a setting that holds here holds there. Both indexes are `modrec.serve.index.ItemIndex`,
-the code path the service runs, so the times include its exclusion handling (with nothing
-excluded). Measured in one run, on one machine:
+Where the vectors come from (``--vectors``, see ``benchmarks/ann_vectors.py``): random
+unit vectors, the hardest case for an approximate index (no clusters to exploit, every
+direction equally likely); a trained run's item vectors; or sentence embeddings of real
+text. Every index is `modrec.serve.index.ItemIndex`, the code path the service runs, so
+the times include its exclusion handling (with nothing excluded). Measured in one run, on
+one machine, per kind:
 
-- HNSW build time (every core);
-- top-k recall of HNSW against exact search over the same queries, per ``ef_search``;
+- build time (every core), and the resident memory the index added to the process
+  (``VmRSS`` after the build less before it; the catalog matrix itself was resident
+  before, as it is in the service, which keeps its item matrix);
+- top-k recall against exact search over the same queries, per ``ef_search`` (HNSW) or
+  ``nprobe`` (IVF), one query per call;
 - queries/s one query per call, 1 OpenMP thread (the service's setting: one user per
-  request), and in one batched call with every core;
-- peak resident memory of the process (``ru_maxrss``), and the resident memory before
-  any index was built (the libraries and the vectors), to read the indexes' share.
+  request), and in one batched call with every core.
 
-Several ``--ef-search`` values share one (slow) graph build, and ``--cache`` keeps the
-graph for later runs (another ``--k`` or beam). Random unit vectors of dim 64 at 1,000,000
-items need ``ef_search`` about 1024 for recall@100 0.95, where HNSW is only about 3x faster
-than exact search on 2 cores (see modrec.serve.index.IndexConfig). Prints a Markdown table, then
-one JSON line with every number.
+``--cache`` keeps built HNSW/IVF indexes for later runs (another ``--k`` or knob).
+Prints a Markdown table, then one JSON line with every number, and writes the table to
+docs/benchmarks.md under ``--section`` unless ``--no-write``.
 """
 
 from __future__ import annotations
@@ -30,44 +33,34 @@ import argparse
 import json
 import logging
 import os
-import platform
-import resource
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kit import ROOT, write_section
+from ann_vectors import catalog_and_queries
+from kit import ROOT, cpu_name, write_section
 
 from modrec.serve.index import IndexConfig, ItemIndex
 
 log = logging.getLogger("ann_recall")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+KNOB = {"exact": None, "hnsw": "ef_search", "ivf": "nprobe", "ivfpq": "nprobe"}
 
 
 def rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Resident memory of this process now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
-def timed(index: ItemIndex, queries: np.ndarray, k: int, ef: int | None,
+def timed(index: ItemIndex, queries: np.ndarray, k: int, knob: int | None,
           batched: bool) -> tuple[np.ndarray, float]:
     """The item indices found (Q, k) and the queries answered per second."""
+    if index.kind in ("ivf", "ivfpq") and knob is not None:
+        index.config.nprobe = knob
+    ef = knob if index.kind == "hnsw" else None
     start = time.perf_counter()
     if batched:
         index.config.threads = None  # one caller, one large batch: every core
@@ -86,100 +79,139 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
                           for f, t in zip(found, truth, strict=True)]))
 
 
+def build(kind: str, items: np.ndarray, args: argparse.Namespace,
+          name: str) -> tuple[ItemIndex, float | None, float]:
+    """The index (loaded from ``--cache`` when there), its build seconds (None when
+    loaded) and the resident MiB it added."""
+    ivf, pq = kind in ("ivf", "ivfpq"), kind == "ivfpq"  # the settings each kind takes
+    config = IndexConfig(kind=kind, hnsw_m=args.m,  # type: ignore[arg-type]
+                         ef_construction=args.ef_construction,
+                         nlist=args.nlist if ivf else None, pq_m=args.pq_m if pq else None,
+                         rerank=args.rerank if pq else None)
+    before = rss_mib()
+    start = time.perf_counter()
+    cached = None if args.cache is None or kind == "exact" else args.cache / (
+        f"{name}-{kind}-m{args.m}-efc{args.ef_construction}-nlist{args.nlist}"
+        f"-pq{args.pq_m}.faiss")
+    if cached is not None and cached.exists():
+        index = ItemIndex.load(cached, config, items)
+        log.info("%s loaded from %s", kind, cached)
+        return index, None, rss_mib() - before
+    index = ItemIndex(items, config)
+    seconds = time.perf_counter() - start
+    log.info("%s built in %.1f s: %s", kind, seconds, index.settings())
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        index.save(cached)
+    return index, seconds, rss_mib() - before
+
+
+def measure(kind: str, items: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+            knobs: list[int | None], args: argparse.Namespace,
+            name: str) -> list[dict[str, Any]]:
+    index, build_s, mib = build(kind, items, args, name)
+    rows = []
+    for knob in knobs:
+        found, batched_qps = timed(index, queries, args.k, knob, batched=True)
+        batched_recall = recall(found, truth)
+        found, single_qps = timed(index, queries, args.k, knob, batched=False)
+        rows.append({"index": kind, "knob": KNOB[kind], "value": knob,
+                     "recall": recall(found, truth), "batched_recall": batched_recall,
+                     "single_qps": single_qps, "batched_qps": batched_qps,
+                     "build_s": build_s, "index_mib": mib,
+                     "settings": index.settings()})
+        log.info("%s", rows[-1])
+    return rows
+
+
+def table(rows: list[dict[str, Any]], k: int) -> str:
+    exact = rows[0]
+    lines = [f"| index | setting | recall@{k} | queries/s, single | x exact | "
+             "queries/s, batched | x exact | build (s) | index RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        build_s = "loaded" if r["build_s"] is None else f"{r['build_s']:.0f}"
+        setting = "-" if r["knob"] is None else f"{r['knob']} {r['value']}"
+        lines.append(
+            f"| {r['index']} | {setting} | {r['recall']:.4f} | {r['single_qps']:.0f} | "
+            f"{r['single_qps'] / exact['single_qps']:.1f} | {r['batched_qps']:.0f} | "
+            f"{r['batched_qps'] / exact['batched_qps']:.1f} | {build_s} | "
+            f"{r['index_mib']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--vectors", default="random",
+                        help="random, model:RUN_DIR or text:FILE (see ann_vectors.py)")
+    parser.add_argument("--kinds", default="exact,hnsw,ivf,ivfpq",
+                        help="comma-separated index kinds; exact is always measured first")
+    parser.add_argument("--items", type=int, default=1_000_000,
+                        help="catalog size (random), or the most rows used (0: all)")
+    parser.add_argument("--dim", type=int, default=64, help="dim of random vectors")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--ef-search", default="128,256,512",
                         help="comma-separated HNSW search beams, measured on one build")
+    parser.add_argument("--nprobe", default="8,16,32,64",
+                        help="comma-separated IVF lists scanned, measured on one build")
     parser.add_argument("--m", type=int, default=IndexConfig().hnsw_m)
     parser.add_argument("--ef-construction", type=int, default=IndexConfig().ef_construction)
+    parser.add_argument("--nlist", type=int, default=None)
+    parser.add_argument("--pq-m", type=int, default=None)
+    parser.add_argument("--rerank", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None,
-                        help="a folder to keep the HNSW graph in: a later run with the same "
-                             "catalog and graph settings loads it instead of building it")
+                        help="a folder to keep built indexes in: a later run with the same "
+                             "catalog and settings loads them instead of building them")
+    parser.add_argument("--section", default="ann-recall")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    efs = [int(v) for v in args.ef_search.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k != "exact"]
+    knobs: dict[str, list[int | None]] = {
+        "hnsw": [int(v) for v in args.ef_search.split(",")],
+        "ivf": [int(v) for v in args.nprobe.split(",")],
+        "ivfpq": [int(v) for v in args.nprobe.split(",")]}
 
-    rng = np.random.default_rng(args.seed)
-    items = np.zeros((args.items + 1, args.dim), np.float32)  # row 0: padding
-    items[1:] = unit_vectors(rng, args.items, args.dim)
-    queries = unit_vectors(rng, args.queries, args.dim)
+    items, queries, what = catalog_and_queries(args.vectors, args.items, args.dim,
+                                               args.queries, args.seed)
+    name = f"{args.vectors.replace('/', '_').replace(':', '_')}-{len(items) - 1}"
     base_rss = rss_mib()
-
-    exact = ItemIndex(items, IndexConfig(exact_below=args.items + 1))
-    truth, exact_batched_qps = timed(exact, queries, args.k, None, batched=True)
-    log.info("exact batched: %.0f queries/s", exact_batched_qps)
-    found, exact_single_qps = timed(exact, queries, args.k, None, batched=False)
-    log.info("exact single: %.0f queries/s (recall against batched %.4f)",
-             exact_single_qps, recall(found, truth))
+    load_start = os.getloadavg()[0]
+    exact, build_s, mib = build("exact", items, args, name)
+    truth, batched_qps = timed(exact, queries, args.k, None, batched=True)
+    _, single_qps = timed(exact, queries, args.k, None, batched=False)
+    rows = [{"index": "exact", "knob": None, "value": None, "recall": 1.0,
+             "batched_recall": 1.0, "single_qps": single_qps, "batched_qps": batched_qps,
+             "build_s": build_s, "index_mib": mib, "settings": exact.settings()}]
+    log.info("%s", rows[0])
     del exact
+    for kind in kinds:
+        rows += measure(kind, items, queries, truth, knobs[kind], args, name)
 
-    cached = None if args.cache is None else args.cache / (
-        f"hnsw-{args.items}x{args.dim}-seed{args.seed}-m{args.m}-efc{args.ef_construction}.faiss")
-    build_s: float | None = None
-    start = time.perf_counter()
-    if cached is not None and cached.exists():
-        hnsw = ItemIndex.load(cached)
-        log.info("HNSW graph loaded from %s in %.1f s", cached, time.perf_counter() - start)
-    else:
-        hnsw = ItemIndex(items, IndexConfig(exact_below=0, hnsw_m=args.m,
-                                            ef_construction=args.ef_construction))
-        build_s = time.perf_counter() - start
-        log.info("HNSW build (M=%d, efConstruction=%d): %.1f s", args.m,
-                 args.ef_construction, build_s)
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            hnsw.save(cached)
-    del items  # the index holds its own copy
-
-    rows: list[dict[str, Any]] = [{"index": "exact", "ef_search": None, "recall": 1.0,
-                                   "single_qps": exact_single_qps,
-                                   "batched_qps": exact_batched_qps}]
-    for ef in efs:
-        found, batched_qps = timed(hnsw, queries, args.k, ef, batched=True)
-        batched_recall = recall(found, truth)
-        found, single_qps = timed(hnsw, queries, args.k, ef, batched=False)
-        rows.append({"index": "hnsw", "ef_search": ef, "recall": recall(found, truth),
-                     "batched_recall": batched_recall, "single_qps": single_qps,
-                     "batched_qps": batched_qps})
-        log.info("%s", rows[-1])
-
-    lines = [f"{args.items:,} random unit vectors, dim {args.dim}, {args.queries} queries, "
-             f"top-{args.k}; {cpu_name()}, {len(os.sched_getaffinity(0))} cores. "
-             f"HNSW M={args.m}, efConstruction={args.ef_construction}: "
-             f"{'loaded' if build_s is None else f'built in {build_s:.0f} s'}. "
-             f"Peak RSS {rss_mib():.0f} MiB ({base_rss:.0f} MiB before any index).", "",
-             f"| index | ef_search | recall@{args.k} | queries/s, single | x exact | "
-             "queries/s, batched | x exact |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['index']} | {r['ef_search'] or '-'} | {r['recall']:.4f} | "
-              f"{r['single_qps']:.0f} | {r['single_qps'] / exact_single_qps:.1f} | "
-              f"{r['batched_qps']:.0f} | {r['batched_qps'] / exact_batched_qps:.1f} |"
-              for r in rows]
-    table = "\n".join(lines)
-    print(table, "\n")
+    head = (f"{what}, dim {items.shape[1]}, {len(queries)} queries, top-{args.k}; "
+            f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores. Resident memory "
+            f"{base_rss:.0f} MiB before any index (the libraries and the catalog). "
+            f"Load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+            "end (the machine is shared: other jobs ran beside this one).")
+    text = head + "\n\n" + table(rows, args.k)
+    print(text, "\n")
     if not args.no_write:
-        command = (f"python benchmarks/ann_recall.py --items {args.items} --dim {args.dim} "
-                   f"--queries {args.queries} --k {args.k} --ef-search {args.ef_search}")
-        write_section(ROOT / "docs" / "benchmarks.md", "ann-recall", f"""
-## Retrieval: HNSW against exact search
+        command = " ".join(["python benchmarks/ann_recall.py",
+                            *[f"--{key.replace('_', '-')} {value}" for key, value in
+                              vars(args).items() if value is not None and key not in (
+                                  "no_write", "cache", "seed")]])
+        write_section(ROOT / "docs" / "benchmarks.md", args.section, f"""
+### {what}
 
-`{command}`, {time.strftime('%Y-%m-%d')}. The service's own index code
-(`modrec.serve.index.ItemIndex`); "single" is one query per call on one thread, as the
-service asks; random unit vectors are the hardest case for a graph index (no clusters).
+`{command}`, {time.strftime('%Y-%m-%d')}.
 
-{table}
+{text}
 """)
-    print(json.dumps({"items": args.items, "dim": args.dim, "queries": args.queries,
-                      "k": args.k, "m": args.m, "ef_construction": args.ef_construction,
-                      "build_s": None if build_s is None else round(build_s, 1),
-                      "peak_rss_mib": round(rss_mib()),
-                      "base_rss_mib": round(base_rss), "cpu": cpu_name(),
-                      "rows": rows}))
+    print(json.dumps({"vectors": args.vectors, "what": what, "dim": items.shape[1],
+                      "queries": len(queries), "k": args.k, "base_rss_mib": round(base_rss),
+                      "cpu": cpu_name(), "rows": rows}))
 
 
 if __name__ == "__main__":

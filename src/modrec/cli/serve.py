@@ -40,8 +40,8 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--max-k", type=at_least(1), default=1000,
                    help="most items one request may ask for")
     p.add_argument("--exact-below", type=at_least(0), default=100_000,
-                   help="catalogs smaller than this are searched exactly; larger ones "
-                   "through an HNSW graph")
+                   help="with --index auto, catalogs smaller than this are searched "
+                   "exactly; larger ones through an HNSW graph")
     p.add_argument("--ef-search", type=at_least(1), default=512, help="HNSW search beam")
     p.add_argument("--media-dir", help="the folder whose files new items (POST /v1/items) "
                    "may name as image, video or audio, and where POST /v1/media stores "
@@ -59,8 +59,40 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
                                                            "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
+    _index_arguments(p)
     threads_argument(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _index_arguments(p: argparse.ArgumentParser) -> None:
+    """The retrieval index's kind and knobs (`modrec.serve.index.IndexConfig`); those not
+    given keep IndexConfig's defaults, and those given for another kind are refused."""
+    p.add_argument("--index", choices=["auto", "exact", "hnsw", "ivf", "ivfpq"],
+                   default="auto", help="the item index: exact, hnsw (graph), ivf "
+                   "(IVF-Flat), ivfpq (IVF-PQ, compressed), or auto (default: by catalog "
+                   "size, --exact-below, and --index-memory-mib)")
+    p.add_argument("--index-memory-mib", type=float, help="with --index auto, the most "
+                   "memory the index may take: the first of hnsw, ivf, ivfpq that fits")
+    p.add_argument("--nlist", type=at_least(1), help="ivf/ivfpq lists (default about "
+                   "4 * sqrt(items))")
+    p.add_argument("--nprobe", type=at_least(1), help="ivf/ivfpq lists a query scans "
+                   "(default 64): more is slower and finds more of the true top k")
+    p.add_argument("--pq-m", type=at_least(1), help="ivfpq bytes per item; must divide "
+                   "the vectors' dim (default: its largest divisor up to dim / 4)")
+    p.add_argument("--rerank", type=at_least(1), help="ivfpq candidates re-scored exactly "
+                   "from the float vectors, as a multiple of k plus the excluded items "
+                   "(default 4; 1: none)")
+
+
+def _index_config(args: argparse.Namespace) -> Any:
+    """`IndexConfig` from the flags given (a `ConfigError` names a bad one)."""
+    from modrec.serve.index import index_config
+
+    given = {"kind": args.index, "exact_below": args.exact_below,
+             "ef_search": args.ef_search, "memory_mib": args.index_memory_mib,
+             "nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m,
+             "rerank": args.rerank}
+    return index_config(**{k: v for k, v in given.items() if v is not None})
 
 
 def _models(args: argparse.Namespace) -> dict[str, str]:
@@ -103,7 +135,6 @@ def _media_dir(value: str | None) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.serve import ModelService, ServeConfig
     from modrec.serve.app import AppSettings
-    from modrec.serve.index import IndexConfig
     from modrec.serve.process import Listen, check_runs, run_service
     from modrec.serve.state import SQLiteUserState
 
@@ -111,8 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     check_runs(models)  # cheap checks before the service starts
     api_key = _api_key(args)
     media_dir = _media_dir(args.media_dir)
-    config = ServeConfig(index=IndexConfig(exact_below=args.exact_below,
-                                           ef_search=args.ef_search), max_k=args.max_k,
+    config = ServeConfig(index=_index_config(args), max_k=args.max_k,
                          media_dir=media_dir, load_encoders=args.load_encoders)
     state_path = Path(args.state)
     state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything

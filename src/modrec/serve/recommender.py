@@ -214,7 +214,8 @@ class Recommender:
                 "live_items": self.catalog.live,
                 "hidden_rows": len(self.catalog.hidden),
                 "item_tower": None if self.tower is None else self.tower.mode,
-                "index": self.index.kind, "max_len": self.max_len,
+                "index": self.index.kind, "index_settings": self.index.settings(),
+                "max_len": self.max_len,
                 "needs_timestamps": self.needs_times, "loaded_at": self.loaded_at}
 
     # ---- items added while serving -------------------------------------------------------

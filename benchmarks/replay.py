@@ -88,11 +88,17 @@ def split_log(dataset: Any, cut: float) -> Log:
     """The events before the ``cut`` time quantile and those from it on."""
     events = time_ordered(dataset)
     cut_time = int(np.quantile(events["timestamp"].to_numpy(), cut))
+    return split_at(events, dataset.items, cut_time)
+
+
+def split_at(events: pd.DataFrame, items: pd.DataFrame, cut_time: int) -> Log:
+    """``events`` (time-ordered) before ``cut_time`` and from it on; ``items``: the
+    dataset's catalog, whose FIELDS a new item is posted with."""
     before = events[events["timestamp"] < cut_time].reset_index(drop=True)
     after = events[events["timestamp"] >= cut_time].reset_index(drop=True)
     after = after.assign(new_item=~after["item_id"].isin(set(before["item_id"])),
                          cold_user=~after["user_id"].isin(set(before["user_id"])))
-    catalog = dataset.items[["item_id", *FIELDS]].astype(str).reset_index(drop=True)
+    catalog = items[["item_id", *FIELDS]].astype(str).reset_index(drop=True)
     return Log(before, after, catalog, cut_time)
 
 
@@ -196,11 +202,12 @@ def replay(run: Path, log: Log, variant: str, workdir: Path, *, retrain_epochs: 
     state = folder / "state.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{state}{suffix}").unlink(missing_ok=True)
-    server = Server(run, folder, state, "--load-encoders")
+    live, posted = variant in ("b", "c"), set[str]()
+    # MiniLM loads at start-up where items will be posted, not in the first item's time
+    server = Server(run, folder, state, *(["--load-encoders"] if live else []))
     server.start()
     result, current = Result(variant), run
     fields = log.catalog.set_index("item_id")
-    live, posted = variant in ("b", "c"), set[str]()
     n = len(log.after)
     boundaries = {n * t // tenths for t in range(1, tenths)} if variant == "c" else set()
     try:
@@ -332,9 +339,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=0,
                         help="replay only the first N events after the cut (0: all)")
     parser.add_argument("--variants", default="a,b,c")
-    parser.add_argument("--epochs", type=int, default=20,
+    parser.add_argument("--epochs", type=int, default=10,
                         help="of the initial run (early stopping on validation)")
     parser.add_argument("--retrain-epochs", type=int, default=2)
+    parser.add_argument("--parts", type=int, default=10, help="(c) retrains after each "
+                        "of this many equal parts of the replay but the last")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     from modrec.data import load_dataset
@@ -355,7 +364,7 @@ def main() -> None:
     results = []
     for variant in args.variants.split(","):
         results.append(replay(run, log, variant, workdir,
-                              retrain_epochs=args.retrain_epochs))
+                              retrain_epochs=args.retrain_epochs, tenths=args.parts))
         print(json.dumps({"variant": variant, **summary(results[-1], log.after)}),
               flush=True)
     doc = Path(args.doc)

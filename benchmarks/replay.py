@@ -142,6 +142,7 @@ class Result:
     variant: str
     hits: list[int] = field(default_factory=list)
     ndcg: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)  # from 0 in the top `deep`; -1: below
     replay_s: float = 0.0  # the replay's own time, retraining and reloading left out
     retrain_s: list[float] = field(default_factory=list)  # embed + train, each
     reload_s: list[float] = field(default_factory=list)
@@ -150,7 +151,7 @@ class Result:
 
     def numbers(self) -> dict[str, Any]:
         return {"variant": self.variant, "hits": self.hits, "ndcg": self.ndcg,
-                "posted_items": self.posted_items}
+                "ranks": self.ranks, "posted_items": self.posted_items}
 
 
 def call(port: int, path: str, body: dict[str, Any]) -> Any:
@@ -160,13 +161,16 @@ def call(port: int, path: str, body: dict[str, Any]) -> Any:
     return reply
 
 
-def score(port: int, user: str, item: str) -> tuple[int, float]:
-    """(hit, NDCG@10) of ``item`` in the service's top 10 for ``user``."""
+def score(port: int, user: str, item: str, deep: int) -> tuple[int, float, int]:
+    """(hit, NDCG@10, rank) of ``item`` in the service's top 10 for ``user``; the rank
+    (from 0) is looked for in the top ``deep`` (-1: below), whose first 10 are the top
+    10 (exact search: a longer list only extends a shorter one)."""
     top = [row["item_id"] for row in call(port, "/v1/recommend",
-                                          {"user_id": user, "k": K})["items"]]
-    if item not in top:
-        return 0, 0.0
-    return 1, 1.0 / math.log2(top.index(item) + 2)
+                                          {"user_id": user, "k": max(K, deep)})["items"]]
+    rank = top.index(item) if item in top else -1
+    if not 0 <= rank < K:
+        return 0, 0.0, rank
+    return 1, 1.0 / math.log2(rank + 2), rank
 
 
 def modrec(args: list[str]) -> str:
@@ -195,7 +199,7 @@ def retrain(port: int, state: Path, current: Path, out: Path, epochs: int,
 
 
 def replay(run: Path, log: Log, variant: str, workdir: Path, *, retrain_epochs: int = 2,
-           tenths: int = 10) -> Result:
+           tenths: int = 10, deep: int = 100) -> Result:
     """Replay ``log.after`` through a service on a new state seeded from ``run``."""
     folder = workdir / f"variant-{variant}"
     (folder / "media").mkdir(parents=True, exist_ok=True)
@@ -224,9 +228,10 @@ def replay(run: Path, log: Log, variant: str, workdir: Path, *, retrain_epochs: 
                 call(server.port, "/v1/items", {"items": [
                     {"item_id": item, **{c: row[c] for c in FIELDS if row[c]}}]})
                 posted.add(item)
-            hit, gain = score(server.port, user, item)
+            hit, gain, rank = score(server.port, user, item, deep)
             result.hits.append(hit)
             result.ndcg.append(gain)
+            result.ranks.append(rank)
             call(server.port, "/v1/events", {"events": [
                 {"user_id": user, "item_id": item, "timestamp": int(event.timestamp)}]})
         result.replay_s += time.perf_counter() - started
@@ -246,8 +251,10 @@ def summary(result: Result, after: pd.DataFrame) -> dict[str, Any]:
         return ((float(hits[mask].mean()), float(ndcg[mask].mean()), int(mask.sum()))
                 if mask.any() else (float("nan"), float("nan"), 0))
 
+    ranks = np.asarray(result.ranks)
     return {"all": pair(np.ones_like(new)), "new": pair(new), "rest": pair(~new),
-            "warm": pair(warm), "events_s": len(hits) / max(result.replay_s, 1e-9)}
+            "warm": pair(warm), "events_s": len(hits) / max(result.replay_s, 1e-9),
+            "new_deep": float((ranks[new] >= 0).mean()) if new.any() else float("nan")}
 
 
 def plot(results: list[Result], path: Path, window: int) -> bool:
@@ -282,15 +289,17 @@ def report(results: list[Result], log: Log, made: list[str], args: argparse.Name
                    f"(reload {np.mean(result.reload_s):.1f} s)" if result.retrain_s else "-")
         rows.append([f"({result.variant}) {VARIANTS[result.variant]}", s["all"][2],
                      s["all"][0], s["all"][1], s["new"][0], s["new"][1], s["rest"][0],
-                     s["rest"][1], s["warm"][1], f"{s['events_s']:.1f}", retrain])
+                     s["rest"][1], s["warm"][1], s["new_deep"], f"{s['events_s']:.1f}",
+                     retrain])
     table = markdown_table(["variant", "events", "HR@10", "NDCG@10", "HR@10 new items",
                             "NDCG@10 new items", "HR@10 rest", "NDCG@10 rest",
-                            "NDCG@10 warm users", "replay events/s",
+                            "NDCG@10 warm users",
+                            f"new-item targets in the top {args.deep}", "replay events/s",
                             "retrain (embed + train) each"], rows)
     command = shlex.join(["python", "benchmarks/replay.py", *sys.argv[1:]])
     verdicts = targets(sums)
     lines = "\n".join(f"- {line}" for line in made)
-    picture = ("\n\n![prequential NDCG@10 over the replay](replay-ml-100k.png)"
+    picture = (f"\n\n![prequential NDCG@10 over the replay]({args.section}-ml-100k.png)"
                if plotted else "")
     retrain_commands = next((r.commands for r in results if r.commands), [])
     return f"""## Replay of ml-100k through the service (`benchmarks/replay.py`)
@@ -344,6 +353,13 @@ def main() -> None:
     parser.add_argument("--retrain-epochs", type=int, default=2)
     parser.add_argument("--parts", type=int, default=10, help="(c) retrains after each "
                         "of this many equal parts of the replay but the last")
+    parser.add_argument("--id-dropout", type=float, default=0.5, help="model.id_dropout "
+                        "of the initial run: the share of items whose ID vector training "
+                        "drops, so that the content path alone (a new item's) is trained")
+    parser.add_argument("--deep", type=int, default=100, help="also look for the target "
+                        "in the top DEEP (the rank a miss had)")
+    parser.add_argument("--section", default=SECTION, help="of docs/benchmarks.md; the "
+                        "plot is docs/SECTION-ml-100k.png")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     from modrec.data import load_dataset
@@ -355,23 +371,26 @@ def main() -> None:
     if args.events:
         log.after = log.after.iloc[:args.events].reset_index(drop=True)
     data = before_dataset(log, workdir / "before-cut")
-    run, seconds = initial_run(data, workdir / "initial", [f"train.epochs={args.epochs}"])
+    run, seconds = initial_run(data, workdir / "initial", [
+        f"train.epochs={args.epochs}", f"model.id_dropout={args.id_dropout:g}"])
     made = [f"before the cut (time quantile {args.cut:g}, t < {log.cut_time}): "
             f"{len(log.before):,} events, {log.before['item_id'].nunique():,} items; "
             f"initial run: SASRec, `model.item_tower=id+content`, "
-            f"`model.encoders=[\"text\"]` (MiniLM titles), up to {args.epochs} epochs, "
+            f"`model.encoders=[\"text\"]` (MiniLM titles), "
+            f"`model.id_dropout={args.id_dropout:g}`, up to {args.epochs} epochs, "
             f"best on validation ({seconds:.0f} s with embedding; {run})"]
     results = []
     for variant in args.variants.split(","):
         results.append(replay(run, log, variant, workdir,
-                              retrain_epochs=args.retrain_epochs, tenths=args.parts))
+                              retrain_epochs=args.retrain_epochs, tenths=args.parts,
+                              deep=args.deep))
         print(json.dumps({"variant": variant, **summary(results[-1], log.after)}),
               flush=True)
     doc = Path(args.doc)
-    plotted = plot(results, doc.parent / "replay-ml-100k.png", 500)
+    plotted = plot(results, doc.parent / f"{args.section}-ml-100k.png", 500)
     body = report(results, log, made, args, plotted)
     print(body)
-    write_section(doc, SECTION, body)
+    write_section(doc, args.section, body)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,16 @@ def initial_run(data: Path, out: Path, overrides: list[str]) -> tuple[Path, floa
     return train(config, out, progress=False), time.perf_counter() - started
 
 
+def validation(run: Path) -> str:
+    """Where the run's validation NDCG@10 peaked, and whether it was still rising at the
+    end (then later retrains also gain from the extra epochs, not only from new data)."""
+    scores = [json.loads(line)["valid"]["ndcg@10"]
+              for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best = int(np.argmax(scores))
+    return (f"validation NDCG@10 {scores[best]:.4f} at epoch {best + 1} of {len(scores)}"
+            + (" (still rising when training stopped)" if best >= len(scores) - 2 else ""))
+
+
 # ---- the replay ------------------------------------------------------------------------
 @dataclass
 class Result:
@@ -378,7 +388,8 @@ def main() -> None:
             f"initial run: SASRec, `model.item_tower=id+content`, "
             f"`model.encoders=[\"text\"]` (MiniLM titles), "
             f"`model.id_dropout={args.id_dropout:g}`, up to {args.epochs} epochs, "
-            f"best on validation ({seconds:.0f} s with embedding; {run})"]
+            f"best on validation ({seconds:.0f} s with embedding; {run}): "
+            f"{validation(run)}"]
     results = []
     for variant in args.variants.split(","):
         results.append(replay(run, log, variant, workdir,

@@ -32,6 +32,8 @@ def test_replay_gives_the_same_numbers_twice(ml100k, tmp_path: Path,
     assert [r.numbers() for r in first] == [r.numbers() for r in second]
     a, b = (replay_module.summary(r, log.after) for r in first)
     assert len(first[0].hits) == len(log.after)
+    for result in first:  # the top 10 is the head of the top 100 the rank is read from
+        assert result.hits == [int(0 <= rank < 10) for rank in result.ranks]
     assert a["new"][0] == 0.0  # (a) cannot recommend an item it was never told of
     assert first[0].posted_items == 0
     assert first[1].posted_items == log.after.loc[log.after["new_item"], "item_id"].nunique()

@@ -23,7 +23,9 @@ entering live; (c) (b) plus the learning loop: every tenth of the replay the rep
 waits while ``modrec embed -d STATE --encoder text`` and ``modrec train -d STATE
 --init-from CURRENT`` make the next run from the state the service holds, and
 ``POST /v1/admin/reload`` swaps it in (the retraining time is reported apart from the
-replay's throughput). Users first seen after the cut are cold users: they are kept
+replay's throughput). The initial run drops items' ID vectors in training
+(``--id-dropout``, 0.5) so that the content path, all a new item has, is trained to
+stand alone. Users first seen after the cut are cold users: they are kept
 (the service answers them from popularity until they have events) and their share is
 reported.
 

@@ -30,9 +30,7 @@ import http.client
 import json
 import os
 import re
-import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import serve_load
 from kit import ROOT, machine, markdown_table, write_section
 
 COMMAND = "python benchmarks/live_items.py"
@@ -112,70 +111,21 @@ def video_run(workdir: Path) -> Path:
 
 
 # ---- the server ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def request(port: int, method: str, path: str, body: Any = None,
             timeout: float = 120.0) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, None if body is None else json.dumps(body),
-                     {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-        response = conn.getresponse()
-        raw = response.read()
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw.decode()
-    finally:
-        conn.close()
+    """`serve_load.request` with this benchmark's API key."""
+    return serve_load.request(port, method, path, body, timeout, key=KEY)
 
 
-class Server:
-    """``python -m modrec serve RUN`` with this checkout's src, an API key, a media
-    folder and a state file; `start` returns the seconds until /readyz answered."""
-
-    def __init__(self, run: Path, workdir: Path, state: Path, *extra: str) -> None:
-        key = workdir / "api-key"
-        key.write_text(KEY)
-        self.port = free_port()
-        self.command = [sys.executable, "-m", "modrec", "serve", str(run), "--state",
-                        str(state), "--port", str(self.port), "--api-key-file", str(key),
-                        "--media-dir", str(workdir / "media"), "--log-level", "warning",
-                        *extra]
-        self.log = workdir / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> float:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        with self.log.open("ab") as out:
-            out.write(f"\n$ {shlex.join(self.command)}\n".encode())
-            out.flush()
-            started = time.perf_counter()
-            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if request(self.port, "GET", "/readyz", timeout=2)[0] == 200:
-                    return time.perf_counter() - started
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+def serve(run: Path, workdir: Path, state: Path, *extra: str) -> serve_load.Server:
+    """``python -m modrec serve RUN`` with this checkout's src, an API key, a media folder
+    and a state file, logging to ``workdir/server.log``; `start` it."""
+    key = workdir / "api-key"
+    key.write_text(KEY)
+    return serve_load.Server(
+        run, state, launcher=[sys.executable, "-m", "modrec"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, log_file=workdir / "server.log",
+        extra=["--api-key-file", str(key), "--media-dir", str(workdir / "media"), *extra])
 
 
 def post(port: int, items: list[dict[str, Any]]) -> tuple[float, dict[str, Any]]:
@@ -221,7 +171,7 @@ def titles(count: int, offset: int = 0) -> list[dict[str, Any]]:
 
 
 def text_items(run: Path, workdir: Path, count: int) -> dict[str, Any]:
-    lazy = Server(run, workdir, workdir / "text-state.db", "--no-seed")
+    lazy = serve(run, workdir, workdir / "text-state.db", "--no-seed")
     ready_lazy = lazy.start()
     try:
         first = recommendable(lazy.port, titles(1, 10_000)[0])
@@ -239,7 +189,7 @@ def text_items(run: Path, workdir: Path, count: int) -> dict[str, Any]:
         load = json.loads(found.group(1)) if found else {"raw": out[-500:]}
     finally:
         lazy.stop()
-    eager = Server(run, workdir, workdir / "text-state-eager.db", "--no-seed",
+    eager = serve(run, workdir, workdir / "text-state-eager.db", "--no-seed",
                    "--load-encoders")
     ready_eager = eager.start()
     try:
@@ -254,7 +204,7 @@ def text_items(run: Path, workdir: Path, count: int) -> dict[str, Any]:
 def video_items(run: Path, workdir: Path) -> dict[str, Any]:
     for i in (1, 2):
         make_video(workdir / "media" / f"long{i}.mp4", 30, 90 * i)
-    server = Server(run, workdir, workdir / "video-state.db", "--no-seed")
+    server = serve(run, workdir, workdir / "video-state.db", "--no-seed")
     server.start()
     try:
         times = [recommendable(server.port, {"item_id": f"long{i}", "title": f"long {i}",
@@ -289,7 +239,7 @@ def kill_rounds(run: Path, workdir: Path, rounds: int) -> list[dict[str, Any]]:
     results = []
     rng = np.random.default_rng(1)
     for number in range(rounds):
-        server = Server(run, workdir, state, "--no-seed", "--load-encoders")
+        server = serve(run, workdir, state, "--no-seed", "--load-encoders")
         server.start()
         stop = threading.Event()
         sent: list[str] = []
@@ -302,7 +252,7 @@ def kill_rounds(run: Path, workdir: Path, rounds: int) -> list[dict[str, Any]]:
         server.kill9()
         stop.set()
         thread.join()
-        again = Server(run, workdir, state, "--no-seed")
+        again = serve(run, workdir, state, "--no-seed")
         again.start()
         try:
             lost = changed = 0
@@ -310,6 +260,7 @@ def kill_rounds(run: Path, workdir: Path, rounds: int) -> list[dict[str, Any]]:
                 status, body = request(again.port, "GET", f"/v1/items/{item_id}")
                 lost += status != 200
                 changed += status == 200 and body["vector_sha256"] != digest
+            assert again.log is not None  # set by start()
             log = again.log.read_text()
             encoded = len(re.findall(r"encoding them again", log))
         finally:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kit import ROOT, machine, markdown_table, write_section
-from live_items import Server, request
+from live_items import request, serve
 
 SECTION = "replay"
 COMMAND = "python benchmarks/replay.py"
@@ -220,7 +220,7 @@ def replay(run: Path, log: Log, variant: str, workdir: Path, *, retrain_epochs: 
         Path(f"{state}{suffix}").unlink(missing_ok=True)
     live, posted = variant in ("b", "c"), set[str]()
     # MiniLM loads at start-up where items will be posted, not in the first item's time
-    server = Server(run, folder, state, *(["--load-encoders"] if live else []))
+    server = serve(run, folder, state, *(["--load-encoders"] if live else []))
     server.start()
     result, current = Result(variant), run
     fields = log.catalog.set_index("item_id")

@@ -156,11 +156,16 @@ def free_port() -> int:
 
 # ---- the server ----------------------------------------------------------------------
 def request(port: int, method: str, path: str, body: Any = None,
-            timeout: float = 30.0) -> tuple[int, Any]:
+            timeout: float = 30.0, key: str | None = None) -> tuple[int, Any]:
+    """One HTTP request to the server on ``port`` (with the API key ``key`` where
+    given): its status and its JSON body (the text where it is not JSON)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     try:
         data = None if body is None else json.dumps(body)
-        conn.request(method, path, data, {"Content-Type": "application/json"})
+        conn.request(method, path, data, headers)
         response = conn.getresponse()
         raw = response.read()
         try:
@@ -186,6 +191,8 @@ class Server:
     # how to start modrec (another revision: python -m modrec with its src on PYTHONPATH)
     launcher: list[str] = field(default_factory=lambda: [str(BIN / "modrec")])
     env: dict[str, str] | None = None
+    extra: list[str] = field(default_factory=list)  # more `modrec serve` options
+    log_file: Path | None = None  # default: <LOG>/<name>.log under the checkout
 
     def start(self, timeout: float = 3600.0) -> float:
         """Launch ``modrec serve``; seconds until /readyz answered 200."""
@@ -193,8 +200,9 @@ class Server:
         self.command = [*taskset(self.cpus), *self.launcher, "serve", str(self.run),
                         "--state", str(self.state), "--port", str(self.port),
                         "--batch-window-ms", f"{self.window_ms:g}",
-                        "--max-batch", str(self.max_batch), "--log-level", "warning"]
-        self.log = ROOT / LOG / f"{self.name}.log"
+                        "--max-batch", str(self.max_batch), "--log-level", "warning",
+                        *self.extra]
+        self.log = self.log_file or ROOT / LOG / f"{self.name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         out.write(f"\n$ {shlex.join(self.command)}\n".encode())

@@ -222,8 +222,25 @@ def _labels_and_groups(ids: list[str]) -> tuple[list[str], list[Path], np.ndarra
     return ids, [files[k] for k in rows], labels[rows], groups[rows]
 
 
-FEATURES = {"i3d": i3d_steps, "frames": lambda: frame_steps(False),
-            "frames+audio": lambda: frame_steps(True)}
+def with_audio(features: Features) -> Features:
+    """``features`` with each clip's soundtrack vector joined to every step (clips
+    without a stored soundtrack vector are left out)."""
+    x, lengths, ids = features
+    sound = {}
+    for clip in ids:
+        file = OUT / f"frames{FRAMES}" / f"{clip}.npz"
+        if file.exists():
+            with np.load(file) as data:
+                sound[clip] = data["audio"]
+    rows = [k for k, clip in enumerate(ids) if clip in sound]
+    audio = np.stack([sound[ids[k]] for k in rows])  # (N, A)
+    joined = np.concatenate([x[rows], np.broadcast_to(
+        audio[:, None], (len(rows), x.shape[1], audio.shape[1]))], axis=2)
+    return joined, lengths[rows], [ids[k] for k in rows]
+
+
+FEATURES = {"i3d": i3d_steps, "i3d+audio": lambda: with_audio(i3d_steps()),
+            "frames": lambda: frame_steps(False), "frames+audio": lambda: frame_steps(True)}
 
 
 def evaluate(heads: list[str], feature_names: list[str], threads: int) -> None:
@@ -239,8 +256,21 @@ def evaluate(heads: list[str], feature_names: list[str], threads: int) -> None:
             result = {"features": name, "head": head, **cross_validate(features, head)}
             print(json.dumps(result), flush=True)
             results.append(result)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    write_section(DOC, "fight-heads", report(results, threads))
+    write_section(DOC, "fight-heads", report(kept_results(results), threads))
+
+
+def kept_results(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` merged into runs/fight/results.json, replacing the rows of the same
+    features, head and clip count: runs on different clip sets (all the I3D clips; the
+    clips every feature set has) stay side by side in the table."""
+    file = OUT / "results.json"
+    old = json.loads(file.read_text()) if file.exists() else []
+    key = lambda r: (r["features"], r["head"], r["clips"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    merged = [r for r in old if key(r) not in fresh] + new
+    merged.sort(key=lambda r: (-r["clips"], r["features"], HEADS.index(r["head"])))
+    file.write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 def report(results: list[dict[str, Any]], threads: int) -> str:
@@ -269,7 +299,7 @@ def report(results: list[dict[str, Any]], threads: int) -> str:
         markdown_table(["features", "head", "clips (groups)", "accuracy %",
                         "F1 fight", "F1 noFight", "s / fold"], rows), "",
         *_temporal_gains(results), "",
-        *_coverage(results[0]["clips"]),
+        *_coverage(min(r["clips"] for r in results)),
         f"Best: {best['features']} + {best['head']}, {100 * best['accuracy']:.1f}%. "
         "Published: the data set's paper 72%, public notebooks 89-91% (other splits: "
         "random clip splits, where clips of one source video fall on both sides, "
@@ -281,21 +311,21 @@ def report(results: list[dict[str, Any]], threads: int) -> str:
 def _temporal_gains(results: list[dict[str, Any]]) -> list[str]:
     """Per feature set: the best temporal head's mean accuracy minus mean pooling's."""
     lines = []
-    for name in dict.fromkeys(r["features"] for r in results):
-        rows = {r["head"]: r for r in results if r["features"] == name}
+    for name, clips in dict.fromkeys((r["features"], r["clips"]) for r in results):
+        rows = {r["head"]: r for r in results if (r["features"], r["clips"]) == (name, clips)}
         temporal = [r for h, r in rows.items() if h != "mean"]
         if "mean" in rows and temporal:
             top = max(temporal, key=lambda r: r["accuracy"])
             gain = 100 * (top["accuracy"] - rows["mean"]["accuracy"])
-            lines.append(f"- {name}: best temporal head {top['head']} {gain:+.1f} points "
-                         "over mean pooling")
+            lines.append(f"- {name} ({clips} clips): best temporal head {top['head']} "
+                         f"{gain:+.1f} points over mean pooling")
     return lines
 
 
 def _coverage(count: int) -> list[str]:
     if count >= 300:
         return []
-    return [f"Only {count} of the 300 clips had every feature set stored when this ran: "
+    return [f"Rows on {count} clips: only these had every feature set stored when this ran: "
             "the extraction (niced, on the busy 2-core machine) had not finished in the "
             "session's time. Rerun `frames`, the embed commands and `evaluate` to finish "
             "(each resumes where it stopped).", ""]

@@ -2,7 +2,7 @@
 cross-validation by source video of each (features x head), written into the
 ``fight-heads`` section of docs/benchmarks.md.
 
-    python benchmarks/fight_heads.py catalog     # writes runs/fight/catalog, prints the
+    python benchmarks/fight_heads.py catalog [--part noFight]  # runs/fight/catalog*, prints the
                                                  # `modrec embed` command (I3D steps)
     python benchmarks/fight_heads.py frames      # EfficientNet-Lite0 per-frame vectors
                                                  # + soundtrack, cached under runs/fight

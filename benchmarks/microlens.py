@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from kit import machine, markdown_table, write_section
+from kit import ROOT, machine, markdown_table, write_section
 
 from modrec.config import build_config
 from modrec.content import EmbeddingStore, embed
@@ -40,9 +40,10 @@ from modrec.train import train
 PRESETS = {"microlens": ("sasrec-microlens", "loo"), "modrec": ("sasrec", "loo"),
            "cold": ("sasrec", "cold-items")}
 PUBLISHED = [  # MicroLens-100k, the paper's protocol (data/README.md): HR@10, NDCG@10
-    ["MicroLens-100k (published)", "SASRec, IDs", ".0909", ".0517"],
-    ["MicroLens-100k (published)", "SASRec, BERT title vectors", ".0916", ".0490"],
-    ["MicroLens-100k (published)", "SASRec, end-to-end video encoder", ".0948", ".0515"],
+    ["MicroLens-100k (published)", "SASRec, IDs", ".0909", ".0517", "", ""],
+    ["MicroLens-100k (published)", "SASRec, BERT title vectors", ".0916", ".0490", "", ""],
+    ["MicroLens-100k (published)", "SASRec, end-to-end video encoder", ".0948", ".0515", "",
+     ""],
 ]
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--towers", default="id,content,id+content")
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--runs", default="runs/microlens")
-    parser.add_argument("--doc", default="docs/benchmarks.md")
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
 

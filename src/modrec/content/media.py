@@ -109,6 +109,15 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
+def centre_crop(image: Image.Image, short_side: int, size: int) -> Image.Image:
+    """``image`` with its short side scaled to ``short_side`` (bilinear), then its central
+    ``size`` x ``size`` square: the input the image and video networks were trained on."""
+    image = image.resize(scaled_size(*image.size, short_side), Image.Resampling.BILINEAR)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
 def decode_frames(path: Path, wanted: Iterable[int], short_side: int | None = None,
                   seek_ahead: float | None = SEEK_AHEAD_SECONDS, threads: int = 0,
                   info: VideoInfo | None = None) -> dict[int, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from modrec.content.encoders.base import Spec
-from modrec.content.media import load_image
+from modrec.content.media import centre_crop, load_image
 from modrec.data import Dataset
 from modrec.errors import ConfigError, UsageError
 
@@ -29,13 +29,7 @@ def to_tensor(images: list[Image.Image], mean: float, std: float) -> torch.Tenso
     """Resize the short side to 224, centre-crop 224 x 224, scale: ``(B, 3, 224, 224)``."""
     arrays = []
     for image in images:
-        w, h = image.size
-        scale = SIZE / min(w, h)
-        image = image.resize((max(SIZE, round(w * scale)), max(SIZE, round(h * scale))),
-                             Image.Resampling.BILINEAR)
-        w, h = image.size
-        left, top = (w - SIZE) // 2, (h - SIZE) // 2
-        arrays.append(np.asarray(image.crop((left, top, left + SIZE, top + SIZE)), np.float32))
+        arrays.append(np.asarray(centre_crop(image, SIZE, SIZE), np.float32))
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, C, H, W)
     return (batch / 255.0 - mean) / std
 

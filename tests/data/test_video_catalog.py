@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from tests.support import write_video
 
 from modrec.content.catalog import catalog_folder
 from modrec.data import load_dataset
 from modrec.data.dataset import DataFormatError
 from modrec.data.formats import detect_format, import_path
-from tests.support import write_video
 
 
 def clip(path: Path, seconds: float = 0.6) -> Path:

@@ -277,19 +277,25 @@ def _classify_single(args: argparse.Namespace) -> dict[str, Any]:
     if args.column and not args.apply:
         raise UsageError("--column keeps a saved head's predictions: train with --save PATH, "
                          "then run --apply PATH --column NAME")
+    if args.threads is None:
+        from modrec.threads import apply_threads
+
+        # Batches of 32 short sequences: one thread is fastest, and on a busy machine
+        # several threads wait on each other (benchmarks/fight_heads.py, --threads).
+        apply_threads(1)
     dataset = _dataset(args, args.store)
     store = EmbeddingStore.for_dataset(dataset, args.store)
     if args.apply:
-        head = SavedHead.load(Path(args.apply))
-        result = apply_saved_head(dataset, store, head, args.labels)
+        saved = SavedHead.load(Path(args.apply))
+        result = apply_saved_head(dataset, store, saved, args.labels)
         items, scores = result.pop("items_array"), result.pop("scores")
         if args.column:
             from modrec.content.columns import ItemColumns, write_class_column
 
             result["item_column"] = write_class_column(
-                dataset, args.column, head.classes, items, scores, result["missing"],
-                head.digest, f"single-label:{head.meta['settings']['head']}",
-                ",".join(e["name"] for e in head.meta["encoders"]),
+                dataset, args.column, saved.classes, items, scores, result["missing"],
+                saved.digest, f"single-label:{saved.meta['settings']['head']}",
+                ",".join(e["name"] for e in saved.meta["encoders"]),
                 ItemColumns.for_dataset(dataset, args.store))
         if not args.json:
             print(f"{Path(args.apply).name} on {result['items']} items of {dataset.name} "

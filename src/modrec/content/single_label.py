@@ -132,9 +132,12 @@ def _validation(y: np.ndarray, groups: np.ndarray | None, rows: np.ndarray,
         return grouped_validation(y, groups, rows, parts, seed)
     from sklearn.model_selection import train_test_split
 
-    counts = np.bincount(y[rows])
-    stratify = y[rows] if counts[counts > 0].min() >= 2 else None
-    train, valid = train_test_split(rows, test_size=0.2, random_state=seed, stratify=stratify)
+    present = np.bincount(y[rows])
+    present = present[present > 0]
+    stratify = y[rows] if present.min() >= 2 else None
+    # At least one validation item per class when stratified (sklearn needs it).
+    size = max(round(0.2 * len(rows)), len(present) if stratify is not None else 1)
+    train, valid = train_test_split(rows, test_size=size, random_state=seed, stratify=stratify)
     return np.asarray(train), np.asarray(valid)
 
 

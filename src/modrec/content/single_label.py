@@ -230,14 +230,15 @@ class SavedHead:
         except (SafetensorError, json.JSONDecodeError, OSError) as err:
             raise UsageError(f"{path} is not a readable head ({err}); save one again with "
                              "`modrec classify --single-label ... --save PATH`") from None
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise UsageError(f"{path} is a safetensors file but not a modrec class head "
-                             "(no 'modrec' metadata of format {FORMAT!r})")
-        settings = HeadSettings(**meta["settings"])
-        model = SequenceHead(settings, meta["dim"], len(meta["classes"]), meta["max_steps"])
+                             f"(no 'modrec' metadata of format {FORMAT!r})")
         try:
+            settings = HeadSettings(**meta["settings"])
+            model = SequenceHead(settings, meta["dim"], len(meta["classes"]),
+                                 meta["max_steps"])
             model.load_state_dict(tensors)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, KeyError) as err:
             raise UsageError(f"{path}: the weights do not fit the head its metadata "
                              f"describes ({err})") from None
         model.eval()

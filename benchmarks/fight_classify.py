@@ -7,6 +7,7 @@ I3D, then classified with grouped 5-fold cross-validation; written into the
     python benchmarks/fight_classify.py catalog    # runs/fight-classify/clips.csv
     python benchmarks/fight_classify.py embed      # modrec embed (I3D), timed
     python benchmarks/fight_classify.py classify   # modrec classify, the section
+    python benchmarks/fight_classify.py section    # the section again from the records
 
 Groups are the clips' source videos (videos.txt, read as benchmarks/fight_heads.py
 reads it): clips of one source share scene, camera and people, so they stay in one
@@ -106,8 +107,14 @@ def classify() -> None:
         results.append(result)
     best = max(results, key=lambda r: r["accuracy"])
     shutil.copyfile(best["confusion_png"], CONFUSION)
-    times = record("classify", results)
-    write_section(DOC, "fight-classify", report(results, times.get("embed")))
+    record("classify", results)
+    section()
+
+
+def section() -> None:
+    """The docs section from the recorded runs (runs/fight-classify/timings.json)."""
+    times = json.loads(TIMES.read_text())
+    write_section(DOC, "fight-classify", report(times["classify"], times.get("embed")))
 
 
 def report(results: list[dict[str, Any]], embedded: dict[str, Any] | None) -> str:
@@ -122,7 +129,7 @@ def report(results: list[dict[str, Any]], embedded: dict[str, Any] | None) -> st
         done = embedded["report"][0].split()
         embed_line = (f"Embedding (the `modrec embed` line above, niced): "
                       f"{embedded['seconds'] / 60:.1f} min for the 300 clips, "
-                      f"{embedded['seconds'] / 300:.1f} s a clip ({done[5]} encoded, "
+                      f"{embedded['seconds'] / 300:.1f} s a clip ({done[4]} encoded, "
                       f"{done[-1]} failures), load average {embedded['load'][0]:.1f} at "
                       "the end (other developers' jobs).")
     best = max(results, key=lambda r: r["accuracy"])
@@ -161,9 +168,10 @@ def report(results: list[dict[str, Any]], embedded: dict[str, Any] | None) -> st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["catalog", "embed", "classify"])
+    parser.add_argument("step", choices=["catalog", "embed", "classify", "section"])
     args = parser.parse_args(argv)
-    {"catalog": write_csv, "embed": embed, "classify": classify}[args.step]()
+    {"catalog": write_csv, "embed": embed, "classify": classify, "section": section}[
+        args.step]()
     return 0
 
 

@@ -16,8 +16,9 @@ import torch
 from modrec.cli import main
 from modrec.content.columns import ItemColumns, with_item_columns
 from modrec.content.encoders.registry import build_encoder
-from modrec.content.single_label import SavedHead, apply_saved_head, evaluate_and_train
+from modrec.content.single_label import apply_saved_head, evaluate_and_train
 from modrec.content.store import EmbeddingStore
+from modrec.content.video.saved_head import SavedHead
 from modrec.data import Dataset, load_dataset
 from modrec.data.dataset import build_dataset
 from modrec.errors import ModrecError, UsageError

@@ -267,7 +267,8 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
 def _classify_single(args: argparse.Namespace) -> dict[str, Any]:
     """``--single-label`` (cross-validate, and with --save train and save) or ``--apply``."""
     from modrec.content import EmbeddingStore
-    from modrec.content.single_label import SavedHead, apply_saved_head, evaluate_and_train
+    from modrec.content.single_label import apply_saved_head, evaluate_and_train
+    from modrec.content.video.saved_head import SavedHead
 
     if args.mode != "trained":
         raise UsageError("--single-label and --apply train or apply a head: leave out --mode")

@@ -12,42 +12,37 @@ the only one that makes sense over one step) and the temporal ones.
 Cross-validation: per fold, the learning rate and the stopping epoch are chosen on a
 validation part carved from the training folds only (grouped the same way), and the
 test fold is predicted once. The saved head is trained the same way on every labelled
-item. It is a safetensors file (tensors only, nothing executed on load) whose metadata
-names the classes, the head's settings and each encoder's name and version, so that
-applying it to another catalog's store refuses vectors of another encoder version.
+item, and saved as a safetensors file naming its classes and encoders
+(`modrec.content.video.saved_head`), which `apply_saved_head` applies to any catalog's
+store that holds the same encoders' vectors.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from modrec.content.store import EmbeddingStore, content_matrix, store_name
 from modrec.content.video.heads import (
     HeadSettings,
-    SequenceHead,
     TrainedHead,
     grouped_validation,
     select_head,
 )
+from modrec.content.video.saved_head import SavedHead, save_head
 from modrec.data import Dataset
-from modrec.errors import NotFoundError, UsageError
+from modrec.errors import UsageError
 
-FORMAT = "modrec-class-head"  # the saved file's metadata "format"
 LEARNING_RATES = (1e-3, 3e-4)  # tried per fold; the better on validation is kept
 
 
 @dataclass(frozen=True)
 class Labelled:
-    """The items with a class: ``rows`` index the catalog's item table."""
+    """The items that have a class, in the catalog's order."""
 
     items: np.ndarray  # (M,) item indices
     ids: list[str]
@@ -191,88 +186,6 @@ def cross_validate(features: Features, data: Labelled, head: str, folds: int = 5
             "predicted": predicted, "probabilities": probabilities}
 
 
-# ---- the saved head ------------------------------------------------------------------
-def save_head(path: Path, trained: TrainedHead, features: Features, classes: list[str],
-              details: dict[str, Any]) -> Path:
-    """The head's weights and what applying it needs, as one safetensors file."""
-    from safetensors.torch import save_file
-
-    meta = {"format": FORMAT, "classes": classes,
-            "settings": dataclasses.asdict(trained.settings), "encoders": features.encoders,
-            "kind": features.kind, "dim": int(features.steps.shape[2]),
-            "max_steps": int(features.steps.shape[1]), **details}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tensors = {k: v.detach().contiguous() for k, v in trained.model.state_dict().items()}
-    save_file(tensors, str(tmp), metadata={"modrec": json.dumps(meta)})
-    tmp.replace(path)
-    return path
-
-
-@dataclass
-class SavedHead:
-    model: SequenceHead
-    meta: dict[str, Any]
-    digest: str  # of the file: which head made a column
-
-    @classmethod
-    def load(cls, path: Path) -> SavedHead:
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise NotFoundError(f"no saved head at {path}; train one with `modrec classify "
-                                "--single-label ... --save PATH`")
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get("modrec", "{}"))
-            tensors = load_file(str(path))
-        except (SafetensorError, json.JSONDecodeError, OSError) as err:
-            raise UsageError(f"{path} is not a readable head ({err}); save one again with "
-                             "`modrec classify --single-label ... --save PATH`") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UsageError(f"{path} is a safetensors file but not a modrec class head "
-                             f"(no 'modrec' metadata of format {FORMAT!r})")
-        try:
-            settings = HeadSettings(**meta["settings"])
-            model = SequenceHead(settings, meta["dim"], len(meta["classes"]),
-                                 meta["max_steps"])
-            model.load_state_dict(tensors)
-        except (RuntimeError, TypeError, KeyError) as err:
-            raise UsageError(f"{path}: the weights do not fit the head its metadata "
-                             f"describes ({err})") from None
-        model.eval()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        return cls(model, meta, digest)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    def features(self, store: EmbeddingStore, items: np.ndarray) -> Features:
-        """``items``' features from ``store``, refused when an encoder's version there
-        differs from the one the head was trained on."""
-        for encoder in self.meta["encoders"]:
-            stored = store.info(encoder["name"]).version
-            if stored != encoder["version"]:
-                raise UsageError(
-                    f"the head was trained on {encoder['name']} version "
-                    f"{encoder['version']!r}, the store {store.folder} holds {stored!r}; "
-                    f"embed with the same encoder settings, or train a head on these")
-        return stored_features(store, [e["name"] for e in self.meta["encoders"]], items,
-                               self.meta["kind"])
-
-    @torch.no_grad()
-    def probabilities(self, features: Features) -> np.ndarray:
-        """(M, classes) for rows with a stored vector (``lengths > 0``)."""
-        x = torch.from_numpy(features.steps)
-        if x.shape[2] != self.meta["dim"]:
-            raise UsageError(f"stored vectors have {x.shape[2]} dimensions; the head reads "
-                             f"{self.meta['dim']}")
-        lengths = torch.from_numpy(features.lengths)
-        return self.model(x, lengths).softmax(-1).numpy()
-
-
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path,
                    title: str) -> Path:
     """The confusion matrix (rows: true class, columns: predicted) as a PNG."""
@@ -327,7 +240,9 @@ def evaluate_and_train(dataset: Dataset, field: str, encoders: list[str],
         started = time.perf_counter()
         final = train_final(features, data, head, seed)
         train_seconds += time.perf_counter() - started
-        save_head(save, final, features, data.classes, {
+        save_head(save, final, data.classes, {
+            "encoders": features.encoders, "kind": features.kind,
+            "dim": int(features.steps.shape[2]), "max_steps": int(features.steps.shape[1]),
             "dataset": dataset.name, "labels_field": field, "cv_accuracy": result["accuracy"],
             "cv_accuracy_std": result["accuracy_std"]})
         summary["saved"] = str(save)
@@ -345,13 +260,12 @@ def apply_saved_head(dataset: Dataset, store: EmbeddingStore, head: SavedHead,
     """The saved head's class probabilities for every item with stored vectors, and its
     accuracy on them where ``labels`` names their true classes."""
     items = dataset.items["item"].to_numpy(np.int64)
-    features = head.features(store, items)
+    head.check_versions(store)
+    features = stored_features(store, head.encoders, items, head.meta["kind"])
     has = features.lengths > 0
     scores = np.zeros((len(items), len(head.classes)), np.float32)
     if has.any():
-        kept = Features(features.steps[has], features.lengths[has], features.encoders,
-                        features.kind)
-        scores[has] = head.probabilities(kept)
+        scores[has] = head.probabilities(features.steps[has], features.lengths[has])
     ids = dataset.items["item_id"].astype(str).to_numpy()
     problems = _problems(dataset)
     result: dict[str, Any] = {

@@ -37,7 +37,7 @@ TIMES = OUT / "timings.json"
 CONFUSION = ROOT / "docs" / "fight-classify-confusion.png"  # the best head's, copied
 # The stored sequences' name in the store: the spec with ':' and '=' made dashes.
 I3D_NAME = "video-i3d-frames-32-stride-1-clips-1"
-HEADS = ("mean", "tcn")
+HEADS = ("mean", "attention", "gru", "transformer", "tcn")  # content/video/heads.py
 
 
 def modrec(*args: str) -> list[str]:

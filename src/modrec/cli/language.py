@@ -272,9 +272,10 @@ def _classify_single(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.mode != "trained":
         raise UsageError("--single-label and --apply train or apply a head: leave out --mode")
-    if args.apply and (args.save or args.confusion or args.groups):
-        raise UsageError("--apply uses a saved head: --save, --confusion and --groups go with "
-                         "training (--single-label without --apply)")
+    if args.apply and (args.save or args.confusion or args.groups or args.encoder):
+        raise UsageError("--apply uses a saved head, which names its encoders: --encoder, "
+                         "--save, --confusion and --groups go with training "
+                         "(--single-label without --apply)")
     if args.column and not args.apply:
         raise UsageError("--column keeps a saved head's predictions: train with --save PATH, "
                          "then run --apply PATH --column NAME")

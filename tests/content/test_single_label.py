@@ -120,6 +120,20 @@ def test_labels_that_cannot_train_a_single_label_head_are_named(tmp_path: Path) 
         evaluate_and_train(dataset, "genre", ["seq"], store)
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--labels", "genres", "--groups", "g"], "--groups go with --single-label or --apply"),
+    (["--labels", "genres", "--head", "tcn"], "--head tcn is a single-label head"),
+    (["--single-label", "--labels", "l", "--encoder", "e", "--column", "c"],
+     "--column keeps a saved head's predictions: train with --save PATH"),
+    (["--apply", "head.safetensors", "--encoder", "e"], "--apply uses a saved head"),
+    (["--single-label", "--mode", "knn"], "leave out --mode"),
+])
+def test_option_misuse_is_one_message_before_any_work(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", "-d", "no-such-catalog", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 # ---- the user workflow through the CLI, on generated clips through real I3D ----
 SPEC = "video:i3d:frames=9:stride=1:clips=1"  # the fewest frames I3D takes: fast
 

@@ -119,7 +119,8 @@ def dataset_arguments(p: argparse.ArgumentParser, required: bool = True,
         return
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, csv-large (DuckDB, out of core), parquet, parquet-large (DuckDB; "
-                   "a file or a folder of them), movielens; the -large ones are chosen "
+                   "a file or a folder of them), movielens, video-folder (ROOT/CLASS/"
+                   "clip.mp4), video-csv (path,label[,group]); the -large ones are chosen "
                    "by themselves from 1 GiB")
     p.add_argument("--columns", metavar="ROLE=COLUMN,...",
                    help="which columns of a table hold the user, item, timestamp and rating, "

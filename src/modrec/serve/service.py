@@ -36,7 +36,7 @@ from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
 from modrec.serve.postgres_state import PostgresUserState
-from modrec.serve.state import SQLiteUserState, UserState
+from modrec.serve.state import AlreadySeeded, SQLiteUserState, UserState
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,12 @@ class ModelService:
         users = dataset.users["user_id"].astype(str).to_numpy()[frame["user"].to_numpy()]
         items = dataset.items["item_id"].astype(str).to_numpy()[frame["item"].to_numpy() - 1]
         times = frame["timestamp"].to_numpy() if dataset.has_timestamps else None
-        written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
+        try:
+            written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
+        except AlreadySeeded:  # a replica beside this one seeded the shared state meanwhile
+            log.info("user state was seeded meanwhile by another process; not seeding %s",
+                     source)
+            return 0
         log.info("seeded the user state with %d events of %s in %.1fs", written, dataset.name,
                  time.perf_counter() - started)
         return written

@@ -55,10 +55,10 @@ def ml100k_store(ml100k, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A PostgreSQL server of the session's own (`pg_server`), started on first use;
+    """A PostgreSQL server of the session's own (`replicas`), started on first use;
     skipped, saying why, only where none can run (no binaries, root with no postgres
     user)."""
-    from pg_server import PostgresServer, unavailable
+    from replicas import PostgresServer, unavailable
 
     why = unavailable()
     if why is not None:

@@ -1,6 +1,7 @@
-"""A throwaway PostgreSQL server for the tests and benchmarks of the PostgreSQL user
-state: ``initdb`` into a temporary folder, listening on a unix socket there and on no
-TCP port, stopped and deleted afterwards.
+"""Replicas on loopback, for the tests and benchmarks of replicas sharing a PostgreSQL
+state: a throwaway PostgreSQL server (`PostgresServer`: ``initdb`` into a temporary
+folder, listening on a unix socket there and on no TCP port, stopped and deleted
+afterwards) and HAProxy in front of the replicas (`HAProxy`).
 
 PostgreSQL refuses to run as root, and the tests (and CI) run as root on the
 development machines: there the server runs as the ``postgres`` user that Debian's
@@ -17,7 +18,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 INSTALL = ("install Debian's postgresql package (make test does, as root: it is in the "
@@ -101,3 +104,73 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    # A replica that refuses the connection (killed, restarting) has not seen the
+    # request: try again, on another replica. A request it took and never answered is
+    # not sent again (an event may not be written twice): the client gets a 502 and
+    # nothing was acknowledged.
+    retries 3
+    option redispatch 1
+    retry-on conn-failure
+frontend modrec
+    bind 127.0.0.1:{port}
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server check inter 300ms fall 2 rise 2
+{servers}
+"""
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+
+
+class HAProxy:
+    """HAProxy on ``127.0.0.1:port`` balancing over the replicas on ``backends`` (loopback
+    ports), each checked on ``/readyz``; its config and log in ``folder``."""
+
+    def __init__(self, port: int, backends: Sequence[int], folder: Path) -> None:
+        binary = haproxy_binary()
+        assert binary is not None, "no haproxy: install Debian's haproxy package"
+        servers = "\n".join(f"    server r{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
+        self.config = folder / "haproxy.cfg"
+        self.config.write_text(HAPROXY_CONFIG.format(port=port, servers=servers))
+        self.log = folder / "haproxy.log"
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([binary, "-db", "-f", str(self.config)],
+                                        stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.wait_up()
+
+    def wait_up(self, timeout: float = 30) -> None:
+        """Until HAProxy answers ``/readyz`` with a replica's 200 (the replicas were
+        ready before it started, and a server starts out up)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"haproxy exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"haproxy did not come up: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)

@@ -32,8 +32,6 @@ from modrec.data.dataset import (
     settle_repeats,
 )
 from modrec.data.formats import import_path
-from modrec.data.state_schema import is_postgres_url, redact
-from modrec.data.state_source import read_state
 from modrec.data.importers import (
     read_movielens,
     read_movielens_movies,
@@ -41,6 +39,8 @@ from modrec.data.importers import (
     read_recbole,
     read_sequences,
 )
+from modrec.data.state_schema import is_postgres_url, redact
+from modrec.data.state_source import read_state
 from modrec.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)

@@ -149,7 +149,8 @@ def read_postgres_state(url: str) -> Dataset:
     if not events.empty and events["ts"].notna().all():
         events["ts"] = events["ts"].astype(np.int64)  # BIGINT read as Python ints
     name = urllib.parse.urlsplit(url).path.strip("/") or "postgres-state"
-    return _dataset(where, events, *frames, meta, retired, name=name)
+    catalog, live = frames
+    return _dataset(where, events, catalog, live, meta, retired, name=name)
 
 
 def _check_events(where: str | Path, events: pd.DataFrame) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import uvicorn
 
 from modrec.serve.app import AppSettings, create_app
+from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import ServeConfig
 from modrec.serve.service import ModelService
-from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.state import SQLiteUserState
 from modrec.threads import thread_summary
 

@@ -34,8 +34,8 @@ from modrec.data.state_schema import catalog_rows
 from modrec.serve.errors import RequestError
 from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
-from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
 from modrec.serve.postgres_state import PostgresUserState
+from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
 from modrec.serve.state import AlreadySeeded, SQLiteUserState, UserState
 
 log = logging.getLogger(__name__)

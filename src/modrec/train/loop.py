@@ -52,8 +52,8 @@ from modrec.data.batches import (
 )
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
-from modrec.data.state_schema import is_postgres_url, redact
 from modrec.data.splits import EvalSet, check_split, cut_and_split
+from modrec.data.state_schema import is_postgres_url, redact
 from modrec.distributed import World
 from modrec.errors import ConfigError
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics

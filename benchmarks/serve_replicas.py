@@ -9,7 +9,10 @@ docs/benchmarks.md, section "serve-replicas"):
 2. requests/s through the balancer over two replicas: recommendations (wrk, 4
    connections) against one replica alone, and events (POST /v1/events, 16 connections)
    through the balancer, each one durable before its 200;
-3. ``kill -9`` of a replica under load, ``--kills`` times (alternating replicas, each
+3. a new run rolled out to both replicas with ``deploy/rollout.sh`` (``runs/current``
+   pointed at it, then ``POST /v1/admin/reload`` to each) while wrk asks for
+   recommendations through the balancer: requests that failed (target: 0);
+4. ``kill -9`` of a replica under load, ``--kills`` times (alternating replicas, each
    restarted after its kill): four clients post events through the balancer all along;
    afterwards every acknowledged event must be in the state, in its client's order
    (target: 0 lost over 5 kills), and the requests that failed are counted.
@@ -224,11 +227,15 @@ def main() -> None:
                            f"{pg[0] / lite[0]:.2f}"])
             print("direct", direct[-1], flush=True)
 
-        # 2. two replicas behind HAProxy
+        # 2. two replicas behind HAProxy, serving runs/current as deploy/ lays it out
+        runs = tmp / "runs"
+        for name in ("first", "second"):
+            shutil.copytree(run, runs / name)
+        (runs / "current").symlink_to("first")
         url = server.database("replicas")
         ports = [free_port(), free_port()]
         for i, port in enumerate(ports):
-            procs.append(start_replica(run, url, port, tmp / f"replica-{i}.log"))
+            procs.append(start_replica(runs / "current", url, port, tmp / f"replica-{i}.log"))
         balancer = HAProxy(free_port(), ports, tmp)
         users = 943  # ml-100k's
         recommend = lua_script(users, [], 0.0, 1)
@@ -244,7 +251,26 @@ def main() -> None:
                               f"{stats['p99'] / 1000:.1f}", stats["errors"] + stats["status"]])
             print("http", http_rows[-1], flush=True)
 
-        # 3. kill -9 of a replica under load, restarted after each
+        # 3. a rollout under load
+        replica_urls = [f"http://127.0.0.1:{p}" for p in ports]
+        during: dict[str, Any] = {}
+
+        def load() -> None:
+            during["stats"] = run_wrk(balancer.url, recommend, 4, args.seconds, tmp)[0]
+
+        wrk = threading.Thread(target=load)
+        wrk.start()
+        time.sleep(args.seconds / 3)
+        rolled = time.perf_counter()
+        subprocess.run(["sh", str(ROOT / "deploy" / "rollout.sh"), str(runs), "second",
+                        *replica_urls], check=True, capture_output=True, timeout=300)
+        rollout_s = time.perf_counter() - rolled
+        wrk.join()
+        rollout = during["stats"]
+        print(f"rollout in {rollout_s:.1f} s under {rollout['rps']:.0f} req/s: "
+              f"{rollout['errors']} errors, {rollout['status']} non-2xx", flush=True)
+
+        # 4. kill -9 of a replica under load, restarted after each
         clients = Clients(balancer.url, 4)
         kills = []
         for k in range(args.kills):
@@ -254,7 +280,7 @@ def main() -> None:
             os.kill(procs[victim].pid, signal.SIGKILL)
             procs[victim].wait(timeout=10)
             restart = time.perf_counter()
-            procs[victim] = start_replica(run, url, ports[victim],
+            procs[victim] = start_replica(runs / "current", url, ports[victim],
                                           tmp / f"replica-{victim}.log")
             kills.append((victim, time.perf_counter() - restart))
             time.sleep(1.0)  # HAProxy's checks (300 ms, rise 2) see it again
@@ -295,6 +321,12 @@ def main() -> None:
         "",
         markdown_table(["requests", "connections", "requests/s", "p50 ms", "p99 ms",
                         "errors"], http_rows),
+        "",
+        f"A new run rolled out with `deploy/rollout.sh RUNS second URL1 URL2` ({rollout_s:.1f} "
+        f"s for both replicas) during {args.seconds} s of recommendations through the "
+        f"balancer (wrk, 4 connections): {rollout['requests']:,} requests, "
+        f"{rollout['rps']:,.0f}/s, p99 {rollout['p99'] / 1000:.1f} ms, "
+        f"**{rollout['errors'] + rollout['status']} failed** (socket errors and non-2xx).",
         "",
         f"`kill -9` of a replica under load, {args.kills} times (alternating replicas, "
         f"each restarted at once; {args.between_kills:.0f} s of load before each kill): "

@@ -75,10 +75,18 @@ class PostgresServer:
         self.log = self.root / "server.log"
         self._run("initdb", "-D", str(self.data), "-U", "modrec", "-A", "trust", "-E", "UTF8",
                   "--no-sync")  # the cluster's files; durability is the server's own fsync
-        options = (f"-c listen_addresses='' -c unix_socket_directories={self.root} "
-                   f"-c max_connections={max_connections} -c fsync=on")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
-                  "-t", "60", "start")
+        self.options = (f"-c listen_addresses='' -c unix_socket_directories={self.root} "
+                        f"-c max_connections={max_connections} -c fsync=on")
+        self.start()
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-o", self.options, "-l", str(self.log),
+                  "-w", "-t", "60", "start")
+
+    def crash(self) -> None:
+        """Stop the server as a crash would: no checkpoint, every connection cut; the
+        next `start` recovers from the WAL."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def _run(self, program: str, *args: str) -> None:
         done = subprocess.run([*self.as_user, str(self.bin / program), *args],

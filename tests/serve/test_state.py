@@ -266,3 +266,30 @@ def test_postgres_down_is_a_clear_unavailable_error(postgres: Any, tmp_path: Pat
     message = str(caught.value)
     assert "secret" not in message and "cannot be reached" in message
     assert "host, port, database, user and password" in message
+
+
+def test_postgres_crash_keeps_acknowledged_events_and_the_state_reconnects() -> None:
+    """PostgreSQL itself stopped as a crash would stop it (``pg_ctl -m immediate``):
+    every acknowledged event is there after its recovery (synchronous_commit on: each
+    was flushed to the WAL before it was acknowledged); meanwhile the state says it
+    cannot reach the server (`StateUnavailable`: a 503), and afterwards the same
+    state object reconnects by itself."""
+    from replicas import PostgresServer, unavailable
+
+    if (why := unavailable()) is not None:
+        pytest.skip(f"PostgreSQL: {why}")
+    server = PostgresServer()  # its own: this test stops it
+    try:
+        with open_state(server.database()) as store:
+            for i in range(20):
+                store.append("u", [str(i)], [i])
+            server.crash()
+            with pytest.raises(StateUnavailable, match="cannot be reached"):
+                store.append("u", ["lost"])
+            server.start()
+            store.append("u", ["20"], [20])
+            items, times = store.history("u")
+            assert _ints(items) == list(range(21))
+            assert times is not None and times.tolist() == list(range(21))
+    finally:
+        server.stop()

@@ -29,8 +29,9 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--state", default="modrec-state.db",
                    help="users' event histories and live items: an SQLite file (created "
-                   "when missing), or a postgresql://USER:PASSWORD@HOST/DB URL that "
-                   "replicas share (its tables created and migrated by modrec)")
+                   "when missing), or a postgresql://USER@HOST/DB URL that replicas "
+                   "share (its tables created and migrated by modrec; the password in "
+                   "PGPASSWORD or ~/.pgpass)")
     p.add_argument("--api-key-file", help="a file holding the API key that writes "
                    "(events, items, media, reload) must send as 'Authorization: Bearer KEY'")
     p.add_argument("--batch-window-ms", type=milliseconds, default=0.0,

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -119,15 +119,19 @@ class PostgresConnection:
     makes, ``execute`` and ``executemany``, taking SQLite's ``?`` placeholders (psycopg's
     are ``%s``; that SQL holds no other ``?`` or ``%``)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any],
+                 errors: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
         self.conn = conn
+        self.errors = errors  # the state's: a lost server as StateUnavailable
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """A cursor, whose rows are read as sqlite3's are (fetchone, fetchall, iter)."""
-        return self.conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        """A cursor, whose rows are read as sqlite3's are (fetchone, fetchall, iter);
+        psycopg fetches them with the statement, so its errors are raised here."""
+        with self.errors():
+            return self.conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cursor:
+        with self.errors(), self.conn.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
 
 
@@ -372,7 +376,7 @@ class PostgresUserState:
     # ---- the other tables kept in this database (modrec.serve.item_state) ------------
     def connection(self) -> PostgresConnection:
         """This thread's connection, for reads by the live-item tables."""
-        return PostgresConnection(self._connection())
+        return PostgresConnection(self._connection(), self._errors)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PostgresConnection]:
@@ -381,7 +385,7 @@ class PostgresUserState:
         with self._errors():
             conn = self._connection()
             with conn.transaction():
-                yield PostgresConnection(conn)
+                yield PostgresConnection(conn, self._errors)
 
     def __enter__(self) -> PostgresUserState:
         return self

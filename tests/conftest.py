@@ -66,3 +66,12 @@ def postgres() -> Iterator[Any]:
     server = PostgresServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty user state is: an SQLite file, or a fresh database of the
+    session's PostgreSQL server; a test taking it runs on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return str(request.getfixturevalue("postgres").database())

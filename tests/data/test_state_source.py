@@ -314,3 +314,6 @@ def test_a_postgres_state_reads_back_as_the_same_dataset(tmp_path: Path,
     with pytest.raises(ConfigError, match="PGPASSWORD"):
         absolute_dataset(with_password)
     assert absolute_dataset(url) == url
+    from modrec.cli.common import dataset_source, media_root
+
+    assert dataset_source(url) == url and media_root(url, None) is None  # `train -d URL`

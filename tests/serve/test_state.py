@@ -26,21 +26,13 @@ from modrec.serve.state import (
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a new, empty state is: an SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return str(tmp_path / "state.db")
-    return str(request.getfixturevalue("postgres").database())
-
-
 def _ints(items: np.ndarray) -> list[int]:
     """The stored ids (strings), read back as the numbers these tests wrote."""
     return [int(i) for i in items]
 
 
-def test_history_is_oldest_first_and_limited(where: str) -> None:
-    with open_state(where) as store:
+def test_history_is_oldest_first_and_limited(state_where: str) -> None:
+    with open_state(state_where) as store:
         assert store.append("u1", [5, 3], [100, 200], kind="click") == 2
         assert store.append("u1", [9], [150]) == 1  # insertion order, not time order
         assert store.append("u1", []) == 0
@@ -54,8 +46,8 @@ def test_history_is_oldest_first_and_limited(where: str) -> None:
         assert _ints(items) == [] and times is not None and times.tolist() == []
 
 
-def test_timestamps_only_when_every_event_has_one(where: str) -> None:
-    with open_state(where) as store:
+def test_timestamps_only_when_every_event_has_one(state_where: str) -> None:
+    with open_state(state_where) as store:
         store.append("u", [1, 2])
         assert store.history("u")[1] is None
         store.append("u", [3], [30])
@@ -67,8 +59,8 @@ def test_timestamps_only_when_every_event_has_one(where: str) -> None:
             store.append("u", [1, 2], [10])
 
 
-def test_users_are_kept_apart(where: str) -> None:
-    with open_state(where) as store:
+def test_users_are_kept_apart(state_where: str) -> None:
+    with open_state(state_where) as store:
         for i in range(10):
             store.append(f"user-{i % 3}", [i])
         assert _ints(store.history("user-0")[0]) == [0, 3, 6, 9]
@@ -77,11 +69,11 @@ def test_users_are_kept_apart(where: str) -> None:
         assert (store.users(), store.events()) == (3, 10)
 
 
-def test_every_connection_is_durable(where: str) -> None:
+def test_every_connection_is_durable(state_where: str) -> None:
     """Every thread's own connection acknowledges only flushed commits: SQLite's WAL
     with synchronous=FULL (2), PostgreSQL's synchronous_commit on. Both are set per
     connection, so a thread that forgot would acknowledge events before a flush."""
-    with open_state(where) as store:
+    with open_state(state_where) as store:
         seen: list[tuple[str, int | str]] = []
 
         def read() -> None:
@@ -102,8 +94,8 @@ def test_every_connection_is_durable(where: str) -> None:
         assert len(store._connections) == 2
 
 
-def test_events_survive_close_and_reopen(where: str) -> None:
-    path = where
+def test_events_survive_close_and_reopen(state_where: str) -> None:
+    path = state_where
     store: UserState = open_state(path)
     store.append("u", [1, 2, 3], [10, 20, 30])
     store.close()
@@ -129,13 +121,13 @@ while True:
 """
 
 
-def test_acknowledged_events_survive_sigkill(where: str) -> None:
+def test_acknowledged_events_survive_sigkill(state_where: str) -> None:
     """A child appends one event at a time and prints each acknowledged count; SIGKILL
     lands while it is writing. Every acknowledged event must be there after a reopen.
     (A killed process leaves the OS cache intact, so this cannot tell synchronous=FULL
     from NORMAL; that difference only shows on a power cut, and PostgreSQL's
     synchronous_commit=on from off only on a crash of the server.)"""
-    path = where
+    path = state_where
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(SRC), path],
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
@@ -160,10 +152,10 @@ def test_acknowledged_events_survive_sigkill(where: str) -> None:
         assert times is not None and times.tolist() == list(range(len(items)))
 
 
-def test_concurrent_appends_lose_nothing(where: str) -> None:
+def test_concurrent_appends_lose_nothing(state_where: str) -> None:
     per_thread, threads = 40, 8
     errors: list[Exception] = []
-    with open_state(where) as store:
+    with open_state(state_where) as store:
         start = threading.Barrier(threads)
 
         def work(t: int) -> None:
@@ -194,8 +186,8 @@ def test_concurrent_appends_lose_nothing(where: str) -> None:
             assert mine == [t * 10_000 + i for i in range(per_thread)]
 
 
-def test_seeding_happens_once(where: str) -> None:
-    path = where
+def test_seeding_happens_once(state_where: str) -> None:
+    path = state_where
     users = np.array(["a", "a", "b", "a"])
     items = np.array([1, 2, 3, 4])
     with open_state(path) as store:

@@ -137,7 +137,8 @@ class PostgresConnection:
 
 class PostgresUserState:
     """`UserState` in a PostgreSQL database (its tables created or migrated when it is
-    opened). ``url``: a libpq connection URI, ``postgresql://user:password@host/db``."""
+    opened). ``url``: a libpq connection URI, ``postgresql://user@host/db``, its
+    password best in ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both), not in the URL."""
 
     dialect = "postgresql"
 

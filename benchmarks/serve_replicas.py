@@ -211,7 +211,7 @@ def main() -> None:
     args = parser.parse_args()
     if haproxy_binary() is None or shutil.which("wrk") is None:
         sys.exit("needs haproxy and wrk: apt-get install -y haproxy wrk")
-    command = "python benchmarks/serve_replicas.py " + shlex.join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/serve_replicas.py", *sys.argv[1:]])
     started_load = load_average()
     tmp = Path(tempfile.mkdtemp(prefix="modrec-replicas-"))
     server = PostgresServer()

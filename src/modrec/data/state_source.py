@@ -129,11 +129,11 @@ def read_postgres_state(url: str) -> Dataset:
                 meta = {str(k): str(v) for k, v in conn.execute(
                     f"SELECT key, value FROM {schema.META}")}
                 _check_version(where, meta)
-                frames = [schema.catalog_frame(conn.execute(
+                # The seq columns keep the order rows were written in (SQLite's rowid).
+                catalog, live = (schema.catalog_frame(conn.execute(
                     f"SELECT item_id, fields FROM {table} ORDER BY seq").fetchall(),
-                    f"{where}: table {table}") if table in tables
-                    else schema.catalog_frame([], table)
-                    for table in (schema.CATALOG, schema.LIVE_ITEMS)]
+                    f"{where}: table {table}") for table in (schema.CATALOG,
+                                                               schema.LIVE_ITEMS))
                 retired = int(conn.execute(f"SELECT COUNT(*) FROM {schema.RETIRED_ITEMS}")
                               .fetchall()[0][0]) if schema.RETIRED_ITEMS in tables else 0
                 events = pd.DataFrame(conn.execute(
@@ -149,7 +149,6 @@ def read_postgres_state(url: str) -> Dataset:
     if not events.empty and events["ts"].notna().all():
         events["ts"] = events["ts"].astype(np.int64)  # BIGINT read as Python ints
     name = urllib.parse.urlsplit(url).path.strip("/") or "postgres-state"
-    catalog, live = frames
     return _dataset(where, events, catalog, live, meta, retired, name=name)
 
 

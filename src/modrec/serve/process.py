@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from modrec.serve.app import AppSettings, create_app
+from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import ServeConfig
 from modrec.serve.service import ModelService
 from modrec.serve.state import SQLiteUserState
@@ -50,8 +51,9 @@ class Listen:
     access_log: bool = False
 
 
-def run_service(models: Mapping[str, str | Path], state: SQLiteUserState, config: ServeConfig,
-                settings: AppSettings, listen: Listen, seed: bool = True) -> None:
+def run_service(models: Mapping[str, str | Path], state: SQLiteUserState | PostgresUserState,
+                config: ServeConfig, settings: AppSettings, listen: Listen,
+                seed: bool = True) -> None:
     """Serve ``models`` ({name: run folder}, the default first) over ``state`` until the
     process is stopped (Ctrl-C, SIGTERM). The models load in the background (``/readyz``
     answers 503 until then); if loading fails, the server stops and the error is raised

@@ -6,8 +6,9 @@ order, i.e. by user, then the file's order within a user); the cut at the
 ``--cut`` time quantile (0.7). The events before the cut, with the catalog of the
 items seen before it, become a dataset (saved under the work folder) on which ONE
 SASRec run with an ID+content tower is trained (``--encoders``: MiniLM titles, and
-genres and release year as multi-hot tags, through ``modrec embed``). Then, for each later event in order and per variant, against a service
-started on a new state seeded from that run:
+genres and release year as multi-hot tags, through ``modrec embed``). Then, for each
+later event in order and per variant, against a service started on a new state seeded
+from that run:
 
 1. (variants b and c) ``POST /v1/items`` with the event's item (title, genres, year) if it
    first appears after the cut and was not posted yet;
@@ -23,11 +24,11 @@ entering live; (c) (b) plus the learning loop: every tenth of the replay the rep
 waits while ``modrec embed -d STATE --encoder ENCODERS`` and ``modrec train -d STATE
 --init-from CURRENT`` make the next run from the state the service holds, and
 ``POST /v1/admin/reload`` swaps it in (the retraining time is reported apart from the
-replay's throughput). ``--id-dropout`` (default 0) makes the initial run drop
-that share of items' ID vectors in training, to train the content path, all a new item
-has, to stand alone; with the tags it costs more than it buys. Users first seen after the cut are cold users: they are kept
-(the service answers them from popularity until they have events) and their share is
-reported.
+replay's throughput). ``--id-dropout`` (default 0) makes the initial run drop that
+share of items' ID vectors in training, to train the content path, all a new item has,
+to stand alone; with the tags it costs more than it buys. Users first seen after the
+cut are cold users: they are kept (the service answers them from popularity until they
+have events) and their share is reported.
 
     export MODREC_DATA_DIR=/work/shared/data
     python benchmarks/replay.py [--events 5000] [--variants a,b,c]

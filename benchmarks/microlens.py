@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--runs", default="runs/microlens")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--section", default="microlens", help="of docs/benchmarks.md: "
+                        "another name keeps the rows of an earlier run of other protocols")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
 
@@ -107,7 +109,9 @@ def main() -> None:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `python "
         f"benchmarks/microlens.py --protocols {args.protocols} --towers {args.towers} "
-        f"--max-epochs {args.max_epochs}`; load average {load_before:.1f} before, "
+        f"--max-epochs {args.max_epochs}"
+        + (f" --section {args.section}" if args.section != "microlens" else "")
+        + f"`; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after. The published rows are for MicroLens-100k "
         "(100,000 users, 19,738 videos); the file here is the 50k subset (50,000 users, "
         "19,220 videos, 359,708 events), so they compare in kind, not digit for digit. "
@@ -131,7 +135,7 @@ def main() -> None:
         ]
     lines += ["", "Commands (one per row):", "", "```", *commands, "```"]
     body = "\n".join(lines)
-    write_section(Path(args.doc), "microlens", body)
+    write_section(Path(args.doc), args.section, body)
     print(body)
 
 

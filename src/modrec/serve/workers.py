@@ -1,0 +1,266 @@
+"""``modrec serve --workers N``: N processes answering on one port, and the supervisor
+that keeps them running.
+
+Why processes: a worker computes with one torch thread (`modrec.threads`) and its
+Python (HTTP parsing, JSON, the routes) holds the GIL, so one process uses about one
+core however many there are; N processes use N.
+
+How they share:
+
+* **the port**: the supervisor binds and listens once, and every worker accepts on that
+  socket (inherited, as gunicorn and uvicorn's own ``--workers`` do); a worker starts
+  accepting only once its models are loaded, so a connection never meets a worker that
+  would answer 503, and one that dies leaves its unanswered connections to the others;
+* **the models and the index: one copy per worker**, loaded from the run folder (the
+  HNSW and IVF graphs from the index cache, which the first worker writes: workers start
+  after the first is ready). Not shared through memory maps, because every worker adds
+  the items that arrive live to its own index and tower, and a memory map shared
+  between processes would need a lock across them for every search. The price is
+  memory: each worker holds torch, the model and the index (about 390 MiB for the ML-1M
+  run, most of it torch itself);
+* **the state file** (SQLite in WAL mode, made for several processes): events, and the
+  items added or retired live, which each worker reads before it answers
+  (`modrec.serve.live.LiveItems.sync`);
+* **a folder** for the metrics of every worker, which workers serve, and the runs the
+  last reloads chose (`modrec.serve.shared`).
+
+The supervisor starts the first worker (it seeds a new state and fills the index cache),
+then the others once it serves; restarts a worker that dies, saying so in the log (a
+worker that dies young waits longer each time before it starts again, up to a minute);
+passes SIGHUP on to every worker (each reloads its models); and on SIGTERM or Ctrl-C
+stops them all gracefully (each finishes the requests it has begun) before it exits.
+Micro-batching is per worker: requests that one worker receives share its model calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from modrec.errors import ModrecError
+from modrec.serve.recommender import ServeConfig
+from modrec.serve.settings import AppSettings
+from modrec.serve.shared import SharedFolder
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 30.0  # a worker still busy this long after SIGTERM is killed
+START_TIMEOUT_S = 3600.0  # the first worker's start (a large catalog's graph build)
+LIVED_LONG_S = 30.0  # a worker that ran this long before dying restarts at once
+MAX_BACKOFF_S = 60.0
+FAILED_START = 3  # a worker's exit status when its models would not load
+
+
+class WorkerFailed(ModrecError):
+    """The first worker could not start; the message is its reason."""
+
+
+@dataclasses.dataclass
+class WorkerSpec:
+    """What a worker process needs to serve (it is pickled into the new process)."""
+
+    models: dict[str, str]
+    state: Path
+    config: ServeConfig
+    settings: AppSettings
+    host: str
+    port: int
+    log_level: str
+    access_log: bool
+    seed: bool
+    threads: int  # torch threads per worker
+
+
+def supervise(spec: WorkerSpec, workers: int) -> None:
+    """Serve with ``workers`` processes until SIGTERM or Ctrl-C; raises `WorkerFailed`
+    when the first one cannot start (its models do not load)."""
+    shared = SharedFolder.create(workers)
+    # Read by prometheus_client when a worker imports it: the new processes inherit it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared.metrics)
+    spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings,
+                                                                  shared=shared))
+    sock = _listen(spec.host, spec.port)
+    supervisor = _Supervisor(spec, shared, sock)
+    try:
+        supervisor.run()
+    finally:
+        sock.close()
+        shared.remove()
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (IPv6 when ``host`` is one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"cannot listen on {host}:{port} ({err.strerror}); "
+                      "choose another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Supervisor:
+    def __init__(self, spec: WorkerSpec, shared: SharedFolder, sock: socket.socket) -> None:
+        self.spec, self.shared, self.sock = spec, shared, sock
+        self.context = multiprocessing.get_context("spawn")  # no fork of a torch process
+        self.slots: list[BaseProcess | None] = [None] * shared.workers
+        self.started_at = [0.0] * shared.workers
+        self.backoff = [0.0] * shared.workers
+        self.stopping = threading.Event()
+
+    def _start(self, slot: int, seed: bool) -> BaseProcess:
+        process = self.context.Process(
+            target=_work, args=(dataclasses.replace(self.spec, seed=seed), self.sock, slot),
+            name=f"modrec-worker-{slot}", daemon=False)
+        process.start()
+        self.slots[slot], self.started_at[slot] = process, time.monotonic()
+        log.info("worker %d started (pid %d)", slot, process.pid)
+        return process
+
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, self._signal)
+                    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        try:
+            # The first alone: it seeds a new state and writes the index cache, which
+            # the others then read instead of doing it again at the same time.
+            first = self._start(0, self.spec.seed)
+            self._wait_ready(first)
+            for slot in range(1, len(self.slots)):
+                self._start(slot, seed=False)
+            log.info("serving on http://%s:%d with %d workers (supervisor pid %d)",
+                     self.spec.host, self.spec.port, len(self.slots), os.getpid())
+            self._keep_running()
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: every worker reloads its models")
+            for process in self.slots:
+                if process is not None and process.pid is not None and process.is_alive():
+                    os.kill(process.pid, signal.SIGHUP)
+        else:
+            self.stopping.set()
+
+    def _wait_ready(self, process: BaseProcess) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while process.pid not in self.shared.ready():
+            if self.stopping.is_set():
+                return
+            if not process.is_alive():
+                reason = self.shared.path / f"failed-{process.pid}"
+                raise WorkerFailed(reason.read_text() if reason.exists() else
+                                   f"the first worker exited with status {process.exitcode} "
+                                   "before it served; see the log above")
+            if time.monotonic() > deadline:
+                raise WorkerFailed(f"the first worker did not serve within "
+                                   f"{START_TIMEOUT_S:.0f} s")
+            process.join(0.05)
+
+    def _keep_running(self) -> None:
+        while not self.stopping.is_set():
+            live = [p.sentinel for p in self.slots if p is not None]
+            wait(live, timeout=0.5)
+            now = time.monotonic()
+            for slot, process in enumerate(self.slots):
+                if process is None or process.is_alive() or self.stopping.is_set():
+                    continue
+                self._bury(process)
+                lived = now - self.started_at[slot]
+                self.backoff[slot] = 0.0 if lived >= LIVED_LONG_S else min(
+                    MAX_BACKOFF_S, max(1.0, 2 * self.backoff[slot]))
+                log.error("worker %d (pid %d) died after %.0f s (%s); starting another%s",
+                          slot, process.pid, lived, _exit_reason(process.exitcode),
+                          f" in {self.backoff[slot]:.0f} s" if self.backoff[slot] else "")
+                self.slots[slot] = None
+                if self.stopping.wait(self.backoff[slot]):
+                    return
+                self._start(slot, seed=False)
+
+    def _bury(self, process: BaseProcess) -> None:
+        """Forget a dead worker: /readyz no longer lists it, and its live gauges go."""
+        from prometheus_client import multiprocess
+
+        assert process.pid is not None
+        self.shared.forget(process.pid)
+        multiprocess.mark_process_dead(process.pid, str(self.shared.metrics))
+
+    def _stop_all(self) -> None:
+        running = [p for p in self.slots if p is not None and p.is_alive()]
+        for process in running:
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGTERM)  # uvicorn finishes what it has begun
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker pid %d still busy %.0f s after SIGTERM: killing it",
+                            process.pid, STOP_TIMEOUT_S)
+                process.kill()
+                process.join()
+        if running:
+            log.info("stopped %d workers", len(running))
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _work(spec: WorkerSpec, sock: socket.socket, slot: int) -> None:
+    """A worker process: load the models, then serve on ``sock`` until SIGTERM."""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(levelname)s worker {slot} %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    from modrec.serve.process import Listen, serve_loaded
+    from modrec.serve.service import ModelService
+    from modrec.serve.state import SQLiteUserState
+    from modrec.threads import apply_threads
+
+    apply_threads(spec.threads, serving=True)
+    assert spec.settings.shared is not None
+    shared = spec.settings.shared
+    # The runs the last reloads chose, where there were any (a worker that replaces a
+    # dead one serves what the others serve now).
+    desired = shared.models()
+    models = {**spec.models, **{name: d.folder for name, d in desired.items()}}
+    state = SQLiteUserState(spec.state)
+    try:
+        service = ModelService.from_runs(models, state, spec.config, seed=spec.seed)
+    except Exception as err:  # noqa: BLE001 - the supervisor reports it and stops
+        log.error("the models did not load: %s: %s", type(err).__name__, err)
+        (shared.path / f"failed-{os.getpid()}").write_text(
+            str(err) if isinstance(err, ModrecError | OSError | ValueError)
+            else f"{type(err).__name__}: {err}")
+        state.close()
+        sys.exit(FAILED_START)
+    settings = dataclasses.replace(spec.settings, reloads_applied={
+        name: d.seq for name, d in desired.items()})
+    try:
+        serve_loaded(service, settings, Listen(spec.host, spec.port, spec.log_level,
+                                               spec.access_log), sockets=[sock])
+    finally:
+        state.close()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 import modrec.serve.live as live_module
 from modrec.config import build_config
-from modrec.serve import ModelService, ServeConfig
+from modrec.serve import ModelService, Request, ServeConfig
 from modrec.serve.app import AppSettings, create_app
 from modrec.serve.state import SQLiteUserState
 from modrec.train import train
@@ -351,6 +351,45 @@ def test_uploads_are_bounded_and_named_by_their_bytes(runs: dict[str, Path], tmp
         assert client.post("/v1/media", params={"filename": "a.mp4"},
                            content=data).status_code == 401
     assert sorted(os.listdir(media / "uploads")) == [Path(path).name]  # no leftovers
+
+
+# ---- several processes on one state file (modrec serve --workers N) ------------------------
+def test_what_one_service_adds_or_retires_reaches_another_on_the_same_state(
+        runs: dict[str, Path], tmp_path: Path, media: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two services over one state file, as two workers of ``modrec serve --workers 2``:
+    items the first adds, updates or retires are in the second's very next answers, with
+    the vectors the first stored (the second encodes nothing)."""
+    state = tmp_path / "state.db"
+    first = _service(runs, state, media, "content")
+    second = _service(runs, state, media, "content")
+    history = ["181", "172", "174"]
+    [before] = second.recommend([Request(history=history, k=5)])
+    twin_of = before.items[2]["item_id"]
+    catalog = first.models["content"].run.dataset.items.set_index("item_id")
+    twin = {"title": str(catalog.loc[twin_of, "title"]),
+            "genres": str(catalog.loc[twin_of, "genres"])}
+    first.add_items([{"item_id": "live-twin", **twin},
+                     {"item_id": "v", "title": "Star Wars", "genres": "Sci-Fi"}])
+    first.add_items([{"item_id": "v", "title": "Toy Story", "genres": "Animation"}])
+
+    def no_encoding(*args: Any) -> Any:
+        raise AssertionError("the second service encoded an item")
+
+    monkeypatch.setattr(live_module, "encode_each", no_encoding)
+    [after] = second.recommend([Request(history=history, k=6)])
+    assert "live-twin" in [item["item_id"] for item in after.items]
+    for item_id in ("live-twin", "v"):
+        assert second.item(item_id)["vector_sha256"] == first.item(item_id)["vector_sha256"]
+    assert second.item("v")["title"] == "Toy Story"
+    [everything] = second.recommend([Request(history=["1"], k=1000)])
+    assert [item["item_id"] for item in everything.items].count("v") == 1
+    first.retire("live-twin")
+    [retired] = second.recommend([Request(history=history, k=1000)])
+    assert "live-twin" not in [item["item_id"] for item in retired.items]
+    assert second.item("live-twin")["retired_at"] is not None
+    first.state.close()
+    second.state.close()
 
 
 # ---- kill -9 during ingestion --------------------------------------------------------------

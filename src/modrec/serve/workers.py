@@ -242,28 +242,38 @@ class _Supervisor:
                     log.warning("no worker could take a connection; it was closed")
 
     def _keep_running(self) -> None:
+        restart_at: dict[int, float] = {}  # slot -> when its worker starts again
         while not self.stopping.is_set():
-            live: list[Any] = [p.sentinel for p in self.slots if p is not None]
-            if any(wait([*live, self.sock], timeout=0.5)):
-                self._hand_out()
             now = time.monotonic()
             for slot, process in enumerate(self.slots):
-                if process is None or process.is_alive() or self.stopping.is_set():
-                    continue
-                self._bury(process)
-                lived = now - self.started_at[slot]
-                self.backoff[slot] = 0.0 if lived >= LIVED_LONG_S else min(
-                    MAX_BACKOFF_S, max(1.0, 2 * self.backoff[slot]))
-                log.error("worker %d (pid %d) died after %.0f s (%s); starting another%s",
-                          slot, process.pid, lived, _exit_reason(process.exitcode),
-                          f" in {self.backoff[slot]:.0f} s" if self.backoff[slot] else "")
-                self.slots[slot] = None
-                channel, self.channels[slot] = self.channels[slot], None
-                if channel is not None:
-                    channel.close()
-                if self.stopping.wait(self.backoff[slot]):
-                    return
-                self._start(slot, seed=False)
+                if process is not None and not process.is_alive():
+                    restart_at[slot] = now + self._died(slot, process, now)
+            for slot, when in list(restart_at.items()):
+                if now >= when:
+                    del restart_at[slot]
+                    self._start(slot, seed=False)
+            live = [p.sentinel for p in self.slots if p is not None]
+            timeout = min([0.5, *(when - now for when in restart_at.values())])
+            woke = wait([*live, self.sock], timeout=max(0.0, timeout))
+            # A worker that died first: it is buried above before anything is handed out.
+            if self.sock in woke and not set(live) & set(woke):
+                self._hand_out()
+
+    def _died(self, slot: int, process: BaseProcess, now: float) -> float:
+        """Forget a dead worker and say so; returns how long to wait before replacing
+        it (0 when it had served a while, longer each time it dies young)."""
+        self._bury(process)
+        lived = now - self.started_at[slot]
+        self.backoff[slot] = 0.0 if lived >= LIVED_LONG_S else min(
+            MAX_BACKOFF_S, max(1.0, 2 * self.backoff[slot]))
+        log.error("worker %d (pid %d) died after %.0f s (%s); starting another%s",
+                  slot, process.pid, lived, _exit_reason(process.exitcode),
+                  f" in {self.backoff[slot]:.0f} s" if self.backoff[slot] else "")
+        self.slots[slot] = None
+        channel, self.channels[slot] = self.channels[slot], None
+        if channel is not None:
+            channel.close()
+        return self.backoff[slot]
 
     def _bury(self, process: BaseProcess) -> None:
         """Forget a dead worker: /readyz no longer lists it, and its live gauges go."""

@@ -443,3 +443,56 @@ def test_a_killed_server_keeps_every_acknowledged_item_with_its_vector(
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_an_item_added_through_one_worker_is_recommended_by_the_other(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """``modrec serve --workers 2``: an item posted to one worker is in the other's
+    answer to the next request, with the same vector, and /metrics counts it."""
+    import time
+
+    import httpx
+
+    from support import free_port, start_serve
+
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    log, port = tmp_path / "serve.log", free_port()
+    server = start_serve(runs["content"], tmp_path / "state.db", port, log, "--api-key-file",
+                         str(key), "--no-seed", "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    clients: dict[int, httpx.Client] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(clients) < 2:  # keep-alive clients, one on each worker
+            assert time.monotonic() < deadline, log.read_text()
+            client = httpx.Client(base_url=url, timeout=60)
+            ready = client.get("/readyz").json()
+            if ready["worker"] in clients or len(ready["workers"]["serving"]) < 2:
+                client.close()
+                time.sleep(0.2)
+            else:
+                clients[ready["worker"]] = client
+        adder, other = clients.values()
+        history = ["181", "172", "174"]
+        top = other.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        twin_of = top["items"][0]["item_id"]
+        twin = adder.get(f"/v1/items/{twin_of}").json()
+        reply = adder.post("/v1/items", headers=AUTH, json={"items": [
+            {"item_id": "live-twin", "title": twin["title"], "genres": twin["genres"]}]})
+        assert reply.status_code == 200, reply.text
+        digest = reply.json()["items"][0]["models"]["content"]["vector_sha256"]
+        after = other.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        assert "live-twin" in _ids(after)
+        assert other.get("/v1/items/live-twin").json()["vector_sha256"] == digest
+        assert 'modrec_index_items{model="content"} 1683.0' in other.get("/metrics").text
+        assert other.delete("/v1/items/live-twin", headers=AUTH).status_code == 200
+        again = adder.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        assert "live-twin" not in _ids(again)
+    finally:
+        for client in clients.values():
+            client.close()
+        server.terminate()
+        server.wait(timeout=60)
+    assert "encoding them again" not in log.read_text()

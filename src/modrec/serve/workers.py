@@ -96,12 +96,13 @@ def supervise(spec: WorkerSpec, workers: int) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared.metrics)
     spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings,
                                                                   shared=shared))
-    sock = _listen(spec.host, spec.port)
-    supervisor = _Supervisor(spec, shared, sock)
+    sock: socket.socket | None = None
     try:
-        supervisor.run()
+        sock = _listen(spec.host, spec.port)
+        _Supervisor(spec, shared, sock).run()
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
         shared.remove()
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 

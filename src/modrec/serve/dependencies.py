@@ -63,7 +63,7 @@ class Serving:
         service = self.service()
         if self.follower is None:
             return service.reload(name, folder)
-        return self.follower.reload(name or service.default, folder)  # type: ignore[no-any-return]
+        return self.follower.reload(name or service.default, folder)
 
     def _ready(self, service: ModelService) -> None:
         self.current = service

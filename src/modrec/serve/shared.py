@@ -30,9 +30,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modrec.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from modrec.serve.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class ReloadFollower:
     that loads what another worker recorded. One lock orders both, so a worker never
     ends on an older run than the one recorded last."""
 
-    def __init__(self, shared: SharedFolder, reload: Callable[[str, str | None], Any],
+    def __init__(self, shared: SharedFolder, reload: Callable[[str, str | None], Recommender],
                  applied: dict[str, int]) -> None:
         """``reload(name, folder)`` is the service's; ``applied``: the reload number of
         each model as this worker loaded it."""
@@ -129,7 +132,7 @@ class ReloadFollower:
     def stop(self) -> None:
         self._stop.set()
 
-    def reload(self, name: str, folder: str | None) -> Any:
+    def reload(self, name: str, folder: str | None) -> Recommender:
         """Reload model ``name`` here (from ``folder``, or its own again), then have every
         other worker do the same."""
         with self.lock:

@@ -134,7 +134,7 @@ def main() -> None:
               f"{r.server_side['mean_batch']:.2f}; {describe_usage(r.usage)}", flush=True)
         return r
 
-    sections = []
+    sections: dict[str, str] = {}  # by part: each its own section of the page
     try:
         if "workers" in parts:
             rows, ratios = [], []
@@ -167,12 +167,13 @@ def main() -> None:
                        f"workers could answer at most {2 * per_cpu[2] / per_cpu[1]:.2f}x what "
                        "1 worker answers with one.")
             results["workers"] = [(w, i, r) for w, rs in pairs.items() for i, r in enumerate(rs)]
-            sections.append(
+            part = "workers"
+            sections[part] = (
                 "### 1 against 2 workers, 4 connections\n\n"
                 f"`{pairs[2][0].command}` against `modrec serve {args.run} --workers N`, "
                 f"{args.seconds} s after 3 s of warm-up, a new server and state copy each "
                 f"run\n\n{markdown_table(HEADER, rows)}\n\n{verdict}")
-            print(sections[-1], flush=True)
+            print(sections[part], flush=True)
 
         if "batching" in parts:
             rows, verdicts = [], []
@@ -190,34 +191,39 @@ def main() -> None:
                                 f"{', '.join(f'{x:.2f}x' for x in ratios)}; median "
                                 f"{_median(ratios):.2f}x (target >= 2x: "
                                 f"{'met' if _median(ratios) >= 2 else 'MISSED'})")
-            sections.append(
+            part = "batching"
+            sections[part] = (
                 "### Micro-batching with workers, 16 connections\n\n`wrk -t1 -c16 ...` "
                 "against `modrec serve ... --workers N --max-batch 64` (on) and "
                 "`--max-batch 1` (off), alternately\n\n"
                 f"{markdown_table(HEADER, rows)}\n\n" + "; ".join(verdicts) + ".")
-            print(sections[-1], flush=True)
+            print(sections[part], flush=True)
 
         if "json" in parts:
-            sections.append(json_costs(run, master, work, args.seed))
-            print(sections[-1], flush=True)
+            part = "json"
+            sections[part] = json_costs(run, master, work, args.seed)
+            print(sections[part], flush=True)
 
         if "profile" in parts:
-            sections.append(profile(run, master, work, tmp, lua, args.seconds, extra))
-            print(sections[-1], flush=True)
+            part = "profile"
+            sections[part] = profile(run, master, work, tmp, lua, args.seconds, extra)
+            print(sections[part], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    if sections and not args.no_write:
-        body = (f"## Model service with several workers (`benchmarks/serve_workers.py`)\n\n"
-                f"Measured {time.strftime('%Y-%m-%d')} on {host}, 2 cores shared with other "
-                f"engineers' jobs, nothing pinned; wrk 4.1 `-t1` over loopback; the ML-1M "
-                f"HSTU run (`{args.run}`, 3,706 items: exact index). `python "
-                f"benchmarks/serve_workers.py --parts {args.parts} --seconds {args.seconds} "
-                f"--rounds {args.rounds}`. 'Server cores' sums the supervisor and the "
-                "workers; 'others' cores' is what the rest of the machine used meanwhile."
-                "\n\n" + "\n\n".join(sections))
-        write_section(ROOT / "docs" / "benchmarks.md", SECTION, body)
-        print(f"wrote section {SECTION!r} of docs/benchmarks.md")
+    for part, text in sections.items():
+        if args.no_write:
+            break
+        title = ("## Model service with several workers (`benchmarks/serve_workers.py`)\n\n"
+                 if part == "workers" else "")
+        body = (f"{title}Measured {time.strftime('%Y-%m-%d %H:%M')} UTC on {host}, 2 cores "
+                "shared with other engineers' jobs, nothing pinned; wrk 4.1 `-t1` over "
+                f"loopback; the ML-1M HSTU run (`{args.run}`, 3,706 items: exact index): "
+                f"`python benchmarks/serve_workers.py --parts {part} --seconds {args.seconds} "
+                f"--rounds {args.rounds}`. 'Server cores' sums the supervisor and the workers; "
+                "'others' cores' is what the rest of the machine used meanwhile.\n\n" + text)
+        write_section(ROOT / "docs" / "benchmarks.md", f"{SECTION}-{part}", body)
+        print(f"wrote section {SECTION}-{part} of docs/benchmarks.md")
 
 
 HEADER = ["workers", "round", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "mean batch",

@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 import modrec.serve.live as live_module
 from modrec.config import build_config
+from modrec.content import EmbeddingStore, embed
+from modrec.data import load_dataset
 from modrec.serve import ModelService, Request, ServeConfig
 from modrec.serve.app import AppSettings, create_app
 from modrec.serve.state import SQLiteUserState
@@ -211,6 +214,44 @@ def test_a_restart_keeps_live_items_and_their_vectors_byte_for_byte(
     second.reload("content")
     assert _snapshot(second.models["content"]) == before["content"]
     second.state.close()
+
+
+def test_a_run_trained_on_a_live_item_serves_its_trained_row(
+        ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The learning loop: a run trained on the state after an item arrived live has
+    learned the item's ID row from its events. Loading that run keeps the trained row
+    (before, the stored live row was attached over it, hiding the learned vector behind
+    the content-only one every retrain); posting the item again with other fields makes
+    the new version the one served."""
+    monkeypatch.setenv("MODREC_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
+    embed(ml100k, ["tags:genres"], EmbeddingStore.for_dataset(ml100k), progress=False)
+    tower = ["model.item_tower=id+content", 'model.encoders=["tags:genres"]']
+    first = train(build_config("ml-100k", "sasrec", overrides=[*SMALL, *tower]),
+                  tmp_path / "first", progress=False)
+    state = tmp_path / "state.db"
+    serving = ModelService.from_runs({"m": first}, SQLiteUserState(state))
+    serving.add_items([{"item_id": "fresh", "title": "Fresh", "genres": "Comedy|Drama"}])
+    for user in ("196", "186", "22", "244", "166"):  # then two more: it is trained on
+        serving.state.append(user, ["fresh", "50", "181"], [900000000, 900000001, 900000002])
+    serving.state.close()
+    snapshot = load_dataset(str(state))
+    embed(snapshot, ["tags:genres"], EmbeddingStore.for_dataset(snapshot), progress=False)
+    second = train(build_config(None, "sasrec", overrides=[
+        *SMALL, *tower, f"data.dataset={state}", f"train.init_from={first}"]),
+        tmp_path / "second",
+        progress=False)
+
+    served = ModelService.from_runs({"m": second}, SQLiteUserState(state))
+    model = served.models["m"]
+    index = model.catalog.index_of["fresh"]
+    assert index <= model.catalog.trained and not model.catalog.hidden
+    assert model.catalog.live == 0 and served.item("fresh")["origin"] == "live"
+    content_only = model.new_item_vectors(model.tower.content[[index]].numpy())[0]
+    assert not np.allclose(model.index.vector(index), content_only)  # the ID row counts
+    served.add_items([{"item_id": "fresh", "title": "Fresh", "genres": "Horror"}])
+    assert model.catalog.index_of["fresh"] == model.catalog.trained + 1
+    assert index in model.catalog.hidden
+    served.state.close()
 
 
 def _snapshot(model: Any) -> dict[str, tuple[int, bytes, bytes]]:

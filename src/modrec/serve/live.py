@@ -59,6 +59,7 @@ from modrec.content.encoders.base import EncodeError, Encoder
 from modrec.content.encoders.registry import build_encoder, shipped_matrices
 from modrec.content.media import check_complete
 from modrec.content.store import EmbeddingStore, StoreError, default_folder, normalize_rows
+from modrec.data.state_schema import catalog_rows
 from modrec.errors import ModrecError
 from modrec.runs import RunDir, RunError
 from modrec.serve.errors import RequestError
@@ -249,6 +250,13 @@ class LiveItems:
         then hide the ``retired`` ones. Callers hold the lock."""
         applied = self._applied.setdefault(model, {})
         items = [item for item in stored if applied.get(item.item_id) != item.digest]
+        trained = trained_versions(model, items)
+        if trained:
+            log.info("the model at %s was trained on %d live items as they are now: "
+                     "their trained rows serve", model.folder, len(trained))
+            applied.update((item.item_id, item.digest) for item in items
+                           if item.item_id in trained)
+            items = [item for item in items if item.item_id not in trained]
         plan = self.plan(model) if items else None
         if isinstance(plan, str):  # the plan's warning said why
             log.info("the model at %s leaves out the %d live items", model.folder,
@@ -430,13 +438,15 @@ class LiveItems:
     # ---- checks --------------------------------------------------------------------------
     def _check_ids(self, models: Mapping[str, Recommender],
                    items: Sequence[Mapping[str, Any]]) -> None:
-        """A trained item's id, or a retired one, is not taken for a new item (409)."""
+        """A trained item's id, or a retired one, is not taken for a new item (409). An
+        item that arrived live stays updatable after a run trained on it (the learning
+        loop): its new version replaces the trained row, as it replaces a live one."""
         conflicts = []
         for item in items:
             item_id = str(item["item_id"])
             trained = [name for name, model in models.items()
                        if 0 < model.catalog.index_of.get(item_id, 0) <= model.catalog.trained]
-            if trained:
+            if trained and self.state.get(item_id) is None:
                 conflicts.append(f"item {item_id!r} is a trained item of model {trained[0]!r} "
                                  "(its content is what the model was trained on); post new "
                                  "items under new ids, or retrain to change a trained item")
@@ -561,6 +571,36 @@ class Made:
     content: list[dict[tuple[str, str], np.ndarray | None]]
     vectors: list[dict[str, np.ndarray]]
     per_model: dict[str, tuple[list[int], np.ndarray, np.ndarray]]
+
+
+def trained_versions(model: Recommender, items: Sequence[StoredItem]) -> set[str]:
+    """The live items ``model`` was trained on as they are now: its dataset holds the
+    item with the fields it was last posted with (a run trained on the state after the
+    item arrived, the learning loop). Such an item keeps its trained row, learned ID
+    vector included; attaching its live row would hide that row behind the content-only
+    vector a never-seen item gets. An item posted again with other fields since is
+    attached as the newer version. (A media file changed in place under the same path is
+    not seen here: post the item again under another path.)"""
+    known = [item for item in items if item.item_id in model.catalog.index_of]
+    if not known:
+        return set()
+    table = model.run.dataset.items
+    rows = table[table["item_id"].astype(str).isin({item.item_id for item in known})]
+    fields = {item_id: json.loads(text) for item_id, text in catalog_rows(rows)}
+    return {item.item_id for item in known if item.item_id in fields and all(
+        _same(fields[item.item_id].get(name), value) for name, value in item.fields.items()
+        if name != "item_id")}
+
+
+def _same(trained: Any, posted: Any) -> bool:
+    """A field as the run's dataset holds it equals the posted one (a year may come back
+    from a table as 1997.0 where 1997 was posted)."""
+    if trained == posted:
+        return True
+    try:
+        return float(trained) == float(posted)
+    except (TypeError, ValueError):
+        return False
 
 
 def vector_digest(vector: np.ndarray) -> str:

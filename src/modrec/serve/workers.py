@@ -182,6 +182,8 @@ class _Supervisor:
             # the others then read instead of doing it again at the same time.
             first = self._start(0, self.spec.seed)
             self._wait_ready(first)
+            if self.stopping.is_set():  # stopped while the first was starting
+                return
             for slot in range(1, len(self.slots)):
                 self._start(slot, seed=False)
             log.info("serving on http://%s:%d with %d workers (supervisor pid %d)",
@@ -195,8 +197,11 @@ class _Supervisor:
     def _signal(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             log.info("SIGHUP: every worker reloads its models")
+            # Only those that serve: one still starting loads the runs as they are now,
+            # and SIGHUP would end it before it has a handler for it.
+            ready = set(self.shared.ready())
             for process in self.slots:
-                if process is not None and process.pid is not None and process.is_alive():
+                if process is not None and process.pid in ready and process.is_alive():
                     os.kill(process.pid, signal.SIGHUP)
         else:
             self.stopping.set()

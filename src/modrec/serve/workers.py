@@ -22,7 +22,7 @@ How they share:
   after the first is ready). Not shared through memory maps, because every worker adds
   the items that arrive live to its own index and tower, and a memory map shared
   between processes would need a lock across them for every search. The price is
-  memory: each worker holds torch, the model and the index (about 390 MiB for the ML-1M
+  memory: each worker holds torch, the model and the index (424 MiB for the ML-1M HSTU
   run, most of it torch itself);
 * **the state file** (SQLite in WAL mode, made for several processes): events, and the
   items added or retired live, which each worker reads before it answers

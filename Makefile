@@ -45,10 +45,11 @@ endif
 
 # Programs (not Python packages) that features and their tests use: Tesseract reads
 # on-screen text (`modrec transcribe`), espeak-ng speaks the speech tests' clips, Chromium
-# and its driver open the service's page. `make test` installs them where it runs as
-# root on Debian/Ubuntu (`install` never runs apt); elsewhere install them yourself, or
-# those tests skip and say so.
-SYSTEM_TOOLS := tesseract-ocr espeak-ng chromium chromium-driver
+# and its driver open the service's page, PostgreSQL and HAProxy run the replica tests
+# (`tests/replicas.py`). `make test` installs them where it runs as root on
+# Debian/Ubuntu (`install` never runs apt); elsewhere install them yourself, or those
+# tests skip and say so.
+SYSTEM_TOOLS := tesseract-ocr espeak-ng chromium chromium-driver postgresql haproxy
 video-tools system-tools:
 	@if dpkg -s $(SYSTEM_TOOLS) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,27 @@ def ml100k_store(ml100k, tmp_path_factory: pytest.TempPathFactory):
     store = EmbeddingStore.for_dataset(ml100k, tmp_path_factory.mktemp("embeddings") / "ml-100k")
     embed(ml100k, ["text", "tags:genres"], store, progress=False)
     return store
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server of the session's own (`replicas`), started on first use;
+    skipped, saying why, only where none can run (no binaries, root with no postgres
+    user)."""
+    from replicas import PostgresServer, unavailable
+
+    why = unavailable()
+    if why is not None:
+        pytest.skip(f"PostgreSQL: {why}")
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty user state is: an SQLite file, or a fresh database of the
+    session's PostgreSQL server; a test taking it runs on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return str(request.getfixturevalue("postgres").database())

@@ -74,7 +74,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_serve(run: Path, state: Path, port: int, log: Path,
+def start_serve(run: Path, state: Path | str, port: int, log: Path,
                 *extra: str) -> subprocess.Popen[bytes]:
     """``modrec serve RUN --state STATE --port PORT EXTRA...`` as a process, once /readyz
     is 200 (its output appended to ``log``, shown if it exits or never gets ready)."""

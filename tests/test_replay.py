@@ -23,11 +23,14 @@ def test_replay_gives_the_same_numbers_twice(ml100k, tmp_path: Path,
     log = replay_module.split_at(events, ml100k.items, int(events["timestamp"].iloc[2000]))
     assert 250 <= len(log.after) <= 300 and log.after["new_item"].any()
     data = replay_module.before_dataset(log, tmp_path / "before-cut")
-    run, _ = replay_module.initial_run(data, tmp_path / "initial", [
+    encoders = replay_module.ENCODERS.split(",")
+    run, _ = replay_module.initial_run(data, tmp_path / "initial", encoders, [
         "train.epochs=1", "model.max_len=30", "model.num_blocks=1"])
 
-    first = [replay_module.replay(run, log, v, tmp_path / "first") for v in ("a", "b")]
-    second = [replay_module.replay(run, log, v, tmp_path / "second") for v in ("a", "b")]
+    first = [replay_module.replay(run, log, v, tmp_path / "first", encoders=encoders)
+             for v in ("a", "b")]
+    second = [replay_module.replay(run, log, v, tmp_path / "second", encoders=encoders)
+              for v in ("a", "b")]
 
     assert [r.numbers() for r in first] == [r.numbers() for r in second]
     a, b = (replay_module.summary(r, log.after) for r in first)

@@ -215,7 +215,15 @@ def absolute_dataset(dataset: str, format: str | None = None) -> str:
     it is. A run records where its data was, so that it can be resumed or refitted
     from any directory; its contents are pinned by a fingerprint beside it."""
     from modrec.data import named_dataset
+    from modrec.data.state_schema import is_postgres_url, redact
 
+    if is_postgres_url(dataset):
+        if redact(dataset) != dataset:
+            raise ConfigError(f"{redact(dataset)}: the run records its dataset in its "
+                              "config.json, so a password in the URL would be written "
+                              "there; leave it out and give it as PGPASSWORD or in "
+                              "~/.pgpass (libpq reads both)")
+        return dataset
     if named_dataset(dataset, format) is not None:
         return dataset
     path = Path(dataset).expanduser()

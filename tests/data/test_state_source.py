@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -276,3 +277,43 @@ def test_the_live_item_writers_tables_are_read(tmp_path: Path) -> None:
     assert _sequences(dataset)["u1"][-2:] == [("live-a", 900), ("20", 901)]
     info = dataset.provenance
     assert (info["catalog_items"], info["live_items"], info["retired_items"]) == (3, 2, 1)
+
+
+def test_a_postgres_state_reads_back_as_the_same_dataset(tmp_path: Path,
+                                                         postgres: Any) -> None:
+    """The same writes (seed, events, a live item, a retirement) into an SQLite file and
+    a PostgreSQL database read back as one dataset: the reader does not care where the
+    state is kept. The URL's password never reaches the provenance, and a run, which
+    records its dataset, refuses a URL that holds one."""
+    from modrec.config import absolute_dataset
+    from modrec.errors import ConfigError
+    from modrec.serve.item_state import ItemVersion, LiveItemState
+    from modrec.serve.state import open_state
+
+    url = postgres.database()
+    datasets = []
+    for where in (str(tmp_path / "state.db"), url):
+        with open_state(where) as state:
+            state.seed(["u1", "u1", "u2", "u2", "u2"], ["10", "20", "20", "30", "10"],
+                       [100, 200, 100, 150, 300], "toy:abc", schema.catalog_rows(CATALOG))
+            state.append("u1", ["30", "new-item"], [50, 400], kind="click")
+            live = LiveItemState(state)
+            live.write([ItemVersion("new-item", {"title": "New"}, "d", {}, {})], now=1.0)
+            live.retire("30", now=2.0)
+            datasets.append(load_dataset(where, repeats="keep"))
+    lite, pg = datasets
+    pd.testing.assert_frame_equal(lite.interactions, pg.interactions)
+    pd.testing.assert_frame_equal(lite.items, pg.items)
+    pd.testing.assert_frame_equal(lite.users, pg.users)
+    assert pg.items.set_index("item_id").loc["new-item", "title"] == "New"
+    assert {k: v for k, v in lite.provenance.items() if k != "source"} == \
+        {k: v for k, v in pg.provenance.items() if k != "source"}
+    assert pg.provenance["retired_items"] == 1
+    with_password = url.replace("modrec@", "modrec:secret@")
+    assert "secret" not in str(load_dataset(with_password).provenance)
+    with pytest.raises(ConfigError, match="PGPASSWORD"):
+        absolute_dataset(with_password)
+    assert absolute_dataset(url) == url
+    from modrec.cli.common import dataset_source, media_root
+
+    assert dataset_source(url) == url and media_root(url, None) is None  # `train -d URL`

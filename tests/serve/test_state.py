@@ -1,4 +1,6 @@
-"""SQLiteUserState: order and limits, durability (reopen, SIGKILL), threads, seeding."""
+"""The user state, SQLite and PostgreSQL alike (every test that takes ``where`` runs on
+both): order and limits, durability (reopen, SIGKILL), threads, seeding; then what only
+PostgreSQL has (migrations, a server that is down)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,21 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from modrec.serve import state as state_module
-from modrec.serve.state import SQLiteUserState, UserState
+from modrec.serve.postgres_state import PostgresUserState
+from modrec.serve.state import (
+    SQLiteUserState,
+    StateError,
+    StateUnavailable,
+    UserState,
+    open_state,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _ints(items: np.ndarray) -> list[int]:
@@ -20,8 +31,8 @@ def _ints(items: np.ndarray) -> list[int]:
     return [int(i) for i in items]
 
 
-def test_history_is_oldest_first_and_limited(tmp_path: Path) -> None:
-    with SQLiteUserState(tmp_path / "state.db") as store:
+def test_history_is_oldest_first_and_limited(state_where: str) -> None:
+    with open_state(state_where) as store:
         assert store.append("u1", [5, 3], [100, 200], kind="click") == 2
         assert store.append("u1", [9], [150]) == 1  # insertion order, not time order
         assert store.append("u1", []) == 0
@@ -35,8 +46,8 @@ def test_history_is_oldest_first_and_limited(tmp_path: Path) -> None:
         assert _ints(items) == [] and times is not None and times.tolist() == []
 
 
-def test_timestamps_only_when_every_event_has_one(tmp_path: Path) -> None:
-    with SQLiteUserState(tmp_path / "state.db") as store:
+def test_timestamps_only_when_every_event_has_one(state_where: str) -> None:
+    with open_state(state_where) as store:
         store.append("u", [1, 2])
         assert store.history("u")[1] is None
         store.append("u", [3], [30])
@@ -48,8 +59,8 @@ def test_timestamps_only_when_every_event_has_one(tmp_path: Path) -> None:
             store.append("u", [1, 2], [10])
 
 
-def test_users_are_kept_apart(tmp_path: Path) -> None:
-    with SQLiteUserState(tmp_path / "state.db") as store:
+def test_users_are_kept_apart(state_where: str) -> None:
+    with open_state(state_where) as store:
         for i in range(10):
             store.append(f"user-{i % 3}", [i])
         assert _ints(store.history("user-0")[0]) == [0, 3, 6, 9]
@@ -58,48 +69,50 @@ def test_users_are_kept_apart(tmp_path: Path) -> None:
         assert (store.users(), store.events()) == (3, 10)
 
 
-def test_every_connection_is_durable(tmp_path: Path) -> None:
-    """WAL, and synchronous=FULL (2) on each thread's own connection: the setting is per
-    connection, so a thread that forgot it would acknowledge events before an fsync."""
-    with SQLiteUserState(tmp_path / "state.db") as store:
-        seen: list[tuple[str, int]] = []
+def test_every_connection_is_durable(state_where: str) -> None:
+    """Every thread's own connection acknowledges only flushed commits: SQLite's WAL
+    with synchronous=FULL (2), PostgreSQL's synchronous_commit on. Both are set per
+    connection, so a thread that forgot would acknowledge events before a flush."""
+    with open_state(state_where) as store:
+        seen: list[tuple[str, int | str]] = []
 
         def read() -> None:
-            conn = store._connection()
-            seen.append((conn.execute("PRAGMA journal_mode").fetchone()[0],
-                         conn.execute("PRAGMA synchronous").fetchone()[0]))
+            if isinstance(store, SQLiteUserState):
+                conn = store._connection()
+                seen.append((conn.execute("PRAGMA journal_mode").fetchone()[0],
+                             conn.execute("PRAGMA synchronous").fetchone()[0]))
+            else:
+                row = store._connection().execute("SHOW synchronous_commit").fetchone()
+                seen.append(("postgresql", row[0] if row else "?"))
 
         read()
         thread = threading.Thread(target=read)
         thread.start()
         thread.join()
-        assert seen == [("wal", 2), ("wal", 2)]
+        durable = ("wal", 2) if isinstance(store, SQLiteUserState) else ("postgresql", "on")
+        assert seen == [durable, durable]
         assert len(store._connections) == 2
 
 
-def test_events_survive_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store: UserState = SQLiteUserState(path)
+def test_events_survive_close_and_reopen(state_where: str) -> None:
+    path = state_where
+    store: UserState = open_state(path)
     store.append("u", [1, 2, 3], [10, 20, 30])
     store.close()
     with pytest.raises(RuntimeError):
         store.history("u")
-    with SQLiteUserState(path) as store:
+    with open_state(path) as store:
         items, times = store.history("u")
         assert _ints(items) == [1, 2, 3] and times is not None
         store.append("u", [4])
         assert _ints(store.history("u", 2)[0]) == [3, 4]
 
 
-# Loads state.py by path, not through the package: the child needs nothing else from
-# modrec and starts in a fraction of a second.
 CHILD = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("user_state", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-sys.modules["user_state"] = module
-spec.loader.exec_module(module)
-store = module.SQLiteUserState(sys.argv[2])
+import sys
+sys.path.insert(0, sys.argv[1])
+from modrec.serve.state import open_state
+store = open_state(sys.argv[2])
 i = 0
 while True:
     store.append("u", [i + 1], [i])
@@ -108,13 +121,14 @@ while True:
 """
 
 
-def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
+def test_acknowledged_events_survive_sigkill(state_where: str) -> None:
     """A child appends one event at a time and prints each acknowledged count; SIGKILL
     lands while it is writing. Every acknowledged event must be there after a reopen.
     (A killed process leaves the OS cache intact, so this cannot tell synchronous=FULL
-    from NORMAL; that difference only shows on a power cut.)"""
-    path = tmp_path / "state.db"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, state_module.__file__, str(path)],
+    from NORMAL; that difference only shows on a power cut, and PostgreSQL's
+    synchronous_commit=on from off only on a crash of the server.)"""
+    path = state_where
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(SRC), path],
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     acknowledged = 0
@@ -131,17 +145,17 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
             acknowledged = int(line)
     assert child.wait() == -signal.SIGKILL
     assert acknowledged >= 300
-    with SQLiteUserState(path) as store:
+    with open_state(path) as store:
         items, times = store.history("u")
         assert len(items) >= acknowledged and store.events() == len(items)
         assert _ints(items) == list(range(1, len(items) + 1))
         assert times is not None and times.tolist() == list(range(len(items)))
 
 
-def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
+def test_concurrent_appends_lose_nothing(state_where: str) -> None:
     per_thread, threads = 40, 8
     errors: list[Exception] = []
-    with SQLiteUserState(tmp_path / "state.db") as store:
+    with open_state(state_where) as store:
         start = threading.Barrier(threads)
 
         def work(t: int) -> None:
@@ -172,11 +186,11 @@ def test_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
             assert mine == [t * 10_000 + i for i in range(per_thread)]
 
 
-def test_seeding_happens_once(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
+def test_seeding_happens_once(state_where: str) -> None:
+    path = state_where
     users = np.array(["a", "a", "b", "a"])
     items = np.array([1, 2, 3, 4])
-    with SQLiteUserState(path) as store:
+    with open_state(path) as store:
         assert store.seeded_from() is None
         with pytest.raises(ValueError):
             store.seed(users, items[:3], None, "ds:1")
@@ -186,9 +200,88 @@ def test_seeding_happens_once(tmp_path: Path) -> None:
         items_a, times_a = store.history("a")
         assert _ints(items_a) == [1, 2, 4, 5]
         assert times_a is not None and times_a.tolist() == [10, 20, 40, 50]
-    with SQLiteUserState(path) as store:  # a restart sees the mark and does not seed again
+    with open_state(path) as store:  # a restart sees the mark and does not seed again
         assert store.seeded_from() == "ds:1"
         with pytest.raises(RuntimeError, match="already seeded"):
             store.seed(["c"], [1], None, "ds:2")
         assert (store.users(), store.events()) == (2, 5)
         assert _ints(store.history("b")[0]) == [3]
+
+
+# ---- PostgreSQL only ----------------------------------------------------------------
+def test_postgres_is_created_and_migrated_once(postgres: Any) -> None:
+    """Replicas that start together open a fresh database at once: the advisory lock
+    lets one create the tables and the others find them; each migration is recorded
+    once, and a database migrated by a newer modrec is refused, saying so."""
+    url = postgres.database()
+    errors: list[BaseException] = []
+    opened: list[PostgresUserState] = []
+
+    def start() -> None:
+        try:
+            opened.append(PostgresUserState(url))
+        except BaseException as e:  # reported to the main thread
+            errors.append(e)
+
+    pool = [threading.Thread(target=start) for _ in range(4)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert not errors and len(opened) == 4
+    opened[0].append("u", ["1"])
+    assert [s.history("u")[0].tolist() for s in opened] == [["1"]] * 4
+    assert opened[0].migrations() == [1]
+    opened[0]._connection().execute("INSERT INTO modrec_migrations (version) VALUES (99)")
+    for store in opened:
+        store.close()
+    with pytest.raises(StateError, match="migrated to layout 99 by a newer modrec"):
+        PostgresUserState(url)
+
+
+def test_postgres_refuses_another_programs_events(postgres: Any) -> None:
+    import psycopg
+
+    url = postgres.database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id INTEGER, payload TEXT)")
+    with pytest.raises(StateError, match="another program's events table"):
+        open_state(url)
+
+
+def test_postgres_down_is_a_clear_unavailable_error(postgres: Any, tmp_path: Path) -> None:
+    """No server where the URL points: the error names the state (never its password)
+    and what to check, as `StateUnavailable` (the HTTP layer answers 503)."""
+    url = f"postgresql://modrec:secret@/nowhere?host={tmp_path}"
+    with pytest.raises(StateUnavailable) as caught:
+        open_state(url)
+    message = str(caught.value)
+    assert "secret" not in message and "cannot be reached" in message
+    assert "host, port, database, user and password" in message
+
+
+def test_postgres_crash_keeps_acknowledged_events_and_the_state_reconnects() -> None:
+    """PostgreSQL itself stopped as a crash would stop it (``pg_ctl -m immediate``):
+    every acknowledged event is there after its recovery (synchronous_commit on: each
+    was flushed to the WAL before it was acknowledged); meanwhile the state says it
+    cannot reach the server (`StateUnavailable`: a 503), and afterwards the same
+    state object reconnects by itself."""
+    from replicas import PostgresServer, unavailable
+
+    if (why := unavailable()) is not None:
+        pytest.skip(f"PostgreSQL: {why}")
+    server = PostgresServer()  # its own: this test stops it
+    try:
+        with open_state(server.database()) as store:
+            for i in range(20):
+                store.append("u", [str(i)], [i])
+            server.crash()
+            with pytest.raises(StateUnavailable, match="cannot be reached"):
+                store.append("u", ["lost"])
+            server.start()
+            store.append("u", ["20"], [20])
+            items, times = store.history("u")
+            assert _ints(items) == list(range(21))
+            assert times is not None and times.tolist() == list(range(21))
+    finally:
+        server.stop()

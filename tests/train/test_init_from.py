@@ -18,7 +18,7 @@ from modrec.eval.evaluator import user_vectors
 from modrec.runs import RunError, load_run
 from modrec.serve import ModelService
 from modrec.serve.service import Event
-from modrec.serve.state import SQLiteUserState
+from modrec.serve.state import open_state
 from modrec.train import setup, train
 
 SMALL = ["train.epochs=1", "model.max_len=30", "model.num_blocks=1"]
@@ -60,21 +60,22 @@ def test_a_run_initialised_from_another_scores_every_user_as_it_does(
     assert started["items_copied"] + started["items_fresh"] == run.dataset.num_items
 
 
-def _state_with_a_new_item(source: Path, path: Path) -> None:
+def _state_with_a_new_item(source: Path, where: str) -> None:
     """The state a service over ``source`` keeps after a new user watched a new item:
     its id is not a number, so the dataset read from the state numbers every item anew
     (ids sorted as text: "1", "10", "100", ...)."""
-    service = ModelService.from_runs({"m": source}, SQLiteUserState(path))
+    service = ModelService.from_runs({"m": source}, open_state(where))
     service.state.append("new-user", ["new-item", "50", "new-item", "100", "181"],
                          [900000000 + i for i in range(5)])
     service.record([Event("196", "50", 900000100)])
     service.state.close()
 
 
-def test_items_are_matched_by_id_when_the_catalog_is_renumbered(source: Path,
-                                                                tmp_path: Path) -> None:
-    _state_with_a_new_item(source, tmp_path / "state.db")
-    overrides = [*SMALL, f"data.dataset={tmp_path / 'state.db'}"]
+def test_items_are_matched_by_id_when_the_catalog_is_renumbered(
+        source: Path, tmp_path: Path, state_where: str) -> None:
+    """From the service's state, SQLite or PostgreSQL alike."""
+    _state_with_a_new_item(source, state_where)
+    overrides = [*SMALL, f"data.dataset={state_where}"]
     warm = setup(build_config(None, "sasrec", overrides=[*overrides,
                                                           f"train.init_from={source}"]),
                  tmp_path / "warm", show_progress=False)

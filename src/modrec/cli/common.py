@@ -119,7 +119,8 @@ def dataset_arguments(p: argparse.ArgumentParser, required: bool = True,
         return
     p.add_argument("--format", help="importer format of a path: sequences, pairs, recbole, "
                    "csv, csv-large (DuckDB, out of core), parquet, parquet-large (DuckDB; "
-                   "a file or a folder of them), movielens; the -large ones are chosen "
+                   "a file or a folder of them), movielens, video-folder (ROOT/CLASS/"
+                   "clip.mp4), video-csv (path,label[,group]); the -large ones are chosen "
                    "by themselves from 1 GiB")
     p.add_argument("--columns", metavar="ROLE=COLUMN,...",
                    help="which columns of a table hold the user, item, timestamp and rating, "
@@ -169,9 +170,10 @@ def dataset_source(text: str, format: str | None = None) -> str:
     data was, whatever the directory it is later resumed or refitted from); anything
     else refused with the directory a relative path was looked for in."""
     from modrec.data import NAMED, named_dataset
+    from modrec.data.state_schema import is_postgres_url
 
-    if named_dataset(text, format) is not None:
-        return text
+    if named_dataset(text, format) is not None or is_postgres_url(text):
+        return text  # a service's PostgreSQL state is read as it is (format modrec-state)
     path = Path(text).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -182,10 +184,12 @@ def dataset_source(text: str, format: str | None = None) -> str:
 
 def media_root(source: str, format: str | None) -> Path | None:
     """The folder a catalog's media paths start from: None for a named dataset (its
-    media live in the data directory), else the catalog file's folder."""
+    media live in the data directory), or for a PostgreSQL state (no folder), else the
+    catalog file's folder."""
     from modrec.data import named_dataset
+    from modrec.data.state_schema import is_postgres_url
 
-    if named_dataset(source, format) is not None:
+    if named_dataset(source, format) is not None or is_postgres_url(source):
         return None
     return Path(source) if Path(source).is_dir() else Path(source).parent
 

@@ -75,10 +75,13 @@ def _label_prompting(args: argparse.Namespace) -> Any:
 def _dataset(args: argparse.Namespace, store: str | None = None) -> Any:
     """``--dataset`` with the item columns `modrec transcribe` computed into its store
     folder, so that --labels and text encoders name them like the catalog's own."""
+    from modrec.cli.common import columns
     from modrec.content.columns import ItemColumns, with_item_columns
     from modrec.data import load_dataset
 
-    dataset = load_dataset(dataset_source(args.dataset))
+    format = getattr(args, "format", None)  # classify reads any path; the others named ones
+    dataset = load_dataset(dataset_source(args.dataset, format), format,
+                           columns(getattr(args, "columns", None)))
     return with_item_columns(dataset, ItemColumns.for_dataset(dataset, store))
 
 
@@ -174,11 +177,18 @@ def _annotate_relevance(args: argparse.Namespace, dataset: Any) -> dict[str, Any
 
 
 def _add_classify(sub: Subparsers) -> None:
-    p = sub.add_parser("classify", help="multi-label item classification from embeddings "
-                       "or a language model")
-    dataset_arguments(p, formats=False)
-    p.add_argument("--labels", required=True, help="item column of |-separated labels")
-    p.add_argument("--encoder", help="comma-separated stored embeddings (every mode but llm)")
+    from modrec.content.video.heads import HEADS
+
+    p = sub.add_parser("classify", help="item classification from embeddings or a language "
+                       "model: multi-label tags, or one class per item (--single-label: "
+                       "cross-validated, saved, applied to new items)")
+    dataset_arguments(p)
+    p.add_argument("--labels", help="item column of |-separated labels (one class per item "
+                   "with --single-label); with --apply, optional: the true classes to "
+                   "score the predictions against")
+    p.add_argument("--encoder", help="comma-separated stored embeddings (every mode but llm); "
+                   "--single-label reads one sequence encoder's steps (video:i3d) when it "
+                   "stores them")
     p.add_argument("--mode", choices=["trained", "zero-shot", "knn", "llm", "ensemble"],
                    default="trained", help="ensemble: llm and trained averaged, the "
                    "weight chosen on validation items")
@@ -186,7 +196,10 @@ def _add_classify(sub: Subparsers) -> None:
                    "this many held-out items (the same for every mode)")
     p.add_argument("--valid-items", type=at_least(1), help="choose the threshold (and stop "
                    "training) on a seeded sample of this many validation items")
-    p.add_argument("--head", choices=["linear", "mlp"], default="mlp", help="trained mode")
+    p.add_argument("--head", choices=["linear", "mlp", *HEADS], help="trained mode: linear "
+                   "or mlp (default); --single-label: mean (default: a masked mean, then "
+                   "an MLP) or a temporal head over step sequences (attention, gru, "
+                   "transformer, tcn)")
     p.add_argument("-k", type=at_least(1), default=20, help="neighbours in knn mode")
     p.add_argument("--template", type=template, default="{label}",
                    help="zero-shot label phrasing, e.g. 'a {label} movie'")
@@ -194,6 +207,22 @@ def _add_classify(sub: Subparsers) -> None:
                    help="most frequent labels kept")
     p.add_argument("--min-count", type=at_least(1), default=10, help="items a label needs")
     p.add_argument("--seed", type=int, default=0)
+    single = p.add_argument_group("one class per item (--single-label, --apply)")
+    single.add_argument("--single-label", action="store_true",
+                        help="each item has one class: a softmax head, k-fold "
+                        "cross-validated (accuracy, per-class F1, confusion matrix)")
+    single.add_argument("--groups", metavar="COLUMN", help="items sharing a value (clips "
+                        "of one source video) stay in one fold: grouped cross-validation")
+    single.add_argument("--folds", type=at_least(2), default=5)
+    single.add_argument("--save", metavar="PATH", help="train the head on every labelled "
+                        "item after the cross-validation and save it (safetensors)")
+    single.add_argument("--confusion", metavar="PNG", help="plot the out-of-fold confusion "
+                        "matrix")
+    single.add_argument("--apply", metavar="PATH", help="apply a saved head to the "
+                        "dataset's items (their stored embeddings) instead of training")
+    single.add_argument("--column", help="with --apply: keep each item's predicted class "
+                        "(and every class's probability) as this computed item column, "
+                        "read by tags:COLUMN, --labels COLUMN and the other verbs")
     store_argument(p)
     _llm_arguments(p, required=False)
     p.set_defaults(func=cmd_classify)
@@ -203,6 +232,17 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.content import EmbeddingStore
     from modrec.content.classify import classify
 
+    if args.apply or args.single_label:
+        return _classify_single(args)
+    single_only = [f"--{n}" for n in ("groups", "save", "confusion", "column")
+                   if getattr(args, n)]
+    if single_only:
+        raise UsageError(f"{', '.join(single_only)} go with --single-label or --apply")
+    if not args.labels:
+        raise UsageError("classify needs --labels COLUMN (the item column to learn)")
+    if args.head not in (None, "linear", "mlp"):
+        raise UsageError(f"--head {args.head} is a single-label head; multi-label "
+                         "classification takes linear or mlp (or add --single-label)")
     if args.mode in ("llm", "ensemble") and not args.llm:
         raise UsageError(f"--mode {args.mode} needs --llm SPEC ({LLM_SPEC})")
     if args.mode != "llm" and not args.encoder:
@@ -211,7 +251,8 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
     how = _label_prompting(args) if args.mode in ("llm", "ensemble") else None
     encoders = args.encoder.split(",") if args.encoder and args.mode != "llm" else []
     result = classify(dataset, args.labels, encoders, args.mode,
-                      EmbeddingStore.for_dataset(dataset, args.store), head=args.head, k=args.k,
+                      EmbeddingStore.for_dataset(dataset, args.store),
+                      head=args.head or "mlp", k=args.k,
                       template=args.template, seed=args.seed, max_labels=args.max_labels,
                       min_count=args.min_count, llm=how, test_items=args.test_items,
                       valid_items=args.valid_items)
@@ -220,6 +261,74 @@ def cmd_classify(args: argparse.Namespace) -> dict[str, Any]:
               f"{result['items']['test']} held-out items:")
         print(f"  micro-F1 {result['micro_f1']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
               f"mAP {result['map']:.4f}")
+    return result
+
+
+def _classify_single(args: argparse.Namespace) -> dict[str, Any]:
+    """``--single-label`` (cross-validate, and with --save train and save) or ``--apply``."""
+    from modrec.content import EmbeddingStore
+    from modrec.content.single_label import apply_saved_head, evaluate_and_train
+    from modrec.content.video.saved_head import SavedHead
+
+    if args.mode != "trained":
+        raise UsageError("--single-label and --apply train or apply a head: leave out --mode")
+    if args.apply and (args.save or args.confusion or args.groups or args.encoder):
+        raise UsageError("--apply uses a saved head, which names its encoders: --encoder, "
+                         "--save, --confusion and --groups go with training "
+                         "(--single-label without --apply)")
+    if args.column and not args.apply:
+        raise UsageError("--column keeps a saved head's predictions: train with --save PATH, "
+                         "then run --apply PATH --column NAME")
+    if args.threads is None:
+        from modrec.threads import apply_threads
+
+        # Batches of 32 short sequences: one thread is fastest, and on a busy machine
+        # several threads wait on each other (benchmarks/fight_heads.py, --threads).
+        apply_threads(1)
+    dataset = _dataset(args, args.store)
+    store = EmbeddingStore.for_dataset(dataset, args.store)
+    if args.apply:
+        saved = SavedHead.load(Path(args.apply))
+        result = apply_saved_head(dataset, store, saved, args.labels)
+        items, scores = result.pop("items_array"), result.pop("scores")
+        if args.column:
+            from modrec.content.columns import ItemColumns, write_class_column
+
+            result["item_column"] = write_class_column(
+                dataset, args.column, saved.classes, items, scores, result["missing"],
+                saved.digest, f"single-label:{saved.meta['settings']['head']}",
+                ",".join(e["name"] for e in saved.meta["encoders"]),
+                ItemColumns.for_dataset(dataset, args.store))
+        if not args.json:
+            print(f"{Path(args.apply).name} on {result['items']} items of {dataset.name} "
+                  f"({len(result['missing'])} without stored vectors)"
+                  + (f"; accuracy {result['accuracy']:.4f} against {args.labels!r}"
+                     if "accuracy" in result else ""))
+            if args.column:
+                print(f"item column {args.column!r}: {result['item_column']['file']}")
+        return result
+    if not args.labels or not args.encoder:
+        raise UsageError("--single-label needs --labels COLUMN and --encoder NAME (the "
+                         "stored embeddings to learn from)")
+    head = args.head or "mean"
+    if head in ("linear", "mlp"):
+        raise UsageError(f"--head {head} is multi-label's; --single-label takes mean or a "
+                         "temporal head (attention, gru, transformer, tcn)")
+    result = evaluate_and_train(dataset, args.labels, args.encoder.split(","), store, head,
+                                args.groups, args.folds, args.seed,
+                                Path(args.save) if args.save else None,
+                                Path(args.confusion) if args.confusion else None)
+    if not args.json:
+        print(f"{head} head on {result['items']} items, {len(result['classes'])} classes, "
+              f"{args.folds}-fold{' grouped' if args.groups else ''} cross-validation:")
+        print(f"  accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}  "
+              f"macro-F1 {result['macro_f1']:.4f}  ({result['train_seconds']:.1f} s training)")
+        for name, f1 in result["per_class_f1"].items():
+            print(f"  F1 {name}: {f1:.4f}")
+        for item_id, why in list(result["missing"].items())[:10]:
+            print(f"  left out {item_id}: {why}")
+        if args.save:
+            print(f"head: {args.save}")
     return result
 
 

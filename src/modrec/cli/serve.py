@@ -33,7 +33,10 @@ def add_parsers(sub: Subparsers) -> None:
                    "restarts one that dies, SIGHUP reaches them all, and /metrics counts "
                    "them all. About one per core")
     p.add_argument("--state", default="modrec-state.db",
-                   help="SQLite file of users' event histories (created when missing)")
+                   help="users' event histories and live items: an SQLite file (created "
+                   "when missing), or a postgresql://USER@HOST/DB URL that replicas "
+                   "share (its tables created and migrated by modrec; the password in "
+                   "PGPASSWORD or ~/.pgpass)")
     p.add_argument("--api-key-file", help="a file holding the API key that writes "
                    "(events, items, media, reload) must send as 'Authorization: Bearer KEY'")
     p.add_argument("--batch-window-ms", type=milliseconds, default=0.0,
@@ -150,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.serve import ModelService, ServeConfig
     from modrec.serve.app import AppSettings
     from modrec.serve.process import Listen, check_runs, run_service
-    from modrec.serve.state import SQLiteUserState
+    from modrec.serve.state import open_state
 
     models = _models(args)
     check_runs(models)  # cheap checks before the service starts
@@ -158,8 +161,8 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     media_dir = _media_dir(args.media_dir)
     config = ServeConfig(index=_index_config(args), max_k=args.max_k,
                          media_dir=media_dir, load_encoders=args.load_encoders)
-    state_path = Path(args.state)
-    state = SQLiteUserState(state_path)  # a --state it cannot use is refused before anything
+    state = open_state(args.state)  # a --state it cannot use is refused before anything
+    state_path = state.path  # a PostgreSQL URL without its password
     if args.seed_state:  # seed and exit: a deploy step before the first start
         with state:
             written = ModelService.from_runs(models, state, config, seed=False).seed_state()

@@ -179,3 +179,34 @@ def write_label_column(dataset: Dataset, column: str, labels: list[str], items: 
         written += 1
     columns.commit(producer, labels=labels, threshold=threshold)
     return {"column": column, "file": str(file.path), "items": written}
+
+
+def write_class_column(dataset: Dataset, column: str, classes: list[str], items: Any,
+                       scores: Any, missing: dict[str, str], head_digest: str,
+                       version: str, reads: str, columns: ItemColumns | None = None,
+                       ) -> dict[str, Any]:
+    """A single-label head's predictions as a computed column: each item's most probable
+    class as the value (read by ``tags:COLUMN``, ``--labels COLUMN`` and the other
+    verbs like a catalog column), every class's probability in its record; the
+    ``missing`` items (id -> why) get a record with that error and no value.
+    ``head_digest`` identifies the head (its file's digest), so another head writes
+    another file."""
+    import numpy as np
+
+    columns = columns or ItemColumns.for_dataset(dataset)
+    if column in dataset.items.columns and column not in columns.names():
+        raise UsageError(f"the catalog already has a column {column!r}; name the "
+                         "predictions another way (--column)")
+    producer = Producer(column, head_digest, version, reads)
+    file = columns.file(producer)
+    ids = dataset.items.set_index("item")["item_id"].astype(str)
+    for item, row in zip(np.asarray(items), np.asarray(scores, dtype=np.float64),
+                         strict=True):
+        file.append(columns.record(producer, ids[int(item)], classes[int(np.argmax(row))],
+                                   scores={c: round(float(p), 6) for c, p in
+                                           zip(classes, row, strict=True)}))
+    for item_id, why in missing.items():
+        file.append(columns.record(producer, item_id, error=why))
+    columns.commit(producer, classes=classes)
+    return {"column": column, "file": str(file.path), "items": len(np.asarray(items)),
+            "missing": len(missing)}

@@ -18,6 +18,10 @@ Formats:
   ``modrec-state``  the SQLite user state ``modrec serve --state`` writes: its events
                  over the seeded catalog plus live items (`modrec.data.state_source`);
                  detected from the file's first bytes, whatever its name
+  ``video-folder`` labelled clips as ``ROOT/CLASS/clip.mp4`` (detected from a folder
+                 of class folders holding videos), ``video-csv`` a ``path,label[,group]``
+                 CSV of clips (named, never detected: it is a CSV like any other);
+                 catalogs without interactions (`modrec.data.video_catalog`)
 
 A gzip-compressed file is read as the file it holds (``x.csv.gz`` is a CSV). Every
 reader fails with a `DataFormatError` naming the file, the line and what it expected;
@@ -47,9 +51,10 @@ from modrec.data.importers import (
 from modrec.data.large import large_threshold, read_parquet_large, read_table_large
 from modrec.data.state_source import FORMAT as STATE_FORMAT
 from modrec.data.state_source import check_state, is_sqlite, read_state
+from modrec.data.video_catalog import is_video_folder, read_video_csv, read_video_folder
 
 FORMATS = ("sequences", "pairs", "recbole", "csv", "csv-large", "parquet", "parquet-large",
-           "movielens", STATE_FORMAT)
+           "movielens", STATE_FORMAT, "video-folder", "video-csv")
 
 Reader = Callable[[Path, dict[str, str] | None], Dataset]
 
@@ -66,6 +71,8 @@ READERS: dict[str, Reader] = {
     "parquet-large": lambda path, columns: read_parquet_large(path, columns),
     "movielens": lambda path, columns: read_movielens(path),
     STATE_FORMAT: lambda path, columns: read_state(path),
+    "video-folder": lambda path, columns: read_video_folder(path),
+    "video-csv": lambda path, columns: read_video_csv(path),
 }
 
 
@@ -81,9 +88,12 @@ def detect_format(path: str | Path) -> str:
             return "recbole"
         if any(path.rglob("*.parquet")):  # a table written in parts (Spark, DuckDB, ...)
             return "parquet-large"
+        if is_video_folder(path):
+            return "video-folder"
         raise DataFormatError(
             f"{path}: cannot tell the format of this folder; expected a modrec dataset, "
-            "an unpacked MovieLens archive, RecBole .inter files or Parquet files"
+            "an unpacked MovieLens archive, RecBole .inter files, Parquet files or "
+            "labelled clips (ROOT/CLASS/clip.mp4)"
         )
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")

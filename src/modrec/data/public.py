@@ -39,6 +39,8 @@ from modrec.data.importers import (
     read_recbole,
     read_sequences,
 )
+from modrec.data.state_schema import is_postgres_url, redact
+from modrec.data.state_source import read_state
 from modrec.errors import ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -313,6 +315,11 @@ def load_dataset(
     back to back (`settle_repeats`): "drop" or "keep"; None (the default) drops them
     from a path and keeps them in a named dataset, whose published benchmark numbers
     were measured with them (yelp has 3,873, amazon-scientific 141; the others none)."""
+    if is_postgres_url(name_or_path):  # no file whose size and time say it changed
+        if repeats is not None and repeats not in REPEATS:
+            raise ConfigError(f"consecutive repeats {repeats!r}; expected one of "
+                              f"{', '.join(REPEATS)} (or None: the dataset's default)")
+        return settle_repeats(read_state(str(name_or_path)), repeats or "drop")
     key, sources, build, extra = _source(name_or_path, format, columns, repeats)
     return _cached(key, sources, build, extra)
 
@@ -325,6 +332,11 @@ def dataset_folder(
     cache does not hold it, in row groups (`ensure_row_groups`), without reading the
     interactions when it is already there: for readers of a part of it
     (`read_user_block`). The cache must be writable."""
+    if is_postgres_url(name_or_path):
+        raise DataFormatError(
+            f"{redact(str(name_or_path))}: a PostgreSQL user state is read whole by one "
+            "process (train without rank_users): its ranks would read it at different "
+            "moments, and so different events")
     key, sources, build, extra = _source(name_or_path, format, columns, repeats)
     folder = paths.cache_dir() / key
     stamp = _stamp(sources, extra)

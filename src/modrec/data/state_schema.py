@@ -27,6 +27,10 @@ Tables::
                 catalog, since events name it and a model may learn from them, and the
                 service keeps it out of its answers.
 
+The same tables may live in a PostgreSQL database instead (replicas sharing one
+state): `is_postgres_url` tells the two apart by what names them, and the writer there
+(`modrec.serve.postgres_state`) creates and migrates them.
+
 ``SCHEMA_VERSION`` counts layouts: 1 had events and meta only; 2 added the catalog. A
 reader refuses a state written by a newer layout than it knows (its tables may mean
 something it would misread), and reads an older one (a missing table is empty).
@@ -36,6 +40,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -73,6 +79,22 @@ CREATE TABLE IF NOT EXISTS {CATALOG} (
     fields TEXT NOT NULL  -- JSON object: the item's catalog columns
 );
 """
+
+
+def is_postgres_url(spec: object) -> bool:
+    """Whether ``spec`` names a PostgreSQL database (``postgresql://`` or
+    ``postgres://``, libpq's URI schemes) rather than an SQLite file."""
+    return isinstance(spec, str) and spec.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """A PostgreSQL ``url`` with its password hidden, for logs, errors and provenance."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def catalog_rows(items: pd.DataFrame) -> list[tuple[str, str]]:

@@ -33,6 +33,12 @@ on committing (and never waits for them), so the events, the catalog and the liv
 items come from one moment: an event never names a live item that the same read
 misses. Nothing is written to the file.
 
+A state kept in PostgreSQL (``modrec train -d postgresql://USER:PASSWORD@HOST/DB``,
+what replicas share: `modrec.serve.postgres_state`) is read the same way, inside one
+``REPEATABLE READ READ ONLY`` transaction (one snapshot, no writes), through psycopg
+(the serve extra). It is read afresh on every load, never cached: no file's size and
+time tell that it changed. The URL's password never reaches the dataset's provenance.
+
 Reading SQLite with the standard library only, and nothing of ``modrec.serve``: the
 service sits above the data package.
 """
@@ -78,9 +84,12 @@ def check_state(path: Path) -> None:
 
 
 def read_state(path: str | Path) -> Dataset:
-    """The state in ``path`` (an SQLite file `modrec serve --state` wrote) as a
-    Dataset: see the module docstring. Raises `DataFormatError` naming the file for
-    anything else, and for a state without events."""
+    """The state in ``path`` (an SQLite file `modrec serve --state` wrote, or a
+    ``postgresql://`` URL) as a Dataset: see the module docstring. Raises
+    `DataFormatError` naming the file for anything else, and for a state without
+    events."""
+    if schema.is_postgres_url(path):
+        return read_postgres_state(str(path))
     path = Path(path)
     require_file(path)
     with _snapshot(path) as conn:
@@ -93,12 +102,62 @@ def read_state(path: str | Path) -> Dataset:
         events = pd.DataFrame(conn.execute(
             f"SELECT seq, user_id, item, ts, kind FROM {schema.EVENTS} ORDER BY seq"
         ).fetchall(), columns=["seq", "user_id", "item", "ts", "kind"])
+    _check_events(path, events)
+    return _dataset(path, events, catalog, live, meta, retired)
+
+
+def read_postgres_state(url: str) -> Dataset:
+    """The state in the PostgreSQL database ``url`` names, as `read_state` reads a file."""
+    where = schema.redact(url)
+    try:
+        import psycopg
+    except ImportError:
+        raise DataFormatError(f"{where}: reading a PostgreSQL state needs psycopg; install "
+                              "modrec's serve extra (pip install 'modrec[serve]')") from None
+    try:
+        with psycopg.connect(url, connect_timeout=30) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                tables = {r[0] for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()")}
+                columns = {r[0] for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE "
+                    "table_schema = current_schema() AND table_name = %s", (schema.EVENTS,))}
+                _check_layout(where, tables, columns)
+                meta = {str(k): str(v) for k, v in conn.execute(
+                    f"SELECT key, value FROM {schema.META}")}
+                _check_version(where, meta)
+                # The seq columns keep the order rows were written in (SQLite's rowid).
+                catalog, live = (schema.catalog_frame(conn.execute(
+                    f"SELECT item_id, fields FROM {table} ORDER BY seq").fetchall(),
+                    f"{where}: table {table}") for table in (schema.CATALOG,
+                                                               schema.LIVE_ITEMS))
+                retired = int(conn.execute(f"SELECT COUNT(*) FROM {schema.RETIRED_ITEMS}")
+                              .fetchall()[0][0]) if schema.RETIRED_ITEMS in tables else 0
+                events = pd.DataFrame(conn.execute(
+                    f"SELECT seq, user_id, item, ts, kind FROM {schema.EVENTS} ORDER BY seq"
+                ).fetchall(), columns=["seq", "user_id", "item", "ts", "kind"])
+    except psycopg.Error as err:
+        raise DataFormatError(f"{where}: cannot be read as a modrec user state (PostgreSQL: "
+                              f"{str(err).strip()}); check the URL, and that modrec serve "
+                              "--state wrote that database") from None
+    except ValueError as err:  # an item's fields that are not a JSON object
+        raise DataFormatError(str(err)) from None
+    _check_events(where, events)
+    if not events.empty and events["ts"].notna().all():
+        events["ts"] = events["ts"].astype(np.int64)  # BIGINT read as Python ints
+    name = urllib.parse.urlsplit(url).path.strip("/") or "postgres-state"
+    return _dataset(where, events, catalog, live, meta, retired, name=name)
+
+
+def _check_events(where: str | Path, events: pd.DataFrame) -> None:
     if events.empty:
         raise DataFormatError(
-            f"{path}: the user state holds no events yet, so there is nothing to train on; "
+            f"{where}: the user state holds no events yet, so there is nothing to train on; "
             "serve a run with it (modrec serve RUN --state FILE seeds it with the run's "
             "histories) or POST events to /v1/events first")
-    return _dataset(path, events, catalog, live, meta, retired)
 
 
 @contextlib.contextmanager
@@ -126,17 +185,24 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> set[str]:
     tables = {row[0] for row in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     columns = {row[1] for row in conn.execute(f"PRAGMA table_info({schema.EVENTS})")}
-    if columns != schema.EVENT_COLUMNS or schema.META not in tables:
-        held = ", ".join(sorted(t for t in tables if not t.startswith("sqlite_"))) or "none"
-        raise DataFormatError(
-            f"{path}: an SQLite database, but not a modrec user state (its tables: {held}; "
-            f"expected {schema.EVENTS} with the columns "
-            f"{', '.join(sorted(schema.EVENT_COLUMNS))}, and {schema.META}); pass the file "
-            "modrec serve --state writes")
+    _check_layout(path, tables, columns)
     return tables
 
 
-def _check_version(path: Path, meta: dict[str, str]) -> None:
+def _check_layout(where: str | Path, tables: set[str], columns: set[str]) -> None:
+    """Refuse a database whose tables (``tables``, ``columns`` of its events) are not a
+    modrec user state's."""
+    if columns != schema.EVENT_COLUMNS or schema.META not in tables:
+        held = ", ".join(sorted(t for t in tables if not t.startswith("sqlite_"))) or "none"
+        engine = "a PostgreSQL" if isinstance(where, str) else "an SQLite"
+        raise DataFormatError(
+            f"{where}: {engine} database, but not a modrec user state (its tables: {held}; "
+            f"expected {schema.EVENTS} with the columns "
+            f"{', '.join(sorted(schema.EVENT_COLUMNS))}, and {schema.META}); pass the "
+            "state modrec serve --state writes")
+
+
+def _check_version(path: str | Path, meta: dict[str, str]) -> None:
     version = meta.get(schema.VERSION_KEY, "1")
     if not version.isdigit() or int(version) > schema.SCHEMA_VERSION:
         raise DataFormatError(
@@ -171,10 +237,12 @@ def _count(conn: sqlite3.Connection, table: str, tables: set[str]) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def _dataset(path: Path, events: pd.DataFrame, catalog: pd.DataFrame, live: pd.DataFrame,
-             meta: dict[str, str], retired: int) -> Dataset:
-    """The dataset of the events (in stored order) over the catalog plus live items."""
-    name = dataset_name(path)
+def _dataset(path: str | Path, events: pd.DataFrame, catalog: pd.DataFrame,
+             live: pd.DataFrame, meta: dict[str, str], retired: int,
+             name: str | None = None) -> Dataset:
+    """The dataset of the events (in stored order) over the catalog plus live items;
+    ``path``: the SQLite file, or the PostgreSQL URL without its password."""
+    name = name or dataset_name(Path(path))
     times = _timestamps(path, events)
     items = pd.concat([catalog, live], ignore_index=True).drop_duplicates(
         "item_id", keep="last")  # a live item's fields replace a seeded item's
@@ -193,7 +261,7 @@ def _dataset(path: Path, events: pd.DataFrame, catalog: pd.DataFrame, live: pd.D
     only_in_events = int(sum(1 for i in dataset.items["item_id"] if i not in known))
     kinds = Counter(str(k) for k in events["kind"].fillna("(none)"))
     dataset.provenance = {
-        "source": str(path.resolve()), "format": FORMAT,
+        "source": path if isinstance(path, str) else str(path.resolve()), "format": FORMAT,
         "seeded_from": meta.get(schema.SEEDED_FROM),
         "schema_version": int(meta.get(schema.VERSION_KEY, "1")),
         "events": len(events), "last_seq": int(events["seq"].iloc[-1]),
@@ -206,7 +274,7 @@ def _dataset(path: Path, events: pd.DataFrame, catalog: pd.DataFrame, live: pd.D
     return dataset
 
 
-def _timestamps(path: Path, events: pd.DataFrame) -> np.ndarray | None:
+def _timestamps(path: str | Path, events: pd.DataFrame) -> np.ndarray | None:
     """The events' timestamps as int64, or None when any event has none."""
     ts = events["ts"]
     if ts.isna().any():
@@ -220,7 +288,7 @@ def _timestamps(path: Path, events: pd.DataFrame) -> np.ndarray | None:
     return ts.to_numpy(dtype=np.int64)
 
 
-def _log_read(path: Path, dataset: Dataset, provenance: dict[str, Any]) -> None:
+def _log_read(path: str | Path, dataset: Dataset, provenance: dict[str, Any]) -> None:
     log.info("%s: %d events of %d users over %d items (%d seeded, %d live, %d only in "
              "events); timestamps %s", path, provenance["events"], dataset.num_users,
              dataset.num_items, provenance["catalog_items"], provenance["live_items"],

@@ -1,5 +1,5 @@
 """Items added to the running service (``POST /v1/items``), kept in the service's
-SQLite state file beside the users' events.
+state (the SQLite file, or the PostgreSQL database) beside the users' events.
 
 Why there: an item is acknowledged only once it is durable, and the state already is
 the service's one durable store (WAL, ``synchronous=FULL``: a committed transaction
@@ -36,6 +36,17 @@ import, ``modrec.data.state_schema``. The vectors and
 retirements are kept in tables of their own, the service's business only, so the
 reader's table stays two plain columns it can rely on.
 
+The SQL below is written once for both engines: ``?`` placeholders (which
+`PostgresConnection` turns into psycopg's) and ``ON CONFLICT`` clauses, which SQLite
+and PostgreSQL read alike. The tables are created here for SQLite and by the
+PostgreSQL state's migrations there (`modrec.serve.postgres_state.MIGRATIONS`: column
+types differ, e.g. BLOB and bytea).
+
+Processes sharing a state (the workers of ``modrec serve --workers N``, replicas sharing
+a PostgreSQL state) share these tables, and each holds its own index: before it answers,
+each reads the ``live_version`` counter (below) and catches up from these tables when
+another process raised it, so an item added through one is served by all.
+
 Content vectors are kept per encoder *version*: a model whose encoder makes another
 version never reads a vector made by the other one (`modrec.serve.live` encodes the
 item again for it, from the stored fields). An update replaces the item's fields and
@@ -47,15 +58,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from modrec.data.state_schema import LIVE_ITEMS, META, RETIRED_ITEMS
 from modrec.serve.state import SQLiteUserState
+
+if TYPE_CHECKING:
+    from modrec.serve.postgres_state import PostgresUserState
+
+
+class Connection(Protocol):
+    """What these tables' SQL needs of a connection: sqlite3's, or a
+    `PostgresConnection`."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {LIVE_ITEMS} (
@@ -82,8 +104,10 @@ CREATE TABLE IF NOT EXISTS live_vectors (
 CREATE TABLE IF NOT EXISTS {RETIRED_ITEMS} (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 VERSION = "live_version"  # the meta key of the change counter
+# Written for both engines, as the rest: PostgreSQL assigns the integer to the TEXT
+# column through its automatic text cast.
 _BUMP = (f"INSERT INTO {META} (key, value) VALUES ('{VERSION}', '1') "  # noqa: S608
-         "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+         f"ON CONFLICT (key) DO UPDATE SET value = CAST({META}.value AS INTEGER) + 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +140,15 @@ def unblob(data: bytes | None) -> np.ndarray | None:
 
 
 class LiveItemState:
-    """The live-item tables of a `SQLiteUserState`'s file (created when missing)."""
+    """The live-item tables of a user state (created when missing)."""
 
-    def __init__(self, state: SQLiteUserState) -> None:
+    def __init__(self, state: SQLiteUserState | PostgresUserState) -> None:
         self.state = state
         self.path = state.path
-        with state.transaction() as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+        if state.dialect == "sqlite":  # PostgreSQL's migrations created them
+            with state.transaction() as conn:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
 
     # ---- reading -------------------------------------------------------------------------
     def items(self) -> list[StoredItem]:
@@ -213,24 +238,26 @@ class LiveItemState:
         """Retire ``item_id`` (once: retiring it again keeps the first time); returns
         when it was retired."""
         with self.state.transaction() as conn:
-            conn.execute(f"INSERT OR IGNORE INTO {RETIRED_ITEMS} (item_id, at) "  # noqa: S608
-                         "VALUES (?, ?)", (item_id, time.time() if now is None else now))
+            conn.execute(f"INSERT INTO {RETIRED_ITEMS} (item_id, at) "  # noqa: S608
+                         "VALUES (?, ?) ON CONFLICT (item_id) DO NOTHING",
+                         (item_id, time.time() if now is None else now))
             conn.execute(_BUMP)
             row = conn.execute(f"SELECT at FROM {RETIRED_ITEMS} WHERE item_id = ?",  # noqa: S608
                                (item_id,)).fetchone()
         return float(row[0])
 
 
-def _insert_vectors(conn: sqlite3.Connection, item_id: str,
+def _insert_vectors(conn: Connection, item_id: str,
                     content: Iterable[tuple[tuple[str, str], np.ndarray | None]],
                     vectors: Iterable[tuple[str, np.ndarray]]) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO live_content (item_id, encoder, version, vector) "
-        "VALUES (?, ?, ?, ?)",
+        "INSERT INTO live_content (item_id, encoder, version, vector) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (item_id, encoder, version) DO UPDATE SET vector = excluded.vector",
         [(item_id, encoder, version, None if v is None else blob(v))
          for (encoder, version), v in content])
     conn.executemany(
-        "INSERT OR REPLACE INTO live_vectors (item_id, tower, vector) VALUES (?, ?, ?)",
+        "INSERT INTO live_vectors (item_id, tower, vector) VALUES (?, ?, ?) "
+        "ON CONFLICT (item_id, tower) DO UPDATE SET vector = excluded.vector",
         [(item_id, tower, blob(v)) for tower, v in vectors])
 
 

@@ -1,11 +1,13 @@
 """What wraps every request of the HTTP app: the body limit and deadlines (413, 408),
 the measurements (`Metrics`, Prometheus), and the error bodies (a `RequestError`'s
-sentence, the 422 of validation as one entry per field). `install` adds them to an
+sentence, the 422 of validation as one entry per field, a 503 when the user state's
+server cannot be reached). `install` adds them to an
 app."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 
 from modrec.serve.errors import RequestError
 from modrec.serve.settings import AppSettings
+from modrec.serve.state import StateUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -150,6 +155,13 @@ def install(app: FastAPI, settings: AppSettings, metrics: Metrics) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(StateUnavailable)
+    async def state_unavailable(request: Request, err: StateUnavailable) -> JSONResponse:
+        # The state's server is down or cut off: nothing was acknowledged, and another
+        # replica (or this one, once the server is back) may take the request again.
+        log.warning("%s", err)
+        return JSONResponse({"detail": str(err)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

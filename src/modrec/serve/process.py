@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from modrec.serve.app import AppSettings, create_app
+from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import ServeConfig
 from modrec.serve.service import ModelService
 from modrec.serve.state import SQLiteUserState
@@ -54,9 +55,9 @@ class Listen:
     access_log: bool = False
 
 
-def run_service(models: Mapping[str, str | Path], state: SQLiteUserState, config: ServeConfig,
-                settings: AppSettings, listen: Listen, seed: bool = True,
-                workers: int = 1) -> None:
+def run_service(models: Mapping[str, str | Path], state: SQLiteUserState | PostgresUserState,
+                config: ServeConfig, settings: AppSettings, listen: Listen,
+                seed: bool = True, workers: int = 1) -> None:
     """Serve ``models`` ({name: run folder}, the default first) over ``state`` until the
     process is stopped (Ctrl-C, SIGTERM). The models load in the background (``/readyz``
     answers 503 until then); if loading fails, the server stops and the error is raised
@@ -69,8 +70,10 @@ def run_service(models: Mapping[str, str | Path], state: SQLiteUserState, config
 
         from modrec.serve.workers import WorkerSpec, supervise
 
+        # what each worker opens: the file, or the URL as given (its password too)
+        where = state.url if isinstance(state, PostgresUserState) else str(state.path)
         supervise(WorkerSpec({name: str(folder) for name, folder in models.items()},
-                             state.path, config, settings, listen.host, listen.port,
+                             where, config, settings, listen.host, listen.port,
                              listen.log_level, listen.access_log, seed,
                              torch.get_num_threads()), workers)
         return

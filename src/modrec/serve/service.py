@@ -36,8 +36,9 @@ from modrec.data.state_schema import catalog_rows
 from modrec.serve.errors import RequestError
 from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
+from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
-from modrec.serve.state import SQLiteUserState, UserState
+from modrec.serve.state import AlreadySeeded, SQLiteUserState, UserState
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,10 @@ class ModelService:
         self.state = state
         self.config = config or ServeConfig()
         self._reload_lock = threading.Lock()
-        # Live items need the SQLite state's file (another UserState has none).
+        # Live items need the state's tables (SQLite's or PostgreSQL's; another
+        # UserState has none).
         self.live: LiveItems | None = None
-        if isinstance(state, SQLiteUserState):
+        if isinstance(state, SQLiteUserState | PostgresUserState):
             media = None if self.config.media_dir is None else Path(self.config.media_dir)
             self.live = LiveItems(LiveItemState(state), media, self.config.device)
             for model in self.models.values():
@@ -144,7 +146,12 @@ class ModelService:
         users = dataset.users["user_id"].astype(str).to_numpy()[frame["user"].to_numpy()]
         items = dataset.items["item_id"].astype(str).to_numpy()[frame["item"].to_numpy() - 1]
         times = frame["timestamp"].to_numpy() if dataset.has_timestamps else None
-        written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
+        try:
+            written = self.state.seed(users, items, times, source, catalog_rows(dataset.items))
+        except AlreadySeeded:  # a replica beside this one seeded the shared state meanwhile
+            log.info("user state was seeded meanwhile by another process; not seeding %s",
+                     source)
+            return 0
         log.info("seeded the user state with %d events of %s in %.1fs", written, dataset.name,
                  time.perf_counter() - started)
         return written
@@ -165,8 +172,9 @@ class ModelService:
     # ---- live items --------------------------------------------------------------------
     def _live(self) -> LiveItems:
         if self.live is None:
-            raise RequestError("this service's user state cannot keep new items (it is not "
-                               "SQLite); serve with --state FILE.db", 501)
+            raise RequestError("this service's user state cannot keep new items (it is "
+                               "neither SQLite nor PostgreSQL); serve with --state FILE.db "
+                               "or --state postgresql://...", 501)
         return self.live
 
     def add_items(self, items: Sequence[Mapping[str, Any]]

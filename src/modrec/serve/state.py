@@ -3,7 +3,10 @@
 The service recommends from what a user did, including what they did a second ago, so
 each new event is written before it is acknowledged and is read back on the next request.
 `UserState` is the interface the service uses; `SQLiteUserState` keeps it in one SQLite
-file, which needs no server, survives a restart and is enough for one service process.
+file, which needs no server, survives a restart and is enough for one service process;
+replicas on several machines share one `PostgresUserState`
+(`modrec.serve.postgres_state`), which keeps the same promises, and `open_state` opens
+whichever ``--state`` names.
 
 Durability: an `append` returns only after its transaction has committed with
 ``journal_mode=WAL`` and ``synchronous=FULL``, so the WAL is fsynced at each commit: an
@@ -41,12 +44,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from modrec.data import state_schema
 from modrec.errors import ModrecError
+
+if TYPE_CHECKING:
+    from modrec.serve.postgres_state import PostgresUserState
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,12 @@ _INSERT_CATALOG = (f"INSERT OR IGNORE INTO {state_schema.CATALOG} (item_id, fiel
 class StateError(ModrecError, ValueError):
     """The user state's file cannot be used (a folder, not SQLite, another program's
     database, not writable); the message names the path, says why and what to pass."""
+
+
+class StateUnavailable(StateError):
+    """The state's server cannot be reached now (PostgreSQL down, the network cut): the
+    request that needed it is answered 503 and may be sent again; nothing stored is
+    lost."""
 
 
 class AlreadySeeded(StateError, RuntimeError):
@@ -127,8 +139,20 @@ class UserState(Protocol):
         ...
 
 
+def open_state(spec: str | Path) -> SQLiteUserState | PostgresUserState:
+    """The user state ``spec`` names: a ``postgresql://`` URL (`PostgresUserState`, for
+    replicas sharing one state) or an SQLite file path (created when missing)."""
+    from modrec.serve.postgres_state import PostgresUserState
+
+    if state_schema.is_postgres_url(spec):
+        return PostgresUserState(str(spec))
+    return SQLiteUserState(spec)
+
+
 class SQLiteUserState:
     """`UserState` in one SQLite file (created with its tables when missing)."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
         self.path = Path(path)

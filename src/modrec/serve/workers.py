@@ -51,7 +51,6 @@ import threading
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from modrec.errors import ModrecError
@@ -77,7 +76,7 @@ class WorkerSpec:
     """What a worker process needs to serve (it is pickled into the new process)."""
 
     models: dict[str, str]
-    state: Path
+    state: str  # an SQLite file, or a PostgreSQL URL (`open_state`)
     config: ServeConfig
     settings: AppSettings
     host: str
@@ -326,7 +325,7 @@ def _work(spec: WorkerSpec, channel: socket.socket, slot: int) -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     from modrec.serve.process import Listen, serve_loaded
     from modrec.serve.service import ModelService
-    from modrec.serve.state import SQLiteUserState
+    from modrec.serve.state import open_state
     from modrec.threads import apply_threads
 
     apply_threads(spec.threads, serving=True)
@@ -336,15 +335,17 @@ def _work(spec: WorkerSpec, channel: socket.socket, slot: int) -> None:
     # dead one serves what the others serve now).
     desired = shared.models()
     models = {**spec.models, **{name: d.folder for name, d in desired.items()}}
-    state = SQLiteUserState(spec.state)
+    state = None
     try:
+        state = open_state(spec.state)
         service = ModelService.from_runs(models, state, spec.config, seed=spec.seed)
     except Exception as err:  # noqa: BLE001 - the supervisor reports it and stops
         log.error("the models did not load: %s: %s", type(err).__name__, err)
         (shared.path / f"failed-{os.getpid()}").write_text(
             str(err) if isinstance(err, ModrecError | OSError | ValueError)
             else f"{type(err).__name__}: {err}")
-        state.close()
+        if state is not None:
+            state.close()
         sys.exit(FAILED_START)
     settings = dataclasses.replace(spec.settings, reloads_applied={
         name: d.seq for name, d in desired.items()})

@@ -53,6 +53,7 @@ from modrec.data.batches import (
 from modrec.data.dataset import read_user_block, user_block
 from modrec.data.public import dataset_folder
 from modrec.data.splits import EvalSet, check_split, cut_and_split
+from modrec.data.state_schema import is_postgres_url, redact
 from modrec.distributed import World
 from modrec.errors import ConfigError
 from modrec.eval import NonFiniteScores, evaluate, rank_targets, ranking_metrics
@@ -196,6 +197,12 @@ def _data(config: RunConfig, world: World, rank_users: bool) -> tuple[Dataset, S
     0 reads first: it converts and caches the dataset, the others then read the cache."""
     if rank_users:
         _check_rank_users(config)
+    if world.distributed and is_postgres_url(config.data.dataset):
+        # Nothing is cached for the other ranks to read: each would read the state at
+        # its own moment, and the ranks would train on different events.
+        raise ConfigError(f"{redact(config.data.dataset)}: a PostgreSQL user state is read "
+                          "by one process; train from it without torchrun, or train on a "
+                          "dataset folder saved from it")
     if not world.is_main:
         world.barrier()  # rank 0 converts and caches the dataset; the others then read it
     dataset = (_user_block(config, world) if rank_users else

@@ -38,7 +38,7 @@ from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
 from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
-from modrec.serve.state import AlreadySeeded, SQLiteUserState, UserState
+from modrec.serve.state import AlreadySeeded, SQLiteUserState, StateUnavailable, UserState
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,12 @@ class ModelService:
     def sync(self) -> None:
         """Catch up with the items other processes serving this state file added or
         retired (one read of a counter when there is nothing new: `LiveItems.sync`)."""
-        if self.live is not None:
+        if self.live is None:
+            return
+        try:
             self.live.sync(self.models)
+        except StateUnavailable as err:  # a request that sends its history still answers
+            log.warning("could not look for items other processes added: %s", err)
 
     @staticmethod
     def _model_in(models: dict[str, Recommender], name: str) -> Recommender:

@@ -395,15 +395,21 @@ def test_uploads_are_bounded_and_named_by_their_bytes(runs: dict[str, Path], tmp
 
 
 # ---- several processes on one state file (modrec serve --workers N) ------------------------
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_what_one_service_adds_or_retires_reaches_another_on_the_same_state(
-        runs: dict[str, Path], tmp_path: Path, media: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two services over one state file, as two workers of ``modrec serve --workers 2``:
-    items the first adds, updates or retires are in the second's very next answers, with
-    the vectors the first stored (the second encodes nothing)."""
-    state = tmp_path / "state.db"
-    first = _service(runs, state, media, "content")
-    second = _service(runs, state, media, "content")
+        runs: dict[str, Path], tmp_path: Path, media: Path, engine: str,
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Two services over one state, as two workers of ``modrec serve --workers 2`` (or two
+    replicas sharing a PostgreSQL state): items the first adds, updates or retires are in
+    the second's very next answers, with the vectors the first stored (the second encodes
+    nothing)."""
+    from modrec.serve.state import open_state
+
+    where = str(tmp_path / "state.db") if engine == "sqlite" else \
+        request.getfixturevalue("postgres").database()
+    config = ServeConfig(media_dir=str(media))
+    first = ModelService.from_runs({"content": runs["content"]}, open_state(where), config)
+    second = ModelService.from_runs({"content": runs["content"]}, open_state(where), config)
     history = ["181", "172", "174"]
     [before] = second.recommend([Request(history=history, k=5)])
     twin_of = before.items[2]["item_id"]

@@ -218,6 +218,9 @@ def test_serve_exits_at_start_up_when_it_refuses_the_weights(
     err = _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
                   str(free_port())], f"{crafted / 'model.pt'} is not a weights file", capsys)
     assert err.count("is not a weights file") == 1
+    # With workers: the first one's reason, from the supervisor, and nothing left running
+    _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
+            str(free_port()), "--workers", "2"], "is not a weights file", capsys)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -359,14 +359,16 @@ class WrkResult:
 
 
 def run_wrk(server: Server, lua: str, connections: int, seconds: int,
-            cpus: str | None, workdir: Path) -> WrkResult:
+            cpus: str | None, workdir: Path, pids: dict[str, int] | None = None) -> WrkResult:
+    """wrk against ``server``; ``pids``: the server's processes whose CPU to measure
+    (default its own; with --workers, the supervisor and each worker)."""
     script = workdir / f"load-{connections}-{abs(hash(lua)) % 10_000}.lua"
     script.write_text(lua)
     command = [*taskset(cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{server.port}"]
     before = server.metrics()
     output = workdir / "wrk.out"
-    usage = Usage({"server": server.pid}).start()
+    usage = Usage(pids or {"server": server.pid}).start()
     with output.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         _, status, rusage = os.wait4(proc.pid, 0)

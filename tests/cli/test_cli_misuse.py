@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -146,6 +147,7 @@ def test_recommend_export_serve_refuse_bad_arguments(
         (["--port", "70000"], "a TCP port is at most 65535"),
         (["--max-k", "0"], "argument --max-k: must be at least 1"),
         (["--max-batch", "-1"], "argument --max-batch: must be at least 1"),
+        (["--workers", "0"], "argument --workers: must be at least 1"),
         (["--batch-window-ms", "nan"], "must be a finite number of at least 0"),
         (["--batch-window-ms", "-2"], "must be a finite number of at least 0"),
         (["--ef-search", "0"], "argument --ef-search: must be at least 1"),
@@ -156,6 +158,12 @@ def test_recommend_export_serve_refuse_bad_arguments(
         (["--api-key-file", str(empty_key)], "is empty"),
     ]:
         _fails([*serve, *extra], expected, capsys)
+    with socket.socket() as taken:  # a port in use: named, before any worker starts
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        _fails(["serve", str(run), "--state", str(tmp_path / "taken.db"), "--workers", "2",
+                "--port", port], f"cannot listen on 127.0.0.1:{port}", capsys)
     _fails(["serve"], "name a run to serve", capsys)
     broken = _damaged(run, tmp_path, "broken", lambda f: (f / "config.json").write_text("{"))
     _fails(["serve", str(broken), "--state", str(tmp_path / "state.db")],
@@ -210,6 +218,9 @@ def test_serve_exits_at_start_up_when_it_refuses_the_weights(
     err = _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
                   str(free_port())], f"{crafted / 'model.pt'} is not a weights file", capsys)
     assert err.count("is not a weights file") == 1
+    # With workers: the first one's reason, from the supervisor, and nothing left running
+    _fails(["serve", str(crafted), "--state", str(tmp_path / "state.db"), "--port",
+            str(free_port()), "--workers", "2"], "is not a weights file", capsys)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -20,7 +20,7 @@ import modrec.serve.live as live_module
 from modrec.config import build_config
 from modrec.content import EmbeddingStore, embed
 from modrec.data import load_dataset
-from modrec.serve import ModelService, ServeConfig
+from modrec.serve import ModelService, Request, ServeConfig
 from modrec.serve.app import AppSettings, create_app
 from modrec.serve.state import SQLiteUserState
 from modrec.train import train
@@ -394,6 +394,51 @@ def test_uploads_are_bounded_and_named_by_their_bytes(runs: dict[str, Path], tmp
     assert sorted(os.listdir(media / "uploads")) == [Path(path).name]  # no leftovers
 
 
+# ---- several processes on one state file (modrec serve --workers N) ------------------------
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_what_one_service_adds_or_retires_reaches_another_on_the_same_state(
+        runs: dict[str, Path], tmp_path: Path, media: Path, engine: str,
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Two services over one state, as two workers of ``modrec serve --workers 2`` (or two
+    replicas sharing a PostgreSQL state): items the first adds, updates or retires are in
+    the second's very next answers, with the vectors the first stored (the second encodes
+    nothing)."""
+    from modrec.serve.state import open_state
+
+    where = str(tmp_path / "state.db") if engine == "sqlite" else \
+        request.getfixturevalue("postgres").database()
+    config = ServeConfig(media_dir=str(media))
+    first = ModelService.from_runs({"content": runs["content"]}, open_state(where), config)
+    second = ModelService.from_runs({"content": runs["content"]}, open_state(where), config)
+    history = ["181", "172", "174"]
+    [before] = second.recommend([Request(history=history, k=5)])
+    twin_of = before.items[2]["item_id"]
+    catalog = first.models["content"].run.dataset.items.set_index("item_id")
+    twin = {"title": str(catalog.loc[twin_of, "title"]),
+            "genres": str(catalog.loc[twin_of, "genres"])}
+    first.add_items([{"item_id": "live-twin", **twin},
+                     {"item_id": "v", "title": "Star Wars", "genres": "Sci-Fi"}])
+    first.add_items([{"item_id": "v", "title": "Toy Story", "genres": "Animation"}])
+
+    def no_encoding(*args: Any) -> Any:
+        raise AssertionError("the second service encoded an item")
+
+    monkeypatch.setattr(live_module, "encode_each", no_encoding)
+    [after] = second.recommend([Request(history=history, k=6)])
+    assert "live-twin" in [item["item_id"] for item in after.items]
+    for item_id in ("live-twin", "v"):
+        assert second.item(item_id)["vector_sha256"] == first.item(item_id)["vector_sha256"]
+    assert second.item("v")["title"] == "Toy Story"
+    [everything] = second.recommend([Request(history=["1"], k=1000)])
+    assert [item["item_id"] for item in everything.items].count("v") == 1
+    first.retire("live-twin")
+    [retired] = second.recommend([Request(history=history, k=1000)])
+    assert "live-twin" not in [item["item_id"] for item in retired.items]
+    assert second.item("live-twin")["retired_at"] is not None
+    first.state.close()
+    second.state.close()
+
+
 # ---- kill -9 during ingestion --------------------------------------------------------------
 @pytest.mark.slow
 def test_a_killed_server_keeps_every_acknowledged_item_with_its_vector(
@@ -445,3 +490,56 @@ def test_a_killed_server_keeps_every_acknowledged_item_with_its_vector(
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_an_item_added_through_one_worker_is_recommended_by_the_other(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """``modrec serve --workers 2``: an item posted to one worker is in the other's
+    answer to the next request, with the same vector, and /metrics counts it."""
+    import time
+
+    import httpx
+
+    from support import free_port, start_serve
+
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    log, port = tmp_path / "serve.log", free_port()
+    server = start_serve(runs["content"], tmp_path / "state.db", port, log, "--api-key-file",
+                         str(key), "--no-seed", "--workers", "2")
+    url = f"http://127.0.0.1:{port}"
+    clients: dict[int, httpx.Client] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(clients) < 2:  # keep-alive clients, one on each worker
+            assert time.monotonic() < deadline, log.read_text()
+            client = httpx.Client(base_url=url, timeout=60)
+            ready = client.get("/readyz").json()
+            if ready["worker"] in clients or len(ready["workers"]["serving"]) < 2:
+                client.close()
+                time.sleep(0.2)
+            else:
+                clients[ready["worker"]] = client
+        adder, other = clients.values()
+        history = ["181", "172", "174"]
+        top = other.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        twin_of = top["items"][0]["item_id"]
+        twin = adder.get(f"/v1/items/{twin_of}").json()
+        reply = adder.post("/v1/items", headers=AUTH, json={"items": [
+            {"item_id": "live-twin", "title": twin["title"], "genres": twin["genres"]}]})
+        assert reply.status_code == 200, reply.text
+        digest = reply.json()["items"][0]["models"]["content"]["vector_sha256"]
+        after = other.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        assert "live-twin" in _ids(after)
+        assert other.get("/v1/items/live-twin").json()["vector_sha256"] == digest
+        assert 'modrec_index_items{model="content"} 1683.0' in other.get("/metrics").text
+        assert other.delete("/v1/items/live-twin", headers=AUTH).status_code == 200
+        again = adder.post("/v1/recommend", json={"history": history, "k": 5}).json()
+        assert "live-twin" not in _ids(again)
+    finally:
+        for client in clients.values():
+            client.close()
+        server.terminate()
+        server.wait(timeout=60)
+    assert "encoding them again" not in log.read_text()

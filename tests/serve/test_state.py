@@ -285,3 +285,23 @@ def test_postgres_crash_keeps_acknowledged_events_and_the_state_reconnects() -> 
             assert times is not None and times.tolist() == list(range(21))
     finally:
         server.stop()
+
+
+def test_the_live_items_change_counter_rises_with_each_write_on_both_engines(
+        postgres: Any, tmp_path: Path) -> None:
+    """What the workers of `modrec serve --workers N` (and replicas) read before they
+    answer: one more for each stored item version and each retirement, on SQLite and on
+    PostgreSQL alike."""
+    from modrec.serve.item_state import ItemVersion, LiveItemState
+
+    for state in (SQLiteUserState(tmp_path / "state.db"),
+                  PostgresUserState(postgres.database())):
+        live = LiveItemState(state)
+        assert live.version() == 0
+        live.write([ItemVersion("a", {"title": "A"}, "d1", {}, {})])
+        live.write([ItemVersion("a", {"title": "B"}, "d2", {}, {}),
+                    ItemVersion("b", {"title": "C"}, "d3", {}, {})])
+        live.retire("a")
+        assert live.version() == 3
+        assert [item.digest for item in live.items()] == ["d2", "d3"]
+        state.close()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modrec.cli.common import Subparsers, at_least, milliseconds, port, threads_argument
+from modrec.cli.common import Subparsers, at_least, log, milliseconds, port, threads_argument
 from modrec.errors import UsageError
 
 
@@ -27,6 +27,11 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "loopback only)")
     p.add_argument("--port", type=port, default=8000)
+    p.add_argument("--workers", type=at_least(1), default=1,
+                   help="processes answering on the port, each with its own copy of the "
+                   "models and one torch thread (default 1: one process); a supervisor "
+                   "restarts one that dies, SIGHUP reaches them all, and /metrics counts "
+                   "them all. About one per core")
     p.add_argument("--state", default="modrec-state.db",
                    help="users' event histories and live items: an SQLite file (created "
                    "when missing), or a postgresql://USER@HOST/DB URL that replicas "
@@ -135,6 +140,15 @@ def _media_dir(value: str | None) -> str | None:
     return str(folder)
 
 
+def _check_workers(workers: int) -> None:
+    """Warn when the workers outnumber the cores: they would take turns on them."""
+    from modrec.threads import usable_cores
+
+    if workers > usable_cores():
+        log.warning("--workers %d on %d usable cores: the workers will take turns; one "
+                    "per core is usually fastest", workers, usable_cores())
+
+
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from modrec.serve import ModelService, ServeConfig
     from modrec.serve.app import AppSettings
@@ -160,10 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
                            max_batch=args.max_batch, max_k=args.max_k,
                            max_items=args.max_items,
                            max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    _check_workers(args.workers)
     try:
         run_service(models, state, config, settings,
                     Listen(args.host, args.port, args.log_level, args.access_log),
-                    seed=not args.no_seed)
+                    seed=not args.no_seed, workers=args.workers)
     finally:
         state.close()
     return {"served": list(models)}

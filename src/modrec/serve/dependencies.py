@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from modrec.serve.batching import MicroBatcher
 from modrec.serve.errors import RequestError
 from modrec.serve.middleware import Metrics
+from modrec.serve.recommender import Recommender
 from modrec.serve.service import ModelService, Reply
 from modrec.serve.service import Request as ServiceRequest
 from modrec.serve.settings import AppSettings
+from modrec.serve.shared import ReloadFollower
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Serving:
         self.metrics = Metrics()
         self.current: ModelService | None = None
         self.error: str | None = None  # why loading failed
+        self.follower: ReloadFollower | None = None  # one of several workers: its reloads
         self.batcher: MicroBatcher[ServiceRequest, Reply | RequestError] = MicroBatcher(
             self._answer, settings.batch_window_ms, settings.max_batch,
             self.metrics.batch.observe)
@@ -53,12 +57,30 @@ class Serving:
     def _answer(self, requests: Sequence[ServiceRequest]) -> Sequence[Reply | RequestError]:
         return self.service().recommend(requests)
 
+    def reload(self, name: str | None, folder: str | None) -> Recommender:
+        """Reload model ``name`` (the default when None) from ``folder`` (its own when
+        None) here, and in every other worker of the service (`ReloadFollower`)."""
+        service = self.service()
+        if self.follower is None:
+            return service.reload(name, folder)
+        return self.follower.reload(name or service.default, folder)
+
     def _ready(self, service: ModelService) -> None:
         self.current = service
-        for name, model in service.models.items():
-            self.metrics.index.labels(name).set(model.index.size)
+        self.update_gauges()
+        shared = self.settings.shared
+        if shared is not None:
+            self.follower = ReloadFollower(shared, service.reload, self.settings.reloads_applied)
+            self.follower.start()
+            shared.mark_ready(os.getpid())
         for callback in self.settings.on_ready:
             callback(service)
+
+    def update_gauges(self) -> None:
+        """The index-size gauges from the models served now."""
+        if self.current is not None:
+            for name, model in self.current.models.items():
+                self.metrics.index.labels(name).set(model.index.size)
 
     def _load_in_background(self) -> None:
         try:
@@ -80,6 +102,10 @@ class Serving:
             threading.Thread(target=self._load_in_background, name="modrec-load",
                              daemon=True).start()
         yield
+        if self.follower is not None:
+            self.follower.stop()
+        if self.settings.shared is not None:  # /readyz no longer lists this worker
+            self.settings.shared.forget(os.getpid())
         self.batcher.close()
 
 

@@ -23,6 +23,12 @@ Tables::
                    reuses it byte for byte and another model never does
     retired_items  item_id -> when it was retired (trained items can be retired too)
 
+and one row in ``meta``, ``live_version``: a counter raised by every transaction that
+changes what is served (an item added or updated, an item retired). Several processes
+serve one state file (``modrec serve --workers N``); each reads the counter before it
+answers and catches up from these tables when another process has raised it
+(`modrec.serve.live.LiveItems.sync`): one indexed read per request batch.
+
 ``live_items`` is also what training reads back when it reads the state as a dataset
 (``item_id`` and ``fields``, in rowid order: the shape of the seeded catalog's rows),
 so its name and that of ``retired_items`` come from the layout module both sides
@@ -36,9 +42,10 @@ and PostgreSQL read alike. The tables are created here for SQLite and by the
 PostgreSQL state's migrations there (`modrec.serve.postgres_state.MIGRATIONS`: column
 types differ, e.g. BLOB and bytea).
 
-Replicas sharing a PostgreSQL state share these tables, but each replica's index holds
-the items it added or loaded: an item added through one replica is served by another
-after that one's next reload (or restart), which reads the stored items and vectors.
+Processes sharing a state (the workers of ``modrec serve --workers N``, replicas sharing
+a PostgreSQL state) share these tables, and each holds its own index: before it answers,
+each reads the ``live_version`` counter (below) and catches up from these tables when
+another process raised it, so an item added through one is served by all.
 
 Content vectors are kept per encoder *version*: a model whose encoder makes another
 version never reads a vector made by the other one (`modrec.serve.live` encodes the
@@ -57,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from modrec.data.state_schema import LIVE_ITEMS, RETIRED_ITEMS
+from modrec.data.state_schema import LIVE_ITEMS, META, RETIRED_ITEMS
 from modrec.serve.state import SQLiteUserState
 
 if TYPE_CHECKING:
@@ -96,6 +103,11 @@ CREATE TABLE IF NOT EXISTS live_vectors (
 );
 CREATE TABLE IF NOT EXISTS {RETIRED_ITEMS} (item_id TEXT PRIMARY KEY, at REAL NOT NULL);
 """
+VERSION = "live_version"  # the meta key of the change counter
+# Written for both engines, as the rest: PostgreSQL assigns the integer to the TEXT
+# column through its automatic text cast.
+_BUMP = (f"INSERT INTO {META} (key, value) VALUES ('{VERSION}', '1') "  # noqa: S608
+         f"ON CONFLICT (key) DO UPDATE SET value = CAST({META}.value AS INTEGER) + 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +165,13 @@ class LiveItemState:
             (item_id,)).fetchone()
         return None if row is None else _item(row)
 
+    def version(self) -> int:
+        """The change counter: raised by every write that changes what is served (0 before
+        the first), so an unchanged number means nothing to catch up on."""
+        row = self.state.connection().execute(
+            f"SELECT value FROM {META} WHERE key = ?", (VERSION,)).fetchone()  # noqa: S608
+        return 0 if row is None else int(row[0])
+
     def count(self) -> int:
         return int(self.state.connection().execute(
             f"SELECT COUNT(*) FROM {LIVE_ITEMS}").fetchone()[0])  # noqa: S608
@@ -205,6 +224,7 @@ class LiveItemState:
                                  (version.item_id,))
                 _insert_vectors(conn, version.item_id, version.content.items(),
                                 version.vectors.items())
+            conn.execute(_BUMP)
 
     def add_vectors(self, item_id: str,
                     content: Iterable[tuple[tuple[str, str], np.ndarray | None]],
@@ -221,6 +241,7 @@ class LiveItemState:
             conn.execute(f"INSERT INTO {RETIRED_ITEMS} (item_id, at) "  # noqa: S608
                          "VALUES (?, ?) ON CONFLICT (item_id) DO NOTHING",
                          (item_id, time.time() if now is None else now))
+            conn.execute(_BUMP)
             row = conn.execute(f"SELECT at FROM {RETIRED_ITEMS} WHERE item_id = ?",  # noqa: S608
                                (item_id,)).fetchone()
         return float(row[0])

@@ -29,6 +29,12 @@ loaded later (a restart, a reload) gets every stored item attached without encod
 made by the same tower; an item whose vector of a version is missing (the model's
 encoder differs from the one that encoded it) is encoded again from its stored fields,
 and said so in the log.
+
+Several processes may serve one state file (``modrec serve --workers N``): each has
+its own models, and an item one of them stored reaches the others through the file.
+Before every answer a process reads the state's change counter and, when another
+process raised it, attaches the items it lacks from their stored vectors and hides the
+newly retired ones (`sync`).
 """
 
 from __future__ import annotations
@@ -129,6 +135,10 @@ class LiveItems:
         self.lock = threading.RLock()  # adds, retirements and attaching take turns
         self._plans: weakref.WeakKeyDictionary[Recommender, Plan | str] = \
             weakref.WeakKeyDictionary()
+        # per model, the digest of each live item's version it holds (`sync`)
+        self._applied: weakref.WeakKeyDictionary[Recommender, dict[str, str]] = \
+            weakref.WeakKeyDictionary()
+        self._version = -1  # the state's change counter when `sync` last caught up
 
     # ---- a model's plan and encoders -----------------------------------------------------
     def plan(self, model: Recommender) -> Plan | str:
@@ -213,36 +223,60 @@ class LiveItems:
         """Give a freshly loaded model every stored live item (and hide the retired
         ones), from stored vectors where they fit it, encoding only what they lack."""
         with self.lock:
-            retired = self.state.retired()
-            trained_retired = [i for i in map(model.catalog.index_of.get, retired)
-                               if i is not None]
-            model.hide(trained_retired)
-            items = self.state.items()
-            trained = trained_versions(model, items)
-            if trained:
-                log.info("the model at %s was trained on %d live items as they are now: "
-                         "their trained rows serve", model.folder, len(trained))
-                items = [item for item in items if item.item_id not in trained]
-            if not items:
-                return
-            plan = self.plan(model)
-            if isinstance(plan, str):  # the plan's warning said why
-                log.info("the model at %s leaves out the %d live items", model.folder,
-                         len(items))
-                return
+            self._catch_up(model, self.state.items(), self.state.retired())
+
+    def sync(self, models: Mapping[str, Recommender]) -> None:
+        """Catch ``models`` up with what another process serving the same state file
+        (``modrec serve --workers N``) added or retired since they last looked: one read
+        of the state's change counter when nothing changed; otherwise the stored items
+        whose version a model lacks are attached as `attach` does (from the vectors the
+        other process stored: nothing is encoded again) and the retired ones hidden.
+        Called before every answer, so an item acknowledged by any process is in every
+        process's answers to the requests that follow the acknowledgement."""
+        if self.state.version() == self._version:
+            return
+        with self.lock:
+            # Read before the tables: a write that lands in between raises it again, so
+            # the next call catches up with that one too.
+            version = self.state.version()
+            items, retired = self.state.items(), self.state.retired()
+            for model in models.values():
+                self._catch_up(model, items, retired)
+            self._version = version
+
+    def _catch_up(self, model: Recommender, stored: list[StoredItem],
+                  retired: dict[str, float]) -> None:
+        """Add to ``model`` the ``stored`` items it does not hold at their stored version,
+        then hide the ``retired`` ones. Callers hold the lock."""
+        applied = self._applied.setdefault(model, {})
+        items = [item for item in stored if applied.get(item.item_id) != item.digest]
+        trained = trained_versions(model, items)
+        if trained:
+            log.info("the model at %s was trained on %d live items as they are now: "
+                     "their trained rows serve", model.folder, len(trained))
+            applied.update((item.item_id, item.digest) for item in items
+                           if item.item_id in trained)
+            items = [item for item in items if item.item_id not in trained]
+        plan = self.plan(model) if items else None
+        if isinstance(plan, str):  # the plan's warning said why
+            log.info("the model at %s leaves out the %d live items", model.folder,
+                     len(items))
+        elif isinstance(plan, Plan):
             started = time.perf_counter()
             content, encoded = self._stored_content(model, plan, items)
             rows = content_rows(plan.records, [content[r.key] for r in plan.records])
             usable = [i for i in range(len(items)) if rows[i].any()]
-            stored = self.state.vectors(plan.tower)
-            vectors = self._attached_vectors(model, plan, items, rows, usable, stored)
-            ids = [items[i].item_id for i in usable]
-            model.add_items(ids, [items[i].fields for i in usable], rows[usable], vectors)
-            model.hide([model.catalog.index_of[i] for i in ids if i in retired])
+            vectors = self.state.vectors(plan.tower)
+            found = self._attached_vectors(model, plan, items, rows, usable, vectors)
+            model.add_items([items[i].item_id for i in usable],
+                            [items[i].fields for i in usable], rows[usable], found)
             log.info("the model at %s: %d live items attached in %.2f s (%d encoded again, "
                      "%d vectors computed)", model.folder, len(usable),
                      time.perf_counter() - started, encoded,
-                     sum(items[i].item_id not in stored for i in usable))
+                     sum(items[i].item_id not in vectors for i in usable))
+        # an item the model cannot take is not looked at again until its next version
+        applied.update((item.item_id, item.digest) for item in items)
+        model.hide([i for i in map(model.catalog.index_of.get, retired) if i is not None])
 
     def _stored_content(self, model: Recommender, plan: Plan, items: list[StoredItem]
                         ) -> tuple[dict[tuple[str, str], list[np.ndarray | None]], int]:
@@ -313,6 +347,8 @@ class LiveItems:
                 ItemVersion(str(items[i]["item_id"]), dict(items[i]), digests[i],
                             made.content[j], made.vectors[j]) for j, i in enumerate(changed)])
             for name, model in models.items():
+                self._applied.setdefault(model, {}).update(
+                    (str(items[i]["item_id"]), digests[i]) for i in changed)
                 positions, rows, vectors = made.per_model.get(name, ([], None, None))
                 chosen = [str(items[changed[j]]["item_id"]) for j in positions]
                 # a new version this model cannot take: its old one is not shown either

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from modrec.serve.errors import RequestError
 from modrec.serve.settings import AppSettings
@@ -26,22 +27,33 @@ log = logging.getLogger(__name__)
 
 class Metrics:
     """One app's Prometheus registry: requests and latency per endpoint, batch sizes,
-    index sizes, events written."""
+    index sizes, events written.
+
+    In a worker of ``modrec serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set before
+    prometheus_client was imported, as the supervisor does) every process writes its
+    values to files in that folder, and `registry` reads all of them
+    (prometheus_client's multiprocess mode): counters and histograms are summed over
+    the workers, dead ones included, so totals never go back; the index gauge is the
+    value a live worker set last (they all serve the same items once caught up)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        own = CollectorRegistry()  # the metrics' own; what is shown is `registry`
         self.requests = Counter("modrec_requests", "HTTP requests answered",
-                                ["endpoint", "method", "status"], registry=self.registry)
+                                ["endpoint", "method", "status"], registry=own)
         self.latency = Histogram(
             "modrec_request_seconds", "time to answer, by endpoint", ["endpoint"],
             buckets=(.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .1, .25,
-                     .5, 1, 2.5), registry=self.registry)
+                     .5, 1, 2.5), registry=own)
         self.batch = Histogram("modrec_batch_size", "requests per model call",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=own)
         self.index = Gauge("modrec_index_items", "items in a model's index", ["model"],
-                           registry=self.registry)
+                           registry=own, multiprocess_mode="livemostrecent")
         self.events = Counter("modrec_events_written", "events written to the user state",
-                              registry=self.registry)
+                              registry=own)
+        self.registry = own
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry)
 
 
 _CLOSE = {"Connection": "close"}

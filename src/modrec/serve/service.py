@@ -14,7 +14,9 @@ from then on) and reported in the reply.
 
 Items added while serving (`add_items`, `retire`) live in the same state file
 (`modrec.serve.live`, `modrec.serve.item_state`): every model loaded, at start-up or by
-a reload, gets them attached before it serves.
+a reload, gets them attached before it serves, and every public method first catches
+up with the items other processes serving the same file added or retired (`sync`), so
+the workers of ``modrec serve --workers N`` answer alike.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from modrec.serve.item_state import LiveItemState
 from modrec.serve.live import LiveItems, vector_digest
 from modrec.serve.postgres_state import PostgresUserState
 from modrec.serve.recommender import Answer, Query, Recommender, ServeConfig
-from modrec.serve.state import AlreadySeeded, SQLiteUserState, UserState
+from modrec.serve.state import AlreadySeeded, SQLiteUserState, StateUnavailable, UserState
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,18 @@ class ModelService:
         return service
 
     def model(self, name: str | None) -> Recommender:
+        self.sync()
         return self._model_in(self.models, name or self.default)
+
+    def sync(self) -> None:
+        """Catch up with the items other processes serving this state file added or
+        retired (one read of a counter when there is nothing new: `LiveItems.sync`)."""
+        if self.live is None:
+            return
+        try:
+            self.live.sync(self.models)
+        except StateUnavailable as err:  # a request that sends its history still answers
+            log.warning("could not look for items other processes added: %s", err)
 
     @staticmethod
     def _model_in(models: dict[str, Recommender], name: str) -> Recommender:
@@ -173,11 +186,13 @@ class ModelService:
         """New items (or new versions of live ones), encoded for every model that can
         represent them, stored, then indexed; all or none (`LiveItems.add`). Returns a
         row per item and, by name, why the models that take no new items take none."""
+        self.sync()  # a new version of an item another process added: after that one
         models = self.models
         return self._live().add(models, items), self._live().refusals(models)
 
     def retire(self, item_id: str) -> dict[str, Any]:
         """Never recommend ``item_id`` again (live or trained); histories keep it."""
+        self.sync()
         return self._live().retire(self.models, item_id)
 
     def item(self, item_id: str, model: str | None = None) -> dict[str, Any]:
@@ -212,6 +227,7 @@ class ModelService:
     def recommend(self, requests: Sequence[Request]) -> list[Reply | RequestError]:
         """Replies for a batch of requests, one model call per model; a request that
         cannot be answered gets its error in its place, not the others'."""
+        self.sync()
         replies: list[Reply | RequestError | None] = [None] * len(requests)
         # A query holds the indices of the recommender that resolved it, so that one
         # recommender answers it: a reload may swap the model in between, and the new

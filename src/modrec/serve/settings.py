@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modrec.serve.service import ModelService
+from modrec.serve.shared import SharedFolder
 
 
 @dataclass
@@ -29,3 +30,7 @@ class AppSettings:
     # Called with the error when loading fails, instead of the app's own error log line
     # (``modrec serve`` stops and exits with it rather than answer 503 forever).
     on_failure: list[Callable[[Exception], None]] = field(default_factory=list)
+    # One of ``modrec serve --workers N``'s processes: the folder the workers share, and
+    # the reload number of each model as this one loaded it (`modrec.serve.shared`).
+    shared: SharedFolder | None = None
+    reloads_applied: dict[str, int] = field(default_factory=dict)

@@ -21,15 +21,14 @@ def router(schema: Schema) -> APIRouter:
                  summary="load a run (again) and swap it in without downtime")
     def reload(body: ReloadIn, serving: ServingDep) -> dict[str, Any]:
         try:
-            fresh = serving.service().reload(body.model, body.run_dir)
+            fresh = serving.reload(body.model, body.run_dir)  # every worker's
         # OSError, not only FileNotFoundError: a name over 255 bytes (ENAMETOOLONG) or an
         # unreadable folder is a bad run_dir too, not a server error.
         except (OSError, ValueError) as err:
             if isinstance(err, RequestError):
                 raise
             raise RequestError(f"could not load {body.run_dir}: {err}") from None
-        serving.metrics.index.labels(body.model or serving.service().default).set(
-            fresh.index.size)
+        serving.update_gauges()
         return {"model": body.model or serving.service().default, **fresh.describe()}
 
     return router

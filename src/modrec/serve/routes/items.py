@@ -97,8 +97,7 @@ def router(schema: Schema) -> APIRouter:
         started = time.perf_counter()
         service = serving.service()
         rows, refusals = service.add_items([item.fields() for item in body.items])
-        for name, model in service.models.items():  # the gauge follows the adds
-            serving.metrics.index.labels(name).set(model.index.size)
+        serving.update_gauges()  # the gauge follows the adds
         return ItemsOut(items=[ItemAddedOut(**row) for row in rows], skipped_models=refusals,
                         seconds=round(time.perf_counter() - started, 4))
 

@@ -1,6 +1,10 @@
 """``/healthz`` (the process is alive), ``/readyz`` (200 once the models are loaded,
-503 before or when loading failed) and ``/metrics`` (Prometheus text)."""
+503 before or when loading failed; the answering worker's pid, and with ``--workers N``
+the pids of every worker that serves) and ``/metrics`` (Prometheus text: with ``--workers
+N``, every worker's counts together, whichever worker answers)."""
 
+import os
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -23,10 +27,18 @@ def readyz(serving: ServingDep) -> JSONResponse:
     if current is None:
         return JSONResponse({"status": "loading" if serving.error is None else "failed",
                              "detail": serving.error}, status_code=503)
-    return JSONResponse({"status": "ready", "models": {
-        name: m.describe() for name, m in current.models.items()}})
+    current.sync()  # items another worker added count in the sizes below
+    body: dict[str, Any] = {"status": "ready", "worker": os.getpid()}
+    shared = serving.settings.shared
+    if shared is not None:
+        body["workers"] = {"serving": shared.ready(), "of": shared.workers}
+    body["models"] = {name: m.describe() for name, m in current.models.items()}
+    return JSONResponse(body)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 def prometheus(serving: ServingDep) -> Response:
+    if serving.current is not None:
+        serving.current.sync()  # items another worker added count in the index sizes
+    serving.update_gauges()
     return Response(generate_latest(serving.metrics.registry), media_type=CONTENT_TYPE_LATEST)

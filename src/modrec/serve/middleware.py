@@ -68,7 +68,7 @@ class BodyLimit:
     routes in ``uploads`` (a media file) have their own limit and deadline.
 
     Both refusals close the connection: the rest of the body is still on its way, and
-    uvicorn (h11) would read it as the next request and fail on it with a traceback."""
+    uvicorn would read the rest as the next request."""
 
     def __init__(self, app: Any, limit: int, timeout: float, deadline: float,
                  uploads: dict[str, tuple[int, float]] | None = None) -> None:

@@ -379,8 +379,8 @@ def main() -> None:
                         "initial run and every retrain")
     # 0 by default: with genre and year tags beside the titles, dropping half the ID
     # vectors in training lowered new-item HR@10 from 0.033 to 0.004 (an offline replay
-    # of the same log by a diagnostic script not kept here) and overall NDCG@10 as well; the tags place a new
-    # item without it.
+    # of the same log by a diagnostic script not kept here) and overall NDCG@10 as
+    # well; the tags place a new item without it.
     parser.add_argument("--id-dropout", type=float, default=0.0, help="model.id_dropout "
                         "of the initial run: the share of items whose ID vector training "
                         "drops, so that the content path alone (a new item's) is trained")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -46,7 +45,13 @@ import numpy as np
 
 from modrec.data import state_schema
 from modrec.data.state_schema import redact
-from modrec.serve.state import AlreadySeeded, StateError, StateUnavailable
+from modrec.serve.state import (
+    AlreadySeeded,
+    StateError,
+    StateUnavailable,
+    ThreadConnections,
+    seed_rows,
+)
 
 if TYPE_CHECKING:  # psycopg is imported when a PostgreSQL state is opened (serve extra)
     import psycopg
@@ -151,10 +156,7 @@ class PostgresUserState:
         self.url = url
         self.path = redact(url)  # what logs and errors name (never the password)
         self.timeout = timeout  # connecting, and waiting for a lock, at most this long
-        self._local = threading.local()
-        self._connections: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()  # guards _connections and _closed
-        self._closed = False
+        self._connections = ThreadConnections[psycopg.Connection[Any]](self.path)
         try:
             self._migrate()
         except BaseException:
@@ -166,12 +168,10 @@ class PostgresUserState:
         """This thread's connection, opened on first use or when the last one broke."""
         import psycopg
 
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        conn = self._connections.current()
         if conn is not None and not conn.closed:
             return conn
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"user state {self.path} is closed")
+        self._connections.check_open()
         try:
             # autocommit: a read is its own statement and holds no transaction open;
             # writes open one explicitly (`_write`, `transaction`).
@@ -181,13 +181,7 @@ class PostgresUserState:
             conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
         except psycopg.Error as err:
             raise self._unavailable(err) from None
-        with self._lock:
-            if self._closed:
-                conn.close()
-                raise RuntimeError(f"user state {self.path} is closed")
-            self._connections = [c for c in self._connections if not c.closed] + [conn]
-        self._local.conn = conn
-        return conn
+        return self._connections.keep(conn)
 
     def _unavailable(self, err: Exception) -> StateUnavailable:
         return StateUnavailable(f"user state {self.path} cannot be reached (PostgreSQL: "
@@ -335,20 +329,10 @@ class PostgresUserState:
         with `AlreadySeeded`, its rows rolled back."""
         import psycopg
 
-        if not len(users) == len(items) == (len(items) if timestamps is None
-                                             else len(timestamps)):
-            raise ValueError("users, items and timestamps must have the same length")
+        rows = seed_rows(users, items, timestamps)
         if (seeded := self.seeded_from()) is not None:
             raise AlreadySeeded(f"user state {self.path} was already seeded from {seeded!r}")
         start = time.perf_counter()
-        user_list = users.tolist() if isinstance(users, np.ndarray) else list(users)
-        item_list = items.tolist() if isinstance(items, np.ndarray) else list(items)
-        ts_list: list[int | None] = (
-            [None] * len(user_list) if timestamps is None else
-            [int(t) for t in (timestamps.tolist() if isinstance(timestamps, np.ndarray)
-                              else timestamps)])
-        rows = ((str(u), str(i), t, None)
-                for u, i, t in zip(user_list, item_list, ts_list, strict=True))
         try:
             written = self._write(rows, {state_schema.SEEDED_FROM: source}, catalog, copy=True)
         except psycopg.errors.UniqueViolation as e:  # another replica seeded meanwhile
@@ -367,12 +351,7 @@ class PostgresUserState:
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._connections.close()
 
     # ---- the other tables kept in this database (modrec.serve.item_state) ------------
     def connection(self) -> PostgresConnection:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -62,6 +62,13 @@ _SCHEMA = state_schema.SCHEMA + (
     f"INSERT OR REPLACE INTO {state_schema.META} (key, value) "
     f"VALUES ('{state_schema.VERSION_KEY}', '{state_schema.SCHEMA_VERSION}');")
 _COLUMNS = state_schema.EVENT_COLUMNS
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)  # a database connection of either engine
 _INSERT = "INSERT INTO events (user_id, item, ts, kind) VALUES (?, ?, ?, ?)"
 _SEEDED_FROM = state_schema.SEEDED_FROM
 _INSERT_CATALOG = (f"INSERT OR IGNORE INTO {state_schema.CATALOG} (item_id, fields) "
@@ -149,6 +156,73 @@ def open_state(spec: str | Path) -> SQLiteUserState | PostgresUserState:
     return SQLiteUserState(spec)
 
 
+Row = tuple[str, str, int | None, str | None]  # user, item, timestamp, kind
+
+
+def seed_rows(users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
+              timestamps: Sequence[int] | np.ndarray | None) -> Iterator[Row]:
+    """`UserState.seed`'s arrays as event rows, made as they are written (a million
+    events need not be a list first); unequal lengths are refused at once."""
+    if not len(users) == len(items) == (len(items) if timestamps is None
+                                         else len(timestamps)):
+        raise ValueError("users, items and timestamps must have the same length")
+    user_list = users.tolist() if isinstance(users, np.ndarray) else users
+    item_list = items.tolist() if isinstance(items, np.ndarray) else items
+    if timestamps is None:
+        return ((str(u), str(i), None, None)
+                for u, i in zip(user_list, item_list, strict=True))
+    times = timestamps.tolist() if isinstance(timestamps, np.ndarray) else timestamps
+    return ((str(u), str(i), int(t), None)
+            for u, i, t in zip(user_list, item_list, times, strict=True))
+
+
+class ThreadConnections(Generic[C]):
+    """A state's database connections, one per thread (opened by the state on first
+    use), each kept so that `close` can close them all, whichever thread opened it."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # the state, as errors name it
+        self._local = threading.local()
+        self._kept: list[C] = []
+        self._lock = threading.Lock()  # guards _kept and _closed, not the database
+        self._closed = False
+
+    def __len__(self) -> int:
+        """How many connections are kept (one per thread that opened one)."""
+        with self._lock:
+            return len(self._kept)
+
+    def current(self) -> C | None:
+        """This thread's connection, or None before it opened one."""
+        return getattr(self._local, "conn", None)
+
+    def check_open(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"user state {self.where} is closed")
+
+    def keep(self, conn: C) -> C:
+        """Make ``conn`` this thread's connection (replacing one that broke); a state
+        closed meanwhile closes it and raises."""
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise RuntimeError(f"user state {self.where} is closed")
+            old = self.current()
+            self._kept = [c for c in self._kept if c is not old] + [conn]
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection; none can be opened afterwards."""
+        with self._lock:
+            self._closed = True
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            conn.close()
+        self._local = threading.local()
+
+
 class SQLiteUserState:
     """`UserState` in one SQLite file (created with its tables when missing)."""
 
@@ -157,10 +231,7 @@ class SQLiteUserState:
     def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.timeout = timeout  # how long a writer waits for another's transaction
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()  # guards _connections and _closed, not the database
-        self._closed = False
+        self._connections = ThreadConnections[sqlite3.Connection](str(self.path))
         try:
             if self.path.is_dir():
                 raise StateError(f"user state {self.path} is a folder, not an SQLite file; "
@@ -212,23 +283,19 @@ class SQLiteUserState:
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn = self._connections.current()
         if conn is not None:
             return conn
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"user state {self.path} is closed")
-            # isolation_level=None: no implicit transactions; the writes below open their
-            # own. check_same_thread=False only so that close() may close every thread's
-            # connection; each is otherwise used by its own thread alone.
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
-            self._connections.append(conn)
+        self._connections.check_open()
+        # isolation_level=None: no implicit transactions; the writes below open their
+        # own. check_same_thread=False only so that close() may close every thread's
+        # connection; each is otherwise used by its own thread alone.
+        conn = self._connections.keep(sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False))
         # journal_mode is stored in the file; synchronous is per connection, so each
         # connection sets it.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        self._local.conn = conn
         return conn
 
     def _write(self, rows: Iterable[tuple[str, str, int | None, str | None]],
@@ -315,22 +382,10 @@ class SQLiteUserState:
         other jobs; measured 2026-12, SQLite 3.40), a 40 MB file. Appending them one call
         at a time would fsync a million times.
         """
-        if not len(users) == len(items) == (len(items) if timestamps is None
-                                             else len(timestamps)):
-            raise ValueError("users, items and timestamps must have the same length")
+        rows = seed_rows(users, items, timestamps)
         if (seeded := self.seeded_from()) is not None:
             raise AlreadySeeded(f"user state {self.path} was already seeded from {seeded!r}")
         start = time.perf_counter()
-        user_list = users.tolist() if isinstance(users, np.ndarray) else users
-        item_list = items.tolist() if isinstance(items, np.ndarray) else items
-        rows: Iterable[tuple[str, str, int | None, str | None]]
-        if timestamps is None:
-            rows = ((str(u), str(i), None, None) for u, i in zip(user_list, item_list,
-                                                                   strict=True))
-        else:
-            ts_list = timestamps.tolist() if isinstance(timestamps, np.ndarray) else timestamps
-            rows = ((str(u), str(i), int(t), None)
-                    for u, i, t in zip(user_list, item_list, ts_list, strict=True))
         try:
             written = self._write(rows, {_SEEDED_FROM: source}, catalog)
         except sqlite3.IntegrityError as e:  # another process seeded meanwhile
@@ -350,12 +405,7 @@ class SQLiteUserState:
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
-        self._local = threading.local()
+        self._connections.close()
 
     # ---- the other tables kept in this file (modrec.serve.item_state) ----------------
     def connection(self) -> sqlite3.Connection:

@@ -543,3 +543,51 @@ def test_an_item_added_through_one_worker_is_recommended_by_the_other(
         server.terminate()
         server.wait(timeout=60)
     assert "encoding them again" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_an_item_added_through_one_replica_is_recommended_by_the_other_behind_haproxy(
+        runs: dict[str, Path], tmp_path: Path, postgres: Any) -> None:
+    """Two replica processes on one PostgreSQL state behind HAProxy, as deploy/ runs
+    them: an item posted to one replica is in the other's next answer (it reads the
+    vector the first stored), and through the balancer; retired through the balancer,
+    it leaves both."""
+    import httpx
+
+    from replicas import HAProxy, haproxy_binary
+    from support import free_port, start_serve
+
+    assert haproxy_binary() is not None, "no haproxy: make test installs it (SYSTEM_TOOLS)"
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    url = postgres.database("live_replicas")
+    ports = [free_port(), free_port()]
+    replicas = [start_serve(runs["content"], url, port, tmp_path / f"replica-{i}.log",
+                            "--api-key-file", str(key), "--no-seed")
+                for i, port in enumerate(ports)]
+    balancer = HAProxy(free_port(), ports, tmp_path)
+    first, second = (f"http://127.0.0.1:{p}" for p in ports)
+    try:
+        history = ["181", "172", "174"]
+        top = httpx.post(f"{second}/v1/recommend", json={"history": history, "k": 5}).json()
+        twin = httpx.get(f"{first}/v1/items/{top['items'][0]['item_id']}").json()
+        reply = httpx.post(f"{first}/v1/items", headers=AUTH, timeout=60, json={"items": [
+            {"item_id": "live-twin", "title": twin["title"], "genres": twin["genres"]}]})
+        assert reply.status_code == 200, reply.text
+        digest = reply.json()["items"][0]["models"]["content"]["vector_sha256"]
+        for where in (second, balancer.url, balancer.url):  # the balancer: both replicas
+            after = httpx.post(f"{where}/v1/recommend", json={"history": history, "k": 5})
+            assert "live-twin" in _ids(after.json()), where
+            assert httpx.get(f"{where}/v1/items/live-twin").json()["vector_sha256"] == digest
+        gone = httpx.delete(f"{balancer.url}/v1/items/live-twin", headers=AUTH)
+        assert gone.status_code == 200, gone.text
+        for where in (first, second):
+            again = httpx.post(f"{where}/v1/recommend", json={"history": history, "k": 5})
+            assert "live-twin" not in _ids(again.json()), where
+    finally:
+        balancer.stop()
+        for replica in replicas:
+            replica.terminate()
+            replica.wait(timeout=60)
+    for i in range(2):  # the second replica read the stored vector, never encoded one
+        assert "encoding them again" not in (tmp_path / f"replica-{i}.log").read_text()

@@ -29,6 +29,10 @@ docs/benchmarks.md under ``--section`` unless ``--no-write``.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import logging

@@ -16,6 +16,10 @@ current settings is reported from the record; delete the record to train it agai
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import logging

@@ -13,6 +13,10 @@ warm targets and for cold targets (ranked against all items). Each row is one
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import time

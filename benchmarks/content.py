@@ -16,6 +16,10 @@ Each row is a `modrec classify` / `modrec search` command, printed beside the ta
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import time
 from pathlib import Path

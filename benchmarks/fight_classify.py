@@ -17,6 +17,10 @@ niced. Each step reruns the CLI; the embed job resumes where it stopped.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

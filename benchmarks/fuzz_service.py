@@ -37,6 +37,10 @@ and one JSON line; exits 1 on any failure.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import collections
 import json

@@ -5,6 +5,10 @@ step `modrec train` takes (set_known, weight decay, the preset's settings)."""
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import platform
 import re
 import subprocess

@@ -25,6 +25,10 @@ The runs are trained here (a minute or two) unless they exist in ``--workdir``.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import http.client
 import json

@@ -14,6 +14,10 @@ is missing; the timings are those of the run that asked.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import hashlib
 import json

@@ -11,6 +11,10 @@ movies and then applied once to the test movies.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import time
 from pathlib import Path
 

@@ -15,6 +15,10 @@ cached in the dataset's annotation files; a rerun asks nothing again.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import os
 import time

@@ -22,6 +22,10 @@ command, printed below the table; a finished run is read back, not retrained.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

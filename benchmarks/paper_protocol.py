@@ -14,6 +14,10 @@ terms. Settings are never chosen here: the presets are the ones chosen on valida
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import time

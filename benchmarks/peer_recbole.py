@@ -30,6 +30,10 @@ and allocator state stay behind), which would have measured RecBole's leftovers,
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import contextlib
 import math

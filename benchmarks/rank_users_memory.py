@@ -19,6 +19,10 @@ training windows: the data's own part of a rank's memory.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import dataclasses
 import json

@@ -36,6 +36,10 @@ have events) and their share is reported.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import math

@@ -31,6 +31,10 @@ writing the dataset to the cache; every reader must give the same fingerprint.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -13,6 +13,10 @@ go to ``runs/scale/``; a finished run is reused.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -32,6 +32,10 @@ and the CPU the rest of the machine used during each measurement is reported bes
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import collections
 import http.client

@@ -26,6 +26,10 @@ rest of the shared machine used is reported beside each window.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import http.client
 import os

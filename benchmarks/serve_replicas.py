@@ -27,6 +27,10 @@ unix socket, fsync on) on the same disk as everything else; HAProxy is Debian's.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

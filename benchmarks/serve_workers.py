@@ -24,6 +24,10 @@ is measured, as is what the rest of the machine used meanwhile (/proc/stat).
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import os
 import shlex

@@ -21,6 +21,10 @@ cost from the table's, which is what this measures.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import resource
 import statistics

@@ -14,6 +14,10 @@ paper's 128 negatives unless --negatives says otherwise.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import time
 from dataclasses import replace

@@ -18,6 +18,10 @@ at most). Written into docs/speed-revisions.md.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -17,6 +17,10 @@ instead of once per sequence, or the full softmax, change what a model reaches?
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -13,6 +13,10 @@ dataset's ``hstu`` preset.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import statistics

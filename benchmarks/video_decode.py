@@ -22,6 +22,10 @@ Writes the ``video-decode`` section of docs/benchmarks.md.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import os
 import subprocess

@@ -10,6 +10,10 @@ before the per-clip timings; the end-to-end run starts cold, as a user's first r
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import os
 import tempfile

@@ -12,6 +12,10 @@ read. The Spanish passage has a reference: the share of its words heard.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import os
 import re

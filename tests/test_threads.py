@@ -91,3 +91,23 @@ def test_threads_sets_torch_threads_for_a_command(monkeypatch: pytest.MonkeyPatc
         assert "MODREC_THREADS='0'" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def _training_log_in_a_new_process(env: dict[str, str], torch_first: bool) -> str:
+    """What `setup` (the start of every training) logs in a new Python process that
+    imported torch before or after modrec, computing with 2 threads."""
+    imports = "import torch, modrec" if torch_first else "import modrec, torch"
+    code = (f"{imports}; import logging; logging.basicConfig(); torch.set_num_threads(2); "
+            "from modrec.threads import warn_if_default_wait as w; w(); w()")
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                          capture_output=True, text=True).stderr
+
+
+def test_training_says_once_when_torch_came_first_and_its_threads_spin_long() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in threads.USER_WAIT_SETTINGS}
+    said = _training_log_in_a_new_process(env, torch_first=True)
+    assert said.count("torch was imported before modrec") == 1, said
+    assert "GOMP_SPINCOUNT=1000" in said
+    assert _training_log_in_a_new_process(env, torch_first=False) == ""
+    chose = {**env, "OMP_WAIT_POLICY": "PASSIVE"}  # the user chose: nothing to say
+    assert _training_log_in_a_new_process(chose, torch_first=True) == ""

@@ -78,17 +78,44 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
+# Set by `prepare_openmp` when torch was imported first and the user chose no wait
+# policy: torch's OpenMP threads then spin as long as libgomp's default says.
+_default_wait = False
+
+
 def prepare_openmp() -> bool:
     """Make OpenMP runtimes loaded after this call spin briefly before they sleep, unless
     the user chose how they wait. Returns whether the policy can still take effect: False
     when torch was imported before (its runtime has already read the environment)."""
-    if not any(name in os.environ for name in USER_WAIT_SETTINGS):
+    global _default_wait
+    user_chose = any(name in os.environ for name in USER_WAIT_SETTINGS)
+    if not user_chose:
         os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     if "torch" in sys.modules:
         log.debug("torch was imported before the thread policy; OpenMP waits as the "
                   "environment said then")
+        _default_wait = not user_chose
         return False
     return True
+
+
+def warn_if_default_wait() -> None:
+    """Say once, when torch computes with several threads that wait as libgomp's default
+    says (torch imported before modrec, as a notebook usually does): beside another busy
+    process such training slows down 10-20x (a MicroLens-50k SASRec epoch at 2 threads:
+    15 s alone, 233-300 s beside a one-thread PyTorch job; under the policy, beside the
+    same job, 52-57 s for the same model with an ID+text tower)."""
+    global _default_wait
+    import torch
+
+    if _default_wait and torch.get_num_threads() > 1:
+        log.warning(
+            "torch was imported before modrec, so its %d OpenMP threads spin long before "
+            "they sleep (libgomp's default); beside another busy process this can make "
+            "each step 10x slower. Import modrec before torch, or start Python with "
+            "GOMP_SPINCOUNT=%s (or OMP_WAIT_POLICY set), or use torch.set_num_threads(1)",
+            torch.get_num_threads(), SPIN_COUNT)
+        _default_wait = False  # once
 
 
 def default_threads(serving: bool) -> int:

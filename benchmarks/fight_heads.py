@@ -23,6 +23,7 @@ from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, 
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -257,6 +258,103 @@ def fused() -> Features:
     return joined, lengths[rows], [ids[k] for k in rows]
 
 
+def i3d_steps_from_maps(folder: Path) -> Features:
+    """The same I3D steps (Mixed_5c averaged over space, one per 8 frames) computed from
+    the Mixed_5b maps `fight_finetune.py extract` stores for the same window and crop:
+    Mixed_5c alone, a few seconds a hundred clips, where embedding again takes minutes."""
+    import torch
+
+    from modrec.content.video.i3d import load_i3d
+
+    block = load_i3d().blocks["Mixed_5c"].eval()
+    found = {}
+    with torch.inference_mode():
+        for file in sorted(folder.glob("*.npy")):
+            maps = torch.from_numpy(np.load(file).astype(np.float32)).unsqueeze(0)
+            found[file.stem] = block(maps).mean(dim=(3, 4))[0].T.numpy()  # (T', 1024)
+    if not found:
+        sys.exit(f"no Mixed_5b maps in {folder}: run python benchmarks/fight_finetune.py "
+                 "extract first")
+    return _padded(found)
+
+
+def reordered(features: Features, how: str, seed: int = 0) -> Features:
+    """Each clip's steps in their order ("kept"), reversed, or shuffled by a permutation
+    of its own drawn once (the same at training and test)."""
+    x, lengths, ids = features
+    out = x.copy()
+    rng = np.random.default_rng(seed)
+    for row, n in enumerate(lengths):
+        if how == "reversed":
+            out[row, :n] = x[row, :n][::-1]
+        elif how == "shuffled":
+            out[row, :n] = x[row, :n][rng.permutation(n)]
+    return out, lengths, ids
+
+
+def order_verdict(results: dict[tuple[str, str], dict[str, Any]], temporal: list[str]) -> str:
+    """The largest loss from shuffling among the temporal heads, against the folds'
+    spread: what the order of the steps is worth to them."""
+    if not temporal:
+        return ""
+    loss = {h: 100 * (results[h, "kept"]["accuracy"] - results[h, "shuffled"]["accuracy"])
+            for h in temporal}
+    top = max(loss, key=lambda h: loss[h])
+    spread = 100 * float(np.mean([results[h, "kept"]["std"] for h in temporal]))
+    return (f"Shuffling costs a temporal head at most {loss[top]:+.1f} points ({top}), "
+            f"against a spread of {spread:.1f} points between folds: "
+            + ("within the spread, so on these 4 steps the heads find no use for order, "
+               "and a temporal head cannot gain on mean pooling from it (the believed "
+               "cause, not measured: I3D's 3D convolutions have already read the motion "
+               "within the window)."
+               if loss[top] < spread else "more than the spread: the order carries signal."))
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def order(heads: list[str], maps: Path, threads: int) -> None:
+    """Does a temporal head use the order of the I3D steps? The same grouped folds with
+    each clip's steps kept, reversed and shuffled: a head that reads order loses accuracy
+    when it is destroyed; mean pooling cannot, by construction."""
+    from modrec.threads import apply_threads
+
+    apply_threads(threads)
+    started = time.perf_counter()
+    features = i3d_steps_from_maps(maps)
+    made = time.perf_counter() - started
+    rows, results = [], {}
+    for head in heads:
+        for how in ("kept", "reversed", "shuffled"):
+            result = cross_validate(reordered(features, how), head)
+            results[head, how] = result
+            print(head, how, json.dumps(result), flush=True)
+        kept = results[head, "kept"]
+        rows.append([head, *(f"{100 * results[head, h]['accuracy']:.1f} ± "
+                             f"{100 * results[head, h]['std']:.1f}"
+                             for h in ("kept", "reversed", "shuffled")),
+                     f"{100 * (kept['accuracy'] - results[head, 'shuffled']['accuracy']):+.1f}"])
+    x, lengths, _ = features
+    lines = [
+        "## fight-order: do the temporal heads read the order of I3D's steps?", "",
+        f"    python benchmarks/fight_heads.py order --maps {shown(maps)} "
+        f"--threads {threads} --heads {' '.join(heads)}", "",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end (shared). "
+        f"The I3D steps of `{I3D_SPEC}` ({len(lengths)} clips, {int(lengths.max())} steps "
+        "a clip: one per 8 of the 32 frames), computed by Mixed_5c from the stored "
+        f"Mixed_5b maps of `fight_finetune.py extract` ({made:.0f} s). The folds, "
+        "choice of learning rate and early stopping are `evaluate`'s; only the order of "
+        "each clip's steps changes, the same at training and test.", "",
+        markdown_table(["head", "order kept: accuracy %", "reversed", "shuffled",
+                        "kept - shuffled (points)"], rows), "",
+        "A head that used the order would lose accuracy when it is shuffled. Mean pooling "
+        "is the control (it cannot see order).", "",
+        order_verdict(results, [h for h in heads if h != "mean"]),
+    ]
+    write_section(DOC, "fight-order", "\n".join(lines))
+
+
 FEATURES = {"i3d": i3d_steps, "fused": fused, "i3d+audio": lambda: with_audio(i3d_steps()),
             "frames": lambda: frame_steps(False), "frames+audio": lambda: frame_steps(True)}
 
@@ -357,7 +455,9 @@ def _coverage(count: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["catalog", "frames", "evaluate"])
+    parser.add_argument("step", choices=["catalog", "frames", "evaluate", "order"])
+    parser.add_argument("--maps", type=Path, default=ROOT / "runs" / "fight-finetune" / "maps",
+                        help="order: the Mixed_5b maps fight_finetune.py extract stored")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
     parser.add_argument("--threads", type=int, default=1,
@@ -370,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         write_catalog(args.part)
     elif args.step == "frames":
         frame_features()
+    elif args.step == "order":
+        order(args.heads, args.maps.resolve(), args.threads)
     else:
         evaluate(args.heads, args.features, args.threads)
     return 0

@@ -40,11 +40,15 @@ TIMES = OUT / "extract.json"  # seconds per clip: decoding, and the network per 
 RESULTS = OUT / "results.json"
 FOLDS, SEED = 5, 0  # fight_heads.py's: StratifiedGroupKFold(5, shuffle, random_state=0)
 PROBE_LRS = (1e-3, 3e-4)  # the frozen baseline's candidates (fight_heads' head rates)
-# Each variant: whether the block trains, and the augmentation.
+# Each variant: whether the block trains, the augmentation, and whether stage 2 may keep
+# the probe (its epoch 0) when no fine-tuned epoch does better on validation.
 VARIANTS = {
-    "frozen": (False, "none"), "frozen+flip-map": (False, "flip-map"),
-    "frozen+flip-input": (False, "flip-input"), "finetuned": (True, "none"),
-    "finetuned+flip-map": (True, "flip-map"), "finetuned+flip-input": (True, "flip-input"),
+    "frozen": (False, "none", True), "frozen+flip-map": (False, "flip-map", True),
+    "frozen+flip-input": (False, "flip-input", True), "finetuned": (True, "none", True),
+    "finetuned+flip-map": (True, "flip-map", True),
+    "finetuned+flip-input": (True, "flip-input", True),
+    "finetuned-forced": (True, "none", False),
+    "finetuned-forced+flip-input": (True, "flip-input", False),
 }
 
 
@@ -114,12 +118,12 @@ def stored_maps(folder: Path, ids: list[str]) -> np.ndarray | None:
 def candidates(variant: str, epochs: int, lrs: list[float]) -> list[FinetuneSettings]:
     """What the validation part chooses between: the probe's learning rate for a frozen
     block; the block's (stage 2) for a fine-tuned one, from a probe at 1e-3."""
-    trains, augment = VARIANTS[variant]
+    trains, augment, keep_probe = VARIANTS[variant]
     if not trains:
         return [FinetuneSettings(lr=0.0, probe_lr=p, augment=augment)  # type: ignore[arg-type]
                 for p in PROBE_LRS]
-    return [FinetuneSettings(lr=lr, epochs=epochs, augment=augment)  # type: ignore[arg-type]
-            for lr in lrs]
+    return [FinetuneSettings(lr=lr, epochs=epochs, augment=augment,  # type: ignore[arg-type]
+                             keep_probe=keep_probe) for lr in lrs]
 
 
 def cross_validate(variant: str, maps: np.ndarray, flipped: np.ndarray | None,
@@ -144,7 +148,7 @@ def cross_validate(variant: str, maps: np.ndarray, flipped: np.ndarray | None,
             "seconds": time.perf_counter() - started, "lr": best.settings.lr,
             "probe_lr": best.settings.probe_lr, "epoch": best.epoch,
             "valid_accuracy": best.valid_accuracy, "probe_accuracy": best.probe_accuracy,
-            "load": load()})
+            "history": [round(a, 4) for a, _ in best.history], "load": load()})
         print(json.dumps({"variant": variant, **folds[-1]}), flush=True)
     accuracy = [f["accuracy"] for f in folds]
     fight, no_fight = f1_score(labels, predicted, labels=[1, 0], average=None)
@@ -189,6 +193,20 @@ def _chosen(result: dict[str, Any]) -> str:
     if not VARIANTS[result["variant"]][0]:
         return " ".join(f"{f['probe_lr']:g}" for f in result["folds"])
     return " ".join(f"{f['lr']:g}/{f['epoch']}" for f in result["folds"])
+
+
+def _curves(results: list[dict[str, Any]]) -> list[str]:
+    """The kept candidate's validation accuracy by stage-2 epoch, fold by fold."""
+    lines = []
+    for r in results:
+        if VARIANTS[r["variant"]][0] and all("history" in f for f in r["folds"]):
+            folds = "; ".join(" ".join(f"{100 * a:.0f}" for a in f["history"])
+                              for f in r["folds"])
+            lines.append(f"- {r['variant']}: {folds}")
+    if not lines:
+        return []
+    return ["Validation accuracy % by fine-tuning epoch (0: the probe), fold by fold, of the "
+            "learning rate each fold kept:", "", *lines]
 
 
 def _extraction() -> list[str]:
@@ -247,6 +265,7 @@ def report(results: list[dict[str, Any]]) -> str:
         "frames (a second extraction).", "",
         markdown_table(["variant", "clips (groups)", "accuracy %", "per fold %",
                         "F1 fight", "F1 noFight", "s / fold", "chosen", "load"], rows), "",
+        *_curves(results), "",
         *_extraction(), "",
     ]
     return "\n".join(lines)
@@ -254,7 +273,7 @@ def report(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["extract", "evaluate"])
+    parser.add_argument("step", choices=["extract", "evaluate", "section"])
     parser.add_argument("--flipped", action="store_true",
                         help="extract: also the maps of the horizontally flipped frames")
     parser.add_argument("--variants", nargs="+", default=["frozen", "finetuned"],
@@ -266,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step == "extract":
         extract(args.flipped)
+    elif args.step == "section":  # the section again from runs/fight-finetune/results.json
+        write_section(DOC, "fight-finetune", report(kept([])))
     else:
         evaluate(args.variants, args.epochs, args.lrs)
     return 0

@@ -89,6 +89,9 @@ def test_the_two_stages_learn_a_separable_task(i3d: I3D) -> None:
     np.testing.assert_array_equal(best.probabilities(maps[test]).argmax(1), y[test])
     again = finetune(maps, y, train, valid, i3d, best.settings, flipped)
     np.testing.assert_array_equal(again.probabilities(maps[test]), best.probabilities(maps[test]))
+    forced = finetune(maps, y, train, valid, i3d, FinetuneSettings(
+        epochs=1, batch_size=8, probe_epochs=40, keep_probe=False))
+    assert forced.epoch == 1 and len(forced.history) == 2  # the probe, then one epoch
 
 
 def test_maps_it_cannot_read_are_refused_with_the_expected_shape(i3d: I3D) -> None:

@@ -132,6 +132,7 @@ class FinetuneSettings:
     patience: int = 4  # stage 2's epochs without a better validation score
     probe_epochs: int = 150
     augment: Augment = "none"
+    keep_probe: bool = True  # False: stage 2 keeps its best epoch from 1 on, never the probe
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -156,6 +157,7 @@ class Finetuned:
     probe_accuracy: float  # the probe's validation accuracy (stage 2's epoch 0)
     epoch: int  # stage 2's kept epoch: 0 is the probe, the block as loaded
     seconds: float
+    history: list[tuple[float, float]]  # stage 2's validation (accuracy, loss) by epoch, 0 on
 
     @torch.no_grad()
     def probabilities(self, maps: np.ndarray) -> np.ndarray:
@@ -284,9 +286,11 @@ def finetune(maps: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarr
     rows, held = torch.from_numpy(np.asarray(train)), torch.from_numpy(np.asarray(valid))
     model = last_block(i3d, int(yt.max()) + 1, settings.dropout)
     probe = best = _probe(model, xs, other, yt, rows, held, settings, generator)
-    kept, ran = 0, 0
+    kept, ran, history = 0, 0, [(probe[0], -probe[1])]
     if settings.lr > 0:
         best_state = copy.deepcopy(model.state_dict())
+        if not settings.keep_probe:
+            best = (-1.0, 0.0)  # the first fine-tuned epoch replaces the probe
         optimizer = make_optimizer(model, settings.lr, settings.weight_decay, block=True)
         bad = 0
         while ran < settings.epochs and bad < settings.patience:
@@ -298,6 +302,7 @@ def finetune(maps: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarr
             model.eval()
             with torch.no_grad():
                 score = _score(_logits(model, xs, held), yt[held])
+            history.append((score[0], -score[1]))
             log.debug("fine-tuning epoch %d: validation accuracy %.3f, loss %.3f", ran,
                       score[0], -score[1])
             if score > best:
@@ -309,7 +314,7 @@ def finetune(maps: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarr
     model.block.requires_grad_(False)
     model.eval()
     return Finetuned(model, settings, best[0], -best[1], probe[0], kept,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, history)
 
 
 def select_finetuned(maps: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray,

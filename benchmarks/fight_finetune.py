@@ -195,6 +195,27 @@ def _chosen(result: dict[str, Any]) -> str:
     return " ".join(f"{f['lr']:g}/{f['epoch']}" for f in result["folds"])
 
 
+def _verdict(results: list[dict[str, Any]]) -> list[str]:
+    """Each fine-tuned row against the frozen baseline, fold by fold, and the target."""
+    base = next((r for r in results if r["variant"] == "frozen"), None)
+    if base is None:
+        return []
+    lines = []
+    for r in results:
+        if not VARIANTS[r["variant"]][0]:
+            continue
+        diffs = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(r["folds"], base["folds"],
+                                                                        strict=True)]
+        gain, spread = 100 * (r["accuracy"] - base["accuracy"]), 100 * max(r["std"], base["std"])
+        lines.append(f"- {r['variant']} - frozen: {gain:+.1f} points (per fold "
+                     f"{' '.join(f'{d:+.1f}' for d in diffs)}); "
+                     f"{'more' if gain > spread else 'not more'} than a fold's spread "
+                     f"({spread:.1f})")
+    best = max(results, key=lambda r: r["accuracy"])
+    return [*lines, "", f"Best: {best['variant']}, {100 * best['accuracy']:.1f}%: "
+            f"{92 - 100 * best['accuracy']:.1f} points short of the issue's 92% target."]
+
+
 def _curves(results: list[dict[str, Any]]) -> list[str]:
     """The kept candidate's validation accuracy by stage-2 epoch, fold by fold."""
     lines = []
@@ -265,6 +286,7 @@ def report(results: list[dict[str, Any]]) -> str:
         "frames (a second extraction).", "",
         markdown_table(["variant", "clips (groups)", "accuracy %", "per fold %",
                         "F1 fight", "F1 noFight", "s / fold", "chosen", "load"], rows), "",
+        *_verdict(results), "",
         *_curves(results), "",
         *_extraction(), "",
     ]
@@ -286,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "extract":
         extract(args.flipped)
     elif args.step == "section":  # the section again from runs/fight-finetune/results.json
+        from modrec.threads import apply_threads
+
+        apply_threads(1)  # as evaluate ran: machine() names the thread count
         write_section(DOC, "fight-finetune", report(kept([])))
     else:
         evaluate(args.variants, args.epochs, args.lrs)

@@ -17,6 +17,10 @@ go fi001, nofi001, fi002, ... so that a partial cache holds both classes.
 
 from __future__ import annotations
 
+from modrec import threads as _threads  # noqa: F401  first: its OpenMP policy, before torch
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -4,6 +4,9 @@ the two-stage training learns a separable task and refuses maps it cannot read."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +21,17 @@ from modrec.content.video.finetune import (
 )
 from modrec.content.video.i3d import I3D, load_i3d
 from modrec.errors import UsageError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """These tests run many small operations (a linear probe on 12 clips): with a team of
+    two threads on a busy 2-core machine each waits at every barrier (issue 40), which
+    measured 14 s for the two-stage test against under 1 s on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +92,20 @@ def separable(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_the_two_stages_learn_a_separable_task(i3d: I3D) -> None:
-    maps, y = separable(28, seed=2)
-    train, valid, test = np.arange(16), np.arange(16, 22), np.arange(22, 28)
+    maps, y = separable(20, seed=2)
+    train, valid, test = np.arange(12), np.arange(12, 16), np.arange(16, 20)
     flipped = maps[..., ::-1].copy()
-    candidates = [FinetuneSettings(lr=lr, epochs=2, batch_size=8, probe_epochs=40,
+    candidates = [FinetuneSettings(lr=lr, epochs=1, batch_size=12, probe_epochs=15,
                                    augment="flip-input") for lr in (1e-4, 3e-5)]
     best = select_finetuned(maps, y, train, valid, i3d, candidates, flipped)
     assert best.valid_accuracy == 1.0 and best.probe_accuracy == 1.0
-    assert 0 <= best.epoch <= 2
+    assert best.epoch in (0, 1) and len(best.history) == 2  # the probe, then one epoch
     np.testing.assert_array_equal(best.probabilities(maps[test]).argmax(1), y[test])
-    again = finetune(maps, y, train, valid, i3d, best.settings, flipped)
-    np.testing.assert_array_equal(again.probabilities(maps[test]), best.probabilities(maps[test]))
-    forced = finetune(maps, y, train, valid, i3d, FinetuneSettings(
-        epochs=1, batch_size=8, probe_epochs=40, keep_probe=False))
-    assert forced.epoch == 1 and len(forced.history) == 2  # the probe, then one epoch
+    settings = replace(best.settings, keep_probe=False)
+    forced = finetune(maps, y, train, valid, i3d, settings, flipped)
+    assert forced.epoch == 1  # never the probe, even where it scores as well
+    again = finetune(maps, y, train, valid, i3d, settings, flipped)
+    np.testing.assert_array_equal(again.probabilities(maps), forced.probabilities(maps))
 
 
 def test_maps_it_cannot_read_are_refused_with_the_expected_shape(i3d: I3D) -> None:

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+# Before any test module imports torch: the OpenMP policy (modrec.threads) applies to the
+# whole session, as it does to the modrec command.
+from modrec import threads as _threads  # noqa: F401, E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 

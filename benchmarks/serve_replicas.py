@@ -53,6 +53,27 @@ sys.path.insert(0, str(ROOT / "tests"))
 from replicas import HAProxy, PostgresServer, haproxy_binary  # noqa: E402
 
 
+def cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of the processes running on this machine, summed by kind: the
+    modrec replicas, PostgreSQL's processes, HAProxy, and everything else (a process that
+    has exited, wrk after its run, is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        kind = ("replicas" if b"modrec serve" in command else
+                "postgres" if name.startswith("postgres") else
+                "haproxy" if name == "haproxy" else "other")
+        seconds[kind] = seconds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
 def free_port() -> int:
     import socket
 
@@ -267,7 +288,11 @@ def main() -> None:
                               f"{statistics.median(r['p99'] for r in runs_of) / 1000:.1f}",
                               sum(r["errors"] + r["status"] for r in runs_of)])
             print("http", http_rows[-1], flush=True)
+        before, started = cpu_by_kind(), time.monotonic()
         stats, _ = run_wrk(balancer.url, events, 16, args.seconds, tmp)
+        after, elapsed = cpu_by_kind(), time.monotonic() - started
+        events_cpu = {kind: (after.get(kind, 0.0) - before.get(kind, 0.0)) / elapsed
+                      for kind in after}
         http_rows.append(["events (durable), balancer over two replicas", 16,
                           f"{stats['rps']:,.0f}", f"{stats['rps']:,.0f}",
                           f"{stats['p50'] / 1000:.1f}", f"{stats['p99'] / 1000:.1f}",
@@ -346,6 +371,13 @@ def main() -> None:
         "",
         markdown_table(["requests", "connections", "requests/s each round",
                         "requests/s (median)", "p50 ms", "p99 ms", "errors"], http_rows),
+        "",
+        "Cores used while the events were posted (from /proc; wrk, gone when counted, "
+        "not included): "
+        + ", ".join(f"{kind} {cores:.2f}" for kind, cores in sorted(
+            events_cpu.items(), key=lambda kv: -kv[1]))
+        + f"; the replicas spent {1000 * events_cpu.get('replicas', 0.0) / stats['rps']:.2f} "
+        "ms of CPU per event.",
         "",
         f"A new run rolled out with `deploy/rollout.sh RUNS second URL1 URL2` ({rollout_s:.1f} "
         f"s for both replicas) during {args.seconds} s of recommendations through the "

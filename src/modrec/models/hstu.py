@@ -69,7 +69,8 @@ class RelativeBias(nn.Module):
         # Each (i, j)'s index into `weights` (j - i, shifted) and whether j is in i's
         # future, built once for max_len and sliced per call: rebuilt every call, they
         # took a fifth of a served batch-1 forward pass.
-        positions = torch.arange(max_len)
+        # (int32: half the memory of int64 at long max_len, and still an index type.)
+        positions = torch.arange(max_len, dtype=torch.int32)
         self.index: torch.Tensor
         self.future: torch.Tensor
         self.register_buffer("index", positions.unsqueeze(0) - positions.unsqueeze(1)

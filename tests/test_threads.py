@@ -111,3 +111,28 @@ def test_training_says_once_when_torch_came_first_and_its_threads_spin_long() ->
     assert _training_log_in_a_new_process(env, torch_first=False) == ""
     chose = {**env, "OMP_WAIT_POLICY": "PASSIVE"}  # the user chose: nothing to say
     assert _training_log_in_a_new_process(chose, torch_first=True) == ""
+
+
+def test_modrec_threads_reaches_a_training_started_from_python(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from modrec.config import build_config
+    from modrec.train import setup
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_applied", False)  # as in a program that ran no command
+    monkeypatch.setenv(threads.ENV, "1")
+    try:
+        torch.set_num_threads(2)
+        setup(build_config("ml-100k", "sasrec", overrides=["train.epochs=1"]),
+              tmp_path / "run", show_progress=False)
+        assert torch.get_num_threads() == 1
+        # A command's choice (--threads, applied before its verb) is not overridden.
+        monkeypatch.setattr(threads, "_applied", True)
+        torch.set_num_threads(2)
+        setup(build_config("ml-100k", "sasrec", overrides=["train.epochs=1"]),
+              tmp_path / "run2", show_progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -134,16 +134,33 @@ def choose_threads(requested: int | None, serving: bool) -> int:
     return _positive_int(os.environ.get(ENV), ENV) or default_threads(serving)
 
 
+_applied = False  # apply_threads ran: the command chose the threads
+
+
 def apply_threads(requested: int | None = None, serving: bool = False) -> int:
     """Set torch's intra-op thread count by the policy above and return it."""
+    global _applied
     import torch
 
+    _applied = True
     threads = choose_threads(requested, serving)
     if threads > usable_cores():
         log.warning("%d threads on %d usable cores: the threads will take turns; "
                     "fewer is usually faster", threads, usable_cores())
     torch.set_num_threads(threads)
     return threads
+
+
+def apply_env_threads() -> None:
+    """``MODREC_THREADS``, when set, for work started from Python (`modrec.train`) rather
+    than by the command, which applies it (after ``--threads``) in `apply_threads`:
+    without this, the variable would be silently ignored there. Otherwise torch keeps
+    the threads the user's program gave it."""
+    import torch
+
+    threads = _positive_int(os.environ.get(ENV), ENV)
+    if threads is not None and not _applied:
+        torch.set_num_threads(threads)
 
 
 def thread_summary() -> str:

@@ -61,7 +61,7 @@ from modrec.models import RetrievalModel, Scorer, Trainable, build_model
 from modrec.models.sharded_items import ShardableTable
 from modrec.progress import progress_bar
 from modrec.runs import RunDir, RunError
-from modrec.threads import warn_if_default_wait
+from modrec.threads import apply_env_threads, warn_if_default_wait
 from modrec.train import sharded
 from modrec.train.checkpoint import Checkpoint, Progress
 from modrec.train.init_from import check_source, warm_start
@@ -138,6 +138,7 @@ def setup(config: RunConfig, out_dir: str | Path, resume: bool = False,
     Every rank runs the steps below in this order (rank 0 alone writes the folder);
     the resume policy (`train.resume`) and the checks of data, split, model and
     settings run before the folder is written."""
+    apply_env_threads()
     warn_if_default_wait()
     run = RunDir(out_dir)
     if not resume:

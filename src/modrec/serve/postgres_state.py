@@ -49,9 +49,12 @@ from modrec.data import state_schema
 from modrec.data.state_schema import redact
 from modrec.serve.state import (
     AlreadySeeded,
+    Row,
     StateError,
     StateUnavailable,
     ThreadConnections,
+    as_rows,
+    event_rows,
     seed_rows,
 )
 
@@ -113,8 +116,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_INSERT = (f"INSERT INTO {state_schema.EVENTS} (user_id, item, ts, kind) "
-           "VALUES (%s, %s, %s, %s)")
 # Rows as four arrays, inserted in their order (the identity column numbers them so):
 # one statement whatever the number of rows.
 _INSERT_ARRAYS = (f"INSERT INTO {state_schema.EVENTS} (user_id, item, ts, kind) "
@@ -123,7 +124,10 @@ _INSERT_ARRAYS = (f"INSERT INTO {state_schema.EVENTS} (user_id, item, ts, kind) 
 _INSERT_CATALOG = (f"INSERT INTO {state_schema.CATALOG} (item_id, fields) VALUES (%s, %s) "
                    "ON CONFLICT (item_id) DO NOTHING")
 
-Row = tuple[str, str, int | None, str | None]
+
+def _columns(rows: Sequence[Row]) -> list[list[Any]]:
+    """Rows as the four arrays `_INSERT_ARRAYS` unnests: users, items, times, kinds."""
+    return [[row[c] for row in rows] for c in range(4)]
 
 
 class PostgresConnection:
@@ -272,9 +276,8 @@ class PostgresUserState:
             # and it still returns only once its commit is flushed. 1.3-1.8x the durable
             # events/s of the three, from 1 to 16 writers.
             batch = list(rows)
-            columns = [[row[c] for row in batch] for c in range(4)]  # users, items, ...
             with self._errors():
-                self._connection().execute(_INSERT_ARRAYS, columns)
+                self._connection().execute(_INSERT_ARRAYS, _columns(batch))
             return len(batch)
         with self._errors():
             conn = self._connection()
@@ -286,9 +289,8 @@ class PostgresUserState:
                         for row in rows:
                             out.write_row(row)
                             written += 1
-                else:
-                    batch = list(rows)
-                    cursor.executemany(_INSERT, batch)
+                elif batch := list(rows):
+                    cursor.execute(_INSERT_ARRAYS, _columns(batch))
                     written = len(batch)
                 if meta:
                     cursor.executemany(f"INSERT INTO {state_schema.META} (key, value) "
@@ -299,19 +301,11 @@ class PostgresUserState:
     def append(self, user_id: str, items: Sequence[str],
                timestamps: Sequence[int | None] | None = None,
                kind: str | None = None) -> int:
-        if timestamps is not None and len(timestamps) != len(items):
-            raise ValueError(f"{len(items)} items but {len(timestamps)} timestamps")
-        if len(items) == 0:
-            return 0
-        times: Iterable[int | None] = [None] * len(items) if timestamps is None else timestamps
-        return self._write([(user_id, str(item), None if t is None else int(t), kind)
-                            for item, t in zip(items, times, strict=True)])
+        rows = event_rows(user_id, items, timestamps, kind)
+        return self._write(rows) if rows else 0
 
     def append_many(self, events: Sequence[Row]) -> int:
-        if len(events) == 0:
-            return 0
-        return self._write([(str(u), str(i), None if t is None else int(t), k)
-                            for u, i, t, k in events])
+        return self._write(as_rows(events)) if events else 0
 
     def history(self, user_id: str, limit: int | None = None) -> tuple[np.ndarray,
                                                                         np.ndarray | None]:

@@ -176,6 +176,22 @@ def seed_rows(users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarr
             for u, i, t in zip(user_list, item_list, times, strict=True))
 
 
+def event_rows(user_id: str, items: Sequence[str], timestamps: Sequence[int | None] | None,
+               kind: str | None) -> list[Row]:
+    """`UserState.append`'s arguments as event rows; a timestamp count other than the
+    item count is refused."""
+    if timestamps is not None and len(timestamps) != len(items):
+        raise ValueError(f"{len(items)} items but {len(timestamps)} timestamps")
+    times: Iterable[int | None] = [None] * len(items) if timestamps is None else timestamps
+    return [(user_id, str(item), None if t is None else int(t), kind)
+            for item, t in zip(items, times, strict=True)]
+
+
+def as_rows(events: Sequence[Row]) -> list[Row]:
+    """`UserState.append_many`'s events with ids as text and timestamps as ints."""
+    return [(str(u), str(i), None if t is None else int(t), k) for u, i, t, k in events]
+
+
 class ThreadConnections(Generic[C]):
     """A state's database connections, one per thread (opened by the state on first
     use), each kept so that `close` can close them all, whichever thread opened it."""
@@ -298,8 +314,7 @@ class SQLiteUserState:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    def _write(self, rows: Iterable[tuple[str, str, int | None, str | None]],
-               meta: dict[str, str] | None = None,
+    def _write(self, rows: Iterable[Row], meta: dict[str, str] | None = None,
                catalog: Iterable[tuple[str, str]] = ()) -> int:
         """Insert ``rows`` (and ``meta`` entries, and ``catalog`` rows an id does not
         hold yet) in one transaction; returns rows written once it has committed."""
@@ -324,19 +339,11 @@ class SQLiteUserState:
     def append(self, user_id: str, items: Sequence[str],
                timestamps: Sequence[int | None] | None = None,
                kind: str | None = None) -> int:
-        if timestamps is not None and len(timestamps) != len(items):
-            raise ValueError(f"{len(items)} items but {len(timestamps)} timestamps")
-        if len(items) == 0:
-            return 0
-        times: Iterable[int | None] = [None] * len(items) if timestamps is None else timestamps
-        return self._write((user_id, str(item), None if t is None else int(t), kind)
-                           for item, t in zip(items, times, strict=True))
+        rows = event_rows(user_id, items, timestamps, kind)
+        return self._write(rows) if rows else 0
 
-    def append_many(self, events: Sequence[tuple[str, str, int | None, str | None]]) -> int:
-        if len(events) == 0:
-            return 0
-        return self._write((str(u), str(i), None if t is None else int(t), k)
-                           for u, i, t, k in events)
+    def append_many(self, events: Sequence[Row]) -> int:
+        return self._write(as_rows(events)) if events else 0
 
     def history(self, user_id: str, limit: int | None = None) -> tuple[np.ndarray,
                                                                         np.ndarray | None]:

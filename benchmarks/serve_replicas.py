@@ -50,7 +50,13 @@ from kit import DOC, ROOT, machine, markdown_table, write_section
 from serve_load import lua_script
 
 sys.path.insert(0, str(ROOT / "tests"))
-from replicas import HAProxy, PostgresServer, haproxy_binary  # noqa: E402
+from replicas import (  # noqa: E402
+    HAProxy,
+    PostgresServer,
+    free_port,
+    haproxy_binary,
+    start_serve_process,
+)
 
 
 def cpu_by_kind() -> dict[str, float]:
@@ -74,33 +80,9 @@ def cpu_by_kind() -> dict[str, float]:
     return seconds
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_replica(run: Path, state: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     """``modrec serve RUN --state URL --port PORT``, once its /readyz is 200."""
-    import httpx
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modrec", "serve", str(run), "--state", state, "--port",
-         str(port)], stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"replica exited with {process.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"replica on {port} never got ready: {log.read_text()}")
+    return start_serve_process(run, state, port, log, timeout=180)
 
 
 def load_average() -> str:

@@ -1,7 +1,9 @@
 """Replicas on loopback, for the tests and benchmarks of replicas sharing a PostgreSQL
 state: a throwaway PostgreSQL server (`PostgresServer`: ``initdb`` into a temporary
 folder, listening on a unix socket there and on no TCP port, stopped and deleted
-afterwards) and HAProxy in front of the replicas (`HAProxy`).
+afterwards), HAProxy in front of the replicas (`HAProxy`), and `modrec serve` started
+as a process once it is ready (`start_serve_process`, which `support.start_serve` wraps
+for the tests and the benchmarks call directly).
 
 PostgreSQL refuses to run as root, and the tests (and CI) run as root on the
 development machines: there the server runs as the ``postgres`` user that Debian's
@@ -16,7 +18,9 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +29,37 @@ from pathlib import Path
 
 INSTALL = ("install Debian's postgresql package (make test does, as root: it is in the "
            "Makefile's SYSTEM_TOOLS)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve_process(run: Path, state: Path | str, port: int, log: Path, *extra: str,
+                        timeout: float = 120) -> subprocess.Popen[bytes]:
+    """``modrec serve RUN --state STATE --port PORT EXTRA...`` as a process, once /readyz
+    is 200 (its output appended to ``log``); RuntimeError, with the log, if it exits or
+    is not ready within ``timeout`` seconds (then it is killed)."""
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modrec", "serve", str(run), "--state", str(state),
+         "--port", str(port), *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"modrec serve exited with {process.returncode}:\n"
+                               f"{log.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"modrec serve did not become ready:\n{log.read_text()}")
 
 
 def binaries() -> Path | None:

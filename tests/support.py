@@ -9,7 +9,6 @@ import json
 import math
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from replicas import free_port, start_serve_process
 
 
 def assert_same_ranking(got: Sequence[Mapping[str, Any]],
@@ -68,33 +69,14 @@ def craft_weights(path: Path, marker: Path) -> None:
         pickle.dump({"model": _RunsCode(marker)}, f)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_serve(run: Path, state: Path | str, port: int, log: Path,
                 *extra: str) -> subprocess.Popen[bytes]:
     """``modrec serve RUN --state STATE --port PORT EXTRA...`` as a process, once /readyz
     is 200 (its output appended to ``log``, shown if it exits or never gets ready)."""
-    import httpx
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modrec", "serve", str(run), "--state", str(state),
-         "--port", str(port), *extra], stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"modrec serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"modrec serve did not become ready:\n{log.read_text()}")
+    try:
+        return start_serve_process(run, state, port, log, *extra)
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def serve_in_thread(app: Any) -> Iterator[str]:

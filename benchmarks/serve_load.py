@@ -28,6 +28,12 @@ and the CPU the rest of the machine used during each measurement is reported bes
     export MODREC_DATA_DIR=/work/shared/data
     .venv/bin/python benchmarks/serve_load.py --run runs/serve-bench/ml-1m-hstu \
         --synthetic-run runs/serve-bench/synthetic-1m
+
+Ten million items served within 8 GiB (issue 37), IVF-PQ, its own section:
+
+    .venv/bin/python benchmarks/serve_load.py --parts synthetic \
+        --synthetic-run runs/serve-bench/synthetic-10m --synthetic-index "--index ivfpq" \
+        --synthetic-section serve-startup-10m
 """
 
 from __future__ import annotations
@@ -90,9 +96,10 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_mib(pid: int) -> float:
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -576,10 +583,15 @@ def main() -> None:
     parser.add_argument("--synthetic-run", default="runs/serve-bench/synthetic-1m",
                         help="a large-catalog run (benchmarks/serve_synthetic.py); skipped "
                         "when missing")
+    parser.add_argument("--synthetic-index", default="",
+                        help="more `modrec serve` options for the large catalog, e.g. "
+                        "'--index ivfpq' at 10M items (default: the service's choice)")
+    parser.add_argument("--synthetic-section", default=SYNTHETIC_SECTION,
+                        help="the docs/benchmarks.md section the large catalog writes")
     parser.add_argument("--parts", default="startup,load,inprocess,batching,mix,kill",
                         help="comma-separated among startup, load, inprocess, batching, mix, "
                         "kill, synthetic (add synthetic for the large catalog: it takes "
-                        "long, an HNSW build at each start)")
+                        "long: an index build at the first start)")
     parser.add_argument("--seconds", type=int, default=25, help="each wrk measurement")
     parser.add_argument("--server-cpus", default="1", help="taskset list for the server "
                         "('' for no pinning)")
@@ -980,14 +992,15 @@ def main() -> None:
             info = json.loads((synthetic / "config.json").read_text())["dataset_info"]
             rows = []
             for label in ("first start (new state: seeds it)", "restart (seeded state)"):
-                server = Server(synthetic, state, cpus=None, name="synthetic")
+                server = Server(synthetic, state, cpus=None, name="synthetic",
+                                extra=shlex.split(args.synthetic_index))
                 log_file = ROOT / LOG / "synthetic.log"
                 built_before = len(re.findall(r"built \w+ item index", log_file.read_text())
                                    ) if log_file.exists() else 0
                 usage = Usage({}).start()
                 seconds = server.start(timeout=7200)
                 u = usage.stop()
-                rss = _rss_mib(server.pid)
+                rss, peak = _rss_mib(server.pid), _rss_mib(server.pid, "VmHWM")
                 built = server.log_lines(r"built (\w+) item index over (\d+) items \(dim "
                                          r"(\d+)\) in ([\d.]+) s")
                 loaded = server.log_lines(r"loaded .* in ([\d.]+)s")
@@ -1009,23 +1022,25 @@ def main() -> None:
                              if len(built) > built_before else "- (graph loaded)",
                              f"{float(loaded[-1][1]):.0f}" if loaded else "?",
                              f"{float(seeded[-1][2]):.1f}" if seeded and label.startswith(
-                                 "first") else "-", f"{rss:.0f}",
+                                 "first") else "-", f"{rss:.0f}", f"{peak:.0f}",
                              f"{statistics.median(lat):.2f}", f"{u['machine']:.2f}"])
             results["synthetic"] = rows
             table = markdown_table(["synthetic run", "launch to /readyz 200 (s)",
                                     "index build (s)", "run load incl. index (s)",
-                                    "seeding (s)", "RSS (MiB)",
+                                    "seeding (s)", "RSS (MiB)", "peak RSS (MiB)",
                                     "single /v1/recommend p50 ms (200 requests)",
                                     "machine cores busy"], rows)
             text = (f"### 6b. Start-up with a large catalog\n\n{info['items']:,} items, "
                     f"{info['users']:,} users, {info['interactions']:,} interactions "
                     "(`benchmarks/serve_synthetic.py`: every item once plus power-law "
                     "extras; SASRec, 1 epoch, max_len 20, 1 block, dim 50). Server not "
-                    f"pinned (the HNSW build uses every core). {note}.\n\n"
-                    f"`modrec serve {args.synthetic_run} --state STATE --port P`\n\n{table}")
+                    f"pinned (an index build uses every core). {note}.\n\n"
+                    f"`modrec serve {args.synthetic_run} --state STATE --port P"
+                    f"{' ' + args.synthetic_index if args.synthetic_index else ''}`\n\n"
+                    f"{table}")
             print(table, "\n", flush=True)
             if not args.no_write:
-                write_section(ROOT / "docs" / "benchmarks.md", SYNTHETIC_SECTION,
+                write_section(ROOT / "docs" / "benchmarks.md", args.synthetic_section,
                               f"## Model service start-up, large catalog\n\n{host}\n\n{text}")
     finally:
         for server in servers:

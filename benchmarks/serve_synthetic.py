@@ -13,6 +13,14 @@ matter here, only the shapes of what the service loads.
 
     .venv/bin/python benchmarks/serve_synthetic.py --items 1000000 \
         --out runs/serve-bench/synthetic-1m
+
+At 10 million items (the serving-memory target: `benchmarks/serve_load.py --parts
+synthetic --synthetic-index ivfpq`), fewer, longer histories keep the one epoch short
+(only each user's last 20 events are trained on; every item is still in the catalog) and
+smaller evaluation blocks keep each block's scores near 640 MB:
+
+    .venv/bin/python benchmarks/serve_synthetic.py --items 10000000 --extra 2000000 \
+        --users 5000 --set train.eval_batch_size=16 --out runs/serve-bench/synthetic-10m
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="power-law exponent")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/serve-bench/synthetic-1m", help="run folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more settings for modrec train, e.g. train.eval_batch_size=16 "
+                        "(at 10M items a block of 128 users' scores is 5 GB)")
     parser.add_argument("--data", help="the CSV to write (default: runs/serve-bench/data/"
                         "<out's name>.csv)")
     args = parser.parse_args()
@@ -80,6 +91,8 @@ def main() -> None:
                "--columns", "user=uid,item=iid", "-m", "sasrec", "--epochs", "1",
                "--set", "model.max_len=20", "--set", "model.num_blocks=1",
                "--no-progress", "--out", str(out)]
+    for setting in args.set:
+        command += ["--set", setting]
     print("$ " + shlex.join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, env=os.environ.copy())

@@ -84,3 +84,49 @@ def test_per_position_sampling_draws_fresh_negatives_for_each_supervised_positio
     for a, b in zip(torch.autograd.grad(loss, (users, items)),
                     torch.autograd.grad(reference, (users, items)), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_an_id_table_is_looked_up_with_the_whole_tables_loss_and_gradients() -> None:
+    """Training reads only the targets' and negatives' rows of an ID table when they are
+    fewer than the catalog (the whole table's pass costs O(catalog) a step): the same
+    draws, loss and gradients as scoring against every item's vector. A content tower
+    and the full softmax keep the whole pass."""
+    import dataclasses
+
+    from modrec.config import build_config
+    from modrec.data.batches import SequenceBatch
+    from modrec.models import build_model
+    from modrec.train.loop import BatchLoss
+    from modrec.train.losses import next_item_loss
+
+    config = build_config("ml-100k", "sasrec", overrides=[
+        "model.max_len=10", "model.num_blocks=1", "model.dropout=0.0",
+        "loss.num_negatives=16"])
+    torch.manual_seed(0)
+    model = build_model(config.model, 300)
+    known = torch.rand(301) > 0.2
+    known[0] = False
+    model.set_known(known)
+    g = torch.Generator().manual_seed(1)
+    targets = torch.randint(1, 301, (8, 10), generator=g)
+    targets[:3, :4] = 0  # padded positions
+    batch = SequenceBatch(torch.randint(1, 301, (8, 10), generator=g),
+                          torch.full((8,), 10), targets)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss = BatchLoss(model, config.loss)
+    assert loss.looks_up(batch.targets)  # 80 targets + 8 x 16 draws < 300 items
+    assert not loss.looks_up(torch.ones(8, 40, dtype=torch.long))  # 448 rows: the whole
+    looked_up = loss(batch, torch.Generator().manual_seed(7))
+    whole = next_item_loss(config.loss, model.encode_train(batch), batch.targets,
+                           model.item_vectors(), torch.Generator().manual_seed(7))
+    assert torch.allclose(looked_up, whole, rtol=0, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(looked_up, params),
+                    torch.autograd.grad(whole, params), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # float sums in another order
+
+    content = build_model(dataclasses.replace(config.model, item_tower="id+content"), 300,
+                          content=torch.randn(301, 8))
+    assert not BatchLoss(content, config.loss).looks_up(batch.targets)
+    full = dataclasses.replace(config.loss, name="softmax")
+    assert not BatchLoss(model, full).looks_up(batch.targets)

@@ -495,8 +495,27 @@ class BatchLoss(nn.Module):
 
     def __init__(self, model: nn.Module, config: LossConfig, by_lookup: bool = False) -> None:
         super().__init__()
-        # by_lookup: read only the targets' and negatives' vectors (a sharded table)
+        # by_lookup: read only the targets' and negatives' vectors (a sharded table must)
         self.model, self.config, self.by_lookup = model, config, by_lookup
+        # An ID table may be looked up too under sampled softmax, with the same draws and
+        # values: see `looks_up`. A content tower keeps the whole pass: its ID dropout
+        # draws one mask per pass, which two lookups would draw twice.
+        tower = getattr(model, "item_tower", None)
+        self.id_table = config.name == "sampled_softmax" and getattr(tower, "mode", "") == "id"
+
+    def looks_up(self, targets: torch.Tensor) -> bool:
+        """Whether the loss of ``targets`` ``(B, L)`` reads only the rows it needs: when
+        they are fewer than the catalog. Normalising the whole table (and its backward)
+        costs O(catalog) per slice: 3.3x the step's time at 1M items. On ML-1M a batch
+        reads 7x the catalog's rows, and the whole pass is the cheaper (lookups 5-9%
+        slower). `benchmarks/train_large_catalog.py` measures both."""
+        if self.by_lookup:
+            return True
+        if not self.id_table:
+            return False
+        draws = self.config.num_negatives * (
+            targets.shape[0] if self.config.negatives_per == "sequence" else targets.numel())
+        return targets.numel() + draws < cast(RetrievalModel, self.model).item_tower.num_items
 
     def forward(self, batch: SequenceBatch, generator: torch.Generator | None = None,
                 pool: torch.Tensor | None = None) -> torch.Tensor:
@@ -504,7 +523,7 @@ class BatchLoss(nn.Module):
             raise ValueError("a training batch needs targets")
         model = cast(Trainable, self.model)
         hidden = model.encode_train(batch)  # (B, L, D)
-        if self.by_lookup:
+        if self.looks_up(batch.targets):
             c, tables = self.config, cast(RetrievalModel, self.model)
             return sampled_softmax_by_lookup(
                 hidden, batch.targets, tables.item_vectors_of, tables.item_tower.num_items,

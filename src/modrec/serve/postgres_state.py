@@ -335,7 +335,7 @@ class PostgresUserState:
 
     def seed(self, users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
              timestamps: Sequence[int] | np.ndarray | None, source: str,
-             catalog: Sequence[tuple[str, str]] = ()) -> int:
+             catalog: Iterable[tuple[str, str]] = ()) -> int:
         """As `SQLiteUserState.seed`: once, in one transaction (one ``COPY``); a replica
         seeding meanwhile makes the second one wait on the ``seeded_from`` key and fail
         with `AlreadySeeded`, its rows rolled back."""
@@ -356,7 +356,7 @@ class PostgresUserState:
     def catalog_size(self) -> int:
         return int(self._read(f"SELECT COUNT(*) FROM {state_schema.CATALOG}")[0][0])
 
-    def seed_catalog(self, catalog: Sequence[tuple[str, str]]) -> int:
+    def seed_catalog(self, catalog: Iterable[tuple[str, str]]) -> int:
         before = self.catalog_size()
         self._write((), catalog=catalog)
         return self.catalog_size() - before

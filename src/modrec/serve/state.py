@@ -126,7 +126,7 @@ class UserState(Protocol):
 
     def seed(self, users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
              timestamps: Sequence[int] | np.ndarray | None, source: str,
-             catalog: Sequence[tuple[str, str]] = ()) -> int:
+             catalog: Iterable[tuple[str, str]] = ()) -> int:
         """Bulk-load events (one per position of the parallel arrays, in that order),
         the ``catalog`` they refer to ((item id, JSON fields) rows,
         `state_schema.catalog_rows`) and record ``source``; once only. Returns the number
@@ -137,7 +137,7 @@ class UserState(Protocol):
         """Items in the seeded catalog."""
         ...
 
-    def seed_catalog(self, catalog: Sequence[tuple[str, str]]) -> int:
+    def seed_catalog(self, catalog: Iterable[tuple[str, str]]) -> int:
         """Add the catalog of a state seeded before states kept one (ids it holds are
         left as they are). Returns the rows added."""
         ...
@@ -375,7 +375,7 @@ class SQLiteUserState:
 
     def seed(self, users: Sequence[str] | np.ndarray, items: Sequence[str] | np.ndarray,
              timestamps: Sequence[int] | np.ndarray | None, source: str,
-             catalog: Sequence[tuple[str, str]] = ()) -> int:
+             catalog: Iterable[tuple[str, str]] = ()) -> int:
         """Copy a dataset's histories in, once: ``users[i]`` did ``items[i]`` at
         ``timestamps[i]``, inserted in array order (so pass each user's events oldest
         first), and ``source`` (e.g. the dataset's digest) is recorded as `seeded_from`
@@ -405,7 +405,7 @@ class SQLiteUserState:
         return int(self._connection().execute(
             f"SELECT COUNT(*) FROM {state_schema.CATALOG}").fetchone()[0])
 
-    def seed_catalog(self, catalog: Sequence[tuple[str, str]]) -> int:
+    def seed_catalog(self, catalog: Iterable[tuple[str, str]]) -> int:
         before = self.catalog_size()
         self._write((), catalog=catalog)
         return self.catalog_size() - before

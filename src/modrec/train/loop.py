@@ -506,9 +506,10 @@ class BatchLoss(nn.Module):
     def looks_up(self, targets: torch.Tensor) -> bool:
         """Whether the loss of ``targets`` ``(B, L)`` reads only the rows it needs: when
         they are fewer than the catalog. Normalising the whole table (and its backward)
-        costs O(catalog) per slice: 3.3x the step's time at 1M items. On ML-1M a batch
-        reads 7x the catalog's rows, and the whole pass is the cheaper (lookups 5-9%
-        slower). `benchmarks/train_large_catalog.py` measures both."""
+        costs O(catalog) per slice: 3.4x the step's time at 1M items. On ML-1M a batch
+        reads 12x the catalog's rows, the two paths were within noise (0.91-1.15x over
+        six runs), and the whole pass stays, so that the presets' runs stay bit-identical
+        to those recorded. `benchmarks/train_large_catalog.py` measures both."""
         if self.by_lookup:
             return True
         if not self.id_table:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modrec.train.losses import full_softmax, sampled_softmax
+from modrec.config import build_config
+from modrec.data.batches import SequenceBatch
+from modrec.models import build_model
+from modrec.train.loop import BatchLoss
+from modrec.train.losses import full_softmax, next_item_loss, sampled_softmax
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,14 +96,6 @@ def test_an_id_table_is_looked_up_with_the_whole_tables_loss_and_gradients() -> 
     fewer than the catalog (the whole table's pass costs O(catalog) a step): the same
     draws, loss and gradients as scoring against every item's vector. A content tower
     and the full softmax keep the whole pass."""
-    import dataclasses
-
-    from modrec.config import build_config
-    from modrec.data.batches import SequenceBatch
-    from modrec.models import build_model
-    from modrec.train.loop import BatchLoss
-    from modrec.train.losses import next_item_loss
-
     config = build_config("ml-100k", "sasrec", overrides=[
         "model.max_len=10", "model.num_blocks=1", "model.dropout=0.0",
         "loss.num_negatives=16"])

@@ -15,7 +15,7 @@ matter here, only the shapes of what the service loads.
         --out runs/serve-bench/synthetic-1m
 
 At 10 million items (the serving-memory target: `benchmarks/serve_load.py --parts
-synthetic --synthetic-index ivfpq`), fewer, longer histories keep the one epoch short
+synthetic --synthetic-index "--index ivfpq"`), fewer, longer histories keep the one epoch short
 (only each user's last 20 events are trained on; every item is still in the catalog) and
 smaller evaluation blocks keep each block's scores near 640 MB:
 

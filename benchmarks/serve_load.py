@@ -86,7 +86,7 @@ def _cpu_jiffies() -> tuple[int, int, int]:
     return total - idle - steal, steal, total
 
 
-def _proc_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a live process has used, all its threads."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -115,7 +115,7 @@ class Usage:
         self.load = os.getloadavg()
         self.t0 = time.perf_counter()
         self.machine0 = _cpu_jiffies()
-        self.procs0 = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
+        self.procs0 = {name: process_cpu(pid) for name, pid in self.pids.items()}
         return self
 
     def stop(self, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -125,7 +125,7 @@ class Usage:
         busy1, steal1, total1 = _cpu_jiffies()
         ticks = max(1, total1 - self.machine0[2])
         cores = os.cpu_count() or 1
-        used = {name: (_proc_cpu(pid) - self.procs0[name]) / wall
+        used = {name: (process_cpu(pid) - self.procs0[name]) / wall
                 for name, pid in self.pids.items()}
         used.update({name: seconds / wall for name, seconds in (extra or {}).items()})
         result = {"wall_s": wall, "machine": (busy1 - self.machine0[0]) / ticks * cores,

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from kit import DOC, ROOT, machine, markdown_table, write_section
-from serve_load import lua_script
+from serve_load import lua_script, process_cpu
 
 sys.path.insert(0, str(ROOT / "tests"))
 from replicas import (  # noqa: E402
@@ -63,20 +63,17 @@ def cpu_by_kind() -> dict[str, float]:
     """CPU seconds so far of the processes running on this machine, summed by kind: the
     modrec replicas, PostgreSQL's processes, HAProxy, and everything else (a process that
     has exited, wrk after its run, is not counted)."""
-    tick = os.sysconf("SC_CLK_TCK")
     seconds: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:  # gone meanwhile
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
         kind = ("replicas" if b"modrec serve" in command else
                 "postgres" if name.startswith("postgres") else
                 "haproxy" if name == "haproxy" else "other")
-        seconds[kind] = seconds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        seconds[kind] = seconds.get(kind, 0.0) + process_cpu(int(pid))
     return seconds
 
 
